@@ -1,0 +1,638 @@
+//! The plugin configuration: JSON shaped like Istio's `RequestAuthentication.jwtRules`
+//! (`issuer`, `audiences`, `jwks`, `fromHeaders`, `fromParams`, `fromCookies`), parsed with
+//! unknown fields refused, then validated and compiled into a [`Config`] the request path can
+//! use without further checks. Every error names the field path, e.g.
+//! `providers[0].jwks.keys[1].n: RSA modulus is 1024 bits; at least 2048 are required`.
+
+use crate::alg::Alg;
+use crate::jwks::{parse_jwks, KeySet, VerificationKey, MIN_HMAC_SECRET_BYTES};
+use crate::token::Location;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+pub const DEFAULT_REALM: &str = "claimguard";
+
+/// A config error: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProvider {
+    #[serde(default)]
+    name: Option<String>,
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    from_headers: Option<Vec<RawHeader>>,
+    #[serde(default)]
+    from_params: Option<Vec<String>>,
+    #[serde(default)]
+    from_cookies: Option<Vec<String>>,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    require_expiration: Option<bool>,
+    #[serde(default)]
+    allow_missing: Option<bool>,
+    #[serde(default)]
+    hmac_secret: Option<String>,
+    #[serde(default)]
+    max_token_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+/// A validated provider: one issuer, its keys, and where its tokens are found.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    /// Empty means `aud` is not checked (logged as a warning at configure time).
+    pub audiences: Vec<String>,
+    pub keys: KeySet,
+    pub locations: Vec<Location>,
+    pub algorithms: Vec<Alg>,
+    pub clock_skew_seconds: u64,
+    pub require_expiration: bool,
+    /// When true, a request with no token at all passes (without identity); an invalid token
+    /// is still refused. Envoy's `allow_missing`.
+    pub allow_missing: bool,
+    pub max_token_bytes: usize,
+}
+
+/// The compiled configuration the request path runs on.
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub realm: String,
+    /// Things worth a log line at configure time that are not errors.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(err(
+                "",
+                "plugin configuration is empty; at least one provider is required",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            err(if path == "." { String::new() } else { path }, inner)
+        })?;
+        compile(raw)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let realm = match raw.realm {
+        None => DEFAULT_REALM.to_string(),
+        Some(r) => {
+            if r.is_empty() || r.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                return Err(err(
+                    "realm",
+                    "must be non-empty and contain no quotes, backslashes or control characters",
+                ));
+            }
+            r
+        }
+    };
+    if raw.providers.is_empty() {
+        return Err(err("providers", "at least one provider is required"));
+    }
+    let mut warnings = Vec::new();
+    let mut providers: Vec<Provider> = Vec::new();
+    for (i, rp) in raw.providers.into_iter().enumerate() {
+        let p = compile_provider(&format!("providers[{i}]"), rp, &mut warnings)?;
+        if providers.iter().any(|q| q.name == p.name) {
+            return Err(err(
+                format!("providers[{i}].name"),
+                format!("{:?} is used by another provider", p.name),
+            ));
+        }
+        providers.push(p);
+    }
+    Ok(Config {
+        providers,
+        realm,
+        warnings,
+    })
+}
+
+fn compile_provider(
+    path: &str,
+    rp: RawProvider,
+    warnings: &mut Vec<String>,
+) -> Result<Provider, ConfigError> {
+    let issuer = rp.issuer;
+    if issuer.trim().is_empty() {
+        return Err(err(format!("{path}.issuer"), "must not be empty"));
+    }
+    if issuer.trim() != issuer {
+        return Err(err(
+            format!("{path}.issuer"),
+            "must not start or end with whitespace",
+        ));
+    }
+    let name = rp.name.unwrap_or_else(|| issuer.clone());
+    if name.is_empty() {
+        return Err(err(format!("{path}.name"), "must not be empty"));
+    }
+    for (j, a) in rp.audiences.iter().enumerate() {
+        if a.is_empty() {
+            return Err(err(format!("{path}.audiences[{j}]"), "must not be empty"));
+        }
+    }
+    if rp.audiences.is_empty() {
+        warnings.push(format!(
+            "{path}: no audiences configured, so the aud claim is not checked"
+        ));
+    }
+
+    let algorithms = compile_algorithms(path, rp.algorithms)?;
+    let hmac_algs: Vec<Alg> = algorithms.iter().copied().filter(|a| a.is_hmac()).collect();
+
+    let mut keys = KeySet::default();
+    if let Some(doc) = rp.jwks {
+        keys = compile_jwks(&format!("{path}.jwks"), &doc)?;
+        for (p, why) in &keys.skipped {
+            warnings.push(format!("{path}.jwks.{p}: skipped: {why}"));
+        }
+    }
+    match (&rp.hmac_secret, hmac_algs.is_empty()) {
+        (Some(_), true) => {
+            return Err(err(
+                format!("{path}.hmacSecret"),
+                "is set, but algorithms lists none of HS256, HS384, HS512",
+            ));
+        }
+        (None, false) => {
+            return Err(err(
+                format!("{path}.algorithms"),
+                "HMAC algorithms (HS256/HS384/HS512) need hmacSecret on the same provider",
+            ));
+        }
+        (Some(secret), false) => {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(secret.trim_end_matches('='))
+                .map_err(|e| {
+                    err(
+                        format!("{path}.hmacSecret"),
+                        format!("must be base64url: {e}"),
+                    )
+                })?;
+            let need = hmac_algs
+                .iter()
+                .map(|a| match a {
+                    Alg::HS384 => 48,
+                    Alg::HS512 => 64,
+                    _ => MIN_HMAC_SECRET_BYTES,
+                })
+                .max()
+                .unwrap_or(MIN_HMAC_SECRET_BYTES);
+            if bytes.len() < need {
+                return Err(err(
+                    format!("{path}.hmacSecret"),
+                    format!(
+                        "is {} bytes; {} need at least {need} (RFC 7518 §3.2)",
+                        bytes.len(),
+                        names(&hmac_algs)
+                    ),
+                ));
+            }
+            keys.keys.push(VerificationKey::hmac(&bytes, &hmac_algs));
+        }
+        (None, true) => {}
+    }
+    if keys.is_empty() {
+        return Err(err(
+            format!("{path}.jwks"),
+            "no usable verification key: give jwks with at least one signing key",
+        ));
+    }
+    if !keys
+        .keys
+        .iter()
+        .any(|k| algorithms.iter().any(|a| k.supports(*a)))
+    {
+        return Err(err(
+            format!("{path}.algorithms"),
+            format!("no key in jwks can verify any of {}", names(&algorithms)),
+        ));
+    }
+
+    let locations = compile_locations(path, rp.from_headers, rp.from_params, rp.from_cookies)?;
+
+    let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+        return Err(err(
+            format!("{path}.clockSkewSeconds"),
+            format!("{clock_skew_seconds} is more than the maximum {MAX_CLOCK_SKEW_SECONDS}"),
+        ));
+    }
+    let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !(256..=65536).contains(&max_token_bytes) {
+        return Err(err(
+            format!("{path}.maxTokenBytes"),
+            "must be between 256 and 65536",
+        ));
+    }
+    Ok(Provider {
+        name,
+        issuer,
+        audiences: rp.audiences,
+        keys,
+        locations,
+        algorithms,
+        clock_skew_seconds,
+        require_expiration: rp.require_expiration.unwrap_or(true),
+        allow_missing: rp.allow_missing.unwrap_or(false),
+        max_token_bytes,
+    })
+}
+
+fn names(algs: &[Alg]) -> String {
+    algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+}
+
+fn compile_algorithms(path: &str, raw: Option<Vec<String>>) -> Result<Vec<Alg>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Alg::DEFAULT_ALLOWED.to_vec());
+    };
+    if list.is_empty() {
+        return Err(err(
+            format!("{path}.algorithms"),
+            "must not be empty (omit it for the default asymmetric set)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (j, name) in list.iter().enumerate() {
+        if name.eq_ignore_ascii_case("none") {
+            return Err(err(
+                format!("{path}.algorithms[{j}]"),
+                "\"none\" (unsigned tokens) is never accepted",
+            ));
+        }
+        let a = Alg::from_name(name).ok_or_else(|| {
+            err(
+                format!("{path}.algorithms[{j}]"),
+                format!(
+                    "unknown algorithm {name:?}; supported: {}",
+                    names(&Alg::ALL)
+                ),
+            )
+        })?;
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+fn compile_jwks(path: &str, doc: &Value) -> Result<KeySet, ConfigError> {
+    // Istio's jwtRules.jwks is a JSON string; an inline object is accepted too.
+    let parsed;
+    let doc = match doc {
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s)
+                .map_err(|e| err(path, format!("is not valid JSON: {e}")))?;
+            &parsed
+        }
+        other => other,
+    };
+    let set = parse_jwks(doc).map_err(|(p, why)| err(join(path, &p), why))?;
+    if let Some((p, why)) = set.rejected.first() {
+        return Err(err(join(path, p), why.clone()));
+    }
+    Ok(set)
+}
+
+fn join(path: &str, sub: &str) -> String {
+    if sub.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}.{sub}")
+    }
+}
+
+fn compile_locations(
+    path: &str,
+    headers: Option<Vec<RawHeader>>,
+    params: Option<Vec<String>>,
+    cookies: Option<Vec<String>>,
+) -> Result<Vec<Location>, ConfigError> {
+    let mut out = Vec::new();
+    if headers.is_none() && params.is_none() && cookies.is_none() {
+        out.push(Location::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        });
+        return Ok(out);
+    }
+    for (j, h) in headers.unwrap_or_default().into_iter().enumerate() {
+        let name = h.name.to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+            return Err(err(
+                format!("{path}.fromHeaders[{j}].name"),
+                format!("{:?} is not a valid header name", h.name),
+            ));
+        }
+        if name.starts_with(':') {
+            return Err(err(
+                format!("{path}.fromHeaders[{j}].name"),
+                "pseudo-headers cannot carry a token",
+            ));
+        }
+        let prefix = h.prefix.unwrap_or_default();
+        if prefix.chars().any(char::is_control) {
+            return Err(err(
+                format!("{path}.fromHeaders[{j}].prefix"),
+                "must not contain control characters",
+            ));
+        }
+        out.push(Location::Header { name, prefix });
+    }
+    for (j, p) in params.unwrap_or_default().into_iter().enumerate() {
+        if p.is_empty() || p.contains(['&', '=', '#', '?']) {
+            return Err(err(
+                format!("{path}.fromParams[{j}]"),
+                format!("{p:?} is not a valid query parameter name"),
+            ));
+        }
+        out.push(Location::Param(p));
+    }
+    for (j, c) in cookies.unwrap_or_default().into_iter().enumerate() {
+        if c.is_empty() || !c.bytes().all(is_header_name_byte) {
+            return Err(err(
+                format!("{path}.fromCookies[{j}]"),
+                format!("{c:?} is not a valid cookie name"),
+            ));
+        }
+        out.push(Location::Cookie(c));
+    }
+    if out.is_empty() {
+        return Err(err(
+            format!("{path}.fromHeaders"),
+            "fromHeaders, fromParams and fromCookies are all empty: the token could never be found",
+        ));
+    }
+    Ok(out)
+}
+
+/// RFC 9110 token characters.
+fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devtools::keys::TestKey;
+    use serde_json::json;
+
+    fn jwks() -> Value {
+        json!({"keys": [TestKey::generate(Alg::ES256, "e1").public_jwk()]})
+    }
+
+    fn check(cfg: Value) -> Result<Config, ConfigError> {
+        Config::from_json(cfg.to_string().as_bytes())
+    }
+
+    fn error_of(cfg: Value) -> String {
+        match check(cfg) {
+            Ok(_) => panic!("config was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_istio_defaults() {
+        let c = check(json!({"providers": [{"issuer": "https://idp", "jwks": jwks()}]})).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.name, "https://idp");
+        assert_eq!(p.clock_skew_seconds, 60);
+        assert!(p.require_expiration);
+        assert!(!p.allow_missing);
+        assert_eq!(p.algorithms, Alg::DEFAULT_ALLOWED.to_vec());
+        assert_eq!(
+            p.locations,
+            vec![Location::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into()
+            }]
+        );
+        assert_eq!(c.realm, "claimguard");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn jwks_as_string_like_istio() {
+        let c = check(
+            json!({"providers": [{"issuer": "i", "audiences": ["a"], "jwks": jwks().to_string()}]}),
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].keys.keys.len(), 1);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let j = jwks();
+        let mut weak = TestKey::rsa(Alg::RS256, "r").public_jwk();
+        let n = URL_SAFE_NO_PAD.decode(weak["n"].as_str().unwrap()).unwrap();
+        weak["n"] = json!(URL_SAFE_NO_PAD.encode(&n[..128]));
+        let cases = vec![
+            (json!({}), "missing field `providers`"),
+            (json!({"providers": []}), "providers: at least one provider"),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "issur": "x"}]}),
+                "providers[0].issur: unknown field `issur`",
+            ),
+            (
+                json!({"providers": [{"issuer": "", "jwks": j}]}),
+                "providers[0].issuer: must not be empty",
+            ),
+            (
+                json!({"providers": [{"issuer": 5, "jwks": j}]}),
+                "providers[0].issuer: invalid type",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "audiences": "a"}]}),
+                "providers[0].audiences: invalid type",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": "{nope"}]}),
+                "providers[0].jwks: is not valid JSON",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": {"keys": [weak]}}]}),
+                "providers[0].jwks.keys[0].n: RSA modulus is 1024 bits",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": {"keys": []}}]}),
+                "providers[0].jwks: no usable verification key",
+            ),
+            (
+                json!({"providers": [{"issuer": "i"}]}),
+                "providers[0].jwks: no usable verification key",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "algorithms": ["none"]}]}),
+                "providers[0].algorithms[0]: \"none\"",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "algorithms": ["ES256", "XS1"]}]}),
+                "providers[0].algorithms[1]: unknown algorithm",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "algorithms": ["RS256"]}]}),
+                "providers[0].algorithms: no key in jwks can verify any of RS256",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "algorithms": ["HS256"]}]}),
+                "need hmacSecret",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "hmacSecret": "c2VjcmV0"}]}),
+                "providers[0].hmacSecret: is set, but",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "algorithms": ["HS256"], "hmacSecret": "c2VjcmV0"}]}),
+                "providers[0].hmacSecret: is 6 bytes",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "fromHeaders": [{"name": "bad header"}]}]}),
+                "providers[0].fromHeaders[0].name",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "fromHeaders": [{"name": "x", "prefx": "B"}]}]}),
+                "providers[0].fromHeaders[0].prefx: unknown field `prefx`",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "fromHeaders": []}]}),
+                "could never be found",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "clockSkewSeconds": 3600}]}),
+                "providers[0].clockSkewSeconds",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "clockSkewSeconds": -1}]}),
+                "providers[0].clockSkewSeconds: invalid value",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "requireExpiration": "yes"}]}),
+                "providers[0].requireExpiration: invalid type",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}, {"issuer": "i", "jwks": j}]}),
+                "providers[1].name",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "realm": "a\"b"}),
+                "realm:",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let got = error_of(cfg.clone());
+            assert!(
+                got.contains(want),
+                "config {cfg}\n  error {got:?}\n  wanted {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn not_json_and_empty() {
+        assert!(Config::from_json(b"")
+            .unwrap_err()
+            .message
+            .contains("empty"));
+        assert!(Config::from_json(b"{").is_err());
+        assert!(Config::from_json(b"[]").is_err());
+    }
+
+    #[test]
+    fn hmac_only_when_configured_with_a_long_enough_secret() {
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let c = check(
+            json!({"providers": [{"issuer": "i", "algorithms": ["HS256"], "hmacSecret": secret}]}),
+        )
+        .unwrap();
+        assert!(c.providers[0].keys.keys[0].supports(Alg::HS256));
+        let e = error_of(
+            json!({"providers": [{"issuer": "i", "algorithms": ["HS512"], "hmacSecret": secret}]}),
+        );
+        assert!(e.contains("at least 64"), "{e}");
+    }
+
+    #[test]
+    fn locations_compile() {
+        let c = check(json!({"providers": [{"issuer": "i", "jwks": jwks(),
+            "fromHeaders": [{"name": "X-Forwarded-JWT"}], "fromParams": ["access_token"], "fromCookies": ["session"]}]}))
+        .unwrap();
+        assert_eq!(
+            c.providers[0].locations,
+            vec![
+                Location::Header {
+                    name: "x-forwarded-jwt".into(),
+                    prefix: String::new()
+                },
+                Location::Param("access_token".into()),
+                Location::Cookie("session".into()),
+            ]
+        );
+    }
+}

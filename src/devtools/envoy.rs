@@ -1,0 +1,299 @@
+//! Runs a real Envoy with the claimguard filter in front of an upstream, on loopback only.
+//!
+//! The filter stanza is shaped like what istiod renders from a `WasmPlugin` (an
+//! `envoy.extensions.filters.http.wasm.v3.Wasm` filter whose `configuration` is the plugin
+//! config as a JSON string, V8 runtime, fail closed), so what the tests run is what ships.
+//! Listener and admin ports are bound by Envoy itself (port 0) and read back from the admin
+//! API, so parallel tests never race for a port. Dropping an [`Envoy`] kills the process.
+
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::http;
+
+/// The Envoy binary: `$ENVOY`, else the project virtualenv's (`make envoy` installs it).
+pub fn envoy_binary() -> PathBuf {
+    match std::env::var_os("ENVOY") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".venv/bin/envoy"),
+    }
+}
+
+/// The filter: `$CLAIMGUARD_WASM`, else the release build `make build` produces.
+pub fn wasm_path() -> PathBuf {
+    match std::env::var_os("CLAIMGUARD_WASM") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("target/wasm32-wasip1/release/claimguard.wasm"),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct EnvoyOptions {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    /// The claimguard plugin config, as the JSON text a WasmPlugin's `pluginConfig` becomes.
+    pub plugin_config: String,
+    pub upstream_port: u16,
+    /// Listener port; 0 lets Envoy choose.
+    pub listener_port: u16,
+    pub admin_port: u16,
+    pub concurrency: u32,
+    pub log_level: String,
+}
+
+impl EnvoyOptions {
+    pub fn new(plugin_config: &Value, upstream_port: u16) -> EnvoyOptions {
+        EnvoyOptions {
+            envoy: envoy_binary(),
+            wasm: wasm_path(),
+            plugin_config: plugin_config.to_string(),
+            upstream_port,
+            listener_port: 0,
+            admin_port: 0,
+            concurrency: 1,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The wasm HTTP filter as istiod emits it for a WasmPlugin named `claimguard`.
+pub fn wasm_filter(wasm: &Path, plugin_config: &str) -> Value {
+    json!({
+        "name": "istio.claimguard",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "claimguard",
+                "root_id": "claimguard",
+                "vm_config": {
+                    "vm_id": "claimguard",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config
+                },
+                "fail_open": false
+            }
+        }
+    })
+}
+
+/// A complete bootstrap: one listener on 127.0.0.1 → claimguard → router → the upstream.
+pub fn bootstrap(o: &EnvoyOptions) -> Value {
+    let loopback =
+        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    json!({
+        "admin": {"address": loopback(o.admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": loopback(o.listener_port),
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress_http",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "app", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
+                        }]},
+                        "http_filters": [
+                            wasm_filter(&o.wasm, &o.plugin_config),
+                            {"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": [{
+                "name": "app",
+                "connect_timeout": "1s",
+                "type": "STATIC",
+                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": loopback(o.upstream_port)}}
+                ]}]}
+            }]
+        }
+    })
+}
+
+pub struct Envoy {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    dir: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Why Envoy did not come up, with its log.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (exit {:?})\n--- envoy log ---\n{}",
+            self.message, self.exit_code, self.log
+        )
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy and waits (up to `timeout`) until the admin API says LIVE and the listener
+    /// is bound. If Envoy exits first (for example because the plugin refused its config), the
+    /// error carries its exit code and log.
+    pub fn start(o: &EnvoyOptions, timeout: Duration) -> Result<Envoy, StartError> {
+        let fail = |message: String, log: String| StartError {
+            message,
+            exit_code: None,
+            log,
+        };
+        if !o.envoy.exists() {
+            return Err(fail(
+                format!(
+                    "no Envoy at {} (run `make envoy` or set ENVOY=/path/to/envoy)",
+                    o.envoy.display()
+                ),
+                String::new(),
+            ));
+        }
+        if !o.wasm.exists() {
+            return Err(fail(
+                format!("no filter at {} (run `make build`)", o.wasm.display()),
+                String::new(),
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "claimguard-envoy-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("mkdir {}: {e}", dir.display()), String::new()))?;
+        let cfg = dir.join("envoy.json");
+        fs::write(
+            &cfg,
+            serde_json::to_string_pretty(&bootstrap(o)).unwrap_or_default(),
+        )
+        .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
+        let log = fs::File::create(dir.join("envoy.log"))
+            .map_err(|e| fail(format!("log file: {e}"), String::new()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| fail(format!("log file: {e}"), String::new()))?;
+        let admin_file = dir.join("admin-address");
+        let child = Command::new(&o.envoy)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--concurrency", &o.concurrency.to_string()])
+            .args(["--log-level", &o.log_level])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| fail(format!("spawn {}: {e}", o.envoy.display()), String::new()))?;
+        let mut envoy = Envoy {
+            child: Some(child),
+            port: 0,
+            admin_port: 0,
+            dir,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = envoy.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    envoy.child = None;
+                    return Err(StartError {
+                        message: "Envoy exited during start-up".into(),
+                        exit_code: status.code(),
+                        log: envoy.log(),
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(fail(
+                    format!("Envoy was not ready within {timeout:?}"),
+                    envoy.log(),
+                ));
+            }
+            if envoy.admin_port == 0 {
+                if let Ok(a) = fs::read_to_string(&admin_file) {
+                    envoy.admin_port = a
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+            if envoy.admin_port != 0 {
+                let ready = http::get(envoy.admin_port, "/ready", &[])
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false);
+                if ready {
+                    if let Some(p) = envoy.listener_port() {
+                        envoy.port = p;
+                        return Ok(envoy);
+                    }
+                }
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn listener_port(&self) -> Option<u16> {
+        let r = http::get(self.admin_port, "/listeners?format=json", &[]).ok()?;
+        let v = r.json();
+        let addr =
+            v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
+        u16::try_from(addr).ok().filter(|p| *p != 0)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// An admin endpoint's body, e.g. `stats?filter=wasm`.
+    pub fn admin(&self, path: &str) -> String {
+        http::get(self.admin_port, path, &[])
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// Blocks until Envoy exits (for `claimguard demo`).
+    pub fn wait(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,212 @@
+//! Test and demo keys: generate a key pair, publish its public JWK, mint tokens with it.
+
+use crate::alg::Alg;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde_json::{json, Map, Value};
+
+/// A signing key with its algorithm and `kid` (empty `kid` = tokens carry none).
+pub struct TestKey {
+    pub alg: Alg,
+    pub kid: String,
+    inner: Inner,
+}
+
+enum Inner {
+    Rsa(RS256KeyPair),
+    Es256(ES256KeyPair),
+    Es384(ES384KeyPair),
+    Ed(Ed25519KeyPair),
+    Hmac(Vec<u8>),
+}
+
+fn fail<T>(what: &str, e: impl std::fmt::Display) -> T {
+    // Dev tooling only (never in the filter): a failure to generate or sign is a bug.
+    panic!("{what}: {e}")
+}
+
+impl TestKey {
+    /// A fresh 2048-bit RSA key for `alg` (RS* or PS*).
+    pub fn rsa(alg: Alg, kid: &str) -> TestKey {
+        let kp = RS256KeyPair::generate(2048).unwrap_or_else(|e| fail("RSA keygen", e));
+        TestKey {
+            alg,
+            kid: kid.into(),
+            inner: Inner::Rsa(kp),
+        }
+    }
+
+    /// The same RSA key material as `other`, used with another algorithm or kid.
+    pub fn from_rsa(other: &TestKey, alg: Alg, kid: &str) -> TestKey {
+        match &other.inner {
+            Inner::Rsa(kp) => {
+                let der = kp.to_der().unwrap_or_else(|e| fail("RSA export", e));
+                let kp = RS256KeyPair::from_der(&der).unwrap_or_else(|e| fail("RSA import", e));
+                TestKey {
+                    alg,
+                    kid: kid.into(),
+                    inner: Inner::Rsa(kp),
+                }
+            }
+            _ => fail("from_rsa", "not an RSA key"),
+        }
+    }
+
+    /// A fresh key of the right type for `alg` (HMAC keys get 32 random-ish bytes).
+    pub fn generate(alg: Alg, kid: &str) -> TestKey {
+        let inner = match alg {
+            a if a.is_rsa() => return TestKey::rsa(alg, kid),
+            Alg::ES256 => Inner::Es256(ES256KeyPair::generate()),
+            Alg::ES384 => Inner::Es384(ES384KeyPair::generate()),
+            Alg::EdDSA => Inner::Ed(Ed25519KeyPair::generate()),
+            _ => Inner::Hmac(HS256Key::generate().to_bytes()),
+        };
+        TestKey {
+            alg,
+            kid: kid.into(),
+            inner,
+        }
+    }
+
+    pub fn hmac(alg: Alg, secret: &[u8]) -> TestKey {
+        TestKey {
+            alg,
+            kid: String::new(),
+            inner: Inner::Hmac(secret.to_vec()),
+        }
+    }
+
+    /// Loads a key written by [`TestKey::to_pem`].
+    pub fn from_pem(alg: Alg, kid: &str, pem: &str) -> Result<TestKey, String> {
+        let inner = match alg {
+            a if a.is_rsa() => Inner::Rsa(RS256KeyPair::from_pem(pem).map_err(|e| e.to_string())?),
+            Alg::ES256 => Inner::Es256(ES256KeyPair::from_pem(pem).map_err(|e| e.to_string())?),
+            Alg::ES384 => Inner::Es384(ES384KeyPair::from_pem(pem).map_err(|e| e.to_string())?),
+            Alg::EdDSA => Inner::Ed(Ed25519KeyPair::from_pem(pem).map_err(|e| e.to_string())?),
+            _ => return Err("HMAC secrets are not stored as PEM".into()),
+        };
+        Ok(TestKey {
+            alg,
+            kid: kid.into(),
+            inner,
+        })
+    }
+
+    pub fn to_pem(&self) -> String {
+        match &self.inner {
+            Inner::Rsa(k) => k.to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Es256(k) => k.to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Es384(k) => k.to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Ed(k) => k.to_pem(),
+            Inner::Hmac(_) => fail("pem", "HMAC secrets are not stored as PEM"),
+        }
+    }
+
+    /// The public JWK, with `kid`, `alg` and `use: sig`.
+    pub fn public_jwk(&self) -> Value {
+        let b = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let mut jwk = match &self.inner {
+            Inner::Rsa(k) => {
+                let c = k.public_key().to_components();
+                json!({"kty": "RSA", "n": b(&c.n), "e": b(&c.e)})
+            }
+            Inner::Es256(k) => {
+                let p = k.public_key().public_key().to_bytes_uncompressed();
+                json!({"kty": "EC", "crv": "P-256", "x": b(&p[1..33]), "y": b(&p[33..65])})
+            }
+            Inner::Es384(k) => {
+                let p = k.public_key().public_key().to_bytes_uncompressed();
+                json!({"kty": "EC", "crv": "P-384", "x": b(&p[1..49]), "y": b(&p[49..97])})
+            }
+            Inner::Ed(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b(&k.public_key().to_bytes())})
+            }
+            Inner::Hmac(s) => json!({"kty": "oct", "k": b(s)}),
+        };
+        jwk["alg"] = json!(self.alg.name());
+        jwk["use"] = json!("sig");
+        if !self.kid.is_empty() {
+            jwk["kid"] = json!(self.kid);
+        }
+        jwk
+    }
+
+    /// `{"keys": [this key]}`.
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [self.public_jwk()]})
+    }
+
+    /// Signs exactly `claims` (no claim is added) with this key's algorithm and kid.
+    pub fn sign(&self, claims: &Value) -> String {
+        let map: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+        let mut c = Claims::with_custom_claims(map, Duration::from_secs(1));
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        let kid = self.kid.as_str();
+        macro_rules! with_kid {
+            ($k:expr) => {
+                with_kid!($k, sign)
+            };
+            ($k:expr, $method:ident) => {{
+                let mut k = $k;
+                if !kid.is_empty() {
+                    k = k.with_key_id(kid);
+                }
+                k.$method(c)
+            }};
+        }
+        let r = match (&self.inner, self.alg) {
+            (Inner::Rsa(k), alg) => {
+                let der = k.to_der().unwrap_or_else(|e| fail("RSA export", e));
+                match alg {
+                    Alg::RS256 => {
+                        with_kid!(RS256KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    Alg::RS384 => {
+                        with_kid!(RS384KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    Alg::RS512 => {
+                        with_kid!(RS512KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    Alg::PS256 => {
+                        with_kid!(PS256KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    Alg::PS384 => {
+                        with_kid!(PS384KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    Alg::PS512 => {
+                        with_kid!(PS512KeyPair::from_der(&der).unwrap_or_else(|e| fail("der", e)))
+                    }
+                    other => fail("sign", format!("{other} with an RSA key")),
+                }
+            }
+            (Inner::Es256(k), _) => {
+                with_kid!(ES256KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
+            }
+            (Inner::Es384(k), _) => {
+                with_kid!(ES384KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
+            }
+            (Inner::Ed(k), _) => with_kid!(
+                Ed25519KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e))
+            ),
+            (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate),
+            (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate),
+            (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate),
+            (_, other) => fail("sign", format!("{other} with this key")),
+        };
+        r.unwrap_or_else(|e| fail("sign", e))
+    }
+}
+
+/// A token with the given header and payload and a junk signature: for `alg: none` and other
+/// tokens no key should ever accept.
+pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        signature
+    )
+}

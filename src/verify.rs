@@ -1,0 +1,506 @@
+//! Verifying one parsed token against one provider: algorithm allow-list, key choice by `kid`
+//! and algorithm (never by the token's say-so alone), the signature, then `iss`, `aud`, `exp`,
+//! `nbf` and `iat` with the provider's clock skew. `now` is passed in (seconds since the epoch).
+
+use crate::config::Provider;
+use crate::jwks::SignatureError;
+use crate::token::{Jwt, TokenError};
+use serde_json::{Map, Value};
+
+/// Why a request was not authenticated. Each variant has a stable `reason` code (for metrics
+/// and logs) and a human description safe to send to the client (it never echoes the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    MultipleTokens,
+    TooLarge {
+        limit: usize,
+    },
+    Malformed(String),
+    AlgNone,
+    AlgNotAllowed(String),
+    UnknownIssuer,
+    UnknownKid,
+    KeyAlgMismatch,
+    BadSignature,
+    Rejected(&'static str),
+    Expired,
+    MissingExpiration,
+    NotYetValid,
+    IssuedInFuture,
+    InvalidClaim {
+        claim: &'static str,
+        why: &'static str,
+    },
+    MissingAudience,
+    WrongAudience,
+}
+
+impl AuthError {
+    /// Stable, low-cardinality code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::MultipleTokens => "multiple_tokens",
+            AuthError::TooLarge { .. } => "token_too_large",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::AlgNone => "alg_none",
+            AuthError::AlgNotAllowed(_) => "alg_not_allowed",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::KeyAlgMismatch => "key_alg_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Rejected(_) => "rejected",
+            AuthError::Expired => "expired",
+            AuthError::MissingExpiration => "missing_exp",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::InvalidClaim { .. } => "invalid_claim",
+            AuthError::MissingAudience => "missing_audience",
+            AuthError::WrongAudience => "wrong_audience",
+        }
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            AuthError::Missing => "a bearer token is required".into(),
+            AuthError::MultipleTokens => "the request carries more than one token".into(),
+            AuthError::TooLarge { limit } => format!("token is larger than {limit} bytes"),
+            AuthError::Malformed(why) => format!("token is malformed: {why}"),
+            AuthError::AlgNone => "unsigned tokens (alg none) are not accepted".into(),
+            AuthError::AlgNotAllowed(a) => format!("algorithm {a} is not allowed"),
+            AuthError::UnknownIssuer => "token issuer is not accepted".into(),
+            AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
+            AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
+            AuthError::BadSignature => "token signature is invalid".into(),
+            AuthError::Rejected(why) => format!("token rejected: {why}"),
+            AuthError::Expired => "token has expired".into(),
+            AuthError::MissingExpiration => "token has no expiration (exp)".into(),
+            AuthError::NotYetValid => "token is not yet valid (nbf)".into(),
+            AuthError::IssuedInFuture => "token is issued in the future (iat)".into(),
+            AuthError::InvalidClaim { claim, why } => format!("claim {claim} {why}"),
+            AuthError::MissingAudience => "token has no audience (aud)".into(),
+            AuthError::WrongAudience => "token audience is not allowed".into(),
+        }
+    }
+}
+
+impl From<TokenError> for AuthError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::TooLarge { limit } => AuthError::TooLarge { limit },
+            TokenError::Malformed(m) => AuthError::Malformed(m),
+            TokenError::AlgNone => AuthError::AlgNone,
+            TokenError::UnsupportedAlg(a) => AuthError::AlgNotAllowed(a),
+        }
+    }
+}
+
+/// The unverified `iss` of a token, used only to pick which provider verifies it.
+pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
+    jwt.claims.get("iss").and_then(Value::as_str)
+}
+
+/// Verifies `jwt` for `provider` at time `now`. The caller has already matched the issuer.
+pub fn verify(provider: &Provider, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
+    if !provider.algorithms.contains(&jwt.alg) {
+        return Err(AuthError::AlgNotAllowed(jwt.alg.name().to_string()));
+    }
+    // Claim types first: the signature verifier decodes the registered claims with fixed
+    // types too, and a type error must read as such, not as a failed signature.
+    check_claim_types(&jwt.claims)?;
+    verify_signature(provider, jwt)?;
+    check_claims(provider, &jwt.claims, now)
+}
+
+/// Registered claims must have their RFC 7519 types: `iss`, `sub`, `jti`, `nonce` strings;
+/// `aud` a string or array of strings; `exp`, `nbf`, `iat` non-negative integers.
+pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
+    for claim in ["iss", "sub", "jti", "nonce"] {
+        if claims.get(claim).is_some_and(|v| !v.is_string()) {
+            return Err(AuthError::InvalidClaim {
+                claim,
+                why: "must be a string",
+            });
+        }
+    }
+    for claim in ["exp", "nbf", "iat"] {
+        numeric_date(claims, claim)?;
+    }
+    audiences(claims.get("aud")).map(drop)
+}
+
+fn verify_signature(provider: &Provider, jwt: &Jwt) -> Result<(), AuthError> {
+    let max = provider.max_token_bytes;
+    match &jwt.kid {
+        Some(kid) => {
+            let mut seen_kid = false;
+            for key in provider.keys.find_by_kid(kid) {
+                seen_kid = true;
+                if key.supports(jwt.alg) {
+                    return key.verify(jwt.alg, jwt.raw, max).map_err(sig_error);
+                }
+            }
+            // A kid-less key (such as hmacSecret) may still verify a token that names a kid.
+            let anonymous: Vec<_> = provider
+                .keys
+                .keys
+                .iter()
+                .filter(|k| k.kid.is_none() && k.supports(jwt.alg))
+                .collect();
+            if anonymous.is_empty() {
+                return Err(if seen_kid {
+                    AuthError::KeyAlgMismatch
+                } else {
+                    AuthError::UnknownKid
+                });
+            }
+            try_each(anonymous.into_iter(), jwt, max)
+        }
+        None => {
+            // No kid: like Envoy, try every key that fits the algorithm.
+            let candidates: Vec<_> = provider
+                .keys
+                .keys
+                .iter()
+                .filter(|k| k.supports(jwt.alg))
+                .collect();
+            if candidates.is_empty() {
+                return Err(AuthError::KeyAlgMismatch);
+            }
+            try_each(candidates.into_iter(), jwt, max)
+        }
+    }
+}
+
+fn try_each<'a>(
+    keys: impl Iterator<Item = &'a crate::jwks::VerificationKey>,
+    jwt: &Jwt,
+    max: usize,
+) -> Result<(), AuthError> {
+    let mut last = AuthError::BadSignature;
+    for key in keys {
+        match key.verify(jwt.alg, jwt.raw, max) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = sig_error(e),
+        }
+    }
+    Err(last)
+}
+
+fn sig_error(e: SignatureError) -> AuthError {
+    match e {
+        SignatureError::Invalid => AuthError::BadSignature,
+        SignatureError::Rejected(why) => AuthError::Rejected(why),
+    }
+}
+
+/// NumericDate (RFC 7519 §2) as claimguard accepts it: a non-negative integer, like Envoy.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<u64>, AuthError> {
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(AuthError::InvalidClaim {
+            claim,
+            why: "must be a non-negative integer (seconds since the epoch)",
+        }),
+        Some(_) => Err(AuthError::InvalidClaim {
+            claim,
+            why: "must be a number (seconds since the epoch)",
+        }),
+    }
+}
+
+pub fn check_claims(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    now: u64,
+) -> Result<(), AuthError> {
+    check_claim_types(claims)?;
+    if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
+        return Err(AuthError::UnknownIssuer);
+    }
+    let skew = provider.clock_skew_seconds;
+    let exp = numeric_date(claims, "exp")?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+    match exp {
+        Some(exp) if now > exp.saturating_add(skew) => return Err(AuthError::Expired),
+        None if provider.require_expiration => return Err(AuthError::MissingExpiration),
+        _ => {}
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+        return Err(AuthError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
+        return Err(AuthError::IssuedInFuture);
+    }
+    check_audience(provider, claims.get("aud"))
+}
+
+fn audiences(aud: Option<&Value>) -> Result<Vec<&str>, AuthError> {
+    let bad = AuthError::InvalidClaim {
+        claim: "aud",
+        why: "must be a string or an array of strings",
+    };
+    match aud {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.as_str()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().ok_or(bad.clone()))
+            .collect(),
+        Some(_) => Err(bad),
+    }
+}
+
+fn check_audience(provider: &Provider, aud: Option<&Value>) -> Result<(), AuthError> {
+    let auds = audiences(aud)?;
+    if provider.audiences.is_empty() {
+        return Ok(());
+    }
+    if auds.is_empty() {
+        return Err(AuthError::MissingAudience);
+    }
+    if auds
+        .iter()
+        .any(|a| provider.audiences.iter().any(|p| p == a))
+    {
+        Ok(())
+    } else {
+        Err(AuthError::WrongAudience)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alg::Alg;
+    use crate::config::Config;
+    use crate::devtools::keys::TestKey;
+    use crate::token::parse;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Fixture {
+        rsa: TestKey,
+        ec: TestKey,
+        config: Config,
+    }
+
+    fn fixture() -> Fixture {
+        let rsa = TestKey::rsa(Alg::RS256, "rsa-1");
+        let ec = TestKey::generate(Alg::ES256, "ec-1");
+        let cfg = json!({"providers": [{
+            "issuer": "https://idp.example",
+            "audiences": ["orders", "reports"],
+            "jwks": {"keys": [rsa.public_jwk(), ec.public_jwk()]}
+        }]});
+        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        Fixture { rsa, ec, config }
+    }
+
+    fn good_claims() -> Value {
+        json!({"iss": "https://idp.example", "aud": "orders", "sub": "alice", "iat": NOW - 10, "exp": NOW + 300})
+    }
+
+    fn run(f: &Fixture, token: &str) -> Result<(), AuthError> {
+        let jwt = parse(token, 8192)?;
+        verify(&f.config.providers[0], &jwt, NOW)
+    }
+
+    fn with(mut claims: Value, k: &str, v: Value) -> Value {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v;
+        }
+        claims
+    }
+
+    #[test]
+    fn outcomes_table() {
+        let f = fixture();
+        let other_rsa = TestKey::rsa(Alg::RS256, "rsa-1"); // same kid, different key
+        let ps = TestKey::from_rsa(&f.rsa, Alg::PS256, "rsa-1");
+        let rs_unknown = TestKey::from_rsa(&f.rsa, Alg::RS256, "nope");
+        let g = good_claims;
+        let cases: Vec<(&str, String, Result<(), AuthError>)> = vec![
+            ("GoodRS256", f.rsa.sign(&g()), Ok(())),
+            ("GoodES256", f.ec.sign(&g()), Ok(())),
+            (
+                "AudArray",
+                f.rsa.sign(&with(g(), "aud", json!(["x", "reports"]))),
+                Ok(()),
+            ),
+            (
+                "ExpInSkew",
+                f.rsa.sign(&with(g(), "exp", json!(NOW - 30))),
+                Ok(()),
+            ),
+            (
+                "Expired",
+                f.rsa.sign(&with(g(), "exp", json!(NOW - 61))),
+                Err(AuthError::Expired),
+            ),
+            (
+                "NoExp",
+                f.rsa.sign(&with(g(), "exp", Value::Null)),
+                Err(AuthError::MissingExpiration),
+            ),
+            (
+                "ExpString",
+                f.rsa.sign(&with(g(), "exp", json!("1"))),
+                Err(AuthError::InvalidClaim {
+                    claim: "exp",
+                    why: "must be a number (seconds since the epoch)",
+                }),
+            ),
+            (
+                "ExpFloat",
+                f.rsa.sign(&with(g(), "exp", json!(1.5e9))),
+                Err(AuthError::InvalidClaim {
+                    claim: "exp",
+                    why: "must be a non-negative integer (seconds since the epoch)",
+                }),
+            ),
+            (
+                "NbfFuture",
+                f.rsa.sign(&with(g(), "nbf", json!(NOW + 61))),
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                "NbfInSkew",
+                f.rsa.sign(&with(g(), "nbf", json!(NOW + 59))),
+                Ok(()),
+            ),
+            (
+                "IatFuture",
+                f.rsa.sign(&with(g(), "iat", json!(NOW + 3600))),
+                Err(AuthError::IssuedInFuture),
+            ),
+            (
+                "WrongIss",
+                f.rsa.sign(&with(g(), "iss", json!("https://idp.example/"))),
+                Err(AuthError::UnknownIssuer),
+            ),
+            (
+                "WrongAud",
+                f.rsa.sign(&with(g(), "aud", json!("billing"))),
+                Err(AuthError::WrongAudience),
+            ),
+            (
+                "EmptyAudArray",
+                f.rsa.sign(&with(g(), "aud", json!([]))),
+                Err(AuthError::MissingAudience),
+            ),
+            (
+                "NoAud",
+                f.rsa.sign(&with(g(), "aud", Value::Null)),
+                Err(AuthError::MissingAudience),
+            ),
+            (
+                "AudNumber",
+                f.rsa.sign(&with(g(), "aud", json!(5))),
+                Err(AuthError::InvalidClaim {
+                    claim: "aud",
+                    why: "must be a string or an array of strings",
+                }),
+            ),
+            (
+                "SubNumber",
+                f.rsa.sign(&with(g(), "sub", json!(5))),
+                Err(AuthError::InvalidClaim {
+                    claim: "sub",
+                    why: "must be a string",
+                }),
+            ),
+            (
+                "OtherKeySameKid",
+                other_rsa.sign(&g()),
+                Err(AuthError::BadSignature),
+            ),
+            (
+                "NonExistKid",
+                rs_unknown.sign(&g()),
+                Err(AuthError::UnknownKid),
+            ),
+            // The JWK says RS256: the same RSA key may not be used with PS256.
+            (
+                "KeyAlgMismatch",
+                ps.sign(&g()),
+                Err(AuthError::KeyAlgMismatch),
+            ),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(run(&f, &token), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn tampered_payload_fails_signature() {
+        let f = fixture();
+        let t = f.ec.sign(&good_claims());
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            with(good_claims(), "sub", json!("admin")).to_string(),
+        );
+        parts[1] = &forged;
+        assert_eq!(run(&f, &parts.join(".")), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn allow_list_is_enforced_before_keys() {
+        let f = fixture();
+        let es384 = TestKey::generate(Alg::ES384, "ec-1");
+        assert_eq!(
+            run(&f, &es384.sign(&good_claims())),
+            Err(AuthError::KeyAlgMismatch)
+        );
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "algorithms": ["ES256"],
+            "jwks": {"keys": [f.rsa.public_jwk(), f.ec.public_jwk()]}}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let t = f.rsa.sign(&good_claims());
+        let jwt = parse(&t, 8192).unwrap();
+        assert_eq!(
+            verify(&c.providers[0], &jwt, NOW),
+            Err(AuthError::AlgNotAllowed("RS256".into()))
+        );
+    }
+
+    #[test]
+    fn kidless_tokens_try_fitting_keys() {
+        let f = fixture();
+        let anon = TestKey::from_rsa(&f.rsa, Alg::RS256, "");
+        assert_eq!(run(&f, &anon.sign(&good_claims())), Ok(()));
+    }
+
+    #[test]
+    fn hmac_with_configured_secret() {
+        let secret = [9u8; 32];
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "algorithms": ["HS256"],
+            "hmacSecret": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret)}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let good = TestKey::hmac(Alg::HS256, &secret).sign(&good_claims());
+        let bad = TestKey::hmac(Alg::HS256, &[8u8; 32]).sign(&good_claims());
+        let p = &c.providers[0];
+        assert_eq!(verify(p, &parse(&good, 8192).unwrap(), NOW), Ok(()));
+        assert_eq!(
+            verify(p, &parse(&bad, 8192).unwrap(), NOW),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn descriptions_never_echo_the_token() {
+        let f = fixture();
+        let t = f.rsa.sign(&with(good_claims(), "exp", json!(1)));
+        let e = run(&f, &t).unwrap_err();
+        assert_eq!(e.reason(), "expired");
+        assert!(!e.description().contains(&t[..20]));
+    }
+}
