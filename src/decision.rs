@@ -38,7 +38,7 @@ pub struct Denial {
 
 impl Denial {
     pub fn unauthenticated(realm: &str, error: &AuthError, provider: Option<&str>) -> Denial {
-        let description = error.description();
+        let description = header_safe(&error.description());
         let (status, code, www) = match error {
             // RFC 6750 §3.1: with no authentication information at all, send no error code.
             AuthError::Missing => (401, "missing_token", format!("Bearer realm=\"{realm}\"")),
@@ -67,6 +67,20 @@ impl Denial {
             provider: provider.map(str::to_owned),
         }
     }
+}
+
+/// Descriptions are built from fixed text, but they go into a quoted-string of a response
+/// header: keep them to printable ASCII without quotes or backslashes, whatever changes later.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) && c != '"' && c != '\\' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// Authenticates one request at time `now` (seconds since the epoch).
@@ -277,6 +291,11 @@ mod tests {
             "/",
         ));
         assert_eq!(d.reason, "alg_none");
+    }
+
+    #[test]
+    fn descriptions_are_header_safe() {
+        assert_eq!(header_safe("a\"b\\c\r\nd é"), "a?b?c??d ?");
     }
 
     #[test]

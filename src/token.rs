@@ -128,10 +128,13 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Why a token is not well-formed. Messages never echo more than a short prefix of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Malformed(String),
     AlgNone,
-    UnsupportedAlg(String),
+    /// An `alg` claimguard does not implement (its name is not echoed: attacker text).
+    UnsupportedAlg,
 }
 
 /// A structurally valid compact JWS whose signature has not been checked yet.
@@ -170,9 +173,7 @@ pub fn parse(raw: &str, max_bytes: usize) -> Result<Jwt<'_>, TokenError> {
         Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => {
             return Err(TokenError::AlgNone)
         }
-        Some(Value::String(a)) => {
-            Alg::from_name(a).ok_or_else(|| TokenError::UnsupportedAlg(truncate(a, 16)))?
-        }
+        Some(Value::String(a)) => Alg::from_name(a).ok_or(TokenError::UnsupportedAlg)?,
         Some(_) => return Err(TokenError::Malformed("header alg must be a string".into())),
         None => return Err(TokenError::Malformed("header has no alg".into())),
     };
@@ -361,10 +362,7 @@ mod tests {
             assert_eq!(parse(&t, 8192).unwrap_err(), TokenError::AlgNone);
         }
         let t = tok(r#"{"alg":"XS999"}"#, "{}");
-        assert!(matches!(
-            parse(&t, 8192),
-            Err(TokenError::UnsupportedAlg(_))
-        ));
+        assert_eq!(parse(&t, 8192).unwrap_err(), TokenError::UnsupportedAlg);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and algorithm (never by the token's say-so alone), the signature, then `iss`, `aud`, `exp`,
 //! `nbf` and `iat` with the provider's clock skew. `now` is passed in (seconds since the epoch).
 
+use crate::alg::Alg;
 use crate::config::Provider;
 use crate::jwks::SignatureError;
 use crate::token::{Jwt, TokenError};
@@ -18,7 +19,8 @@ pub enum AuthError {
     },
     Malformed(String),
     AlgNone,
-    AlgNotAllowed(String),
+    AlgNotAllowed(Alg),
+    UnsupportedAlg,
     UnknownIssuer,
     UnknownKid,
     KeyAlgMismatch,
@@ -46,6 +48,7 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::AlgNone => "alg_none",
             AuthError::AlgNotAllowed(_) => "alg_not_allowed",
+            AuthError::UnsupportedAlg => "alg_not_allowed",
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::UnknownKid => "unknown_kid",
             AuthError::KeyAlgMismatch => "key_alg_mismatch",
@@ -69,6 +72,7 @@ impl AuthError {
             AuthError::Malformed(why) => format!("token is malformed: {why}"),
             AuthError::AlgNone => "unsigned tokens (alg none) are not accepted".into(),
             AuthError::AlgNotAllowed(a) => format!("algorithm {a} is not allowed"),
+            AuthError::UnsupportedAlg => "token algorithm is not supported".into(),
             AuthError::UnknownIssuer => "token issuer is not accepted".into(),
             AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
             AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
@@ -91,7 +95,7 @@ impl From<TokenError> for AuthError {
             TokenError::TooLarge { limit } => AuthError::TooLarge { limit },
             TokenError::Malformed(m) => AuthError::Malformed(m),
             TokenError::AlgNone => AuthError::AlgNone,
-            TokenError::UnsupportedAlg(a) => AuthError::AlgNotAllowed(a),
+            TokenError::UnsupportedAlg => AuthError::UnsupportedAlg,
         }
     }
 }
@@ -104,7 +108,7 @@ pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
 /// Verifies `jwt` for `provider` at time `now`. The caller has already matched the issuer.
 pub fn verify(provider: &Provider, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
     if !provider.algorithms.contains(&jwt.alg) {
-        return Err(AuthError::AlgNotAllowed(jwt.alg.name().to_string()));
+        return Err(AuthError::AlgNotAllowed(jwt.alg));
     }
     // Claim types first: the signature verifier decodes the registered claims with fixed
     // types too, and a type error must read as such, not as a failed signature.
@@ -277,7 +281,6 @@ fn check_audience(provider: &Provider, aud: Option<&Value>) -> Result<(), AuthEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alg::Alg;
     use crate::config::Config;
     use crate::devtools::keys::TestKey;
     use crate::token::parse;
@@ -468,7 +471,7 @@ mod tests {
         let jwt = parse(&t, 8192).unwrap();
         assert_eq!(
             verify(&c.providers[0], &jwt, NOW),
-            Err(AuthError::AlgNotAllowed("RS256".into()))
+            Err(AuthError::AlgNotAllowed(Alg::RS256))
         );
     }
 

@@ -199,7 +199,18 @@ impl Envoy {
             .try_clone()
             .map_err(|e| fail(format!("log file: {e}"), String::new()))?;
         let admin_file = dir.join("admin-address");
-        let child = Command::new(&o.envoy)
+        let mut cmd = Command::new(&o.envoy);
+        // If whoever started Envoy dies without cleaning up (SIGKILL, a crash), the kernel
+        // stops Envoy too: no stray proxies left on the machine.
+        // SAFETY: prctl is async-signal-safe and only touches the child being created.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("-c")
             .arg(&cfg)
             .args(["--concurrency", &o.concurrency.to_string()])
