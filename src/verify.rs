@@ -444,6 +444,69 @@ mod tests {
     }
 
     #[test]
+    fn every_supported_asymmetric_algorithm_verifies() {
+        let rsa = TestKey::rsa(Alg::RS256, "seed");
+        for alg in Alg::DEFAULT_ALLOWED {
+            let key = if alg.is_rsa() {
+                TestKey::from_rsa(&rsa, alg, "k")
+            } else {
+                TestKey::generate(alg, "k")
+            };
+            let cfg = json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"], "jwks": key.jwks()}]});
+            let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+            let t = key.sign(&good_claims());
+            let jwt = parse(&t, 8192).unwrap();
+            assert_eq!(jwt.alg, alg);
+            assert_eq!(verify(&c.providers[0], &jwt, NOW), Ok(()), "{alg}");
+            let stranger = if alg.is_rsa() {
+                TestKey::from_rsa(&TestKey::rsa(alg, "x"), alg, "k")
+            } else {
+                TestKey::generate(alg, "k")
+            };
+            let bad = stranger.sign(&good_claims());
+            assert_eq!(
+                verify(&c.providers[0], &parse(&bad, 8192).unwrap(), NOW),
+                Err(AuthError::BadSignature),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_key_headers_never_select_the_key() {
+        // The attacker signs with their own key and points jku/x5u/jwk/x5c at it, reusing our kid.
+        let f = fixture();
+        let attacker = TestKey::generate(Alg::ES256, "ec-1");
+        let t = attacker.sign(&good_claims());
+        let (h, rest) = t.split_once('.').unwrap();
+        let mut header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).unwrap(),
+        )
+        .unwrap();
+        header["jku"] = json!("https://attacker.example/jwks.json");
+        header["x5u"] = json!("https://attacker.example/cert.pem");
+        header["x5c"] = json!(["MIIB"]);
+        let b64 = |v: &Value| {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                v.to_string(),
+            )
+        };
+        let forged = format!("{}.{rest}", b64(&header));
+        assert_eq!(run(&f, &forged), Err(AuthError::BadSignature));
+        // An embedded JWK object is refused by the signature verifier's header parser:
+        // still a rejection, never an acceptance.
+        header["jwk"] = attacker.public_jwk();
+        let forged = format!("{}.{rest}", b64(&header));
+        assert!(matches!(
+            run(&f, &forged),
+            Err(AuthError::Rejected(_) | AuthError::BadSignature)
+        ));
+        // Without the header games the attacker's token fails the same way.
+        assert_eq!(run(&f, &t), Err(AuthError::BadSignature));
+    }
+
+    #[test]
     fn tampered_payload_fails_signature() {
         let f = fixture();
         let t = f.ec.sign(&good_claims());
