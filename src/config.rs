@@ -6,6 +6,8 @@
 
 use crate::alg::Alg;
 use crate::jwks::{parse_jwks, KeySet, VerificationKey, MIN_HMAC_SECRET_BYTES};
+use crate::path::EscapedSlashes;
+use crate::policy::{compile_rules, Mode, Policy, ProviderInfo, RawRule};
 use crate::token::Location;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -50,6 +52,18 @@ struct RawConfig {
     providers: Vec<RawProvider>,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    path_with_escaped_slashes_action: Option<String>,
+    #[serde(default)]
+    case_insensitive_paths: bool,
+    #[serde(default)]
+    allow_cors_preflight: bool,
+    #[serde(default)]
+    expose_rule_names: bool,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +94,8 @@ struct RawProvider {
     hmac_secret: Option<String>,
     #[serde(default)]
     max_token_bytes: Option<usize>,
+    #[serde(default)]
+    space_delimited_claims: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +122,8 @@ pub struct Provider {
     /// is still refused. Envoy's `allow_missing`.
     pub allow_missing: bool,
     pub max_token_bytes: usize,
+    /// Claims whose string value is a space-separated set (`scope`, `scp`) for rules.
+    pub space_delimited_claims: Vec<String>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -113,6 +131,13 @@ pub struct Provider {
 pub struct Config {
     pub providers: Vec<Provider>,
     pub realm: String,
+    pub policy: Policy,
+    pub escaped_slashes: EscapedSlashes,
+    /// Let CORS preflights (OPTIONS + Origin + Access-Control-Request-Method) through
+    /// without a token or policy: browsers never send credentials on them.
+    pub allow_cors_preflight: bool,
+    /// Name the deciding rule in 403 bodies (off by default: denials must not leak policy).
+    pub expose_rule_names: bool,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
 }
@@ -164,27 +189,53 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         providers.push(p);
     }
+    let mode = match raw.mode.as_deref() {
+        None | Some("enforce") => Mode::Enforce,
+        Some("dryRun") => Mode::DryRun,
+        Some(other) => return Err(err("mode", format!("{other:?} is not one of enforce, dryRun"))),
+    };
+    let escaped_slashes = match raw.path_with_escaped_slashes_action.as_deref() {
+        None => EscapedSlashes::RejectRequest,
+        Some(name) => EscapedSlashes::from_name(name).ok_or_else(|| {
+            err(
+                "pathWithEscapedSlashesAction",
+                format!("{name:?} is not one of REJECT_REQUEST, UNESCAPE_AND_FORWARD, KEEP_UNCHANGED"),
+            )
+        })?,
+    };
+    let infos: Vec<ProviderInfo> = providers
+        .iter()
+        .map(|p| ProviderInfo {
+            name: &p.name,
+            space_delimited_claims: &p.space_delimited_claims,
+        })
+        .collect();
+    let rules = compile_rules(raw.rules, &infos, raw.case_insensitive_paths)?;
+    if mode == Mode::DryRun && rules.is_empty() {
+        warnings.push("mode is dryRun but there are no rules to evaluate".into());
+    }
     Ok(Config {
         providers,
         realm,
+        policy: Policy {
+            rules,
+            mode,
+            case_insensitive_paths: raw.case_insensitive_paths,
+        },
+        escaped_slashes,
+        allow_cors_preflight: raw.allow_cors_preflight,
+        expose_rule_names: raw.expose_rule_names,
         warnings,
     })
 }
 
-fn compile_provider(
-    path: &str,
-    rp: RawProvider,
-    warnings: &mut Vec<String>,
-) -> Result<Provider, ConfigError> {
+fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> Result<Provider, ConfigError> {
     let issuer = rp.issuer;
     if issuer.trim().is_empty() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
     if issuer.trim() != issuer {
-        return Err(err(
-            format!("{path}.issuer"),
-            "must not start or end with whitespace",
-        ));
+        return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
     }
     let name = rp.name.unwrap_or_else(|| issuer.clone());
     if name.is_empty() {
@@ -227,12 +278,7 @@ fn compile_provider(
         (Some(secret), false) => {
             let bytes = URL_SAFE_NO_PAD
                 .decode(secret.trim_end_matches('='))
-                .map_err(|e| {
-                    err(
-                        format!("{path}.hmacSecret"),
-                        format!("must be base64url: {e}"),
-                    )
-                })?;
+                .map_err(|e| err(format!("{path}.hmacSecret"), format!("must be base64url: {e}")))?;
             let need = hmac_algs
                 .iter()
                 .map(|a| match a {
@@ -262,11 +308,7 @@ fn compile_provider(
             "no usable verification key: give jwks with at least one signing key",
         ));
     }
-    if !keys
-        .keys
-        .iter()
-        .any(|k| algorithms.iter().any(|a| k.supports(*a)))
-    {
+    if !keys.keys.iter().any(|k| algorithms.iter().any(|a| k.supports(*a))) {
         return Err(err(
             format!("{path}.algorithms"),
             format!("no key in jwks can verify any of {}", names(&algorithms)),
@@ -284,10 +326,7 @@ fn compile_provider(
     }
     let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if !(256..=65536).contains(&max_token_bytes) {
-        return Err(err(
-            format!("{path}.maxTokenBytes"),
-            "must be between 256 and 65536",
-        ));
+        return Err(err(format!("{path}.maxTokenBytes"), "must be between 256 and 65536"));
     }
     Ok(Provider {
         name,
@@ -300,6 +339,9 @@ fn compile_provider(
         require_expiration: rp.require_expiration.unwrap_or(true),
         allow_missing: rp.allow_missing.unwrap_or(false),
         max_token_bytes,
+        space_delimited_claims: rp
+            .space_delimited_claims
+            .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
     })
 }
 
@@ -328,10 +370,7 @@ fn compile_algorithms(path: &str, raw: Option<Vec<String>>) -> Result<Vec<Alg>, 
         let a = Alg::from_name(name).ok_or_else(|| {
             err(
                 format!("{path}.algorithms[{j}]"),
-                format!(
-                    "unknown algorithm {name:?}; supported: {}",
-                    names(&Alg::ALL)
-                ),
+                format!("unknown algorithm {name:?}; supported: {}", names(&Alg::ALL)),
             )
         })?;
         if !out.contains(&a) {
@@ -346,8 +385,7 @@ fn compile_jwks(path: &str, doc: &Value) -> Result<KeySet, ConfigError> {
     let parsed;
     let doc = match doc {
         Value::String(s) => {
-            parsed = serde_json::from_str::<Value>(s)
-                .map_err(|e| err(path, format!("is not valid JSON: {e}")))?;
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| err(path, format!("is not valid JSON: {e}")))?;
             &parsed
         }
         other => other,
@@ -479,10 +517,7 @@ mod tests {
 
     #[test]
     fn jwks_as_string_like_istio() {
-        let c = check(
-            json!({"providers": [{"issuer": "i", "audiences": ["a"], "jwks": jwks().to_string()}]}),
-        )
-        .unwrap();
+        let c = check(json!({"providers": [{"issuer": "i", "audiences": ["a"], "jwks": jwks().to_string()}]})).unwrap();
         assert_eq!(c.providers[0].keys.keys.len(), 1);
         assert!(c.warnings.is_empty());
     }
@@ -587,19 +622,13 @@ mod tests {
         ];
         for (cfg, want) in cases {
             let got = error_of(cfg.clone());
-            assert!(
-                got.contains(want),
-                "config {cfg}\n  error {got:?}\n  wanted {want:?}"
-            );
+            assert!(got.contains(want), "config {cfg}\n  error {got:?}\n  wanted {want:?}");
         }
     }
 
     #[test]
     fn not_json_and_empty() {
-        assert!(Config::from_json(b"")
-            .unwrap_err()
-            .message
-            .contains("empty"));
+        assert!(Config::from_json(b"").unwrap_err().message.contains("empty"));
         assert!(Config::from_json(b"{").is_err());
         assert!(Config::from_json(b"[]").is_err());
     }
@@ -607,14 +636,9 @@ mod tests {
     #[test]
     fn hmac_only_when_configured_with_a_long_enough_secret() {
         let secret = URL_SAFE_NO_PAD.encode([7u8; 32]);
-        let c = check(
-            json!({"providers": [{"issuer": "i", "algorithms": ["HS256"], "hmacSecret": secret}]}),
-        )
-        .unwrap();
+        let c = check(json!({"providers": [{"issuer": "i", "algorithms": ["HS256"], "hmacSecret": secret}]})).unwrap();
         assert!(c.providers[0].keys.keys[0].supports(Alg::HS256));
-        let e = error_of(
-            json!({"providers": [{"issuer": "i", "algorithms": ["HS512"], "hmacSecret": secret}]}),
-        );
+        let e = error_of(json!({"providers": [{"issuer": "i", "algorithms": ["HS512"], "hmacSecret": secret}]}));
         assert!(e.contains("at least 64"), "{e}");
     }
 

@@ -1,8 +1,11 @@
-//! One request's authentication outcome: find the token, pick the provider by issuer, verify,
-//! and turn a failure into the exact response the client gets (RFC 6750 `WWW-Authenticate`,
-//! a short JSON body). Pure: the host layer only carries out the [`Decision`].
+//! One request's outcome, start to finish: normalise the path, let CORS preflights and public
+//! routes through, find and verify the token (401 on failure), evaluate the policy (403 on
+//! denial), and describe the exact response the client gets (RFC 6750 `WWW-Authenticate`, a
+//! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
-use crate::config::{Config, Provider};
+use crate::config::Config;
+use crate::path::normalize;
+use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
 use crate::verify::{claimed_issuer, verify, AuthError};
 use serde_json::{json, Map, Value};
@@ -11,9 +14,64 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     pub provider: String,
+    pub provider_index: usize,
     pub issuer: String,
     pub subject: Option<String>,
+    /// `iss/sub`, as Istio's `request.auth.principal`.
+    pub principal: String,
     pub claims: Map<String, Value>,
+}
+
+/// An HTTP request as the filter sees it: pseudo-headers included, names lower-case.
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// `:path` as received (query included).
+    pub path: &'a str,
+    /// `:authority` (or `host`).
+    pub host: &'a str,
+    pub headers: &'a [(String, String)],
+}
+
+impl<'a> HttpRequest<'a> {
+    /// Reads `:method`, `:path` and `:authority` out of Envoy's header map.
+    pub fn from_headers(headers: &'a [(String, String)]) -> HttpRequest<'a> {
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        HttpRequest {
+            method: get(":method").unwrap_or("GET"),
+            path: get(":path").unwrap_or("/"),
+            host: get(":authority").or_else(|| get("host")).unwrap_or(""),
+            headers,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
+    pub fn is_cors_preflight(&self) -> bool {
+        self.method == "OPTIONS"
+            && self.header("origin").is_some()
+            && self.header("access-control-request-method").is_some()
+    }
+}
+
+/// Everything known about one request's evaluation: the decision, and what led to it (for
+/// logs, metrics and `explain`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub decision: Decision,
+    /// The path policy was evaluated on (None when the path itself was refused).
+    pub normalized_path: Option<String>,
+    /// Let through as a CORS preflight (`allowCorsPreflight`).
+    pub cors_preflight: bool,
+    /// The public rule that made a token optional.
+    pub public_rule: Option<usize>,
+    /// The policy evaluation (None when the request was refused before policy).
+    pub policy: Option<PolicyDecision>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +95,74 @@ pub struct Denial {
 }
 
 impl Denial {
+    fn json(
+        status: u32,
+        headers: Vec<(String, String)>,
+        code: &str,
+        description: String,
+        reason: &'static str,
+        extra: Option<(&str, &str)>,
+    ) -> Denial {
+        let mut body = json!({"error": code, "message": description});
+        if let (Some((k, v)), Some(m)) = (extra, body.as_object_mut()) {
+            m.insert(k.to_string(), json!(v));
+        }
+        let mut headers = headers;
+        headers.push(("content-type".into(), "application/json".into()));
+        headers.push(("cache-control".into(), "no-store".into()));
+        Denial {
+            status,
+            headers,
+            body: body.to_string(),
+            reason,
+            description,
+            provider: None,
+        }
+    }
+
+    /// 403: a valid token the policy refuses. `insufficient_scope` adds the RFC 6750 header.
+    pub fn forbidden(realm: &str, insufficient_scope: bool, rule: Option<&str>, provider: Option<&str>) -> Denial {
+        let (code, description, reason) = if insufficient_scope {
+            (
+                "insufficient_scope",
+                "the token lacks a scope this request needs",
+                "insufficient_scope",
+            )
+        } else {
+            ("forbidden", "access denied by policy", "policy_denied")
+        };
+        let headers = if insufficient_scope {
+            vec![(
+                "www-authenticate".to_string(),
+                format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\""),
+            )]
+        } else {
+            Vec::new()
+        };
+        let mut d = Denial::json(
+            403,
+            headers,
+            code,
+            description.to_string(),
+            reason,
+            rule.map(|r| ("rule", r)),
+        );
+        d.provider = provider.map(str::to_owned);
+        d
+    }
+
+    /// 400: a request path that cannot be evaluated safely.
+    pub fn bad_path(description: &str) -> Denial {
+        Denial::json(
+            400,
+            Vec::new(),
+            "bad_request",
+            description.to_string(),
+            "bad_path",
+            None,
+        )
+    }
+
     pub fn unauthenticated(realm: &str, error: &AuthError, provider: Option<&str>) -> Denial {
         let description = header_safe(&error.description());
         let (status, code, www) = match error {
@@ -83,9 +209,77 @@ fn header_safe(s: &str) -> String {
         .collect()
 }
 
-/// Authenticates one request at time `now` (seconds since the epoch).
+/// Evaluates one request at time `now` (seconds since the epoch): the whole filter, minus I/O.
+pub fn evaluate(config: &Config, req: &HttpRequest, now: u64) -> Evaluation {
+    let mut ev = Evaluation {
+        decision: Decision::Allow { identity: None },
+        normalized_path: None,
+        cors_preflight: false,
+        public_rule: None,
+        policy: None,
+    };
+    if config.allow_cors_preflight && req.is_cors_preflight() {
+        ev.cors_preflight = true;
+        return ev;
+    }
+    let path = match normalize(req.path, config.escaped_slashes, config.policy.case_insensitive_paths) {
+        Ok(p) => p,
+        Err(e) => {
+            ev.decision = Decision::Deny(Denial::bad_path(e.description()));
+            return ev;
+        }
+    };
+    let facts = RequestFacts {
+        method: req.method,
+        path: &path,
+        host: req.host,
+        headers: req.headers,
+    };
+    ev.public_rule = config.policy.public_rule(&facts);
+    let token_req = Request {
+        headers: req.headers,
+        path: req.path,
+    };
+    let identity = match find_and_verify(config, &token_req, now, ev.public_rule.is_some()) {
+        Ok(id) => id,
+        Err((e, provider)) => {
+            ev.decision = Decision::Deny(Denial::unauthenticated(&config.realm, &e, provider));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    };
+    let subject = identity.as_ref().map(|id| Subject {
+        provider: id.provider_index,
+        principal: &id.principal,
+        claims: &id.claims,
+    });
+    let pd = config.policy.evaluate(&facts, subject.as_ref());
+    ev.decision = match pd.effect {
+        Effect::Deny {
+            rule,
+            insufficient_scope,
+        } => {
+            let rule_name = rule
+                .filter(|_| config.expose_rule_names)
+                .map(|r| config.policy.rule_name(r));
+            let provider = identity.as_ref().map(|i| i.provider.as_str());
+            Decision::Deny(Denial::forbidden(
+                &config.realm,
+                insufficient_scope,
+                rule_name,
+                provider,
+            ))
+        }
+        Effect::Allow { .. } => Decision::Allow { identity },
+    };
+    ev.policy = Some(pd);
+    ev.normalized_path = Some(path);
+    ev
+}
+
+/// Authentication alone (no path handling, no policy).
 pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
-    match find_and_verify(config, req, now) {
+    match find_and_verify(config, req, now, false) {
         Ok(identity) => Decision::Allow { identity },
         Err((e, provider)) => Decision::Deny(Denial::unauthenticated(&config.realm, &e, provider)),
     }
@@ -93,10 +287,13 @@ pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
 
 type Failure<'c> = (AuthError, Option<&'c str>);
 
+/// Finds the one token in the request and verifies it with the provider its `iss` names.
+/// `Ok(None)`: no token, and none is needed (`token_optional` or a provider's `allowMissing`).
 fn find_and_verify<'c>(
     config: &'c Config,
     req: &Request,
     now: u64,
+    token_optional: bool,
 ) -> Result<Option<Identity>, Failure<'c>> {
     // Every distinct location any provider reads, and what it holds.
     let mut locations: Vec<&Location> = Vec::new();
@@ -117,26 +314,25 @@ fn find_and_verify<'c>(
         }
     }
     let Some((loc, raw)) = found else {
-        return if config.providers.iter().any(|p| p.allow_missing) {
+        return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
             Ok(None)
         } else {
             Err((AuthError::Missing, None))
         };
     };
 
-    let readers: Vec<&Provider> = config
-        .providers
-        .iter()
-        .filter(|p| p.locations.contains(loc))
-        .collect();
-    let max = readers.iter().map(|p| p.max_token_bytes).max().unwrap_or(0);
+    let readers = || {
+        config
+            .providers
+            .iter()
+            .enumerate()
+            .filter(move |(_, p)| p.locations.contains(loc))
+    };
+    let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
     let jwt = parse(&raw, max).map_err(|e| (AuthError::from(e), None))?;
     let iss = claimed_issuer(&jwt);
     let mut first_error: Option<Failure> = None;
-    for p in readers
-        .into_iter()
-        .filter(|p| Some(p.issuer.as_str()) == iss)
-    {
+    for (index, p) in readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss) {
         let result = if raw.len() > p.max_token_bytes {
             Err(AuthError::TooLarge {
                 limit: p.max_token_bytes,
@@ -146,16 +342,15 @@ fn find_and_verify<'c>(
         };
         match result {
             Ok(()) => {
+                let subject = jwt.claims.get("sub").and_then(Value::as_str).map(str::to_owned);
                 return Ok(Some(Identity {
                     provider: p.name.clone(),
+                    provider_index: index,
                     issuer: p.issuer.clone(),
-                    subject: jwt
-                        .claims
-                        .get("sub")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
+                    subject,
                     claims: jwt.claims,
-                }))
+                }));
             }
             Err(e) => {
                 first_error.get_or_insert((e, Some(p.name.as_str())));
@@ -195,10 +390,7 @@ mod tests {
     }
 
     fn run(c: &Config, headers: &[(&str, &str)], path: &str) -> Decision {
-        let h: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         authenticate(c, &Request { headers: &h, path }, NOW)
     }
 
@@ -237,10 +429,7 @@ mod tests {
         assert_eq!(d.status, 401);
         assert_eq!(
             d.headers[0],
-            (
-                "www-authenticate".into(),
-                "Bearer realm=\"claimguard\"".into()
-            )
+            ("www-authenticate".into(), "Bearer realm=\"claimguard\"".into())
         );
         let body: Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(
@@ -262,11 +451,7 @@ mod tests {
     fn invalid_tokens_get_invalid_token_with_description() {
         let (c, a, _) = config(json!({}));
         let expired = a.sign(&json!({"iss": "https://a", "aud": "api", "exp": NOW - 3600}));
-        let d = denial(run(
-            &c,
-            &[("authorization", &format!("Bearer {expired}"))],
-            "/",
-        ));
+        let d = denial(run(&c, &[("authorization", &format!("Bearer {expired}"))], "/"));
         assert_eq!(d.status, 401);
         assert_eq!(d.provider.as_deref(), Some("idp-a"));
         assert_eq!(
@@ -275,21 +460,13 @@ mod tests {
         );
         assert!(!d.body.contains(&expired));
         let none = unsigned_token(&json!({"alg": "none"}), &claims("https://a"), "");
-        let d = denial(run(
-            &c,
-            &[("authorization", &format!("Bearer {none}"))],
-            "/",
-        ));
+        let d = denial(run(&c, &[("authorization", &format!("Bearer {none}"))], "/"));
         assert_eq!(
             d.reason, "malformed",
             "an empty signature part is malformed before alg is read"
         );
         let none = unsigned_token(&json!({"alg": "none"}), &claims("https://a"), "c2ln");
-        let d = denial(run(
-            &c,
-            &[("authorization", &format!("Bearer {none}"))],
-            "/",
-        ));
+        let d = denial(run(&c, &[("authorization", &format!("Bearer {none}"))], "/"));
         assert_eq!(d.reason, "alg_none");
     }
 
@@ -319,5 +496,166 @@ mod tests {
             "/",
         ));
         assert_eq!(d.reason, "multiple_tokens");
+    }
+
+    fn http(c: &Config, method: &str, path: &str, headers: &[(&str, &str)]) -> Evaluation {
+        let mut h: Vec<(String, String)> = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "api.example.com".into()),
+        ];
+        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        evaluate(c, &HttpRequest::from_headers(&h), NOW)
+    }
+
+    fn policy_config(extra: Value) -> (Config, TestKey) {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let mut cfg = json!({
+            "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks()}],
+            "rules": [
+                {"name": "health", "public": true, "paths": ["/healthz"]},
+                {"name": "blocked", "action": "DENY", "when": [{"claim": "tenant", "values": ["blocked"]}]},
+                {"name": "readers", "paths": ["/orders*"], "when": [{"claim": "scope", "values": ["read"]}]}
+            ]
+        });
+        if let Value::Object(m) = extra {
+            for (key, v) in m {
+                cfg[key] = v;
+            }
+        }
+        (Config::from_json(cfg.to_string().as_bytes()).unwrap(), k)
+    }
+
+    fn bearer(k: &TestKey, extra: Value) -> String {
+        let mut c = claims("https://a");
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        format!("Bearer {}", k.sign(&c))
+    }
+
+    #[test]
+    fn public_routes_need_no_token_but_refuse_bad_ones() {
+        let (c, _) = policy_config(json!({}));
+        let ev = http(&c, "GET", "/healthz", &[]);
+        assert_eq!(ev.decision, Decision::Allow { identity: None });
+        assert_eq!(ev.public_rule, Some(0));
+        let d = denial(http(&c, "GET", "/healthz", &[("authorization", "Bearer a.b.c")]).decision);
+        assert_eq!(d.status, 401);
+        assert_eq!(denial(http(&c, "GET", "/orders", &[]).decision).reason, "missing_token");
+    }
+
+    #[test]
+    fn policy_denials_are_403_without_policy_details() {
+        let (c, k) = policy_config(json!({}));
+        let ok = http(
+            &c,
+            "GET",
+            "/orders/1",
+            &[("authorization", &bearer(&k, json!({"scope": "read"})))],
+        );
+        assert!(matches!(ok.decision, Decision::Allow { identity: Some(_) }));
+
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/orders/1",
+                &[("authorization", &bearer(&k, json!({"scope": "write"})))],
+            )
+            .decision,
+        );
+        assert_eq!((d.status, d.reason), (403, "insufficient_scope"));
+        assert_eq!(d.headers[0].1, "Bearer realm=\"claimguard\", error=\"insufficient_scope\", error_description=\"the token lacks a scope this request needs\"");
+        assert_eq!(
+            serde_json::from_str::<Value>(&d.body).unwrap(),
+            json!({"error": "insufficient_scope", "message": "the token lacks a scope this request needs"})
+        );
+
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/orders/1",
+                &[(
+                    "authorization",
+                    &bearer(&k, json!({"scope": "read", "tenant": "blocked"})),
+                )],
+            )
+            .decision,
+        );
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
+        assert!(d.headers.iter().all(|(k, _)| k != "www-authenticate"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&d.body).unwrap(),
+            json!({"error": "forbidden", "message": "access denied by policy"})
+        );
+
+        let (c, k) = policy_config(json!({"exposeRuleNames": true}));
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/orders/1",
+                &[(
+                    "authorization",
+                    &bearer(&k, json!({"scope": "read", "tenant": "blocked"})),
+                )],
+            )
+            .decision,
+        );
+        assert_eq!(serde_json::from_str::<Value>(&d.body).unwrap()["rule"], "blocked");
+    }
+
+    #[test]
+    fn invalid_token_is_401_before_policy() {
+        let (c, k) = policy_config(json!({}));
+        let mut expired = claims("https://a");
+        expired["exp"] = json!(NOW - 3600);
+        expired["tenant"] = json!("blocked");
+        let ev = http(
+            &c,
+            "GET",
+            "/orders",
+            &[("authorization", &format!("Bearer {}", k.sign(&expired)))],
+        );
+        assert!(ev.policy.is_none());
+        assert_eq!(denial(ev.decision).status, 401);
+    }
+
+    #[test]
+    fn cors_preflight_only_by_switch_and_only_real_preflights() {
+        let pre = [
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ];
+        let (c, _) = policy_config(json!({}));
+        assert_eq!(denial(http(&c, "OPTIONS", "/orders", &pre).decision).status, 401);
+        let (c, _) = policy_config(json!({"allowCorsPreflight": true}));
+        let ev = http(&c, "OPTIONS", "/orders", &pre);
+        assert!(ev.cors_preflight);
+        assert_eq!(ev.decision, Decision::Allow { identity: None });
+        // An OPTIONS without the preflight headers is an ordinary request.
+        assert_eq!(
+            denial(http(&c, "OPTIONS", "/orders", &[("origin", "x")]).decision).status,
+            401
+        );
+    }
+
+    #[test]
+    fn unsafe_paths_are_400() {
+        let (c, k) = policy_config(json!({}));
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/orders%2F..%2Fadmin",
+                &[("authorization", &bearer(&k, json!({"scope": "read"})))],
+            )
+            .decision,
+        );
+        assert_eq!((d.status, d.reason), (400, "bad_path"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&d.body).unwrap()["message"],
+            "request path contains an escaped slash"
+        );
     }
 }

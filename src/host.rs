@@ -4,11 +4,12 @@
 //! call becomes a handled error instead of an SDK `unwrap` panic inside the VM.
 
 use crate::config::Config;
-use crate::decision::{authenticate, Decision};
-use crate::token::Request;
+use crate::decision::{evaluate, Decision, Evaluation, HttpRequest};
+use crate::policy::{Effect, RuleAction};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use serde_json::json;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -33,10 +34,7 @@ impl RootContext for Root {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                log(
-                    LogLevel::Error,
-                    &format!("cannot read plugin configuration: {e:?}"),
-                );
+                log(LogLevel::Error, &format!("cannot read plugin configuration: {e:?}"));
                 return false;
             }
         };
@@ -47,11 +45,7 @@ impl RootContext for Root {
                 }
                 log(
                     LogLevel::Info,
-                    &format!(
-                        "configured {} provider(s): {}",
-                        cfg.providers.len(),
-                        summary(&cfg)
-                    ),
+                    &format!("configured {} provider(s): {}", cfg.providers.len(), summary(&cfg)),
                 );
                 self.config = Some(Rc::new(cfg));
                 true
@@ -59,10 +53,7 @@ impl RootContext for Root {
             Err(e) => {
                 // Refusing the config keeps the proxy on its last good state (or, at start-up,
                 // keeps the listener from serving with a broken filter).
-                log(
-                    LogLevel::Error,
-                    &format!("rejected plugin configuration: {e}"),
-                );
+                log(LogLevel::Error, &format!("rejected plugin configuration: {e}"));
                 false
             }
         }
@@ -95,10 +86,7 @@ impl Context for Filter {}
 
 impl Filter {
     fn reply(&self, status: u32, headers: &[(String, String)], body: &str) -> Action {
-        let hs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         if let Err(e) = hostcalls::send_http_response(status, hs, Some(body.as_bytes())) {
             log(LogLevel::Error, &format!("cannot send local reply: {e:?}"));
         }
@@ -130,42 +118,52 @@ impl HttpContext for Filter {
             Ok(Ok(d)) => d.as_secs(),
             _ => return self.internal_error("cannot read the clock"),
         };
-        let path = headers
-            .iter()
-            .find(|(k, _)| k == ":path")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("/");
-        let req = Request {
-            headers: &headers,
-            path,
-        };
-        match authenticate(&config, &req, now) {
-            Decision::Allow { identity } => {
-                if let Some(id) = identity {
-                    log(
-                        LogLevel::Debug,
-                        &format!(
-                            "allowed provider={} sub={}",
-                            id.provider,
-                            id.subject.as_deref().unwrap_or("-")
-                        ),
-                    );
-                }
-                Action::Continue
-            }
-            Decision::Deny(d) => {
-                log(
-                    LogLevel::Debug,
-                    &format!(
-                        "denied status={} reason={} provider={} ({})",
-                        d.status,
-                        d.reason,
-                        d.provider.as_deref().unwrap_or("-"),
-                        d.description
-                    ),
-                );
-                self.reply(d.status, &d.headers, &d.body)
+        let req = HttpRequest::from_headers(&headers);
+        let ev = evaluate(&config, &req, now);
+        report(&config, &req, &ev);
+        match ev.decision {
+            Decision::Allow { .. } => Action::Continue,
+            Decision::Deny(d) => self.reply(d.status, &d.headers, &d.body),
+        }
+    }
+}
+
+/// Log lines for what the policy saw but did not enforce (dry-run, AUDIT), and for denials.
+fn report(config: &Config, req: &HttpRequest, ev: &Evaluation) {
+    let (sub, provider) = match &ev.decision {
+        Decision::Allow { identity: Some(id) } => (id.subject.as_deref().unwrap_or("-"), id.provider.as_str()),
+        Decision::Deny(d) => ("-", d.provider.as_deref().unwrap_or("-")),
+        _ => ("-", "-"),
+    };
+    let path = ev.normalized_path.as_deref().unwrap_or(req.path);
+    if let Some(pd) = &ev.policy {
+        for t in &pd.trace {
+            let audit = config
+                .policy
+                .rules
+                .get(t.rule)
+                .is_some_and(|r| r.action == RuleAction::Audit);
+            if audit && t.outcome.is_ok() {
+                let line = json!({"claimguard": "audit", "rule": config.policy.rule_name(t.rule),
+                    "method": req.method, "path": path, "provider": provider, "sub": sub});
+                log(LogLevel::Info, &line.to_string());
             }
         }
+        if let Some(shadow) = &pd.shadow {
+            let (would, rule) = match shadow {
+                Effect::Deny { rule, .. } => ("deny", rule.map(|r| config.policy.rule_name(r))),
+                Effect::Allow { rule } => ("allow", rule.map(|r| config.policy.rule_name(r))),
+            };
+            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t)).collect();
+            let line = json!({"claimguard": "dry_run", "wouldBe": would, "rule": rule,
+                "enforced": if pd.effect.is_allow() { "allow" } else { "deny" },
+                "method": req.method, "path": path, "provider": provider, "sub": sub, "trace": why});
+            log(LogLevel::Info, &line.to_string());
+        }
+    }
+    if let Decision::Deny(d) = &ev.decision {
+        let line = json!({"claimguard": "deny", "status": d.status, "reason": d.reason,
+            "description": d.description, "provider": d.provider, "method": req.method, "path": path});
+        log(LogLevel::Debug, &line.to_string());
     }
 }

@@ -8,10 +8,10 @@ use crate::alg::Alg;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::{
-    ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, ES256PublicKey, ES384PublicKey,
-    Ed25519PublicKey, EdDSAPublicKeyLike, HS256Key, HS384Key, HS512Key, MACLike, NoCustomClaims,
-    PS256PublicKey, PS384PublicKey, PS512PublicKey, RS256PublicKey, RS384PublicKey, RS512PublicKey,
-    RSAPublicKeyLike, UnixTimeStamp, VerificationOptions,
+    ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, ES256PublicKey, ES384PublicKey, Ed25519PublicKey,
+    EdDSAPublicKeyLike, HS256Key, HS384Key, HS512Key, MACLike, NoCustomClaims, PS256PublicKey, PS384PublicKey,
+    PS512PublicKey, RS256PublicKey, RS384PublicKey, RS512PublicKey, RSAPublicKeyLike, UnixTimeStamp,
+    VerificationOptions,
 };
 use serde_json::{Map, Value};
 
@@ -101,13 +101,10 @@ impl SigVerifier {
             SigVerifier::HS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
         };
         r.map_err(|e| match e.downcast_ref::<jwt_simple::JWTError>() {
-            Some(
-                jwt_simple::JWTError::InvalidSignature
-                | jwt_simple::JWTError::InvalidAuthenticationTag,
-            ) => SignatureError::Invalid,
-            Some(jwt_simple::JWTError::NotJWT) => {
-                SignatureError::Rejected("token type (typ) is not JWT")
+            Some(jwt_simple::JWTError::InvalidSignature | jwt_simple::JWTError::InvalidAuthenticationTag) => {
+                SignatureError::Invalid
             }
+            Some(jwt_simple::JWTError::NotJWT) => SignatureError::Rejected("token type (typ) is not JWT"),
             _ => SignatureError::Rejected("token could not be verified"),
         })
     }
@@ -127,17 +124,10 @@ impl VerificationKey {
         self.verifiers.iter().any(|v| v.alg() == alg)
     }
 
-    pub fn verify(
-        &self,
-        alg: Alg,
-        token: &str,
-        max_token_bytes: usize,
-    ) -> Result<(), SignatureError> {
+    pub fn verify(&self, alg: Alg, token: &str, max_token_bytes: usize) -> Result<(), SignatureError> {
         match self.verifiers.iter().find(|v| v.alg() == alg) {
             Some(v) => v.verify(token, max_token_bytes),
-            None => Err(SignatureError::Rejected(
-                "key does not support the token's algorithm",
-            )),
+            None => Err(SignatureError::Rejected("key does not support the token's algorithm")),
         }
     }
 
@@ -179,13 +169,8 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    pub fn find_by_kid<'a>(
-        &'a self,
-        kid: &'a str,
-    ) -> impl Iterator<Item = &'a VerificationKey> + 'a {
-        self.keys
-            .iter()
-            .filter(move |k| k.kid.as_deref() == Some(kid))
+    pub fn find_by_kid<'a>(&'a self, kid: &'a str) -> impl Iterator<Item = &'a VerificationKey> + 'a {
+        self.keys.iter().filter(move |k| k.kid.as_deref() == Some(kid))
     }
 }
 
@@ -267,19 +252,17 @@ fn parse_jwk(v: &Value) -> Result<Parsed, FieldError> {
         "RSA" => rsa_key(jwk, jwk_alg)?,
         "EC" => ec_key(jwk, jwk_alg)?,
         "OKP" => okp_key(jwk, jwk_alg)?,
-        "oct" => return Ok(Parsed::Skip(
-            "symmetric (oct) keys in a JWKS are never used; configure hmacSecret on the provider"
-                .into(),
-        )),
+        "oct" => {
+            return Ok(Parsed::Skip(
+                "symmetric (oct) keys in a JWKS are never used; configure hmacSecret on the provider".into(),
+            ))
+        }
         other => return Ok(Parsed::Skip(format!("kty {other:?} is not supported"))),
     };
     if verifiers.is_empty() {
         return Err(field_err(
             "alg",
-            format!(
-                "{description} key cannot be used with alg {:?}",
-                jwk_alg.map(Alg::name)
-            ),
+            format!("{description} key cannot be used with alg {:?}", jwk_alg.map(Alg::name)),
         ));
     }
     Ok(Parsed::Key(VerificationKey {
@@ -306,10 +289,7 @@ fn b64_field(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, FieldError
         .map_err(|e| field_err(name, format!("is not valid base64url: {e}")))
 }
 
-fn rsa_key(
-    jwk: &Map<String, Value>,
-    jwk_alg: Option<Alg>,
-) -> Result<(String, Vec<SigVerifier>), FieldError> {
+fn rsa_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
     let n = b64_field(jwk, "n")?;
     let e = b64_field(jwk, "e")?;
     let n = strip_leading_zeros(&n);
@@ -347,14 +327,7 @@ fn rsa_key(
     }
     let bad = |_| field_err("n", "is not a usable RSA public key");
     let mut out = Vec::new();
-    for a in [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-    ] {
+    for a in [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512] {
         if jwk_alg.is_some_and(|j| j != a) {
             continue;
         }
@@ -370,12 +343,8 @@ fn rsa_key(
     Ok((format!("RSA-{bits}"), out))
 }
 
-fn ec_key(
-    jwk: &Map<String, Value>,
-    jwk_alg: Option<Alg>,
-) -> Result<(String, Vec<SigVerifier>), FieldError> {
-    let crv =
-        str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an EC key"))?;
+fn ec_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
+    let crv = str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an EC key"))?;
     let (alg, len) = match crv {
         "P-256" => (Alg::ES256, 32),
         "P-384" => (Alg::ES384, 48),
@@ -421,12 +390,8 @@ fn ec_key(
     Ok((format!("EC {crv}"), vec![v]))
 }
 
-fn okp_key(
-    jwk: &Map<String, Value>,
-    jwk_alg: Option<Alg>,
-) -> Result<(String, Vec<SigVerifier>), FieldError> {
-    let crv =
-        str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an OKP key"))?;
+fn okp_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
+    let crv = str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an OKP key"))?;
     if crv != "Ed25519" {
         return Err(field_err(
             "crv",
@@ -443,13 +408,9 @@ fn okp_key(
     }
     let x = b64_field(jwk, "x")?;
     if x.len() != 32 {
-        return Err(field_err(
-            "x",
-            format!("must be 32 bytes for Ed25519, got {}", x.len()),
-        ));
+        return Err(field_err("x", format!("must be 32 bytes for Ed25519, got {}", x.len())));
     }
-    let k = Ed25519PublicKey::from_bytes(&x)
-        .map_err(|_| field_err("x", "is not a valid Ed25519 public key"))?;
+    let k = Ed25519PublicKey::from_bytes(&x).map_err(|_| field_err("x", "is not a valid Ed25519 public key"))?;
     Ok(("OKP Ed25519".into(), vec![SigVerifier::EdDSA(k)]))
 }
 
@@ -482,8 +443,7 @@ mod tests {
         let ed = TestKey::generate(Alg::EdDSA, "o1");
         let mut rsa_no_alg = rsa.public_jwk();
         rsa_no_alg.as_object_mut().unwrap().remove("alg");
-        let set =
-            one(json!({"keys": [rsa.public_jwk(), ec.public_jwk(), ed.public_jwk(), rsa_no_alg]}));
+        let set = one(json!({"keys": [rsa.public_jwk(), ec.public_jwk(), ed.public_jwk(), rsa_no_alg]}));
         assert!(set.rejected.is_empty(), "{:?}", set.rejected);
         assert_eq!(set.keys.len(), 4);
         assert_eq!(set.keys[0].algorithms(), vec![Alg::RS256]);
@@ -501,9 +461,7 @@ mod tests {
         let ec = TestKey::generate(Alg::ES256, "e1");
         let mut short = rsa.public_jwk();
         // 1024-bit modulus: keep the top half of the real one.
-        let n = URL_SAFE_NO_PAD
-            .decode(short["n"].as_str().unwrap())
-            .unwrap();
+        let n = URL_SAFE_NO_PAD.decode(short["n"].as_str().unwrap()).unwrap();
         short["n"] = json!(URL_SAFE_NO_PAD.encode(&n[..128]));
         let mut e1 = rsa.public_jwk();
         e1["e"] = json!("AQ");
@@ -517,9 +475,8 @@ mod tests {
         rsa_as_es["alg"] = json!("ES256");
         let mut short_x = ec.public_jwk();
         short_x["x"] = json!("AAAA");
-        let set = one(
-            json!({"keys": [short, e1, wrong_crv_alg, off_curve, private, rsa_as_es, short_x, {"kid": "x"}, 5]}),
-        );
+        let set =
+            one(json!({"keys": [short, e1, wrong_crv_alg, off_curve, private, rsa_as_es, short_x, {"kid": "x"}, 5]}));
         let paths: Vec<&str> = set.rejected.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -535,11 +492,7 @@ mod tests {
                 "keys[8]"
             ]
         );
-        assert!(
-            set.rejected[0].1.contains("1024 bits"),
-            "{}",
-            set.rejected[0].1
-        );
+        assert!(set.rejected[0].1.contains("1024 bits"), "{}", set.rejected[0].1);
         assert!(set.keys.is_empty());
     }
 

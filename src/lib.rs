@@ -31,17 +31,14 @@ pub mod config;
 pub mod decision;
 pub mod json;
 pub mod jwks;
+pub mod path;
+pub mod policy;
 pub mod token;
 pub mod verify;
 
 // Developer tooling, never in the filter: failing loudly is right there.
 #[cfg(not(target_arch = "wasm32"))]
-#[allow(
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
+#[allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 pub mod devtools;
 
 #[cfg(target_arch = "wasm32")]

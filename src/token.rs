@@ -152,9 +152,7 @@ pub fn parse(raw: &str, max_bytes: usize) -> Result<Jwt<'_>, TokenError> {
         return Err(TokenError::TooLarge { limit: max_bytes });
     }
     let mut parts = raw.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed(
             "a JWT must have exactly three dot-separated parts".into(),
         ));
@@ -170,9 +168,7 @@ pub fn parse(raw: &str, max_bytes: usize) -> Result<Jwt<'_>, TokenError> {
         .map_err(|_| TokenError::Malformed("signature is not canonical base64url".into()))?;
 
     let alg = match header.get("alg") {
-        Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => {
-            return Err(TokenError::AlgNone)
-        }
+        Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => return Err(TokenError::AlgNone),
         Some(Value::String(a)) => Alg::from_name(a).ok_or(TokenError::UnsupportedAlg)?,
         Some(_) => return Err(TokenError::Malformed("header alg must be a string".into())),
         None => return Err(TokenError::Malformed("header has no alg".into())),
@@ -212,9 +208,7 @@ fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, TokenE
         .map_err(|_| TokenError::Malformed(format!("{what} is not canonical base64url")))?;
     match parse_strict(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(TokenError::Malformed(format!(
-            "{what} is not a JSON object"
-        ))),
+        Ok(_) => Err(TokenError::Malformed(format!("{what} is not a JSON object"))),
         Err(e) => Err(TokenError::Malformed(format!(
             "{what} is not valid JSON: {}",
             truncate(&e, 60)
@@ -235,10 +229,7 @@ mod tests {
     }
 
     fn hdrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn bearer() -> Location {
@@ -260,10 +251,7 @@ mod tests {
             path: "/p?x=1&access_token=q%2Ev&y",
         };
         assert_eq!(extract(&bearer(), &req), ["abc"]);
-        assert_eq!(
-            extract(&Location::Param("access_token".into()), &req),
-            ["q.v"]
-        );
+        assert_eq!(extract(&Location::Param("access_token".into()), &req), ["q.v"]);
         assert_eq!(extract(&Location::Cookie("jwt".into()), &req), ["ck"]);
         assert_eq!(
             extract(
@@ -281,10 +269,7 @@ mod tests {
     fn other_schemes_and_empty_tokens_are_not_tokens() {
         for v in ["Basic dXNlcg==", "Bearer ", "Bearer", "Bearerabc", ""] {
             let h = hdrs(&[("authorization", v)]);
-            let req = Request {
-                headers: &h,
-                path: "/",
-            };
+            let req = Request { headers: &h, path: "/" };
             assert!(extract(&bearer(), &req).is_empty(), "{v:?}");
         }
     }
@@ -292,10 +277,7 @@ mod tests {
     #[test]
     fn repeated_headers_yield_every_candidate() {
         let h = hdrs(&[("authorization", "Bearer a"), ("Authorization", "Bearer b")]);
-        let req = Request {
-            headers: &h,
-            path: "/",
-        };
+        let req = Request { headers: &h, path: "/" };
         assert_eq!(extract(&bearer(), &req), ["a", "b"]);
         let folded = hdrs(&[("authorization", "Bearer a, Bearer b")]);
         let req = Request {
@@ -307,10 +289,7 @@ mod tests {
 
     #[test]
     fn parses_a_well_formed_token() {
-        let t = tok(
-            r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#,
-            r#"{"sub":"u"}"#,
-        );
+        let t = tok(r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#, r#"{"sub":"u"}"#);
         let j = parse(&t, 8192).unwrap();
         assert_eq!(j.alg, Alg::RS256);
         assert_eq!(j.kid.as_deref(), Some("k1"));
@@ -323,24 +302,15 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("a.b".into(), "three"),
             ("a.b.c.d".into(), "three"),
-            (
-                format!("{}..{}", b64(r#"{"alg":"RS256"}"#), b64("s")),
-                "empty",
-            ),
-            (
-                format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64(p)),
-                "empty",
-            ),
+            (format!("{}..{}", b64(r#"{"alg":"RS256"}"#), b64("s")), "empty"),
+            (format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64(p)), "empty"),
             (
                 format!("{}=.{}.{}", b64(r#"{"alg":"RS256"}"#), b64(p), b64("s")),
                 "base64url",
             ),
             (tok(r#"{"alg":"RS256"}"#, "[1]"), "not a JSON object"),
             (tok(r#"{"alg":"RS256","alg":"none"}"#, p), "duplicate"),
-            (
-                tok(r#"{"alg":"RS256"}"#, r#"{"sub":"a","sub":"b"}"#),
-                "duplicate",
-            ),
+            (tok(r#"{"alg":"RS256"}"#, r#"{"sub":"a","sub":"b"}"#), "duplicate"),
             (tok(r#"{"alg":5}"#, p), "alg must be a string"),
             (tok(r#"{}"#, p), "no alg"),
             (tok(r#"{"alg":"RS256","kid":7}"#, p), "kid must be a string"),
@@ -367,14 +337,8 @@ mod tests {
 
     #[test]
     fn size_cap() {
-        let t = tok(
-            r#"{"alg":"RS256"}"#,
-            &format!(r#"{{"x":"{}"}}"#, "a".repeat(100)),
-        );
-        assert_eq!(
-            parse(&t, 50).unwrap_err(),
-            TokenError::TooLarge { limit: 50 }
-        );
+        let t = tok(r#"{"alg":"RS256"}"#, &format!(r#"{{"x":"{}"}}"#, "a".repeat(100)));
+        assert_eq!(parse(&t, 50).unwrap_err(), TokenError::TooLarge { limit: 50 });
     }
 
     #[test]

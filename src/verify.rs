@@ -14,9 +14,7 @@ use serde_json::{Map, Value};
 pub enum AuthError {
     Missing,
     MultipleTokens,
-    TooLarge {
-        limit: usize,
-    },
+    TooLarge { limit: usize },
     Malformed(String),
     AlgNone,
     AlgNotAllowed(Alg),
@@ -30,10 +28,7 @@ pub enum AuthError {
     MissingExpiration,
     NotYetValid,
     IssuedInFuture,
-    InvalidClaim {
-        claim: &'static str,
-        why: &'static str,
-    },
+    InvalidClaim { claim: &'static str, why: &'static str },
     MissingAudience,
     WrongAudience,
 }
@@ -163,12 +158,7 @@ fn verify_signature(provider: &Provider, jwt: &Jwt) -> Result<(), AuthError> {
         }
         None => {
             // No kid: like Envoy, try every key that fits the algorithm.
-            let candidates: Vec<_> = provider
-                .keys
-                .keys
-                .iter()
-                .filter(|k| k.supports(jwt.alg))
-                .collect();
+            let candidates: Vec<_> = provider.keys.keys.iter().filter(|k| k.supports(jwt.alg)).collect();
             if candidates.is_empty() {
                 return Err(AuthError::KeyAlgMismatch);
             }
@@ -200,10 +190,7 @@ fn sig_error(e: SignatureError) -> AuthError {
 }
 
 /// NumericDate (RFC 7519 §2) as claimguard accepts it: a non-negative integer, like Envoy.
-fn numeric_date(
-    claims: &Map<String, Value>,
-    claim: &'static str,
-) -> Result<Option<u64>, AuthError> {
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, AuthError> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(AuthError::InvalidClaim {
@@ -217,11 +204,7 @@ fn numeric_date(
     }
 }
 
-pub fn check_claims(
-    provider: &Provider,
-    claims: &Map<String, Value>,
-    now: u64,
-) -> Result<(), AuthError> {
+pub fn check_claims(provider: &Provider, claims: &Map<String, Value>, now: u64) -> Result<(), AuthError> {
     check_claim_types(claims)?;
     if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
         return Err(AuthError::UnknownIssuer);
@@ -252,10 +235,7 @@ fn audiences(aud: Option<&Value>) -> Result<Vec<&str>, AuthError> {
     match aud {
         None => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.as_str()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().ok_or(bad.clone()))
-            .collect(),
+        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().ok_or(bad.clone())).collect(),
         Some(_) => Err(bad),
     }
 }
@@ -268,10 +248,7 @@ fn check_audience(provider: &Provider, aud: Option<&Value>) -> Result<(), AuthEr
     if auds.is_empty() {
         return Err(AuthError::MissingAudience);
     }
-    if auds
-        .iter()
-        .any(|a| provider.audiences.iter().any(|p| p == a))
-    {
+    if auds.iter().any(|a| provider.audiences.iter().any(|p| p == a)) {
         Ok(())
     } else {
         Err(AuthError::WrongAudience)
@@ -339,11 +316,7 @@ mod tests {
                 f.rsa.sign(&with(g(), "aud", json!(["x", "reports"]))),
                 Ok(()),
             ),
-            (
-                "ExpInSkew",
-                f.rsa.sign(&with(g(), "exp", json!(NOW - 30))),
-                Ok(()),
-            ),
+            ("ExpInSkew", f.rsa.sign(&with(g(), "exp", json!(NOW - 30))), Ok(())),
             (
                 "Expired",
                 f.rsa.sign(&with(g(), "exp", json!(NOW - 61))),
@@ -375,11 +348,7 @@ mod tests {
                 f.rsa.sign(&with(g(), "nbf", json!(NOW + 61))),
                 Err(AuthError::NotYetValid),
             ),
-            (
-                "NbfInSkew",
-                f.rsa.sign(&with(g(), "nbf", json!(NOW + 59))),
-                Ok(()),
-            ),
+            ("NbfInSkew", f.rsa.sign(&with(g(), "nbf", json!(NOW + 59))), Ok(())),
             (
                 "IatFuture",
                 f.rsa.sign(&with(g(), "iat", json!(NOW + 3600))),
@@ -421,22 +390,10 @@ mod tests {
                     why: "must be a string",
                 }),
             ),
-            (
-                "OtherKeySameKid",
-                other_rsa.sign(&g()),
-                Err(AuthError::BadSignature),
-            ),
-            (
-                "NonExistKid",
-                rs_unknown.sign(&g()),
-                Err(AuthError::UnknownKid),
-            ),
+            ("OtherKeySameKid", other_rsa.sign(&g()), Err(AuthError::BadSignature)),
+            ("NonExistKid", rs_unknown.sign(&g()), Err(AuthError::UnknownKid)),
             // The JWK says RS256: the same RSA key may not be used with PS256.
-            (
-                "KeyAlgMismatch",
-                ps.sign(&g()),
-                Err(AuthError::KeyAlgMismatch),
-            ),
+            ("KeyAlgMismatch", ps.sign(&g()), Err(AuthError::KeyAlgMismatch)),
         ];
         for (name, token, want) in cases {
             assert_eq!(run(&f, &token), want, "{name}");
@@ -452,7 +409,8 @@ mod tests {
             } else {
                 TestKey::generate(alg, "k")
             };
-            let cfg = json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"], "jwks": key.jwks()}]});
+            let cfg =
+                json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"], "jwks": key.jwks()}]});
             let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
             let t = key.sign(&good_claims());
             let jwt = parse(&t, 8192).unwrap();
@@ -486,12 +444,7 @@ mod tests {
         header["jku"] = json!("https://attacker.example/jwks.json");
         header["x5u"] = json!("https://attacker.example/cert.pem");
         header["x5c"] = json!(["MIIB"]);
-        let b64 = |v: &Value| {
-            base64::Engine::encode(
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-                v.to_string(),
-            )
-        };
+        let b64 = |v: &Value| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v.to_string());
         let forged = format!("{}.{rest}", b64(&header));
         assert_eq!(run(&f, &forged), Err(AuthError::BadSignature));
         // An embedded JWK object is refused by the signature verifier's header parser:
@@ -523,10 +476,7 @@ mod tests {
     fn allow_list_is_enforced_before_keys() {
         let f = fixture();
         let es384 = TestKey::generate(Alg::ES384, "ec-1");
-        assert_eq!(
-            run(&f, &es384.sign(&good_claims())),
-            Err(AuthError::KeyAlgMismatch)
-        );
+        assert_eq!(run(&f, &es384.sign(&good_claims())), Err(AuthError::KeyAlgMismatch));
         let cfg = json!({"providers": [{"issuer": "https://idp.example", "algorithms": ["ES256"],
             "jwks": {"keys": [f.rsa.public_jwk(), f.ec.public_jwk()]}}]});
         let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();

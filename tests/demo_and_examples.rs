@@ -10,14 +10,7 @@ fn demo_serves_the_requests_it_prints() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(env!("CARGO_BIN_EXE_claimguard"))
         .current_dir(root)
-        .args([
-            "demo",
-            "--config",
-            "examples/config.json",
-            "--port",
-            "0",
-            "--self-test",
-        ])
+        .args(["demo", "--config", "examples/config.json", "--port", "0", "--self-test"])
         .output()
         .expect("run claimguard demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -28,16 +21,8 @@ fn demo_serves_the_requests_it_prints() {
         "{stdout}"
     );
     // The printed commands are ready to paste: one curl per example, with a real token.
-    assert_eq!(
-        stdout.matches("curl -i http://127.0.0.1:").count(),
-        5,
-        "{stdout}"
-    );
-    assert_eq!(
-        stdout.matches("-H 'Authorization: Bearer ey").count(),
-        4,
-        "{stdout}"
-    );
+    assert_eq!(stdout.matches("curl -i http://127.0.0.1:").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("-H 'Authorization: Bearer ey").count(), 4, "{stdout}");
 }
 
 #[test]
@@ -54,11 +39,7 @@ fn example_configs_are_valid() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= 2,
-        "expected the example configs in {}",
-        dir.display()
-    );
+    assert!(checked >= 2, "expected the example configs in {}", dir.display());
 }
 
 #[test]

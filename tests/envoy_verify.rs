@@ -20,7 +20,10 @@ fn assert_401(stack: &Stack, name: &str, token: &str, description: &str) {
     assert_eq!(r.status, 401, "{name}: {r:?}");
     assert_eq!(
         r.header("www-authenticate"),
-        Some(format!("Bearer realm=\"claimguard\", error=\"invalid_token\", error_description=\"{description}\"").as_str()),
+        Some(
+            format!("Bearer realm=\"claimguard\", error=\"invalid_token\", error_description=\"{description}\"")
+                .as_str()
+        ),
         "{name}"
     );
     assert_eq!(r.header("content-type"), Some("application/json"), "{name}");
@@ -29,10 +32,7 @@ fn assert_401(stack: &Stack, name: &str, token: &str, description: &str) {
         json!({"error": "invalid_token", "message": description}),
         "{name}"
     );
-    assert!(
-        !r.body.contains(token),
-        "{name}: the body must not echo the token"
-    );
+    assert!(!r.body.contains(token), "{name}: the body must not echo the token");
     assert_eq!(
         stack.upstream.served(),
         before,
@@ -46,18 +46,11 @@ fn valid_rs256_and_es256_tokens_reach_the_upstream() {
     let k = keys();
     for (name, key) in [("GoodRS256", &k.rsa), ("GoodES256", &k.ec)] {
         let token = key.sign(&good_claims());
-        let r = stack.get(
-            "/orders/42?x=1",
-            &[("authorization", &format!("Bearer {token}"))],
-        );
+        let r = stack.get("/orders/42?x=1", &[("authorization", &format!("Bearer {token}"))]);
         assert_eq!(r.status, 200, "{name}: {r:?}\n{}", stack.envoy.log());
         let echoed = r.json();
         assert_eq!(echoed["path"], "/orders/42?x=1", "{name}");
-        assert_eq!(
-            echoed["headers"]["authorization"],
-            format!("Bearer {token}"),
-            "{name}"
-        );
+        assert_eq!(echoed["headers"]["authorization"], format!("Bearer {token}"), "{name}");
     }
     assert_eq!(stack.upstream.served(), 2);
 }
@@ -116,8 +109,7 @@ fn invalid_tokens_get_401_with_the_reason() {
         ),
         (
             "NoExpToken",
-            k.rsa
-                .sign(&json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "a"})),
+            k.rsa.sign(&json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "a"})),
             "token has no expiration (exp)",
         ),
         (
@@ -138,10 +130,7 @@ fn missing_token_gets_401_without_error_code() {
         let r = stack.get("/orders", &headers);
         assert_eq!(r.status, 401, "{r:?}");
         // RFC 6750 §3.1: no error code when the request carried no token at all.
-        assert_eq!(
-            r.header("www-authenticate"),
-            Some("Bearer realm=\"claimguard\"")
-        );
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"claimguard\""));
         assert_eq!(
             r.json(),
             json!({"error": "missing_token", "message": "a bearer token is required"})
@@ -167,10 +156,7 @@ fn two_tokens_get_400_invalid_request() {
         .unwrap_or_default()
         .contains("error=\"invalid_request\""));
     // One token in the query alone is fine.
-    assert_eq!(
-        stack.get(&format!("/orders?access_token={t}"), &[]).status,
-        200
-    );
+    assert_eq!(stack.get(&format!("/orders?access_token={t}"), &[]).status, 200);
 }
 
 #[test]
@@ -180,12 +166,7 @@ fn allow_missing_passes_anonymous_requests_only() {
     let stack = Stack::start(&cfg);
     assert_eq!(stack.get("/public", &[]).status, 200);
     let expired = keys().ec.sign(&with(good_claims(), "exp", json!(1)));
-    assert_401(
-        &stack,
-        "ExpiredWithAllowMissing",
-        &expired,
-        "token has expired",
-    );
+    assert_401(&stack, "ExpiredWithAllowMissing", &expired, "token has expired");
 }
 
 fn start_expecting_refusal(cfg: &Value) -> String {
@@ -194,10 +175,7 @@ fn start_expecting_refusal(cfg: &Value) -> String {
     match Envoy::start(&opts, Duration::from_secs(60)) {
         Ok(envoy) => panic!("Envoy served with a bad config:\n{}", envoy.log()),
         Err(e) => {
-            assert!(
-                e.exit_code.is_some_and(|c| c != 0),
-                "Envoy should exit non-zero: {e}"
-            );
+            assert!(e.exit_code.is_some_and(|c| c != 0), "Envoy should exit non-zero: {e}");
             e.log
         }
     }
@@ -225,13 +203,13 @@ fn bad_configs_are_refused_with_the_field_path() {
             json!({"providers": [{"issuer": ISSUER, "jwks": k.ec.jwks(), "audiencez": ["a"]}]}),
             "claimguard: rejected plugin configuration: providers[0].audiencez: unknown field `audiencez`",
         ),
-        (json!({"providers": [{"issuer": "", "jwks": k.ec.jwks()}]}), "claimguard: rejected plugin configuration: providers[0].issuer: must not be empty"),
+        (
+            json!({"providers": [{"issuer": "", "jwks": k.ec.jwks()}]}),
+            "claimguard: rejected plugin configuration: providers[0].issuer: must not be empty",
+        ),
     ];
     for (cfg, want) in cases {
         let log = start_expecting_refusal(&cfg);
-        assert!(
-            log.contains(want),
-            "wanted {want:?} in the Envoy log:\n{log}"
-        );
+        assert!(log.contains(want), "wanted {want:?} in the Envoy log:\n{log}");
     }
 }

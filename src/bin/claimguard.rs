@@ -33,8 +33,7 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    const USAGE: &str =
-        "usage: claimguard <check|keygen|mint|upstream|demo> [options]  (see README.md)";
+    const USAGE: &str = "usage: claimguard <check|keygen|mint|upstream|demo> [options]  (see README.md)";
 
     /// `--name value` options, repeatable, plus positional arguments and `--flag`s.
     struct Args {
@@ -80,8 +79,7 @@ mod cli {
                 .collect()
         }
         fn require(&self, name: &str) -> Result<&str, String> {
-            self.get(name)
-                .ok_or_else(|| format!("--{name} is required"))
+            self.get(name).ok_or_else(|| format!("--{name} is required"))
         }
         fn flag(&self, name: &str) -> bool {
             self.flags.iter().any(|f| f == name)
@@ -131,11 +129,7 @@ mod cli {
                 p.issuer,
                 p.keys.keys.len(),
                 algs.join(","),
-                p.locations
-                    .iter()
-                    .map(|l| l.describe())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                p.locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ")
             );
         }
         println!("{path}: OK");
@@ -147,9 +141,7 @@ mod cli {
         let kid = a.require("kid")?;
         let out = PathBuf::from(a.require("out")?);
         if alg.is_hmac() {
-            return Err(
-                "keygen makes asymmetric keys; HMAC secrets are configured with hmacSecret".into(),
-            );
+            return Err("keygen makes asymmetric keys; HMAC secrets are configured with hmacSecret".into());
         }
         let key = TestKey::generate(alg, kid);
         std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -228,10 +220,8 @@ mod cli {
             .unwrap_or("10000")
             .parse()
             .map_err(|_| "--port must be a port number")?;
-        let text =
-            std::fs::read_to_string(config_path).map_err(|e| format!("{config_path}: {e}"))?;
-        let mut cfg: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{config_path}: {e}"))?;
+        let text = std::fs::read_to_string(config_path).map_err(|e| format!("{config_path}: {e}"))?;
+        let mut cfg: Value = serde_json::from_str(&text).map_err(|e| format!("{config_path}: {e}"))?;
         let provider = cfg["providers"][0].clone();
         let issuer = provider["issuer"]
             .as_str()
@@ -301,9 +291,7 @@ mod cli {
         ];
         let url = format!("http://127.0.0.1:{}/orders/42", envoy.port);
         println!("claimguard demo: Envoy on http://127.0.0.1:{} (admin http://127.0.0.1:{}), upstream echoes what it receives.", envoy.port, envoy.admin_port);
-        println!(
-            "Plugin config: .demo/plugin-config.json; keys: .demo/*.pem. Mint more tokens with:"
-        );
+        println!("Plugin config: .demo/plugin-config.json; keys: .demo/*.pem. Mint more tokens with:");
         println!("  cargo run -q --bin claimguard -- mint --key .demo/demo-es256.pem --alg ES256 --kid demo-es256 --iss {issuer}{}\n", aud.map(|a| format!(" --aud {a}")).unwrap_or_default());
         let mut failures = 0;
         for ex in &examples {
@@ -314,24 +302,16 @@ mod cli {
             }
             if a.flag("self-test") {
                 let auth = ex.token.as_ref().map(|t| format!("Bearer {t}"));
-                let headers: Vec<(&str, &str)> =
-                    auth.iter().map(|v| ("authorization", v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = auth.iter().map(|v| ("authorization", v.as_str())).collect();
                 let r = http::get(envoy.port, "/orders/42", &headers)?;
                 let ok = r.status == ex.want;
                 failures += usize::from(!ok);
-                println!(
-                    "  -> {} {}\n",
-                    r.status,
-                    if ok { "as expected" } else { "UNEXPECTED" }
-                );
+                println!("  -> {} {}\n", r.status, if ok { "as expected" } else { "UNEXPECTED" });
             }
         }
         if a.flag("self-test") {
             return if failures == 0 {
-                println!(
-                    "self-test: all {} requests answered as expected",
-                    examples.len()
-                );
+                println!("self-test: all {} requests answered as expected", examples.len());
                 Ok(())
             } else {
                 Err(format!(

@@ -102,8 +102,7 @@ fn serve(conn: TcpStream, served: &AtomicU64) {
             return;
         }
         served.fetch_add(1, Ordering::SeqCst);
-        let out =
-            serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let out = serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{out}",
             out.len()

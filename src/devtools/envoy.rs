@@ -90,8 +90,7 @@ pub fn wasm_filter(wasm: &Path, plugin_config: &str) -> Value {
 
 /// A complete bootstrap: one listener on 127.0.0.1 → claimguard → router → the upstream.
 pub fn bootstrap(o: &EnvoyOptions) -> Value {
-    let loopback =
-        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let loopback = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     json!({
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
@@ -185,16 +184,11 @@ impl Envoy {
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)
-            .map_err(|e| fail(format!("mkdir {}: {e}", dir.display()), String::new()))?;
+        fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display()), String::new()))?;
         let cfg = dir.join("envoy.json");
-        fs::write(
-            &cfg,
-            serde_json::to_string_pretty(&bootstrap(o)).unwrap_or_default(),
-        )
-        .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
-        let log = fs::File::create(dir.join("envoy.log"))
-            .map_err(|e| fail(format!("log file: {e}"), String::new()))?;
+        fs::write(&cfg, serde_json::to_string_pretty(&bootstrap(o)).unwrap_or_default())
+            .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
+        let log = fs::File::create(dir.join("envoy.log")).map_err(|e| fail(format!("log file: {e}"), String::new()))?;
         let log2 = log
             .try_clone()
             .map_err(|e| fail(format!("log file: {e}"), String::new()))?;
@@ -242,19 +236,11 @@ impl Envoy {
                 }
             }
             if Instant::now() > deadline {
-                return Err(fail(
-                    format!("Envoy was not ready within {timeout:?}"),
-                    envoy.log(),
-                ));
+                return Err(fail(format!("Envoy was not ready within {timeout:?}"), envoy.log()));
             }
             if envoy.admin_port == 0 {
                 if let Ok(a) = fs::read_to_string(&admin_file) {
-                    envoy.admin_port = a
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
+                    envoy.admin_port = a.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 }
             }
             if envoy.admin_port != 0 {
@@ -275,8 +261,7 @@ impl Envoy {
     fn listener_port(&self) -> Option<u16> {
         let r = http::get(self.admin_port, "/listeners?format=json", &[]).ok()?;
         let v = r.json();
-        let addr =
-            v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
+        let addr = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(addr).ok().filter(|p| *p != 0)
     }
 

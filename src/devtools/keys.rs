@@ -188,9 +188,9 @@ impl TestKey {
             (Inner::Es384(k), _) => {
                 with_kid!(ES384KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
             }
-            (Inner::Ed(k), _) => with_kid!(
-                Ed25519KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e))
-            ),
+            (Inner::Ed(k), _) => {
+                with_kid!(Ed25519KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
+            }
             (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate),
             (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate),
             (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate),
