@@ -96,6 +96,134 @@ struct RawProvider {
     max_token_bytes: Option<usize>,
     #[serde(default)]
     space_delimited_claims: Option<Vec<String>>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    jwks_cluster: Option<String>,
+    #[serde(default)]
+    oidc_discovery: bool,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    jwks_max_bytes: Option<usize>,
+    #[serde(default)]
+    jwks_refresh_interval: Option<String>,
+    #[serde(default)]
+    jwks_min_refresh_interval: Option<String>,
+    #[serde(default)]
+    jwks_max_refresh_interval: Option<String>,
+    #[serde(default)]
+    jwks_refetch_cooldown: Option<String>,
+    #[serde(default)]
+    max_stale: Option<String>,
+    #[serde(default)]
+    jwks_wait_timeout: Option<String>,
+}
+
+/// Where and how a provider's keys are fetched (`jwksUri` or OIDC discovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// The JWKS URL, or the discovery document's when `discovery` is set.
+    pub url: HttpUrl,
+    pub discovery: bool,
+    /// The Envoy cluster the callout goes through (Istio: `outbound|443||host`); `None` means
+    /// derive it from the URL being fetched.
+    pub cluster: Option<String>,
+    pub timeout_ms: u64,
+    pub max_bytes: usize,
+    pub refresh_ms: u64,
+    pub min_refresh_ms: u64,
+    pub max_refresh_ms: u64,
+    pub cooldown_ms: u64,
+    pub max_stale_ms: u64,
+    pub wait_ms: u64,
+    /// Shared-data key prefix: one fetched set per URL per proxy, whichever VM fetched it.
+    pub shared_key: String,
+}
+
+/// A parsed `http(s)://host[:port]/path` URL, enough for an Envoy HTTP callout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl HttpUrl {
+    pub fn parse(s: &str) -> Result<HttpUrl, String> {
+        let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("{s:?} must start with https:// or http://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+            None => (rest, "/"),
+        };
+        if authority.is_empty()
+            || authority.contains('@')
+            || path.contains('#')
+            || path.chars().any(char::is_whitespace)
+        {
+            return Err(format!(
+                "{s:?} is not a usable URL (host required; no userinfo, fragment or spaces)"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port: u16 = p.parse().map_err(|_| format!("{s:?} has an invalid port"))?;
+                (h.to_string(), port)
+            }
+            _ => (authority.to_string(), if https { 443 } else { 80 }),
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        Ok(HttpUrl {
+            https,
+            host: host.to_ascii_lowercase(),
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    /// The `:authority` to send: the host, with the port when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        if self.port == if self.https { 443 } else { 80 } {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Istio's name for the cluster that reaches this host: `outbound|PORT||HOST`.
+    pub fn istio_cluster(&self) -> String {
+        format!("outbound|{}||{}", self.port, self.host)
+    }
+}
+
+/// Parses `500ms`, `5s`, `10m`, `24h` (or a bare number of seconds) into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (s.get(..i).unwrap_or(""), s.get(i..).unwrap_or("")),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 10m or 24h"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?} is not a duration like 500ms, 5s, 10m or 24h")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[derive(Deserialize)]
@@ -124,6 +252,8 @@ pub struct Provider {
     pub max_token_bytes: usize,
     /// Claims whose string value is a space-separated set (`scope`, `scp`) for rules.
     pub space_delimited_claims: Vec<String>,
+    /// Keys fetched from the identity provider; `keys` (inline `jwks`) then only bootstrap.
+    pub remote: Option<RemoteJwks>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -230,13 +360,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 }
 
 fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> Result<Provider, ConfigError> {
-    let issuer = rp.issuer;
+    let issuer = rp.issuer.clone();
     if issuer.trim().is_empty() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
     if issuer.trim() != issuer {
         return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
     }
+    let remote = compile_remote(path, &issuer, &rp)?;
     let name = rp.name.unwrap_or_else(|| issuer.clone());
     if name.is_empty() {
         return Err(err(format!("{path}.name"), "must not be empty"));
@@ -302,13 +433,19 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         (None, true) => {}
     }
-    if keys.is_empty() {
+    if remote.is_some() && rp.hmac_secret.is_some() {
         return Err(err(
-            format!("{path}.jwks"),
-            "no usable verification key: give jwks with at least one signing key",
+            format!("{path}.hmacSecret"),
+            "cannot be combined with jwksUri or oidcDiscovery",
         ));
     }
-    if !keys.keys.iter().any(|k| algorithms.iter().any(|a| k.supports(*a))) {
+    if keys.is_empty() && remote.is_none() {
+        return Err(err(
+            format!("{path}.jwks"),
+            "no usable verification key: give jwks with at least one signing key, or jwksUri",
+        ));
+    }
+    if !keys.is_empty() && !keys.keys.iter().any(|k| algorithms.iter().any(|a| k.supports(*a))) {
         return Err(err(
             format!("{path}.algorithms"),
             format!("no key in jwks can verify any of {}", names(&algorithms)),
@@ -342,7 +479,111 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         space_delimited_claims: rp
             .space_delimited_claims
             .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
+        remote,
     })
+}
+
+fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<RemoteJwks>, ConfigError> {
+    let (url, discovery) = match (&rp.jwks_uri, rp.oidc_discovery) {
+        (Some(_), true) => {
+            return Err(err(
+                format!("{path}.oidcDiscovery"),
+                "give either jwksUri or oidcDiscovery, not both",
+            ));
+        }
+        (Some(u), false) => (HttpUrl::parse(u).map_err(|e| err(format!("{path}.jwksUri"), e))?, false),
+        (None, true) => {
+            let doc = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+            let url = HttpUrl::parse(&doc).map_err(|e| {
+                err(
+                    format!("{path}.oidcDiscovery"),
+                    format!("the issuer must be an http(s) URL for discovery: {e}"),
+                )
+            })?;
+            (url, true)
+        }
+        (None, false) => {
+            for (field, set) in [
+                ("jwksCluster", rp.jwks_cluster.is_some()),
+                ("timeout", rp.timeout.is_some()),
+                ("jwksMaxBytes", rp.jwks_max_bytes.is_some()),
+                ("jwksRefreshInterval", rp.jwks_refresh_interval.is_some()),
+                ("jwksRefetchCooldown", rp.jwks_refetch_cooldown.is_some()),
+                ("maxStale", rp.max_stale.is_some()),
+                ("jwksWaitTimeout", rp.jwks_wait_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        format!("{path}.{field}"),
+                        "only applies with jwksUri or oidcDiscovery",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+    };
+    let dur = |field: &str, v: &Option<String>, default: u64| -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration_ms(s).map_err(|e| err(format!("{path}.{field}"), e)),
+        }
+    };
+    let timeout_ms = dur("timeout", &rp.timeout, 5_000)?;
+    let refresh_ms = dur("jwksRefreshInterval", &rp.jwks_refresh_interval, 600_000)?;
+    let min_refresh_ms = dur("jwksMinRefreshInterval", &rp.jwks_min_refresh_interval, 60_000)?;
+    let max_refresh_ms = dur("jwksMaxRefreshInterval", &rp.jwks_max_refresh_interval, 86_400_000)?;
+    let cooldown_ms = dur("jwksRefetchCooldown", &rp.jwks_refetch_cooldown, 30_000)?;
+    let max_stale_ms = dur("maxStale", &rp.max_stale, 86_400_000)?;
+    let wait_ms = dur("jwksWaitTimeout", &rp.jwks_wait_timeout, 5_000)?;
+    if !(100..=60_000).contains(&timeout_ms) {
+        return Err(err(format!("{path}.timeout"), "must be between 100ms and 60s"));
+    }
+    if !(1_000..=60_000).contains(&wait_ms) {
+        return Err(err(format!("{path}.jwksWaitTimeout"), "must be between 1s and 60s"));
+    }
+    if min_refresh_ms < 1_000 || min_refresh_ms > max_refresh_ms {
+        return Err(err(
+            format!("{path}.jwksMinRefreshInterval"),
+            "must be at least 1s and at most jwksMaxRefreshInterval",
+        ));
+    }
+    if refresh_ms < min_refresh_ms || refresh_ms > max_refresh_ms {
+        return Err(err(
+            format!("{path}.jwksRefreshInterval"),
+            "must lie between jwksMinRefreshInterval (default 1m) and jwksMaxRefreshInterval (default 24h)",
+        ));
+    }
+    if max_stale_ms < refresh_ms {
+        return Err(err(format!("{path}.maxStale"), "must be at least jwksRefreshInterval"));
+    }
+    let max_bytes = rp.jwks_max_bytes.unwrap_or(256 * 1024);
+    if !(1024..=4 * 1024 * 1024).contains(&max_bytes) {
+        return Err(err(format!("{path}.jwksMaxBytes"), "must be between 1024 and 4194304"));
+    }
+    if rp.jwks_cluster.as_deref().is_some_and(str::is_empty) {
+        return Err(err(format!("{path}.jwksCluster"), "must not be empty"));
+    }
+    let kind = if discovery { "discovery" } else { "jwks" };
+    let shared_key = format!(
+        "claimguard.jwks.v1|{kind}|{}|{}{}",
+        url.https,
+        url.authority(),
+        url.path
+    );
+    Ok(Some(RemoteJwks {
+        url,
+        discovery,
+        cluster: rp.jwks_cluster.clone(),
+        timeout_ms,
+        max_bytes,
+        refresh_ms,
+        min_refresh_ms,
+        max_refresh_ms,
+        cooldown_ms,
+        max_stale_ms,
+        wait_ms,
+        shared_key,
+    }))
 }
 
 fn names(algs: &[Alg]) -> String {

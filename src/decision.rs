@@ -4,6 +4,7 @@
 //! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
 use crate::config::Config;
+use crate::jwks::KeySet;
 use crate::path::normalize;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
@@ -81,6 +82,26 @@ pub enum Decision {
         identity: Option<Identity>,
     },
     Deny(Denial),
+    /// The token's provider has no usable keys yet, or lacks the token's `kid`: the host may
+    /// pause the request while the keys are (re)fetched, then evaluate again with
+    /// `final_attempt` set.
+    NeedKeys {
+        provider: usize,
+        kid: Option<String>,
+    },
+}
+
+/// The key set each provider verifies with right now.
+pub trait KeyLookup {
+    /// None: the provider has no usable keys (remote keys never fetched, or past `maxStale`).
+    fn key_set(&self, provider: usize) -> Option<&KeySet>;
+}
+
+/// Inline keys only: what a config without `jwksUri` always uses.
+impl KeyLookup for Config {
+    fn key_set(&self, provider: usize) -> Option<&KeySet> {
+        self.providers.get(provider).map(|p| &p.keys).filter(|k| !k.is_empty())
+    }
 }
 
 /// A local reply: status, headers and body, plus why (for logs and metrics).
@@ -151,6 +172,20 @@ impl Denial {
         d
     }
 
+    /// 503: the issuer's keys could not be had (never fetched, or stale past `maxStale`).
+    pub fn jwks_unavailable(provider: Option<&str>) -> Denial {
+        let mut d = Denial::json(
+            503,
+            vec![("retry-after".to_string(), "5".to_string())],
+            "jwks_unavailable",
+            "signing keys for the token's issuer are not available".to_string(),
+            "jwks_unavailable",
+            None,
+        );
+        d.provider = provider.map(str::to_owned);
+        d
+    }
+
     /// 400: a request path that cannot be evaluated safely.
     pub fn bad_path(description: &str) -> Denial {
         Denial::json(
@@ -210,7 +245,11 @@ fn header_safe(s: &str) -> String {
 }
 
 /// Evaluates one request at time `now` (seconds since the epoch): the whole filter, minus I/O.
-pub fn evaluate(config: &Config, req: &HttpRequest, now: u64) -> Evaluation {
+///
+/// With `final_attempt` false, a token whose keys are missing yields [`Decision::NeedKeys`];
+/// with it true (after waiting, or when no fetch can help), the answer is 401 for an unknown
+/// `kid` and 503 `jwks_unavailable` when the provider has no keys at all.
+pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u64, final_attempt: bool) -> Evaluation {
     let mut ev = Evaluation {
         decision: Decision::Allow { identity: None },
         normalized_path: None,
@@ -240,10 +279,10 @@ pub fn evaluate(config: &Config, req: &HttpRequest, now: u64) -> Evaluation {
         headers: req.headers,
         path: req.path,
     };
-    let identity = match find_and_verify(config, &token_req, now, ev.public_rule.is_some()) {
+    let identity = match find_and_verify(config, keys, &token_req, now, ev.public_rule.is_some()) {
         Ok(id) => id,
-        Err((e, provider)) => {
-            ev.decision = Decision::Deny(Denial::unauthenticated(&config.realm, &e, provider));
+        Err(f) => {
+            ev.decision = failure_decision(config, f, final_attempt);
             ev.normalized_path = Some(path);
             return ev;
         }
@@ -277,20 +316,39 @@ pub fn evaluate(config: &Config, req: &HttpRequest, now: u64) -> Evaluation {
     ev
 }
 
-/// Authentication alone (no path handling, no policy).
+/// Authentication alone (no path handling, no policy), with inline keys.
 pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
-    match find_and_verify(config, req, now, false) {
+    match find_and_verify(config, config, req, now, false) {
         Ok(identity) => Decision::Allow { identity },
-        Err((e, provider)) => Decision::Deny(Denial::unauthenticated(&config.realm, &e, provider)),
+        Err(f) => failure_decision(config, f, true),
     }
 }
 
-type Failure<'c> = (AuthError, Option<&'c str>);
+/// Why no identity: an authentication error (and the provider), or keys that are missing.
+enum Failure<'c> {
+    Auth(AuthError, Option<&'c str>),
+    NoKeys { provider: usize, kid: Option<String> },
+}
+
+fn failure_decision(config: &Config, f: Failure, final_attempt: bool) -> Decision {
+    match f {
+        Failure::Auth(e, provider) => Decision::Deny(Denial::unauthenticated(&config.realm, &e, provider)),
+        Failure::NoKeys { provider, kid } if !final_attempt => Decision::NeedKeys { provider, kid },
+        Failure::NoKeys { provider, kid } => {
+            let name = config.providers.get(provider).map(|p| p.name.as_str());
+            match kid {
+                Some(_) => Decision::Deny(Denial::unauthenticated(&config.realm, &AuthError::UnknownKid, name)),
+                None => Decision::Deny(Denial::jwks_unavailable(name)),
+            }
+        }
+    }
+}
 
 /// Finds the one token in the request and verifies it with the provider its `iss` names.
 /// `Ok(None)`: no token, and none is needed (`token_optional` or a provider's `allowMissing`).
 fn find_and_verify<'c>(
     config: &'c Config,
+    keys: &dyn KeyLookup,
     req: &Request,
     now: u64,
     token_optional: bool,
@@ -308,7 +366,7 @@ fn find_and_verify<'c>(
     for loc in locations {
         for token in extract(loc, req) {
             if found.is_some() {
-                return Err((AuthError::MultipleTokens, None));
+                return Err(Failure::Auth(AuthError::MultipleTokens, None));
             }
             found = Some((loc, token));
         }
@@ -317,7 +375,7 @@ fn find_and_verify<'c>(
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
             Ok(None)
         } else {
-            Err((AuthError::Missing, None))
+            Err(Failure::Auth(AuthError::Missing, None))
         };
     };
 
@@ -329,17 +387,33 @@ fn find_and_verify<'c>(
             .filter(move |(_, p)| p.locations.contains(loc))
     };
     let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
-    let jwt = parse(&raw, max).map_err(|e| (AuthError::from(e), None))?;
+    let jwt = parse(&raw, max).map_err(|e| Failure::Auth(AuthError::from(e), None))?;
     let iss = claimed_issuer(&jwt);
     let mut first_error: Option<Failure> = None;
     for (index, p) in readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss) {
+        let Some(set) = keys.key_set(index) else {
+            // Remote keys not (yet) available: worth waiting for only if the token is
+            // otherwise acceptable to look at.
+            first_error.get_or_insert(Failure::NoKeys {
+                provider: index,
+                kid: None,
+            });
+            continue;
+        };
         let result = if raw.len() > p.max_token_bytes {
             Err(AuthError::TooLarge {
                 limit: p.max_token_bytes,
             })
         } else {
-            verify(p, &jwt, now)
+            verify(p, set, &jwt, now)
         };
+        if result == Err(AuthError::UnknownKid) && p.remote.is_some() {
+            first_error.get_or_insert(Failure::NoKeys {
+                provider: index,
+                kid: jwt.kid.clone(),
+            });
+            continue;
+        }
         match result {
             Ok(()) => {
                 let subject = jwt.claims.get("sub").and_then(Value::as_str).map(str::to_owned);
@@ -353,11 +427,11 @@ fn find_and_verify<'c>(
                 }));
             }
             Err(e) => {
-                first_error.get_or_insert((e, Some(p.name.as_str())));
+                first_error.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
             }
         }
     }
-    Err(first_error.unwrap_or((AuthError::UnknownIssuer, None)))
+    Err(first_error.unwrap_or(Failure::Auth(AuthError::UnknownIssuer, None)))
 }
 
 #[cfg(test)]
@@ -505,7 +579,7 @@ mod tests {
             (":authority".into(), "api.example.com".into()),
         ];
         h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        evaluate(c, &HttpRequest::from_headers(&h), NOW)
+        evaluate(c, c, &HttpRequest::from_headers(&h), NOW, true)
     }
 
     fn policy_config(extra: Value) -> (Config, TestKey) {

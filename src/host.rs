@@ -1,33 +1,305 @@
 //! The proxy-wasm layer, and the only module that imports `proxy_wasm`: read the plugin config
-//! (refusing a bad one), hand each request's headers to [`crate::decision::authenticate`] and
-//! carry out the decision. Host calls go through `hostcalls` directly so that a failing host
-//! call becomes a handled error instead of an SDK `unwrap` panic inside the VM.
+//! (refusing a bad one), hand each request to [`crate::decision::evaluate`] and carry out the
+//! decision; drive the shared JWKS cache from the root context's tick and HTTP callouts.
+//!
+//! Host calls go through `hostcalls` directly so that a failing host call becomes a handled
+//! error instead of an SDK `unwrap` panic inside the VM.
+//!
+//! Re-entrancy: a local reply or a resume issued from the root context can make Envoy call
+//! back into this VM synchronously (response headers, stream end). So no `RefCell` borrow of
+//! the VM state is held across such host calls, callouts are dispatched before any request is
+//! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
 use crate::config::Config;
-use crate::decision::{evaluate, Decision, Evaluation, HttpRequest};
+use crate::decision::{evaluate, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::jwks::KeySet;
+use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
 use crate::policy::{Effect, RuleAction};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::json;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, vm: None })
+    });
 }}
+
+/// How often each VM looks at the shared JWKS state and wakes waiting requests.
+const TICK: Duration = Duration::from_millis(200);
 
 fn log(level: LogLevel, msg: &str) {
     // Nothing sensible is left to do when the host cannot log.
     let _ = hostcalls::log(level, msg);
 }
 
-struct Root {
-    config: Option<Rc<Config>>,
+fn now_ms() -> Option<u64> {
+    let t = hostcalls::get_current_time().ok()?;
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_millis()).ok()
 }
 
-impl Context for Root {}
+/// Envoy's shared data (one map per vm_id, shared by every worker's VM).
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), Some(cas))) => Some((v, cas)),
+            _ => None,
+        }
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|s| match s {
+            Status::CasMismatch => StoreError::CasMismatch,
+            _ => StoreError::Other,
+        })
+    }
+}
+
+/// A request paused while keys are fetched.
+struct Waiter {
+    context_id: u32,
+    slot: usize,
+    version: u64,
+    failures: u32,
+    deadline_ms: u64,
+}
+
+/// Counters and gauges of one remote key source.
+struct SourceMetrics {
+    fetch_success: Option<u32>,
+    fetch_failure: Option<u32>,
+    fetch_not_modified: Option<u32>,
+    keys: Option<u32>,
+    age_seconds: Option<u32>,
+    key_miss: Option<u32>,
+}
+
+impl SourceMetrics {
+    fn define(provider: &str) -> SourceMetrics {
+        let m =
+            |t: MetricType, what: &str| hostcalls::define_metric(t, &format!("claimguard.jwks.{provider}.{what}")).ok();
+        SourceMetrics {
+            fetch_success: m(MetricType::Counter, "fetch_success"),
+            fetch_failure: m(MetricType::Counter, "fetch_failure"),
+            fetch_not_modified: m(MetricType::Counter, "fetch_not_modified"),
+            keys: m(MetricType::Gauge, "keys"),
+            age_seconds: m(MetricType::Gauge, "age_seconds"),
+            key_miss: m(MetricType::Counter, "key_miss"),
+        }
+    }
+}
+
+fn incr(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+fn gauge(id: Option<u32>, v: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, v);
+    }
+}
+
+/// Per-VM state shared by the root context and the request contexts.
+struct Vm {
+    config: Rc<Config>,
+    cache: JwksCache,
+    /// Provider index → cache slot, for providers with remote keys.
+    slot_of: Vec<Option<usize>>,
+    /// Cache slot → provider index.
+    provider_of: Vec<usize>,
+    metrics: Vec<SourceMetrics>,
+    waiters: Vec<Waiter>,
+    /// Callout token → (slot, is discovery).
+    callouts: HashMap<u32, (usize, bool)>,
+}
+
+/// The keys each provider verifies with at one moment: fetched keys while usable, else the
+/// inline `jwks` (bootstrap), else none.
+struct VmKeys<'a> {
+    vm: &'a Vm,
+    now_ms: u64,
+}
+
+impl KeyLookup for VmKeys<'_> {
+    fn key_set(&self, provider: usize) -> Option<&KeySet> {
+        let inline = self
+            .vm
+            .config
+            .providers
+            .get(provider)
+            .map(|p| &p.keys)
+            .filter(|k| !k.is_empty());
+        match self.vm.slot_of.get(provider).copied().flatten() {
+            Some(slot) => self.vm.cache.usable_keys(slot, self.now_ms).or(inline),
+            None => inline,
+        }
+    }
+}
+
+struct Root {
+    context_id: u32,
+    vm: Option<Rc<RefCell<Vm>>>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(vm_rc) = self.vm.clone() else { return };
+        let now = now_ms().unwrap_or(0);
+        let follow_up = {
+            let mut vm = vm_rc.borrow_mut();
+            let Some((slot, discovery)) = vm.callouts.remove(&token_id) else {
+                return;
+            };
+            let max = vm.cache.slots.get(slot).map_or(0, |s| s.remote.max_bytes);
+            let result = read_callout_response(body_size, max);
+            let mut events = Vec::new();
+            let next = vm
+                .cache
+                .on_fetch_done(&HostStore, slot, now, discovery, result, &mut events);
+            report_events(&vm, &events);
+            next
+        };
+        // Discovery found the jwks_uri: fetch it now, under the same lease.
+        if let Some(req) = follow_up {
+            dispatch(&vm_rc, req, now);
+        }
+    }
+}
+
+fn read_callout_response(body_size: usize, max_bytes: usize) -> FetchResult {
+    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let Some(status) = header(":status").and_then(|s| s.parse::<u16>().ok()) else {
+        // Envoy calls back with no headers when the callout failed or timed out.
+        return FetchResult::Failed("callout failed (connection refused, reset or timeout)".into());
+    };
+    let body = if body_size <= max_bytes {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    FetchResult::Response {
+        status,
+        body,
+        body_size,
+        cache_control: header("cache-control"),
+        etag: header("etag"),
+    }
+}
+
+fn dispatch(vm_rc: &Rc<RefCell<Vm>>, req: FetchRequest, now: u64) {
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", req.path.as_str()),
+        (":authority", req.authority.as_str()),
+        ("accept", "application/json"),
+        ("user-agent", "claimguard"),
+    ];
+    if let Some(etag) = req.etag.as_deref() {
+        headers.push(("if-none-match", etag));
+    }
+    let timeout = Duration::from_millis(req.timeout_ms);
+    match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
+        Ok(token) => {
+            vm_rc.borrow_mut().callouts.insert(token, (req.source, req.discovery));
+        }
+        Err(status) => {
+            let mut vm = vm_rc.borrow_mut();
+            let mut events = Vec::new();
+            let error = format!("cannot call cluster {:?} ({status:?}): is it defined?", req.cluster);
+            // A failed dispatch never yields a discovery follow-up.
+            let _ = vm.cache.on_fetch_done(
+                &HostStore,
+                req.source,
+                now,
+                req.discovery,
+                FetchResult::Failed(error),
+                &mut events,
+            );
+            report_events(&vm, &events);
+        }
+    }
+}
+
+fn report_events(vm: &Vm, events: &[Event]) {
+    for e in events {
+        let slot = match e {
+            Event::Fetched { source, .. }
+            | Event::NotModified { source }
+            | Event::Discovered { source, .. }
+            | Event::FetchFailed { source, .. }
+            | Event::Loaded { source, .. }
+            | Event::LoadFailed { source, .. } => *source,
+        };
+        let provider = vm
+            .provider_of
+            .get(slot)
+            .and_then(|p| vm.config.providers.get(*p))
+            .map_or("-", |p| p.name.as_str());
+        let m = vm.metrics.get(slot);
+        let (level, line) = match e {
+            Event::Fetched { keys, version, .. } => {
+                incr(m.and_then(|m| m.fetch_success));
+                (
+                    LogLevel::Info,
+                    json!({"claimguard": "jwks_fetched", "provider": provider, "keys": keys, "version": version}),
+                )
+            }
+            Event::NotModified { .. } => {
+                incr(m.and_then(|m| m.fetch_not_modified));
+                (
+                    LogLevel::Info,
+                    json!({"claimguard": "jwks_not_modified", "provider": provider}),
+                )
+            }
+            Event::Discovered { jwks_uri, .. } => (
+                LogLevel::Info,
+                json!({"claimguard": "jwks_discovered", "provider": provider, "jwksUri": jwks_uri}),
+            ),
+            Event::FetchFailed {
+                error,
+                failures,
+                retry_in_ms,
+                ..
+            } => {
+                incr(m.and_then(|m| m.fetch_failure));
+                (
+                    LogLevel::Warn,
+                    json!({"claimguard": "jwks_fetch_failed", "provider": provider, "error": error,
+                           "failures": failures, "retryInMs": retry_in_ms}),
+                )
+            }
+            Event::Loaded { keys, version, .. } => (
+                LogLevel::Debug,
+                json!({"claimguard": "jwks_loaded", "provider": provider, "keys": keys, "version": version}),
+            ),
+            Event::LoadFailed { error, .. } => (
+                LogLevel::Error,
+                json!({"claimguard": "jwks_load_failed", "provider": provider, "error": error}),
+            ),
+        };
+        log(level, &line.to_string());
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -38,30 +310,94 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Config::from_json(&bytes) {
-            Ok(cfg) => {
-                for w in &cfg.warnings {
-                    log(LogLevel::Warn, w);
-                }
-                log(
-                    LogLevel::Info,
-                    &format!("configured {} provider(s): {}", cfg.providers.len(), summary(&cfg)),
-                );
-                self.config = Some(Rc::new(cfg));
-                true
-            }
+        let cfg = match Config::from_json(&bytes) {
+            Ok(cfg) => cfg,
             Err(e) => {
                 // Refusing the config keeps the proxy on its last good state (or, at start-up,
                 // keeps the listener from serving with a broken filter).
                 log(LogLevel::Error, &format!("rejected plugin configuration: {e}"));
-                false
+                return false;
+            }
+        };
+        for w in &cfg.warnings {
+            log(LogLevel::Warn, w);
+        }
+        log(
+            LogLevel::Info,
+            &format!("configured {} provider(s): {}", cfg.providers.len(), summary(&cfg)),
+        );
+        let mut slot_of = Vec::new();
+        let mut provider_of = Vec::new();
+        let mut remotes = Vec::new();
+        let mut metrics = Vec::new();
+        for (i, p) in cfg.providers.iter().enumerate() {
+            match &p.remote {
+                Some(r) => {
+                    slot_of.push(Some(remotes.len()));
+                    provider_of.push(i);
+                    remotes.push(r.clone());
+                    metrics.push(SourceMetrics::define(&p.name));
+                }
+                None => slot_of.push(None),
             }
         }
+        // Lease holder identity: random per VM (std seeds RandomState from WASI random_get).
+        let holder = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
+        let has_remote = !remotes.is_empty();
+        // Requests paused under the previous config are carried over: they must be answered.
+        let waiters = self
+            .vm
+            .as_ref()
+            .and_then(|old| old.try_borrow_mut().ok().map(|mut o| std::mem::take(&mut o.waiters)))
+            .unwrap_or_default();
+        self.vm = Some(Rc::new(RefCell::new(Vm {
+            config: Rc::new(cfg),
+            cache: JwksCache::new(remotes, holder),
+            slot_of,
+            provider_of,
+            metrics,
+            waiters,
+            callouts: HashMap::new(),
+        })));
+        if has_remote {
+            if let Err(e) = hostcalls::set_tick_period(TICK) {
+                log(LogLevel::Error, &format!("cannot set tick period: {e:?}"));
+                return false;
+            }
+        }
+        true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        let Some(vm_rc) = self.vm.clone() else { return };
+        let Some(now) = now_ms() else { return };
+        let fetches = {
+            let mut vm = vm_rc.borrow_mut();
+            let mut events = Vec::new();
+            let fetches = vm.cache.tick(&HostStore, now, &mut events);
+            report_events(&vm, &events);
+            for (slot, m) in vm.metrics.iter().enumerate() {
+                if let Some(s) = vm.cache.slots.get(slot) {
+                    gauge(m.keys, s.keys.as_ref().map_or(0, |k| k.keys.len() as u64));
+                    if s.meta.fetched_at > 0 {
+                        gauge(m.age_seconds, now.saturating_sub(s.meta.fetched_at) / 1000);
+                    }
+                }
+            }
+            fetches
+        };
+        // Callouts first: waking a request below may re-enter the VM and move the SDK's notion
+        // of the active context away from this root context.
+        for f in fetches {
+            dispatch(&vm_rc, f, now);
+        }
+        self.wake_waiters(&vm_rc, now);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
-            config: self.config.clone(),
+            context_id,
+            vm: self.vm.clone(),
         }))
     }
 
@@ -70,60 +406,174 @@ impl RootContext for Root {
     }
 }
 
+impl Root {
+    /// Answers or resumes every paused request whose keys changed, whose fetch attempt
+    /// finished, or whose wait ran out.
+    fn wake_waiters(&self, vm_rc: &Rc<RefCell<Vm>>, now: u64) {
+        let ready: Vec<Waiter> = {
+            let mut guard = vm_rc.borrow_mut();
+            let vm = &mut *guard;
+            let cache = &vm.cache;
+            let is_ready = |w: &Waiter| {
+                let failures = cache.slots.get(w.slot).map_or(0, |s| s.meta.failures);
+                cache.version(w.slot) != w.version || failures != w.failures || now >= w.deadline_ms
+            };
+            let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) =
+                std::mem::take(&mut vm.waiters).into_iter().partition(is_ready);
+            vm.waiters = waiting;
+            ready
+        };
+        for w in ready {
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue; // the request is gone
+            }
+            let Ok(headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
+                continue;
+            };
+            let req = HttpRequest::from_headers(&headers);
+            let ev = {
+                let vm = vm_rc.borrow();
+                let keys = VmKeys { vm: &vm, now_ms: now };
+                let ev = evaluate(&vm.config, &keys, &req, now / 1000, true);
+                report(&vm.config, &req, &ev);
+                ev
+            };
+            match ev.decision {
+                Decision::Allow { .. } => {
+                    let _ = hostcalls::resume_http_request();
+                }
+                Decision::Deny(d) => send_reply(d.status, &d.headers, &d.body),
+                Decision::NeedKeys { .. } => {
+                    // Not produced with final_attempt; fail closed all the same.
+                    send_reply(
+                        503,
+                        &[],
+                        r#"{"error":"jwks_unavailable","message":"signing keys are not available"}"#,
+                    );
+                }
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
 fn summary(cfg: &Config) -> String {
     cfg.providers
         .iter()
-        .map(|p| format!("{} ({} key(s))", p.name, p.keys.keys.len()))
+        .map(|p| match &p.remote {
+            Some(r) => format!(
+                "{} ({} inline key(s), remote {}{})",
+                p.name,
+                p.keys.keys.len(),
+                r.url.authority(),
+                r.url.path
+            ),
+            None => format!("{} ({} key(s))", p.name, p.keys.keys.len()),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+fn send_reply(status: u32, headers: &[(String, String)], body: &str) {
+    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(e) = hostcalls::send_http_response(status, hs, Some(body.as_bytes())) {
+        log(LogLevel::Error, &format!("cannot send local reply: {e:?}"));
+    }
+}
+
 struct Filter {
-    config: Option<Rc<Config>>,
+    context_id: u32,
+    vm: Option<Rc<RefCell<Vm>>>,
 }
 
 impl Context for Filter {}
 
-impl Filter {
-    fn reply(&self, status: u32, headers: &[(String, String)], body: &str) -> Action {
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        if let Err(e) = hostcalls::send_http_response(status, hs, Some(body.as_bytes())) {
-            log(LogLevel::Error, &format!("cannot send local reply: {e:?}"));
+impl Drop for Filter {
+    fn drop(&mut self) {
+        // A request that ends while waiting for keys leaves the wait list.
+        if let Some(vm) = &self.vm {
+            if let Ok(mut vm) = vm.try_borrow_mut() {
+                vm.waiters.retain(|w| w.context_id != self.context_id);
+            }
         }
-        Action::Pause
     }
+}
 
+impl Filter {
     fn internal_error(&self, what: &str) -> Action {
         // Fail closed: never let a request through that was not checked.
         log(LogLevel::Error, &format!("{what}; refusing the request"));
         let headers = vec![("content-type".to_string(), "application/json".to_string())];
-        self.reply(
+        send_reply(
             500,
             &headers,
             r#"{"error":"internal_error","message":"authentication could not be performed"}"#,
-        )
+        );
+        Action::Pause
     }
 }
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
+        let Some(vm_rc) = self.vm.clone() else {
             return self.internal_error("no configuration");
         };
         let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
             Ok(h) => h,
             Err(e) => return self.internal_error(&format!("cannot read request headers: {e:?}")),
         };
-        let now = match hostcalls::get_current_time().map(|t| t.duration_since(UNIX_EPOCH)) {
-            Ok(Ok(d)) => d.as_secs(),
-            _ => return self.internal_error("cannot read the clock"),
+        let Some(now) = now_ms() else {
+            return self.internal_error("cannot read the clock");
         };
         let req = HttpRequest::from_headers(&headers);
-        let ev = evaluate(&config, &req, now);
-        report(&config, &req, &ev);
+        let mut vm = vm_rc.borrow_mut();
+        let mut ev = {
+            let keys = VmKeys { vm: &vm, now_ms: now };
+            evaluate(&vm.config, &keys, &req, now / 1000, false)
+        };
+        if let Decision::NeedKeys { provider, kid } = &ev.decision {
+            let slot = vm.slot_of.get(*provider).copied().flatten();
+            let wait = match slot {
+                Some(s) => {
+                    incr(vm.metrics.get(s).and_then(|m| m.key_miss));
+                    vm.cache.on_missing_key(&HostStore, s, kid.as_deref(), now)
+                }
+                None => KeyWait::GiveUp,
+            };
+            match (wait, slot) {
+                (KeyWait::Wait { deadline_ms }, Some(s)) => {
+                    let (version, failures) = (
+                        vm.cache.version(s),
+                        vm.cache.slots.get(s).map_or(0, |x| x.meta.failures),
+                    );
+                    vm.waiters.push(Waiter {
+                        context_id: self.context_id,
+                        slot: s,
+                        version,
+                        failures,
+                        deadline_ms,
+                    });
+                    log(
+                        LogLevel::Debug,
+                        &json!({"claimguard": "waiting_for_keys", "kid": kid, "deadlineMs": deadline_ms}).to_string(),
+                    );
+                    return Action::Pause;
+                }
+                _ => {
+                    let keys = VmKeys { vm: &vm, now_ms: now };
+                    ev = evaluate(&vm.config, &keys, &req, now / 1000, true);
+                }
+            }
+        }
+        report(&vm.config, &req, &ev);
+        drop(vm);
         match ev.decision {
             Decision::Allow { .. } => Action::Continue,
-            Decision::Deny(d) => self.reply(d.status, &d.headers, &d.body),
+            Decision::Deny(d) => {
+                send_reply(d.status, &d.headers, &d.body);
+                Action::Pause
+            }
+            Decision::NeedKeys { .. } => self.internal_error("keys still missing after the final attempt"),
         }
     }
 }

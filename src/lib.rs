@@ -31,6 +31,7 @@ pub mod config;
 pub mod decision;
 pub mod json;
 pub mod jwks;
+pub mod jwks_cache;
 pub mod path;
 pub mod policy;
 pub mod token;

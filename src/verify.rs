@@ -4,7 +4,7 @@
 
 use crate::alg::Alg;
 use crate::config::Provider;
-use crate::jwks::SignatureError;
+use crate::jwks::{KeySet, SignatureError};
 use crate::token::{Jwt, TokenError};
 use serde_json::{Map, Value};
 
@@ -101,14 +101,15 @@ pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
 }
 
 /// Verifies `jwt` for `provider` at time `now`. The caller has already matched the issuer.
-pub fn verify(provider: &Provider, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
+/// `keys` is the provider's current key set (inline, or fetched from its `jwksUri`).
+pub fn verify(provider: &Provider, keys: &KeySet, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
     if !provider.algorithms.contains(&jwt.alg) {
         return Err(AuthError::AlgNotAllowed(jwt.alg));
     }
     // Claim types first: the signature verifier decodes the registered claims with fixed
     // types too, and a type error must read as such, not as a failed signature.
     check_claim_types(&jwt.claims)?;
-    verify_signature(provider, jwt)?;
+    verify_signature(provider, keys, jwt)?;
     check_claims(provider, &jwt.claims, now)
 }
 
@@ -129,20 +130,19 @@ pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
     audiences(claims.get("aud")).map(drop)
 }
 
-fn verify_signature(provider: &Provider, jwt: &Jwt) -> Result<(), AuthError> {
+fn verify_signature(provider: &Provider, keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
     let max = provider.max_token_bytes;
     match &jwt.kid {
         Some(kid) => {
             let mut seen_kid = false;
-            for key in provider.keys.find_by_kid(kid) {
+            for key in keys.find_by_kid(kid) {
                 seen_kid = true;
                 if key.supports(jwt.alg) {
                     return key.verify(jwt.alg, jwt.raw, max).map_err(sig_error);
                 }
             }
             // A kid-less key (such as hmacSecret) may still verify a token that names a kid.
-            let anonymous: Vec<_> = provider
-                .keys
+            let anonymous: Vec<_> = keys
                 .keys
                 .iter()
                 .filter(|k| k.kid.is_none() && k.supports(jwt.alg))
@@ -158,7 +158,7 @@ fn verify_signature(provider: &Provider, jwt: &Jwt) -> Result<(), AuthError> {
         }
         None => {
             // No kid: like Envoy, try every key that fits the algorithm.
-            let candidates: Vec<_> = provider.keys.keys.iter().filter(|k| k.supports(jwt.alg)).collect();
+            let candidates: Vec<_> = keys.keys.iter().filter(|k| k.supports(jwt.alg)).collect();
             if candidates.is_empty() {
                 return Err(AuthError::KeyAlgMismatch);
             }
@@ -289,7 +289,7 @@ mod tests {
 
     fn run(f: &Fixture, token: &str) -> Result<(), AuthError> {
         let jwt = parse(token, 8192)?;
-        verify(&f.config.providers[0], &jwt, NOW)
+        verify(&f.config.providers[0], &f.config.providers[0].keys, &jwt, NOW)
     }
 
     fn with(mut claims: Value, k: &str, v: Value) -> Value {
@@ -415,7 +415,11 @@ mod tests {
             let t = key.sign(&good_claims());
             let jwt = parse(&t, 8192).unwrap();
             assert_eq!(jwt.alg, alg);
-            assert_eq!(verify(&c.providers[0], &jwt, NOW), Ok(()), "{alg}");
+            assert_eq!(
+                verify(&c.providers[0], &c.providers[0].keys, &jwt, NOW),
+                Ok(()),
+                "{alg}"
+            );
             let stranger = if alg.is_rsa() {
                 TestKey::from_rsa(&TestKey::rsa(alg, "x"), alg, "k")
             } else {
@@ -423,7 +427,7 @@ mod tests {
             };
             let bad = stranger.sign(&good_claims());
             assert_eq!(
-                verify(&c.providers[0], &parse(&bad, 8192).unwrap(), NOW),
+                verify(&c.providers[0], &c.providers[0].keys, &parse(&bad, 8192).unwrap(), NOW),
                 Err(AuthError::BadSignature),
                 "{alg}"
             );
@@ -483,7 +487,7 @@ mod tests {
         let t = f.rsa.sign(&good_claims());
         let jwt = parse(&t, 8192).unwrap();
         assert_eq!(
-            verify(&c.providers[0], &jwt, NOW),
+            verify(&c.providers[0], &c.providers[0].keys, &jwt, NOW),
             Err(AuthError::AlgNotAllowed(Alg::RS256))
         );
     }
@@ -504,9 +508,9 @@ mod tests {
         let good = TestKey::hmac(Alg::HS256, &secret).sign(&good_claims());
         let bad = TestKey::hmac(Alg::HS256, &[8u8; 32]).sign(&good_claims());
         let p = &c.providers[0];
-        assert_eq!(verify(p, &parse(&good, 8192).unwrap(), NOW), Ok(()));
+        assert_eq!(verify(p, &p.keys, &parse(&good, 8192).unwrap(), NOW), Ok(()));
         assert_eq!(
-            verify(p, &parse(&bad, 8192).unwrap(), NOW),
+            verify(p, &p.keys, &parse(&bad, 8192).unwrap(), NOW),
             Err(AuthError::BadSignature)
         );
     }

@@ -54,60 +54,72 @@ impl Drop for EchoUpstream {
     }
 }
 
+/// One parsed HTTP/1.1 request head (and its body, read and discarded).
+pub(crate) struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    pub close: bool,
+}
+
+/// Reads one request from a keep-alive connection; None at EOF or on error.
+pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RequestHead> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut headers = serde_json::Map::new();
+    let mut content_length = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                content_length = v.parse().unwrap_or(0);
+            }
+            if k == "connection" && v.eq_ignore_ascii_case("close") {
+                close = true;
+            }
+            let joined = match headers.get(&k).and_then(|x| x.as_str()) {
+                Some(prev) => format!("{prev},{v}"),
+                None => v,
+            };
+            headers.insert(k, serde_json::Value::String(joined));
+        }
+    }
+    let mut body = vec![0u8; content_length.min(1 << 20)];
+    reader.read_exact(&mut body).ok()?;
+    Some(RequestHead {
+        method,
+        path,
+        headers,
+        close,
+    })
+}
+
 fn serve(conn: TcpStream, served: &AtomicU64) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
-    };
+    let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        match reader.read_line(&mut request_line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let mut headers = serde_json::Map::new();
-        let mut content_length = 0usize;
-        let mut close = false;
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                if k == "content-length" {
-                    content_length = v.parse().unwrap_or(0);
-                }
-                if k == "connection" && v.eq_ignore_ascii_case("close") {
-                    close = true;
-                }
-                let joined = match headers.get(&k).and_then(|x| x.as_str()) {
-                    Some(prev) => format!("{prev},{v}"),
-                    None => v,
-                };
-                headers.insert(k, serde_json::Value::String(joined));
-            }
-        }
-        let mut body = vec![0u8; content_length.min(1 << 20)];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(req) = read_request(&mut reader) {
         served.fetch_add(1, Ordering::SeqCst);
-        let out = serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let out = serde_json::json!({"method": req.method, "path": req.path, "headers": req.headers}).to_string();
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{out}",
             out.len()
         );
-        if writer.write_all(resp.as_bytes()).is_err() || close {
+        if writer.write_all(resp.as_bytes()).is_err() || req.close {
             return;
         }
     }

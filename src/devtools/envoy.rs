@@ -47,6 +47,9 @@ pub struct EnvoyOptions {
     pub admin_port: u16,
     pub concurrency: u32,
     pub log_level: String,
+    /// More STATIC clusters to 127.0.0.1 ports, e.g. `("outbound|443||idp.test", jwks_port)`,
+    /// named the way istiod names the clusters of ServiceEntries.
+    pub clusters: Vec<(String, u16)>,
 }
 
 impl EnvoyOptions {
@@ -60,6 +63,7 @@ impl EnvoyOptions {
             admin_port: 0,
             concurrency: 1,
             log_level: "info".into(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -91,6 +95,18 @@ pub fn wasm_filter(wasm: &Path, plugin_config: &str) -> Value {
 /// A complete bootstrap: one listener on 127.0.0.1 → claimguard → router → the upstream.
 pub fn bootstrap(o: &EnvoyOptions) -> Value {
     let loopback = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let cluster = |name: &str, port: u16| {
+        json!({
+            "name": name,
+            "connect_timeout": "1s",
+            "type": "STATIC",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": loopback(port)}}
+            ]}]}
+        })
+    };
+    let mut clusters = vec![cluster("app", o.upstream_port)];
+    clusters.extend(o.clusters.iter().map(|(name, port)| cluster(name, *port)));
     json!({
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
@@ -114,14 +130,7 @@ pub fn bootstrap(o: &EnvoyOptions) -> Value {
                     }
                 }]}]
             }],
-            "clusters": [{
-                "name": "app",
-                "connect_timeout": "1s",
-                "type": "STATIC",
-                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": loopback(o.upstream_port)}}
-                ]}]}
-            }]
+            "clusters": clusters
         }
     })
 }
@@ -271,7 +280,8 @@ impl Envoy {
 
     /// An admin endpoint's body, e.g. `stats?filter=wasm`.
     pub fn admin(&self, path: &str) -> String {
-        http::get(self.admin_port, path, &[])
+        let path = format!("/{}", path.trim_start_matches('/'));
+        http::get(self.admin_port, &path, &[])
             .map(|r| r.body)
             .unwrap_or_default()
     }

@@ -6,4 +6,5 @@
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod jwks_server;
 pub mod keys;
