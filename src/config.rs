@@ -900,4 +900,102 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn remote_jwks_options() {
+        let c = check(
+            json!({"providers": [{"issuer": "https://idp.example", "jwksUri": "https://idp.example:8443/keys?v=1"}]}),
+        )
+        .unwrap();
+        let r = c.providers[0].remote.as_ref().unwrap();
+        assert_eq!(r.url.istio_cluster(), "outbound|8443||idp.example");
+        assert_eq!(
+            (r.url.authority().as_str(), r.url.path.as_str()),
+            ("idp.example:8443", "/keys?v=1")
+        );
+        assert_eq!(
+            (r.timeout_ms, r.refresh_ms, r.cooldown_ms, r.max_stale_ms, r.wait_ms),
+            (5_000, 600_000, 30_000, 86_400_000, 5_000)
+        );
+        assert!(c.providers[0].keys.is_empty());
+        let c = check(
+            json!({"providers": [{"issuer": "https://idp.example/realms/a", "oidcDiscovery": true,
+            "jwksCluster": "outbound|443||keycloak.auth.svc.cluster.local", "timeout": "750ms", "maxStale": "2h"}]}),
+        )
+        .unwrap();
+        let r = c.providers[0].remote.as_ref().unwrap();
+        assert_eq!(r.url.path, "/realms/a/.well-known/openid-configuration");
+        assert_eq!((r.timeout_ms, r.max_stale_ms), (750, 7_200_000));
+        let j = jwks();
+        let cases = vec![
+            (
+                json!({"issuer": "i", "jwksUri": "ftp://x/keys"}),
+                "providers[0].jwksUri: \"ftp://x/keys\" must start with https://",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https:///keys"}),
+                "providers[0].jwksUri",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://h:99999/k"}),
+                "providers[0].jwksUri",
+            ),
+            (
+                json!({"issuer": "i", "oidcDiscovery": true}),
+                "providers[0].oidcDiscovery: the issuer must be an http(s) URL",
+            ),
+            (
+                json!({"issuer": "https://i", "oidcDiscovery": true, "jwksUri": "https://i/k"}),
+                "providers[0].oidcDiscovery: give either",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "timeout": "5 parsecs"}),
+                "providers[0].timeout",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "timeout": "2m"}),
+                "providers[0].timeout: must be between",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "jwksRefreshInterval": "10s"}),
+                "providers[0].jwksRefreshInterval",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "maxStale": "1m"}),
+                "providers[0].maxStale",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "jwksMaxBytes": 10}),
+                "providers[0].jwksMaxBytes",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "jwksCluster": ""}),
+                "providers[0].jwksCluster",
+            ),
+            (
+                json!({"issuer": "i", "jwks": j, "maxStale": "1h"}),
+                "providers[0].maxStale: only applies with jwksUri",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "algorithms": ["HS256"], "hmacSecret": URL_SAFE_NO_PAD.encode([1u8; 32])}),
+                "providers[0].hmacSecret: cannot be combined",
+            ),
+        ];
+        for (p, want) in cases {
+            let e = error_of(json!({"providers": [p]}));
+            assert!(e.contains(want), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("5s"), Ok(5_000));
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_duration_ms("24h"), Ok(86_400_000));
+        assert_eq!(parse_duration_ms("7"), Ok(7_000));
+        assert!(parse_duration_ms("1d").is_err());
+        assert!(parse_duration_ms("-1s").is_err());
+        assert!(parse_duration_ms("99999999999999999h").is_err());
+    }
 }

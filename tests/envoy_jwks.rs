@@ -274,3 +274,53 @@ fn garbage_and_oversized_answers_never_replace_a_good_set() {
     assert!(log.contains("HTTP status 404"), "{log}");
     assert!(log.contains("JWKS has no usable key"), "{log}");
 }
+
+#[test]
+fn oidc_discovery_finds_the_jwks() {
+    let a = key(Alg::ES256, "a");
+    let jwks = JwksServer::start(a.jwks()).expect("jwks");
+    let upstream = EchoUpstream::start(0).expect("upstream");
+    let issuer = "http://idp.test";
+    let cfg = json!({"providers": [{"name": "idp", "issuer": issuer, "audiences": [AUDIENCE], "oidcDiscovery": true}]});
+    let mut opts = EnvoyOptions::new(&cfg, upstream.port);
+    opts.clusters.push((JWKS_CLUSTER.to_string(), jwks.port));
+    let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let token = a.sign(&with(good_claims(), "iss", json!(issuer)));
+    let r = http::get(envoy.port, "/orders", &[("authorization", &format!("Bearer {token}"))]).expect("request");
+    assert_eq!(r.status, 200, "{r:?}\n{}", envoy.log());
+    let paths: Vec<String> = jwks.hit_log().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(paths, vec!["/.well-known/openid-configuration", "/jwks.json"]);
+}
+
+#[test]
+fn inline_keys_bootstrap_until_the_first_fetch() {
+    let a = key(Alg::ES256, "inline-a");
+    let b = key(Alg::ES256, "remote-b");
+    let jwks = JwksServer::start(b.jwks()).expect("jwks");
+    jwks.set_mode(Mode::Status(503));
+    let upstream = EchoUpstream::start(0).expect("upstream");
+    let cfg = json!({"providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+        "jwks": a.jwks(), "jwksUri": "http://idp.test/jwks.json", "jwksWaitTimeout": "1s"}]});
+    let mut opts = EnvoyOptions::new(&cfg, upstream.port);
+    opts.clusters.push((JWKS_CLUSTER.to_string(), jwks.port));
+    let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let call = |k: &TestKey| {
+        http::get(
+            envoy.port,
+            "/orders",
+            &[("authorization", &format!("Bearer {}", k.sign(&good_claims())))],
+        )
+        .expect("request")
+        .status
+    };
+    // The identity provider is down: the inline key works at once.
+    assert_eq!(call(&a), 200, "{}", envoy.log());
+    // It comes back: its set replaces the bootstrap keys.
+    jwks.set_mode(Mode::Serve);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&b) != 200 {
+        assert!(Instant::now() < deadline, "remote keys never arrived:\n{}", envoy.log());
+        sleep(Duration::from_millis(200));
+    }
+    assert_eq!(call(&a), 401, "the bootstrap key is gone once the provider answers");
+}

@@ -121,11 +121,18 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
-        let (mode, body, cc) = {
+        let (mode, mut body, cc) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             s.hits.push((Instant::now(), req.path.clone()));
             (s.mode.clone(), s.jwks.to_string(), s.cache_control.clone())
         };
+        if req.path.ends_with("/.well-known/openid-configuration") {
+            // OIDC discovery: point at this server's JWKS, under the host the client used.
+            let host = req.headers.get("host").and_then(|h| h.as_str()).unwrap_or("localhost");
+            body =
+                serde_json::json!({"issuer": format!("http://{host}"), "jwks_uri": format!("http://{host}/jwks.json")})
+                    .to_string();
+        }
         let extra = cc.map(|c| format!("cache-control: {c}\r\n")).unwrap_or_default();
         let resp = match mode {
             Mode::Serve => format!(
