@@ -145,7 +145,6 @@ pub struct Slot {
     pub keys: Option<KeySet>,
     pub version: u64,
     pub meta: Meta,
-    meta_cas: Option<u32>,
     lease: LeaseState,
     in_flight: bool,
     /// Unknown kids already refetched for, until when (bounded).
@@ -185,7 +184,6 @@ impl JwksCache {
                 keys: None,
                 version: 0,
                 meta: Meta::default(),
-                meta_cas: None,
                 lease: LeaseState::None,
                 in_flight: false,
                 negative: HashMap::new(),
@@ -229,12 +227,11 @@ impl JwksCache {
 
     fn refresh_from_store(&mut self, store: &dyn SharedStore, i: usize, events: &mut Vec<Event>) {
         let Some(slot) = self.slots.get_mut(i) else { return };
-        let Some((bytes, cas)) = store.get(&k(slot, "meta")) else {
+        let Some((bytes, _)) = store.get(&k(slot, "meta")) else {
             return;
         };
         if let Ok(meta) = serde_json::from_slice::<Meta>(&bytes) {
             slot.meta = meta;
-            slot.meta_cas = Some(cas);
         }
         if slot.meta.version == slot.version {
             return;
@@ -364,10 +361,9 @@ impl JwksCache {
         let slot = self.slots.get_mut(source)?;
         slot.in_flight = false;
         // Re-read meta: another VM may have published meanwhile.
-        if let Some((b, cas)) = store.get(&k(slot, "meta")) {
+        if let Some((b, _)) = store.get(&k(slot, "meta")) {
             if let Ok(m) = serde_json::from_slice::<Meta>(&b) {
                 slot.meta = m;
-                slot.meta_cas = Some(cas);
             }
         }
         let outcome = evaluate_response(&slot.remote, discovery, result);
@@ -512,7 +508,6 @@ fn publish_meta(store: &dyn SharedStore, slot: &mut Slot, meta: &Meta) -> bool {
     let ok = store.set(&k(slot, "meta"), &bytes, None).is_ok();
     if ok {
         slot.meta = meta.clone();
-        slot.meta_cas = store.get(&k(slot, "meta")).map(|(_, c)| c);
     }
     ok
 }

@@ -123,11 +123,20 @@ mod cli {
         }
         for p in &cfg.providers {
             let algs: Vec<&str> = p.algorithms.iter().map(|a| a.name()).collect();
+            let keys = match &p.remote {
+                Some(r) if r.discovery => format!("keys by OIDC discovery from {}{}", r.url.authority(), r.url.path),
+                Some(r) => format!(
+                    "keys from {}{} (+{} inline)",
+                    r.url.authority(),
+                    r.url.path,
+                    p.keys.keys.len()
+                ),
+                None => format!("{} inline key(s)", p.keys.keys.len()),
+            };
             println!(
-                "provider {:?}: issuer {:?}, {} key(s), algorithms {}, token from {}",
+                "provider {:?}: issuer {:?}, {keys}, algorithms {}, token from {}",
                 p.name,
                 p.issuer,
-                p.keys.keys.len(),
                 algs.join(","),
                 p.locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ")
             );
