@@ -5,9 +5,11 @@
 //! `providers[0].jwks.keys[1].n: RSA modulus is 1024 bits; at least 2048 are required`.
 
 use crate::alg::Alg;
+use crate::identity::{compile_claim_header, managed_header_name, ClaimHeader, RawClaimHeader};
 use crate::jwks::{parse_jwks, KeySet, VerificationKey, MIN_HMAC_SECRET_BYTES};
 use crate::path::EscapedSlashes;
 use crate::policy::{compile_rules, Mode, Policy, ProviderInfo, RawRule};
+use crate::policy::{dotted, RawClaimPath};
 use crate::token::Location;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -64,6 +66,8 @@ struct RawConfig {
     allow_cors_preflight: bool,
     #[serde(default)]
     expose_rule_names: bool,
+    #[serde(default)]
+    claim_header_max_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +122,14 @@ struct RawProvider {
     max_stale: Option<String>,
     #[serde(default)]
     jwks_wait_timeout: Option<String>,
+    #[serde(default)]
+    output_claim_to_headers: Option<Vec<RawClaimHeader>>,
+    #[serde(default)]
+    output_payload_to_header: Option<String>,
+    #[serde(default)]
+    forward_original_token: bool,
+    #[serde(default)]
+    claims_to_filter_state: Option<Vec<RawClaimPath>>,
 }
 
 /// Where and how a provider's keys are fetched (`jwksUri` or OIDC discovery).
@@ -254,6 +266,14 @@ pub struct Provider {
     pub space_delimited_claims: Vec<String>,
     /// Keys fetched from the identity provider; `keys` (inline `jwks`) then only bootstrap.
     pub remote: Option<RemoteJwks>,
+    /// `outputClaimToHeaders`.
+    pub claim_headers: Vec<ClaimHeader>,
+    /// `outputPayloadToHeader`.
+    pub payload_header: Option<String>,
+    /// `forwardOriginalToken` (default false, as Istio: the token header is removed).
+    pub forward_original_token: bool,
+    /// `claimsToFilterState`: (label, claim path), published as `claimguard.claim.LABEL`.
+    pub filter_state_claims: Vec<(String, Vec<String>)>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -268,6 +288,9 @@ pub struct Config {
     pub allow_cors_preflight: bool,
     /// Name the deciding rule in 403 bodies (off by default: denials must not leak policy).
     pub expose_rule_names: bool,
+    /// Every header claimguard can set, lower-case: removed from every incoming request.
+    pub managed_headers: Vec<String>,
+    pub claim_header_max_bytes: usize,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
 }
@@ -344,6 +367,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if mode == Mode::DryRun && rules.is_empty() {
         warnings.push("mode is dryRun but there are no rules to evaluate".into());
     }
+    let claim_header_max_bytes = raw.claim_header_max_bytes.unwrap_or(4096);
+    if !(64..=65536).contains(&claim_header_max_bytes) {
+        return Err(err("claimHeaderMaxBytes", "must be between 64 and 65536"));
+    }
+    let managed_headers = managed_headers(&providers, &rules)?;
     Ok(Config {
         providers,
         realm,
@@ -355,6 +383,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         escaped_slashes,
         allow_cors_preflight: raw.allow_cors_preflight,
         expose_rule_names: raw.expose_rule_names,
+        managed_headers,
+        claim_header_max_bytes,
         warnings,
     })
 }
@@ -453,6 +483,36 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
     }
 
     let locations = compile_locations(path, rp.from_headers, rp.from_params, rp.from_cookies)?;
+    let mut claim_headers = Vec::new();
+    for (j, h) in rp.output_claim_to_headers.unwrap_or_default().into_iter().enumerate() {
+        let c = compile_claim_header(&format!("{path}.outputClaimToHeaders[{j}]"), h)?;
+        if claim_headers.iter().any(|x: &ClaimHeader| x.header == c.header) {
+            return Err(err(
+                format!("{path}.outputClaimToHeaders[{j}].header"),
+                format!("{:?} is mapped twice", c.header),
+            ));
+        }
+        claim_headers.push(c);
+    }
+    let payload_header = match rp.output_payload_to_header {
+        Some(h) => Some(managed_header_name(&format!("{path}.outputPayloadToHeader"), &h)?),
+        None => None,
+    };
+    let mut filter_state_claims = Vec::new();
+    for (j, c) in rp.claims_to_filter_state.unwrap_or_default().into_iter().enumerate() {
+        let segs = match c {
+            RawClaimPath::Dotted(s) => dotted(&s).map_err(|e| err(format!("{path}.claimsToFilterState[{j}]"), e))?,
+            RawClaimPath::Segments(v) => v,
+        };
+        let label = segs.join(".");
+        if label.is_empty() || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b)) {
+            return Err(err(
+                format!("{path}.claimsToFilterState[{j}]"),
+                "filter state names allow letters, digits and _ - . : (use outputClaimToHeaders for other claims)",
+            ));
+        }
+        filter_state_claims.push((label, segs));
+    }
 
     let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
     if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
@@ -480,7 +540,48 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             .space_delimited_claims
             .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
         remote,
+        claim_headers,
+        payload_header,
+        forward_original_token: rp.forward_original_token,
+        filter_state_claims,
     })
+}
+
+/// Every header claimguard may set; none may double as a token location (stripping it would
+/// remove the token) and no two providers may disagree about what one header means.
+fn managed_headers(providers: &[Provider], rules: &[crate::policy::Rule]) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |h: &str, path: String| -> Result<(), ConfigError> {
+        for p in providers {
+            if p.locations
+                .iter()
+                .any(|l| matches!(l, Location::Header { name, .. } if name == h))
+            {
+                return Err(err(
+                    path,
+                    format!("{h:?} is also where provider {:?} reads its token", p.name),
+                ));
+            }
+        }
+        if !out.iter().any(|x| x == h) {
+            out.push(h.to_string());
+        }
+        Ok(())
+    };
+    for (i, p) in providers.iter().enumerate() {
+        for (j, c) in p.claim_headers.iter().enumerate() {
+            add(&c.header, format!("providers[{i}].outputClaimToHeaders[{j}].header"))?;
+        }
+        if let Some(h) = &p.payload_header {
+            add(h, format!("providers[{i}].outputPayloadToHeader"))?;
+        }
+    }
+    for (i, r) in rules.iter().enumerate() {
+        for (j, h) in r.headers_to_add.iter().enumerate() {
+            add(h.header(), format!("rules[{i}].requestHeadersToAdd[{j}].header"))?;
+        }
+    }
+    Ok(out)
 }
 
 fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<RemoteJwks>, ConfigError> {
@@ -997,5 +1098,60 @@ mod tests {
         assert!(parse_duration_ms("1d").is_err());
         assert!(parse_duration_ms("-1s").is_err());
         assert!(parse_duration_ms("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn identity_output_options() {
+        let j = jwks();
+        let c = check(json!({"providers": [{"issuer": "i", "jwks": j, "outputClaimToHeaders": [{"header": "X-Email", "claim": "email"}],
+            "outputPayloadToHeader": "x-payload"}], "rules": [{"name": "r", "requestHeadersToAdd": [{"header": "x-by", "value": "r"}]}]}))
+        .unwrap();
+        assert_eq!(c.managed_headers, vec!["x-email", "x-payload", "x-by"]);
+        let cases = vec![
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "fromHeaders": [{"name": "x-jwt"}], "outputClaimToHeaders": [{"header": "x-jwt", "claim": "sub"}]}]}),
+                "providers[0].outputClaimToHeaders[0].header: \"x-jwt\" is also where provider",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "outputClaimToHeaders": [{"header": "authorization", "claim": "sub"}]}]}),
+                "providers[0].outputClaimToHeaders[0].header",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "outputClaimToHeaders": [{"header": "x-a", "claim": "sub", "arrayFormat": "csv"}]}]}),
+                "providers[0].outputClaimToHeaders[0].arrayFormat",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "outputClaimToHeaders": [{"header": "x-a", "claim": "a"}, {"header": "X-A", "claim": "b"}]}]}),
+                "providers[0].outputClaimToHeaders[1].header: \"x-a\" is mapped twice",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "outputPayloadToHeader": "host"}]}),
+                "providers[0].outputPayloadToHeader",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "rules": [{"name": "d", "action": "DENY", "requestHeadersToAdd": [{"header": "x-a", "value": "v"}]}]}),
+                "rules[0].requestHeadersToAdd: only an ALLOW rule",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "rules": [{"name": "a", "requestHeadersToAdd": [{"header": "x-a", "value": "v", "claim": "c"}]}]}),
+                "rules[0].requestHeadersToAdd[0]: give exactly one of value or claim",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "rules": [{"name": "a", "requestHeadersToAdd": [{"header": "x-a", "value": "a\r\nb"}]}]}),
+                "rules[0].requestHeadersToAdd[0].value",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "claimsToFilterState": ["a b"]}]}),
+                "providers[0].claimsToFilterState[0]",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "claimHeaderMaxBytes": 1}),
+                "claimHeaderMaxBytes",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = error_of(cfg.clone());
+            assert!(e.contains(want), "{cfg}: {e}");
+        }
     }
 }

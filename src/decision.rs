@@ -4,8 +4,10 @@
 //! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
 use crate::config::Config;
+use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
 use crate::path::normalize;
+use crate::policy::claim_at;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
 use crate::verify::{claimed_issuer, verify, AuthError};
@@ -21,6 +23,10 @@ pub struct Identity {
     /// `iss/sub`, as Istio's `request.auth.principal`.
     pub principal: String,
     pub claims: Map<String, Value>,
+    /// The verified payload exactly as signed (base64url), for `outputPayloadToHeader`.
+    pub payload_b64: String,
+    /// The header the token came in, when it came in one (removed unless forwarded).
+    pub token_header: Option<String>,
 }
 
 /// An HTTP request as the filter sees it: pseudo-headers included, names lower-case.
@@ -73,6 +79,8 @@ pub struct Evaluation {
     pub public_rule: Option<usize>,
     /// The policy evaluation (None when the request was refused before policy).
     pub policy: Option<PolicyDecision>,
+    /// For an allowed request: headers to set and remove, filter state to publish.
+    pub header_ops: HeaderOps,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,6 +264,7 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
         cors_preflight: false,
         public_rule: None,
         policy: None,
+        header_ops: HeaderOps::default(),
     };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
@@ -268,15 +277,29 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
             return ev;
         }
     };
+    // Managed headers never count as the client's: the host removes them from the request,
+    // and evaluation never sees them.
+    let unmanaged;
+    let headers: &[(String, String)] = if managed_present(config, req.headers).is_empty() {
+        req.headers
+    } else {
+        unmanaged = req
+            .headers
+            .iter()
+            .filter(|(k, _)| !config.managed_headers.iter().any(|m| k.eq_ignore_ascii_case(m)))
+            .cloned()
+            .collect::<Vec<_>>();
+        &unmanaged
+    };
     let facts = RequestFacts {
         method: req.method,
         path: &path,
         host: req.host,
-        headers: req.headers,
+        headers,
     };
     ev.public_rule = config.policy.public_rule(&facts);
     let token_req = Request {
-        headers: req.headers,
+        headers,
         path: req.path,
     };
     let identity = match find_and_verify(config, keys, &token_req, now, ev.public_rule.is_some()) {
@@ -309,11 +332,72 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
                 provider,
             ))
         }
-        Effect::Allow { .. } => Decision::Allow { identity },
+        Effect::Allow { rule } => {
+            ev.header_ops = header_ops(config, identity.as_ref(), rule.or(ev.public_rule));
+            Decision::Allow { identity }
+        }
     };
     ev.policy = Some(pd);
     ev.normalized_path = Some(path);
     ev
+}
+
+/// The managed headers (ones claimguard sets) present in a request: the host removes them
+/// before anything else, on every request.
+pub fn managed_present(config: &Config, headers: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, _) in headers {
+        if let Some(m) = config.managed_headers.iter().find(|m| k.eq_ignore_ascii_case(m)) {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+    }
+    out
+}
+
+/// What an allowed request carries upstream: the provider's claim headers and payload
+/// header, the admitting rule's additions; the token header removed unless forwarded.
+fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    let max = config.claim_header_max_bytes;
+    let empty = Map::new();
+    let claims = identity.map_or(&empty, |i| &i.claims);
+    if let Some(id) = identity {
+        if let Some(p) = config.providers.get(id.provider_index) {
+            for h in &p.claim_headers {
+                ops.claim(claims, h, max);
+            }
+            if let Some(ph) = &p.payload_header {
+                ops.set.push((ph.clone(), id.payload_b64.clone()));
+            }
+            if let (false, Some(th)) = (p.forward_original_token, &id.token_header) {
+                ops.remove.push(th.clone());
+            }
+            ops.filter_state.push(("claimguard.provider".into(), p.name.clone()));
+            ops.filter_state.push(("claimguard.issuer".into(), id.issuer.clone()));
+            ops.filter_state
+                .push(("claimguard.principal".into(), id.principal.clone()));
+            if let Some(sub) = &id.subject {
+                ops.filter_state.push(("claimguard.subject".into(), sub.clone()));
+            }
+            for (label, path) in &p.filter_state_claims {
+                if let Rendered::Value(v) = render(claim_at(claims, path), &ArrayFormat::Join(",".into()), max) {
+                    ops.filter_state.push((format!("claimguard.claim.{label}"), v));
+                }
+            }
+        }
+    }
+    if let Some(r) = rule.and_then(|r| config.policy.rules.get(r)) {
+        ops.filter_state.push(("claimguard.rule".into(), r.name.clone()));
+        for h in &r.headers_to_add {
+            match h {
+                HeaderToAdd::Fixed { header, value } => ops.set.push((header.clone(), value.clone())),
+                HeaderToAdd::Claim(c) => ops.claim(claims, c, max),
+            }
+        }
+    }
+    ops
 }
 
 /// Authentication alone (no path handling, no policy), with inline keys.
@@ -417,6 +501,7 @@ fn find_and_verify<'c>(
         match result {
             Ok(()) => {
                 let subject = jwt.claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+                let payload_b64 = jwt.raw.split('.').nth(1).unwrap_or("").to_string();
                 return Ok(Some(Identity {
                     provider: p.name.clone(),
                     provider_index: index,
@@ -424,6 +509,11 @@ fn find_and_verify<'c>(
                     principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
                     subject,
                     claims: jwt.claims,
+                    payload_b64,
+                    token_header: match loc {
+                        Location::Header { name, .. } => Some(name.clone()),
+                        _ => None,
+                    },
                 }));
             }
             Err(e) => {

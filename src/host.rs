@@ -11,7 +11,8 @@
 //! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
 use crate::config::Config;
-use crate::decision::{evaluate, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::decision::{evaluate, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
 use crate::policy::{Effect, RuleAction};
@@ -120,6 +121,8 @@ struct Vm {
     provider_of: Vec<usize>,
     metrics: Vec<SourceMetrics>,
     waiters: Vec<Waiter>,
+    /// Counts claim headers refused for unsafe values.
+    refused_metric: Option<u32>,
     /// Callout token → (slot, is discovery).
     callouts: HashMap<u32, (usize, bool)>,
 }
@@ -357,6 +360,7 @@ impl RootContext for Root {
             provider_of,
             metrics,
             waiters,
+            refused_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.claim_header_refused").ok(),
             callouts: HashMap::new(),
         })));
         if has_remote {
@@ -440,6 +444,8 @@ impl Root {
             };
             match ev.decision {
                 Decision::Allow { .. } => {
+                    let refused_metric = vm_rc.borrow().refused_metric;
+                    apply_header_ops(&ev.header_ops, refused_metric);
                     let _ = hostcalls::resume_http_request();
                 }
                 Decision::Deny(d) => send_reply(d.status, &d.headers, &d.body),
@@ -454,6 +460,31 @@ impl Root {
             }
         }
         let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+/// Sets and removes the identity headers of an allowed request and publishes filter state.
+/// A header that cannot be changed is a failure to protect the upstream: it is logged.
+fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) {
+    for name in &ops.remove {
+        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
+            log(LogLevel::Error, &format!("cannot remove header {name}: {e:?}"));
+        }
+    }
+    for (name, value) in &ops.set {
+        if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+            log(LogLevel::Error, &format!("cannot set header {name}: {e:?}"));
+        }
+    }
+    for (name, why) in &ops.refused {
+        incr(refused_metric);
+        log(
+            LogLevel::Warn,
+            &json!({"claimguard": "claim_header_refused", "header": name, "why": why}).to_string(),
+        );
+    }
+    for (key, value) in &ops.filter_state {
+        let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
     }
 }
 
@@ -525,6 +556,17 @@ impl HttpContext for Filter {
         let Some(now) = now_ms() else {
             return self.internal_error("cannot read the clock");
         };
+        // Before anything else, on every request: no client-supplied copy of a header
+        // claimguard sets ever reaches the upstream.
+        {
+            let vm = vm_rc.borrow();
+            for name in managed_present(&vm.config, &headers) {
+                if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &name) {
+                    drop(vm);
+                    return self.internal_error(&format!("cannot remove header {name}: {e:?}"));
+                }
+            }
+        }
         let req = HttpRequest::from_headers(&headers);
         let mut vm = vm_rc.borrow_mut();
         let mut ev = {
@@ -566,9 +608,13 @@ impl HttpContext for Filter {
             }
         }
         report(&vm.config, &req, &ev);
+        let refused_metric = vm.refused_metric;
         drop(vm);
         match ev.decision {
-            Decision::Allow { .. } => Action::Continue,
+            Decision::Allow { .. } => {
+                apply_header_ops(&ev.header_ops, refused_metric);
+                Action::Continue
+            }
             Decision::Deny(d) => {
                 send_reply(d.status, &d.headers, &d.body);
                 Action::Pause

@@ -29,6 +29,7 @@
 pub mod alg;
 pub mod config;
 pub mod decision;
+pub mod identity;
 pub mod json;
 pub mod jwks;
 pub mod jwks_cache;

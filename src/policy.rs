@@ -12,6 +12,7 @@
 //! provider names become indices; evaluation allocates only the trace.
 
 use crate::config::ConfigError;
+use crate::identity::{compile_header_to_add, HeaderToAdd, RawHeaderToAdd};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -48,6 +49,8 @@ pub(crate) struct RawRule {
     not_request_principals: Option<Vec<String>>,
     #[serde(default)]
     when: Option<Vec<RawWhen>>,
+    #[serde(default)]
+    request_headers_to_add: Option<Vec<RawHeaderToAdd>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +260,8 @@ pub struct Rule {
     request_principals: Vec<StrPattern>,
     not_request_principals: Vec<StrPattern>,
     when: Vec<WhenCondition>,
+    /// Headers an ALLOW rule adds when it admits a request.
+    pub headers_to_add: Vec<HeaderToAdd>,
 }
 
 impl Rule {
@@ -343,7 +348,7 @@ fn methods(path: &str, field: &str, v: Option<Vec<String>>) -> Result<Vec<String
 }
 
 /// Parses `a.b\.c` into `["a", "b.c"]`.
-fn dotted(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn dotted(s: &str) -> Result<Vec<String>, String> {
     let mut out = vec![String::new()];
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -468,7 +473,22 @@ pub(crate) fn compile_rules(
             request_principals: patterns(&path, "requestPrincipals", r.request_principals, false)?,
             not_request_principals: patterns(&path, "notRequestPrincipals", r.not_request_principals, false)?,
             when,
+            headers_to_add: Vec::new(),
         };
+        let mut rule = rule;
+        for (j, h) in non_empty(&path, "requestHeadersToAdd", r.request_headers_to_add)?
+            .into_iter()
+            .enumerate()
+        {
+            if rule.action != RuleAction::Allow {
+                return Err(err(
+                    format!("{path}.requestHeadersToAdd"),
+                    "only an ALLOW rule admits requests, so only it can add headers",
+                ));
+            }
+            rule.headers_to_add
+                .push(compile_header_to_add(&format!("{path}.requestHeadersToAdd[{j}]"), h)?);
+        }
         if rule.public {
             if rule.action != RuleAction::Allow {
                 return Err(err(
@@ -663,7 +683,7 @@ fn any_value(v: &Value, split: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
     }
 }
 
-fn claim_at<'a>(claims: &'a Map<String, Value>, segs: &[String]) -> Option<&'a Value> {
+pub(crate) fn claim_at<'a>(claims: &'a Map<String, Value>, segs: &[String]) -> Option<&'a Value> {
     let (first, rest) = segs.split_first()?;
     let mut v = claims.get(first)?;
     for s in rest {

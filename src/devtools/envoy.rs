@@ -50,6 +50,9 @@ pub struct EnvoyOptions {
     /// More STATIC clusters to 127.0.0.1 ports, e.g. `("outbound|443||idp.test", jwks_port)`,
     /// named the way istiod names the clusters of ServiceEntries.
     pub clusters: Vec<(String, u16)>,
+    /// An access log format; the log goes to `access.log` beside the config (see
+    /// [`Envoy::access_log`]).
+    pub access_log_format: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -64,6 +67,7 @@ impl EnvoyOptions {
             concurrency: 1,
             log_level: "info".into(),
             clusters: Vec::new(),
+            access_log_format: None,
         }
     }
 }
@@ -93,7 +97,8 @@ pub fn wasm_filter(wasm: &Path, plugin_config: &str) -> Value {
 }
 
 /// A complete bootstrap: one listener on 127.0.0.1 → claimguard → router → the upstream.
-pub fn bootstrap(o: &EnvoyOptions) -> Value {
+/// `dir` is where an access log (if any) is written.
+pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
     let loopback = |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     let cluster = |name: &str, port: u16| {
         json!({
@@ -107,6 +112,17 @@ pub fn bootstrap(o: &EnvoyOptions) -> Value {
     };
     let mut clusters = vec![cluster("app", o.upstream_port)];
     clusters.extend(o.clusters.iter().map(|(name, port)| cluster(name, *port)));
+    let access_log = match &o.access_log_format {
+        Some(format) => json!([{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": dir.join("access.log").display().to_string(),
+                "log_format": {"text_format_source": {"inline_string": format!("{format}\n")}}
+            }
+        }]),
+        None => json!([]),
+    };
     json!({
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
@@ -118,6 +134,7 @@ pub fn bootstrap(o: &EnvoyOptions) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress_http",
+                        "access_log": access_log,
                         "route_config": {"virtual_hosts": [{
                             "name": "app", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
@@ -195,8 +212,11 @@ impl Envoy {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display()), String::new()))?;
         let cfg = dir.join("envoy.json");
-        fs::write(&cfg, serde_json::to_string_pretty(&bootstrap(o)).unwrap_or_default())
-            .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
+        fs::write(
+            &cfg,
+            serde_json::to_string_pretty(&bootstrap(o, &dir)).unwrap_or_default(),
+        )
+        .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
         let log = fs::File::create(dir.join("envoy.log")).map_err(|e| fail(format!("log file: {e}"), String::new()))?;
         let log2 = log
             .try_clone()
@@ -272,6 +292,11 @@ impl Envoy {
         let v = r.json();
         let addr = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(addr).ok().filter(|p| *p != 0)
+    }
+
+    /// The access log so far (with `access_log_format`).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
