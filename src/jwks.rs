@@ -5,14 +5,9 @@
 //! (`use: enc`) or of types claimguard does not verify with are skipped, not fatal.
 
 use crate::alg::Alg;
+use crate::crypto::PublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jwt_simple::prelude::{
-    ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, ES256PublicKey, ES384PublicKey, Ed25519PublicKey,
-    EdDSAPublicKeyLike, HS256Key, HS384Key, HS512Key, MACLike, NoCustomClaims, PS256PublicKey, PS384PublicKey,
-    PS512PublicKey, RS256PublicKey, RS384PublicKey, RS512PublicKey, RSAPublicKeyLike, UnixTimeStamp,
-    VerificationOptions,
-};
 use serde_json::{Map, Value};
 
 pub const MIN_RSA_BITS: usize = 2048;
@@ -21,12 +16,15 @@ pub const MAX_RSA_BITS: usize = 8192;
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output; 32 bytes for HS256.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
-/// One public key, ready to verify with each algorithm it may be used for.
+/// One public key and the algorithms it may verify.
 pub struct VerificationKey {
     pub kid: Option<String>,
     /// What the key is, for messages: `RSA-2048`, `EC P-256`, `OKP Ed25519`, `oct`.
     pub description: String,
-    verifiers: Vec<SigVerifier>,
+    key: PublicKey,
+    /// The algorithms this key serves: those its family fits, narrowed to its JWK `alg`.
+    /// The key decides the algorithm, never the token (no RS256/HS256 confusion).
+    algorithms: Vec<Alg>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -34,122 +32,33 @@ impl std::fmt::Debug for VerificationKey {
         f.debug_struct("VerificationKey")
             .field("kid", &self.kid)
             .field("description", &self.description)
-            .field("algorithms", &self.algorithms())
+            .field("algorithms", &self.algorithms)
             .finish()
     }
-}
-
-/// A key bound to one algorithm. jwt-simple's key types carry the algorithm in their type, so
-/// a key can never be used with an algorithm it was not built for (no RS256/HS256 confusion).
-enum SigVerifier {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
-    HS256(HS256Key),
-    HS384(HS384Key),
-    HS512(HS512Key),
-}
-
-impl SigVerifier {
-    fn alg(&self) -> Alg {
-        match self {
-            SigVerifier::RS256(_) => Alg::RS256,
-            SigVerifier::RS384(_) => Alg::RS384,
-            SigVerifier::RS512(_) => Alg::RS512,
-            SigVerifier::PS256(_) => Alg::PS256,
-            SigVerifier::PS384(_) => Alg::PS384,
-            SigVerifier::PS512(_) => Alg::PS512,
-            SigVerifier::ES256(_) => Alg::ES256,
-            SigVerifier::ES384(_) => Alg::ES384,
-            SigVerifier::EdDSA(_) => Alg::EdDSA,
-            SigVerifier::HS256(_) => Alg::HS256,
-            SigVerifier::HS384(_) => Alg::HS384,
-            SigVerifier::HS512(_) => Alg::HS512,
-        }
-    }
-
-    /// Checks only the signature over `token`: jwt-simple's own claim checks are neutralised
-    /// (time frozen at 0, future accepted) because [`crate::verify`] owns the claims.
-    fn verify(&self, token: &str, max_token_bytes: usize) -> Result<(), SignatureError> {
-        let opts = VerificationOptions {
-            accept_future: true,
-            time_tolerance: Some(jwt_simple::prelude::Duration::from_secs(0)),
-            artificial_time: Some(UnixTimeStamp::from_secs(0)),
-            max_token_length: Some(max_token_bytes),
-            max_header_length: Some(max_token_bytes),
-            ..VerificationOptions::default()
-        };
-        let o = Some(opts);
-        let r = match self {
-            SigVerifier::RS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::RS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::RS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::PS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::PS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::PS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::ES256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::ES384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::EdDSA(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::HS256(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::HS384(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-            SigVerifier::HS512(k) => k.verify_token::<NoCustomClaims>(token, o).map(drop),
-        };
-        r.map_err(|e| match e.downcast_ref::<jwt_simple::JWTError>() {
-            Some(jwt_simple::JWTError::InvalidSignature | jwt_simple::JWTError::InvalidAuthenticationTag) => {
-                SignatureError::Invalid
-            }
-            Some(jwt_simple::JWTError::NotJWT) => SignatureError::Rejected("token type (typ) is not JWT"),
-            _ => SignatureError::Rejected("token could not be verified"),
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignatureError {
-    /// The signature does not match the key.
-    Invalid,
-    /// The verifier refused the token before or after the signature check.
-    Rejected(&'static str),
 }
 
 impl VerificationKey {
     /// Whether this key may verify `alg` (its type fits and its JWK `alg`, if any, agrees).
     pub fn supports(&self, alg: Alg) -> bool {
-        self.verifiers.iter().any(|v| v.alg() == alg)
+        self.algorithms.contains(&alg)
     }
 
-    pub fn verify(&self, alg: Alg, token: &str, max_token_bytes: usize) -> Result<(), SignatureError> {
-        match self.verifiers.iter().find(|v| v.alg() == alg) {
-            Some(v) => v.verify(token, max_token_bytes),
-            None => Err(SignatureError::Rejected("key does not support the token's algorithm")),
-        }
+    /// Checks `sig` over `signing_input` with `alg`.
+    pub fn verify(&self, alg: Alg, signing_input: &[u8], sig: &[u8]) -> bool {
+        self.supports(alg) && self.key.verify(alg, signing_input, sig)
     }
 
     pub fn algorithms(&self) -> Vec<Alg> {
-        self.verifiers.iter().map(SigVerifier::alg).collect()
+        self.algorithms.clone()
     }
 
     /// A shared-secret key for the HMAC algorithms in `algs`. Callers enforce the minimum length.
     pub fn hmac(secret: &[u8], algs: &[Alg]) -> VerificationKey {
-        let verifiers = algs
-            .iter()
-            .filter_map(|a| match a {
-                Alg::HS256 => Some(SigVerifier::HS256(HS256Key::from_bytes(secret))),
-                Alg::HS384 => Some(SigVerifier::HS384(HS384Key::from_bytes(secret))),
-                Alg::HS512 => Some(SigVerifier::HS512(HS512Key::from_bytes(secret))),
-                _ => None,
-            })
-            .collect();
         VerificationKey {
             kid: None,
             description: "oct (hmacSecret)".into(),
-            verifiers,
+            key: PublicKey::Hmac(secret.to_vec()),
+            algorithms: algs.iter().copied().filter(|a| a.is_hmac()).collect(),
         }
     }
 }
@@ -229,6 +138,14 @@ fn parse_jwk(v: &Value) -> Result<Parsed, FieldError> {
             return Ok(Parsed::Skip(format!("use is {u:?}, not \"sig\"")));
         }
     }
+    match jwk.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) if !ops.iter().any(|o| o == "verify" || o == "sign") => {
+            return Ok(Parsed::Skip("key_ops does not include verify".into()));
+        }
+        Some(Value::Array(_)) => {}
+        Some(_) => return Err(field_err("key_ops", "must be an array of strings")),
+    }
     for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
         if jwk.contains_key(private) && kty != "oct" {
             return Err(field_err(
@@ -248,18 +165,21 @@ fn parse_jwk(v: &Value) -> Result<Parsed, FieldError> {
             }
         },
     };
-    let (description, verifiers) = match kty {
+    let (description, key, algorithms) = match kty {
         "RSA" => rsa_key(jwk, jwk_alg)?,
         "EC" => ec_key(jwk, jwk_alg)?,
         "OKP" => okp_key(jwk, jwk_alg)?,
         "oct" => {
-            return Ok(Parsed::Skip(
-                "symmetric (oct) keys in a JWKS are never used; configure hmacSecret on the provider".into(),
-            ))
+            // A published symmetric key is a leaked secret, and a key set mixing symmetric and
+            // asymmetric keys is ambiguous: refuse it rather than quietly skip it.
+            return Err(field_err(
+                "kty",
+                "symmetric (oct) keys must never be published in a JWKS; configure hmacSecret on the provider",
+            ));
         }
         other => return Ok(Parsed::Skip(format!("kty {other:?} is not supported"))),
     };
-    if verifiers.is_empty() {
+    if algorithms.is_empty() {
         return Err(field_err(
             "alg",
             format!("{description} key cannot be used with alg {:?}", jwk_alg.map(Alg::name)),
@@ -268,7 +188,8 @@ fn parse_jwk(v: &Value) -> Result<Parsed, FieldError> {
     Ok(Parsed::Key(VerificationKey {
         kid,
         description,
-        verifiers,
+        key,
+        algorithms,
     }))
 }
 
@@ -289,7 +210,17 @@ fn b64_field(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, FieldError
         .map_err(|e| field_err(name, format!("is not valid base64url: {e}")))
 }
 
-fn rsa_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
+type Compiled = (String, PublicKey, Vec<Alg>);
+
+fn narrowed(family: &[Alg], jwk_alg: Option<Alg>) -> Vec<Alg> {
+    family
+        .iter()
+        .copied()
+        .filter(|a| jwk_alg.is_none_or(|j| j == *a))
+        .collect()
+}
+
+fn rsa_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<Compiled, FieldError> {
     let n = b64_field(jwk, "n")?;
     let e = b64_field(jwk, "e")?;
     let n = strip_leading_zeros(&n);
@@ -325,25 +256,18 @@ fn rsa_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Ve
             return Err(field_err("alg", format!("{a} does not fit an RSA key")));
         }
     }
-    let bad = |_| field_err("n", "is not a usable RSA public key");
-    let mut out = Vec::new();
-    for a in [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512] {
-        if jwk_alg.is_some_and(|j| j != a) {
-            continue;
-        }
-        out.push(match a {
-            Alg::RS256 => SigVerifier::RS256(RS256PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::RS384 => SigVerifier::RS384(RS384PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::RS512 => SigVerifier::RS512(RS512PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::PS256 => SigVerifier::PS256(PS256PublicKey::from_components(n, e).map_err(bad)?),
-            Alg::PS384 => SigVerifier::PS384(PS384PublicKey::from_components(n, e).map_err(bad)?),
-            _ => SigVerifier::PS512(PS512PublicKey::from_components(n, e).map_err(bad)?),
-        });
+    if roca_fingerprint(n) {
+        return Err(field_err(
+            "n",
+            "RSA modulus has the ROCA fingerprint (CVE-2017-15361): the private key can be recovered",
+        ));
     }
-    Ok((format!("RSA-{bits}"), out))
+    let key = PublicKey::rsa(n, e).map_err(|_| field_err("n", "is not a usable RSA public key"))?;
+    let family = [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512];
+    Ok((format!("RSA-{bits}"), key, narrowed(&family, jwk_alg)))
 }
 
-fn ec_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
+fn ec_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<Compiled, FieldError> {
     let crv = str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an EC key"))?;
     let (alg, len) = match crv {
         "P-256" => (Alg::ES256, 32),
@@ -381,16 +305,16 @@ fn ec_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec
     point.push(0x04);
     point.extend_from_slice(&x);
     point.extend_from_slice(&y);
-    let off_curve = |_| field_err("x", format!("(x, y) is not a valid point on {crv}"));
-    let v = if alg == Alg::ES256 {
-        SigVerifier::ES256(ES256PublicKey::from_bytes(&point).map_err(off_curve)?)
+    let key = if alg == Alg::ES256 {
+        PublicKey::p256(&point)
     } else {
-        SigVerifier::ES384(ES384PublicKey::from_bytes(&point).map_err(off_curve)?)
+        PublicKey::p384(&point)
     };
-    Ok((format!("EC {crv}"), vec![v]))
+    let key = key.map_err(|_| field_err("x", format!("(x, y) is not a valid point on {crv}")))?;
+    Ok((format!("EC {crv}"), key, vec![alg]))
 }
 
-fn okp_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Vec<SigVerifier>), FieldError> {
+fn okp_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<Compiled, FieldError> {
     let crv = str_field(jwk, "crv")?.ok_or_else(|| field_err("crv", "is required for an OKP key"))?;
     if crv != "Ed25519" {
         return Err(field_err(
@@ -410,8 +334,31 @@ fn okp_key(jwk: &Map<String, Value>, jwk_alg: Option<Alg>) -> Result<(String, Ve
     if x.len() != 32 {
         return Err(field_err("x", format!("must be 32 bytes for Ed25519, got {}", x.len())));
     }
-    let k = Ed25519PublicKey::from_bytes(&x).map_err(|_| field_err("x", "is not a valid Ed25519 public key"))?;
-    Ok(("OKP Ed25519".into(), vec![SigVerifier::EdDSA(k)]))
+    let key = PublicKey::ed25519(&x).map_err(|_| field_err("x", "is not a valid Ed25519 public key"))?;
+    Ok(("OKP Ed25519".into(), key, vec![Alg::EdDSA]))
+}
+
+/// The ROCA test (Nemec et al., CCS 2017): moduli from the vulnerable Infineon library are
+/// `n ≡ 65537^k (mod p)` for every small prime `p` below; a random modulus passes for all of
+/// them with negligible probability.
+fn roca_fingerprint(n: &[u8]) -> bool {
+    const PRIMES: [u64; 38] = [
+        3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107,
+        109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+    ];
+    PRIMES.iter().all(|&p| {
+        let r = n.iter().fold(0u64, |acc, b| (acc * 256 + u64::from(*b)) % p);
+        // Walk the subgroup generated by 65537 mod p.
+        let g = 65537 % p;
+        let mut x = 1u64;
+        for _ in 0..p {
+            if x == r {
+                return true;
+            }
+            x = x * g % p;
+        }
+        false
+    })
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -500,12 +447,41 @@ mod tests {
     fn skips_encryption_and_unknown_keys() {
         let set = one(json!({"keys": [
             {"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"},
-            {"kty": "oct", "k": "c2VjcmV0"},
             {"kty": "XYZ"},
             {"kty": "RSA", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"}
         ]}));
-        assert_eq!(set.skipped.len(), 4);
+        assert_eq!(set.skipped.len(), 3);
         assert!(set.rejected.is_empty());
+    }
+
+    #[test]
+    fn published_secrets_are_refused() {
+        let set = one(json!({"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}));
+        assert_eq!(set.rejected[0].0, "keys[0].kty");
+    }
+
+    #[test]
+    fn roca_moduli_are_refused() {
+        // A random odd modulus is (overwhelmingly) not ROCA-shaped.
+        let rsa = TestKey::rsa(Alg::RS256, "r");
+        let n = URL_SAFE_NO_PAD.decode(rsa.public_jwk()["n"].as_str().unwrap()).unwrap();
+        assert!(!roca_fingerprint(&n));
+        // 65537^k itself is in every subgroup: the fingerprint fires.
+        let mut x: Vec<u8> = vec![1];
+        for _ in 0..3 {
+            // x *= 65537 (big-endian byte vector)
+            let mut carry = 0u64;
+            for b in x.iter_mut().rev() {
+                let v = u64::from(*b) * 65537 + carry;
+                *b = (v & 0xff) as u8;
+                carry = v >> 8;
+            }
+            while carry > 0 {
+                x.insert(0, (carry & 0xff) as u8);
+                carry >>= 8;
+            }
+        }
+        assert!(roca_fingerprint(&x));
     }
 
     #[test]

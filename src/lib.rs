@@ -28,6 +28,7 @@
 
 pub mod alg;
 pub mod config;
+pub mod crypto;
 pub mod decision;
 pub mod identity;
 pub mod json;
