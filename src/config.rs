@@ -99,6 +99,8 @@ struct RawProvider {
     #[serde(default)]
     max_token_bytes: Option<usize>,
     #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
     space_delimited_claims: Option<Vec<String>>,
     #[serde(default)]
     jwks_uri: Option<String>,
@@ -262,6 +264,9 @@ pub struct Provider {
     /// is still refused. Envoy's `allow_missing`.
     pub allow_missing: bool,
     pub max_token_bytes: usize,
+    /// `tokenType`: the JOSE `typ` every token must carry (e.g. `at+jwt`, RFC 9068), lower
+    /// case without `application/`. None: any JWT type, or none.
+    pub token_type: Option<String>,
     /// Claims whose string value is a space-separated set (`scope`, `scp`) for rules.
     pub space_delimited_claims: Vec<String>,
     /// Keys fetched from the identity provider; `keys` (inline `jwks`) then only bootstrap.
@@ -536,6 +541,17 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         require_expiration: rp.require_expiration.unwrap_or(true),
         allow_missing: rp.allow_missing.unwrap_or(false),
         max_token_bytes,
+        token_type: match rp.token_type {
+            None => None,
+            Some(t) => {
+                let t = t.to_ascii_lowercase();
+                let t = t.strip_prefix("application/").unwrap_or(&t).to_string();
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+                    return Err(err(format!("{path}.tokenType"), "must be a media type such as at+jwt"));
+                }
+                Some(t)
+            }
+        },
         space_delimited_claims: rp
             .space_delimited_claims
             .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),

@@ -22,6 +22,7 @@ pub enum AuthError {
     UnknownIssuer,
     UnknownKid,
     AmbiguousKid,
+    WrongType,
     KeyAlgMismatch,
     BadSignature,
     Expired,
@@ -47,6 +48,7 @@ impl AuthError {
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::UnknownKid => "unknown_kid",
             AuthError::AmbiguousKid => "ambiguous_kid",
+            AuthError::WrongType => "wrong_type",
             AuthError::KeyAlgMismatch => "key_alg_mismatch",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
@@ -71,6 +73,7 @@ impl AuthError {
             AuthError::UnknownIssuer => "token issuer is not accepted".into(),
             AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
             AuthError::AmbiguousKid => "the key set has several keys with the token's kid".into(),
+            AuthError::WrongType => "token type (typ) is not the one this issuer uses".into(),
             AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
             AuthError::BadSignature => "token signature is invalid".into(),
             AuthError::Expired => "token has expired".into(),
@@ -105,6 +108,17 @@ pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
 pub fn verify(provider: &Provider, keys: &KeySet, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
     if !provider.algorithms.contains(&jwt.alg) {
         return Err(AuthError::AlgNotAllowed(jwt.alg));
+    }
+    if let Some(want) = &provider.token_type {
+        let typ = jwt
+            .header
+            .get("typ")
+            .and_then(Value::as_str)
+            .map(|t| t.to_ascii_lowercase());
+        let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+        if typ != Some(want.as_str()) {
+            return Err(AuthError::WrongType);
+        }
     }
     // Claim types first: the signature verifier decodes the registered claims with fixed
     // types too, and a type error must read as such, not as a failed signature.

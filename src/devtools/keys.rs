@@ -200,6 +200,42 @@ impl TestKey {
     }
 }
 
+impl TestKey {
+    /// Signs arbitrary header and payload *text* (duplicate members, odd types, any header
+    /// field): the signature is valid for this key, so only claimguard's rules can refuse the
+    /// token. ES256, ES384 and HMAC keys only (what the hostile-token tests need).
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(payload_json)
+        );
+        let sig = self.sign_bytes(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    /// A raw signature over `msg` with this key's algorithm.
+    pub fn sign_bytes(&self, msg: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer;
+        match (&self.inner, self.alg) {
+            (Inner::Es256(k), _) => {
+                let sk = p256::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("p256", e));
+                let sig: p256::ecdsa::Signature = sk.sign(msg);
+                sig.to_vec()
+            }
+            (Inner::Es384(k), _) => {
+                let sk = p384::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("p384", e));
+                let sig: p384::ecdsa::Signature = sk.sign(msg);
+                sig.to_vec()
+            }
+            (Inner::Hmac(s), Alg::HS384) => hmac_sha512::sha384::HMAC::mac(msg, s).to_vec(),
+            (Inner::Hmac(s), Alg::HS512) => hmac_sha512::HMAC::mac(msg, s).to_vec(),
+            (Inner::Hmac(s), _) => hmac_sha256::HMAC::mac(msg, s).to_vec(),
+            _ => fail("sign_bytes", "ES256, ES384 and HMAC keys only"),
+        }
+    }
+}
+
 /// A token with the given header and payload and a junk signature: for `alg: none` and other
 /// tokens no key should ever accept.
 pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String {
