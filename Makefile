@@ -8,6 +8,8 @@ PYTHON       ?= python3
 VENV         := $(CURDIR)/.venv
 WASM_TARGET  := wasm32-wasip1
 WASM         := $(CURDIR)/target/$(WASM_TARGET)/release/claimguard.wasm
+# Test-only build that can be made to trap (feature fault-injection), in its own target dir.
+FAULTS_WASM  := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
 DEFAULT_ENVOY := $(VENV)/bin/envoy
 # Override with an istio-proxy or other Envoy build: make test ENVOY=/path/to/envoy
 ENVOY        ?= $(DEFAULT_ENVOY)
@@ -15,8 +17,9 @@ DEMO_PORT    ?= 10000
 
 export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
+export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build wasm-target envoy test unit lint fmt demo clean
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean
 
 all: build
 
@@ -26,6 +29,9 @@ wasm-target:
 build: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) --lib
 	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes"
+
+build-faults: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) --lib --features fault-injection --target-dir target/faults
 
 $(DEFAULT_ENVOY): tests/requirements.txt
 	@test -x '$(VENV)/bin/pip' || $(PYTHON) -m venv '$(VENV)'
@@ -41,7 +47,7 @@ endif
 	@'$(ENVOY)' --version | grep -o 'version: .*' || true
 
 # Unit tests (native), then the real-Envoy integration tests under tests/.
-test: build envoy lint
+test: build build-faults envoy lint
 	$(CARGO) test --all-targets
 
 unit:

@@ -553,6 +553,10 @@ impl HttpContext for Filter {
             Ok(h) => h,
             Err(e) => return self.internal_error(&format!("cannot read request headers: {e:?}")),
         };
+        #[cfg(feature = "fault-injection")]
+        if headers.iter().any(|(k, v)| k == "x-claimguard-fault" && v == "trap") {
+            core::arch::wasm32::unreachable();
+        }
         let Some(now) = now_ms() else {
             return self.internal_error("cannot read the clock");
         };

@@ -53,6 +53,9 @@ pub struct EnvoyOptions {
     /// An access log format; the log goes to `access.log` beside the config (see
     /// [`Envoy::access_log`]).
     pub access_log_format: Option<String>,
+    /// Deliver the filter by ECDS from a watched file, as istiod delivers a WasmPlugin, so
+    /// tests can push new plugin configs with [`Envoy::push_plugin_config`].
+    pub ecds: bool,
 }
 
 impl EnvoyOptions {
@@ -68,6 +71,7 @@ impl EnvoyOptions {
             log_level: "info".into(),
             clusters: Vec::new(),
             access_log_format: None,
+            ecds: false,
         }
     }
 }
@@ -93,6 +97,37 @@ pub fn wasm_filter(wasm: &Path, plugin_config: &str) -> Value {
                 "fail_open": false
             }
         }
+    })
+}
+
+/// The HTTP filter entry that takes its config from `DIR/ecds/claimguard.json` by ECDS.
+fn ecds_filter(dir: &Path) -> Value {
+    let watched = dir.join("ecds");
+    json!({
+        "name": "istio.claimguard",
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {
+                    "path": watched.join("claimguard.json").display().to_string(),
+                    "watched_directory": {"path": watched.display().to_string()}
+                },
+                "resource_api_version": "V3"
+            },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+        }
+    })
+}
+
+/// An ECDS discovery response carrying the claimguard filter with `plugin_config`.
+fn ecds_resource(wasm: &Path, plugin_config: &str, version: u32) -> Value {
+    let filter = wasm_filter(wasm, plugin_config);
+    json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "istio.claimguard",
+            "typed_config": filter["typed_config"]
+        }]
     })
 }
 
@@ -124,6 +159,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         None => json!([]),
     };
     json!({
+        "node": {"id": "claimguard-test", "cluster": "claimguard"},
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
             "listeners": [{
@@ -140,7 +176,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
                         }]},
                         "http_filters": [
-                            wasm_filter(&o.wasm, &o.plugin_config),
+                            if o.ecds { ecds_filter(dir) } else { wasm_filter(&o.wasm, &o.plugin_config) },
                             {"name": "envoy.filters.http.router",
                              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                         ]
@@ -157,6 +193,16 @@ pub struct Envoy {
     pub port: u16,
     pub admin_port: u16,
     dir: PathBuf,
+    wasm: PathBuf,
+    pushes: u32,
+}
+
+/// Writes a file where a watcher sees only the complete version (write, then rename).
+fn write_atomic(path: &Path, v: &Value) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(v).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -211,6 +257,14 @@ impl Envoy {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir {}: {e}", dir.display()), String::new()))?;
+        if o.ecds {
+            fs::create_dir_all(dir.join("ecds")).map_err(|e| fail(format!("mkdir ecds: {e}"), String::new()))?;
+            write_atomic(
+                &dir.join("ecds/claimguard.json"),
+                &ecds_resource(&o.wasm, &o.plugin_config, 1),
+            )
+            .map_err(|e| fail(e, String::new()))?;
+        }
         let cfg = dir.join("envoy.json");
         fs::write(
             &cfg,
@@ -251,6 +305,8 @@ impl Envoy {
             port: 0,
             admin_port: 0,
             dir,
+            wasm: o.wasm.clone(),
+            pushes: 1,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -292,6 +348,37 @@ impl Envoy {
         let v = r.json();
         let addr = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(addr).ok().filter(|p| *p != 0)
+    }
+
+    /// Pushes a new plugin config by ECDS (needs `EnvoyOptions::ecds`), as istiod does when a
+    /// WasmPlugin changes. Returns once Envoy has processed it (accepted or refused).
+    pub fn push_plugin_config(&mut self, plugin_config: &Value) -> Result<(), String> {
+        let before = self.ecds_updates();
+        self.pushes += 1;
+        let resource = ecds_resource(&self.wasm, &plugin_config.to_string(), self.pushes);
+        write_atomic(&self.dir.join("ecds/claimguard.json"), &resource)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ecds_updates() <= before {
+            if Instant::now() > deadline {
+                return Err(format!("Envoy did not process the pushed config:\n{}", self.log()));
+            }
+            sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// ECDS updates Envoy has processed: accepted (`config_reload`) plus refused (`config_fail`).
+    pub fn ecds_updates(&self) -> u64 {
+        self.ecds_stat("config_reload") + self.ecds_stat("config_fail")
+    }
+
+    /// An `extension_config_discovery.*.NAME` counter, summed.
+    pub fn ecds_stat(&self, name: &str) -> u64 {
+        let suffix = format!(".{name}: ");
+        self.admin("stats?filter=extension_config_discovery")
+            .lines()
+            .filter_map(|l| l.split_once(&suffix).map(|(_, v)| v.trim().parse::<u64>().unwrap_or(0)))
+            .sum()
     }
 
     /// The access log so far (with `access_log_format`).
