@@ -19,7 +19,7 @@ export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean fuzz fuzz-smoke fuzz-tools
 
 all: build
 
@@ -46,9 +46,39 @@ envoy:
 endif
 	@'$(ENVOY)' --version | grep -o 'version: .*' || true
 
-# Unit tests (native), then the real-Envoy integration tests under tests/.
+# Unit tests (native), then the real-Envoy integration tests under tests/, then a short fuzz run.
 test: build build-faults envoy lint
 	$(CARGO) test --all-targets
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# Fuzzing (cargo-fuzz, libFuzzer, nightly): token parsing + verification, JWKS parsing,
+# config parsing, policy evaluation, seeded from fuzz/corpus/. New inputs go to
+# target/fuzz-corpus/ so the seeds stay as committed. A crash fails the run and leaves its
+# input in fuzz/artifacts/ (turn it into a regression test).
+FUZZ_TARGETS      := token_verify jwks_parse config_parse policy_eval
+FUZZ_SECONDS      ?= 60
+CARGO_FUZZ_VERSION := 0.13.1
+
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || { echo "fuzz: no nightly toolchain here (rustup toolchain install nightly); fuzzing was NOT run" >&2; exit 2; }
+	@cargo fuzz --version 2>/dev/null | grep -q ' $(CARGO_FUZZ_VERSION)$$' || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+fuzz: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  cargo +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^Done|ERROR|SUMMARY|panicked' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
+# Part of `make test`: 15 s per target. Without a nightly toolchain it says so loudly and
+# skips (the rest of the suite still counts); `make fuzz` itself fails in that case.
+fuzz-smoke:
+	@if rustup toolchain list | grep -q '^nightly'; then \
+	  $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15; \
+	else \
+	  echo "WARNING: no nightly toolchain: the fuzz smoke run was SKIPPED" >&2; \
+	fi
 
 unit:
 	$(CARGO) test --lib

@@ -33,6 +33,9 @@ proxy_wasm::main! {{
     });
 }}
 
+/// Requests one VM may hold paused for keys; past this, requests are answered at once.
+const MAX_WAITERS: usize = 4096;
+
 /// How often each VM looks at the shared JWKS state and wakes waiting requests.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -586,8 +589,9 @@ impl HttpContext for Filter {
                 }
                 None => KeyWait::GiveUp,
             };
+            let full = vm.waiters.len() >= MAX_WAITERS;
             match (wait, slot) {
-                (KeyWait::Wait { deadline_ms }, Some(s)) => {
+                (KeyWait::Wait { deadline_ms }, Some(s)) if !full => {
                     let (version, failures) = (
                         vm.cache.version(s),
                         vm.cache.slots.get(s).map_or(0, |x| x.meta.failures),

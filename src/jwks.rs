@@ -11,6 +11,8 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 pub const MIN_RSA_BITS: usize = 2048;
+/// More keys than any identity provider publishes; bounds what a JWKS can make a VM hold.
+pub const MAX_KEYS: usize = 64;
 /// Larger moduli only cost verification time; nobody issues JWTs with them.
 pub const MAX_RSA_BITS: usize = 8192;
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output; 32 bytes for HS256.
@@ -93,6 +95,12 @@ pub fn parse_jwks(doc: &Value) -> Result<KeySet, (String, String)> {
         )
     })?;
     let keys = match obj.get("keys") {
+        Some(Value::Array(keys)) if keys.len() > MAX_KEYS => {
+            return Err((
+                "keys".into(),
+                format!("has {} keys; at most {MAX_KEYS} are accepted", keys.len()),
+            ));
+        }
         Some(Value::Array(keys)) => keys,
         Some(_) => return Err(("keys".into(), "must be an array of JWKs".into())),
         None => return Err(("keys".into(), "is required".into())),
@@ -489,6 +497,12 @@ mod tests {
         assert_eq!(parse_jwks(&json!([])).err().unwrap().0, "");
         assert_eq!(parse_jwks(&json!({})).err().unwrap().0, "keys");
         assert_eq!(parse_jwks(&json!({"keys": {}})).err().unwrap().0, "keys");
+        let many: Vec<Value> = (0..65).map(|i| json!({"kty": "XYZ", "kid": i})).collect();
+        assert!(parse_jwks(&json!({"keys": many}))
+            .err()
+            .unwrap()
+            .1
+            .contains("at most 64"));
     }
 
     #[test]

@@ -1,0 +1,29 @@
+#![no_main]
+//! Any bytes as a bearer token, a query token or a cookie, through the whole request path.
+//! No input may crash, and none may ever be allowed with an identity: nobody holds the key.
+use claimguard::decision::{evaluate, Decision, HttpRequest};
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    let c = common::config();
+    let text = String::from_utf8_lossy(data);
+    for (k, v, path) in [
+        ("authorization", format!("Bearer {text}"), "/orders".to_string()),
+        ("cookie", format!("session={text}"), "/orders".to_string()),
+        ("x-other", String::new(), format!("/orders?access_token={text}")),
+    ] {
+        let headers = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), path),
+            (":authority".to_string(), "api.example.com".to_string()),
+            (k.to_string(), v),
+        ];
+        let ev = evaluate(c, c, &HttpRequest::from_headers(&headers), 1_800_000_000, true);
+        if let Decision::Allow { identity: Some(_) } = ev.decision {
+            panic!("a token nobody signed was accepted");
+        }
+    }
+});
