@@ -68,6 +68,8 @@ struct RawConfig {
     expose_rule_names: bool,
     #[serde(default)]
     claim_header_max_bytes: Option<usize>,
+    #[serde(default)]
+    decision_header: bool,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +298,8 @@ pub struct Config {
     /// Every header claimguard can set, lower-case: removed from every incoming request.
     pub managed_headers: Vec<String>,
     pub claim_header_max_bytes: usize,
+    /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
+    pub decision_header: bool,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
 }
@@ -390,6 +394,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         expose_rule_names: raw.expose_rule_names,
         managed_headers,
         claim_header_max_bytes,
+        decision_header: raw.decision_header,
         warnings,
     })
 }

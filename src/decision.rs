@@ -81,6 +81,12 @@ pub struct Evaluation {
     pub policy: Option<PolicyDecision>,
     /// For an allowed request: headers to set and remove, filter state to publish.
     pub header_ops: HeaderOps,
+    /// Verified issuer and subject (also for a valid token the policy refused).
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    /// First 16 hex digits of the SHA-256 of the token, if one was sent: lets logs correlate
+    /// requests without ever holding the token.
+    pub token_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +264,22 @@ fn header_safe(s: &str) -> String {
 /// with it true (after waiting, or when no fetch can help), the answer is 401 for an unknown
 /// `kid` and 503 `jwks_unavailable` when the provider has no keys at all.
 pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u64, final_attempt: bool) -> Evaluation {
+    let mut ev = evaluate_request(config, keys, req, now, final_attempt);
+    if config.decision_header {
+        if let Decision::Deny(d) = &mut ev.decision {
+            d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
+        }
+    }
+    ev
+}
+
+fn evaluate_request(
+    config: &Config,
+    keys: &dyn KeyLookup,
+    req: &HttpRequest,
+    now: u64,
+    final_attempt: bool,
+) -> Evaluation {
     let mut ev = Evaluation {
         decision: Decision::Allow { identity: None },
         normalized_path: None,
@@ -265,6 +287,9 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
         public_rule: None,
         policy: None,
         header_ops: HeaderOps::default(),
+        issuer: None,
+        subject: None,
+        token_fingerprint: None,
     };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
@@ -302,7 +327,14 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
         headers,
         path: req.path,
     };
-    let identity = match find_and_verify(config, keys, &token_req, now, ev.public_rule.is_some()) {
+    let identity = match find_and_verify(
+        config,
+        keys,
+        &token_req,
+        now,
+        ev.public_rule.is_some(),
+        &mut ev.token_fingerprint,
+    ) {
         Ok(id) => id,
         Err(f) => {
             ev.decision = failure_decision(config, f, final_attempt);
@@ -310,6 +342,8 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
             return ev;
         }
     };
+    ev.issuer = identity.as_ref().map(|i| i.issuer.clone());
+    ev.subject = identity.as_ref().and_then(|i| i.subject.clone());
     let subject = identity.as_ref().map(|id| Subject {
         provider: id.provider_index,
         principal: &id.principal,
@@ -340,6 +374,16 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
     ev.policy = Some(pd);
     ev.normalized_path = Some(path);
     ev
+}
+
+/// First 16 hex digits of the token's SHA-256.
+pub fn token_fingerprint(token: &str) -> String {
+    use rsa::sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The managed headers (ones claimguard sets) present in a request: the host removes them
@@ -402,7 +446,7 @@ fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>)
 
 /// Authentication alone (no path handling, no policy), with inline keys.
 pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
-    match find_and_verify(config, config, req, now, false) {
+    match find_and_verify(config, config, req, now, false, &mut None) {
         Ok(identity) => Decision::Allow { identity },
         Err(f) => failure_decision(config, f, true),
     }
@@ -436,6 +480,7 @@ fn find_and_verify<'c>(
     req: &Request,
     now: u64,
     token_optional: bool,
+    fingerprint: &mut Option<String>,
 ) -> Result<Option<Identity>, Failure<'c>> {
     // Every distinct location any provider reads, and what it holds.
     let mut locations: Vec<&Location> = Vec::new();
@@ -454,6 +499,9 @@ fn find_and_verify<'c>(
             }
             found = Some((loc, token));
         }
+    }
+    if let Some((_, raw)) = &found {
+        *fingerprint = Some(token_fingerprint(raw));
     }
     let Some((loc, raw)) = found else {
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {

@@ -15,7 +15,8 @@ use crate::decision::{evaluate, managed_present, Decision, Evaluation, HttpReque
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
-use crate::policy::{Effect, RuleAction};
+use crate::metrics::{decision_line, jwks_metric, labels, request_metric, LogBudget};
+use crate::policy::RuleAction;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
@@ -32,6 +33,10 @@ proxy_wasm::main! {{
         Box::new(Root { context_id, vm: None })
     });
 }}
+
+/// Decision lines per second (and burst) each VM may write; the rest are counted.
+const DECISION_LOG_PER_SECOND: u32 = 50;
+const DECISION_LOG_BURST: u32 = 200;
 
 /// Requests one VM may hold paused for keys; past this, requests are answered at once.
 const MAX_WAITERS: usize = 4096;
@@ -88,16 +93,15 @@ struct SourceMetrics {
 }
 
 impl SourceMetrics {
-    fn define(provider: &str) -> SourceMetrics {
-        let m =
-            |t: MetricType, what: &str| hostcalls::define_metric(t, &format!("claimguard.jwks.{provider}.{what}")).ok();
+    fn define(config: &Config, provider: usize) -> SourceMetrics {
+        let m = |t: MetricType, what: &str| hostcalls::define_metric(t, &jwks_metric(config, provider, what)).ok();
         SourceMetrics {
-            fetch_success: m(MetricType::Counter, "fetch_success"),
-            fetch_failure: m(MetricType::Counter, "fetch_failure"),
-            fetch_not_modified: m(MetricType::Counter, "fetch_not_modified"),
+            fetch_success: m(MetricType::Counter, "success"),
+            fetch_failure: m(MetricType::Counter, "failure"),
+            fetch_not_modified: m(MetricType::Counter, "not_modified"),
             keys: m(MetricType::Gauge, "keys"),
             age_seconds: m(MetricType::Gauge, "age_seconds"),
-            key_miss: m(MetricType::Counter, "key_miss"),
+            key_miss: m(MetricType::Counter, "key_miss_total"),
         }
     }
 }
@@ -114,6 +118,9 @@ fn gauge(id: Option<u32>, v: u64) {
     }
 }
 
+/// (outcome, reason, rule, provider): see [`crate::metrics::Labels`].
+type LabelKey = (&'static str, &'static str, Option<usize>, Option<usize>);
+
 /// Per-VM state shared by the root context and the request contexts.
 struct Vm {
     config: Rc<Config>,
@@ -126,6 +133,11 @@ struct Vm {
     waiters: Vec<Waiter>,
     /// Counts claim headers refused for unsafe values.
     refused_metric: Option<u32>,
+    /// Counts decision lines suppressed by the log budget.
+    dropped_metric: Option<u32>,
+    /// Request counters by label set (bounded: labels come from fixed sets and the config).
+    request_metrics: HashMap<LabelKey, Option<u32>>,
+    log_budget: LogBudget,
     /// Callout token → (slot, is discovery).
     callouts: HashMap<u32, (usize, bool)>,
 }
@@ -342,7 +354,7 @@ impl RootContext for Root {
                     slot_of.push(Some(remotes.len()));
                     provider_of.push(i);
                     remotes.push(r.clone());
-                    metrics.push(SourceMetrics::define(&p.name));
+                    metrics.push(SourceMetrics::define(&cfg, i));
                 }
                 None => slot_of.push(None),
             }
@@ -363,7 +375,11 @@ impl RootContext for Root {
             provider_of,
             metrics,
             waiters,
-            refused_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.claim_header_refused").ok(),
+            refused_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.claim_header_refused_total").ok(),
+            dropped_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.decision_logs_dropped_total")
+                .ok(),
+            request_metrics: HashMap::new(),
+            log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
             callouts: HashMap::new(),
         })));
         if has_remote {
@@ -439,10 +455,12 @@ impl Root {
             };
             let req = HttpRequest::from_headers(&headers);
             let ev = {
-                let vm = vm_rc.borrow();
-                let keys = VmKeys { vm: &vm, now_ms: now };
-                let ev = evaluate(&vm.config, &keys, &req, now / 1000, true);
-                report(&vm.config, &req, &ev);
+                let mut vm = vm_rc.borrow_mut();
+                let ev = {
+                    let keys = VmKeys { vm: &vm, now_ms: now };
+                    evaluate(&vm.config, &keys, &req, now / 1000, true)
+                };
+                report(&mut vm, &req, &ev, now);
                 ev
             };
             match ev.decision {
@@ -615,7 +633,7 @@ impl HttpContext for Filter {
                 }
             }
         }
-        report(&vm.config, &req, &ev);
+        report(&mut vm, &req, &ev, now);
         let refused_metric = vm.refused_metric;
         drop(vm);
         match ev.decision {
@@ -632,14 +650,17 @@ impl HttpContext for Filter {
     }
 }
 
-/// Log lines for what the policy saw but did not enforce (dry-run, AUDIT), and for denials.
-fn report(config: &Config, req: &HttpRequest, ev: &Evaluation) {
-    let (sub, provider) = match &ev.decision {
-        Decision::Allow { identity: Some(id) } => (id.subject.as_deref().unwrap_or("-"), id.provider.as_str()),
-        Decision::Deny(d) => ("-", d.provider.as_deref().unwrap_or("-")),
-        _ => ("-", "-"),
-    };
-    let path = ev.normalized_path.as_deref().unwrap_or(req.path);
+/// Counts the request and writes its decision line (denials and dry-run denials at info,
+/// within the log budget; allows at debug), plus AUDIT lines.
+fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
+    let config = vm.config.clone();
+    let l = labels(&config, ev);
+    let key = (l.outcome, l.reason, l.rule, l.provider);
+    let id = *vm
+        .request_metrics
+        .entry(key)
+        .or_insert_with(|| hostcalls::define_metric(MetricType::Counter, &request_metric(&config, &l)).ok());
+    incr(id);
     if let Some(pd) = &ev.policy {
         for t in &pd.trace {
             let audit = config
@@ -649,25 +670,27 @@ fn report(config: &Config, req: &HttpRequest, ev: &Evaluation) {
                 .is_some_and(|r| r.action == RuleAction::Audit);
             if audit && t.outcome.is_ok() {
                 let line = json!({"claimguard": "audit", "rule": config.policy.rule_name(t.rule),
-                    "method": req.method, "path": path, "provider": provider, "sub": sub});
+                    "method": req.method, "path": ev.normalized_path, "subject": ev.subject});
                 log(LogLevel::Info, &line.to_string());
             }
         }
-        if let Some(shadow) = &pd.shadow {
-            let (would, rule) = match shadow {
-                Effect::Deny { rule, .. } => ("deny", rule.map(|r| config.policy.rule_name(r))),
-                Effect::Allow { rule } => ("allow", rule.map(|r| config.policy.rule_name(r))),
-            };
+    }
+    if l.outcome == "allowed" {
+        if hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug)) {
+            log(LogLevel::Debug, &decision_line(&config, req, ev, &l).to_string());
+        }
+        return;
+    }
+    if !vm.log_budget.take(now_ms) {
+        incr(vm.dropped_metric);
+        return;
+    }
+    let mut line = decision_line(&config, req, ev, &l);
+    if l.outcome == "dry_run_denied" {
+        if let (Some(pd), Some(m)) = (&ev.policy, line.as_object_mut()) {
             let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t)).collect();
-            let line = json!({"claimguard": "dry_run", "wouldBe": would, "rule": rule,
-                "enforced": if pd.effect.is_allow() { "allow" } else { "deny" },
-                "method": req.method, "path": path, "provider": provider, "sub": sub, "trace": why});
-            log(LogLevel::Info, &line.to_string());
+            m.insert("trace".into(), json!(why));
         }
     }
-    if let Decision::Deny(d) = &ev.decision {
-        let line = json!({"claimguard": "deny", "status": d.status, "reason": d.reason,
-            "description": d.description, "provider": d.provider, "method": req.method, "path": path});
-        log(LogLevel::Debug, &line.to_string());
-    }
+    log(LogLevel::Info, &line.to_string());
 }

@@ -34,6 +34,7 @@ pub mod identity;
 pub mod json;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod token;

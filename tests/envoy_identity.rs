@@ -171,7 +171,7 @@ fn unsafe_claim_values_are_refused_not_injected() {
     assert_eq!(h["x-user-groups-json"], r#"["ok","bad\nvalue"]"#);
     assert_eq!(h["x-user-level"], "3", "other claims still flow");
     let stats = envoy.admin("stats?filter=claim_header_refused");
-    assert!(stats.contains("claimguard.claim_header_refused: 2"), "{stats}");
+    assert!(stats.contains("claimguard.claim_header_refused_total: 2"), "{stats}");
 }
 
 #[test]

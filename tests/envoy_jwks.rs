@@ -92,8 +92,11 @@ fn cold_start_fetches_once_then_verifies() {
     }
     assert_eq!(r.jwks.hits(), 1, "{:?}", r.jwks.hit_log());
     let stats = r.envoy.admin("stats?filter=claimguard");
-    assert!(stats.contains("claimguard.jwks.idp.fetch_success: 1"), "{stats}");
-    assert!(stats.contains("claimguard.jwks.idp.keys: 1"), "{stats}");
+    assert!(
+        stats.contains("claimguard.jwks_fetches_total.result.success.provider.idp: 1"),
+        "{stats}"
+    );
+    assert!(stats.contains("claimguard.jwks_keys.provider.idp: 1"), "{stats}");
     assert!(r.envoy.log().contains(r#""claimguard":"jwks_fetched""#));
 }
 
@@ -205,7 +208,10 @@ fn outage_with_warm_keys_keeps_accepting_and_backs_off() {
     }
     assert!(r.envoy.log().contains(r#""claimguard":"jwks_fetch_failed""#));
     let stats = r.envoy.admin("stats?filter=claimguard");
-    assert!(stats.contains("claimguard.jwks.idp.fetch_failure: "), "{stats}");
+    assert!(
+        stats.contains("claimguard.jwks_fetches_total.result.failure.provider.idp: "),
+        "{stats}"
+    );
 }
 
 #[test]

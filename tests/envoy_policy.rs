@@ -103,13 +103,14 @@ fn dry_run_denial_is_logged_while_the_request_passes() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let log = stack.envoy.log();
-        let line = log.lines().find(|l| l.contains(r#""claimguard":"dry_run""#));
+        let line = log.lines().find(|l| l.contains(r#""decision":"dry_run_denied""#));
         if let Some(line) = line {
-            assert!(line.contains(r#""wouldBe":"deny""#), "{line}");
+            assert!(line.contains(r#""claimguard":"decision""#), "{line}");
             assert!(line.contains(r#""rule":"legacy-api-sunset""#), "{line}");
-            assert!(line.contains(r#""enforced":"allow""#), "{line}");
-            assert!(line.contains(r#""sub":"carol""#), "{line}");
+            assert!(line.contains(r#""status":200"#), "{line}");
+            assert!(line.contains(r#""subject":"carol""#), "{line}");
             assert!(line.contains(r#""path":"/v1/orders""#), "{line}");
+            assert!(line.contains(r#""trace":["#), "{line}");
             break;
         }
         assert!(

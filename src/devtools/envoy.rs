@@ -158,8 +158,14 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         }]),
         None => json!([]),
     };
+    // The tag extraction claimguard documents for Prometheus labels (README, Istio notes).
+    let stats_tags: Vec<Value> = crate::metrics::STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect();
     json!({
         "node": {"id": "claimguard-test", "cluster": "claimguard"},
+        "stats_config": {"stats_tags": stats_tags},
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
             "listeners": [{

@@ -36,9 +36,44 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) ->
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // Read until the response is complete (Content-Length or the last chunk), not until EOF:
+    // Envoy holds a connection open for up to its delayed-close timeout (1 s) after a local
+    // reply, and waiting for that would make every denial look slow.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read from {addr}: {e}"))?;
+    let mut buf = [0u8; 16384];
+    loop {
+        if response_complete(&raw) {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(buf.get(..n).unwrap_or(&[])),
+            Err(e) => return Err(format!("read from {addr}: {e}")),
+        }
+    }
     parse_response(&raw)
+}
+
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
