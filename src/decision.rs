@@ -3,14 +3,16 @@
 //! denial), and describe the exact response the client gets (RFC 6750 `WWW-Authenticate`, a
 //! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
+use crate::cache::{token_hash, VerifiedTokenCache};
 use crate::config::Config;
+use crate::config::Provider;
 use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
 use crate::path::normalize;
 use crate::policy::claim_at;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
-use crate::verify::{claimed_issuer, verify, AuthError};
+use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
 use serde_json::{json, Map, Value};
 
 /// Who the verified token says the caller is.
@@ -87,6 +89,9 @@ pub struct Evaluation {
     /// First 16 hex digits of the SHA-256 of the token, if one was sent: lets logs correlate
     /// requests without ever holding the token.
     pub token_fingerprint: Option<String>,
+    /// With a cache: Some(true) when the token's signature was already verified, Some(false)
+    /// when it was verified now.
+    pub token_cache: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +114,12 @@ pub enum Decision {
 pub trait KeyLookup {
     /// None: the provider has no usable keys (remote keys never fetched, or past `maxStale`).
     fn key_set(&self, provider: usize) -> Option<&KeySet>;
+
+    /// Changes whenever the provider's key set changes: cached verifications are only trusted
+    /// under the generation they were made under.
+    fn generation(&self, _provider: usize) -> u64 {
+        0
+    }
 }
 
 /// Inline keys only: what a config without `jwksUri` always uses.
@@ -264,7 +275,19 @@ fn header_safe(s: &str) -> String {
 /// with it true (after waiting, or when no fetch can help), the answer is 401 for an unknown
 /// `kid` and 503 `jwks_unavailable` when the provider has no keys at all.
 pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u64, final_attempt: bool) -> Evaluation {
-    let mut ev = evaluate_request(config, keys, req, now, final_attempt);
+    evaluate_cached(config, keys, None, req, now, final_attempt)
+}
+
+/// [`evaluate`] with a verified-token cache (the filter keeps one per VM).
+pub fn evaluate_cached(
+    config: &Config,
+    keys: &dyn KeyLookup,
+    cache: Option<&mut VerifiedTokenCache>,
+    req: &HttpRequest,
+    now: u64,
+    final_attempt: bool,
+) -> Evaluation {
+    let mut ev = evaluate_request(config, keys, cache, req, now, final_attempt);
     if config.decision_header {
         if let Decision::Deny(d) = &mut ev.decision {
             d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
@@ -276,6 +299,7 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
 fn evaluate_request(
     config: &Config,
     keys: &dyn KeyLookup,
+    cache: Option<&mut VerifiedTokenCache>,
     req: &HttpRequest,
     now: u64,
     final_attempt: bool,
@@ -290,6 +314,7 @@ fn evaluate_request(
         issuer: None,
         subject: None,
         token_fingerprint: None,
+        token_cache: None,
     };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
@@ -327,14 +352,19 @@ fn evaluate_request(
         headers,
         path: req.path,
     };
-    let identity = match find_and_verify(
+    let mut notes = TokenNotes::default();
+    let identity = find_and_verify(
         config,
         keys,
         &token_req,
         now,
         ev.public_rule.is_some(),
-        &mut ev.token_fingerprint,
-    ) {
+        cache,
+        &mut notes,
+    );
+    ev.token_fingerprint = notes.fingerprint;
+    ev.token_cache = notes.cache_hit;
+    let identity = match identity {
         Ok(id) => id,
         Err(f) => {
             ev.decision = failure_decision(config, f, final_attempt);
@@ -446,10 +476,17 @@ fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>)
 
 /// Authentication alone (no path handling, no policy), with inline keys.
 pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
-    match find_and_verify(config, config, req, now, false, &mut None) {
+    match find_and_verify(config, config, req, now, false, None, &mut TokenNotes::default()) {
         Ok(identity) => Decision::Allow { identity },
         Err(f) => failure_decision(config, f, true),
     }
+}
+
+/// What token handling learned besides the identity.
+#[derive(Default)]
+struct TokenNotes {
+    fingerprint: Option<String>,
+    cache_hit: Option<bool>,
 }
 
 /// Why no identity: an authentication error (and the provider), or keys that are missing.
@@ -480,7 +517,8 @@ fn find_and_verify<'c>(
     req: &Request,
     now: u64,
     token_optional: bool,
-    fingerprint: &mut Option<String>,
+    mut cache: Option<&mut VerifiedTokenCache>,
+    notes: &mut TokenNotes,
 ) -> Result<Option<Identity>, Failure<'c>> {
     // Every distinct location any provider reads, and what it holds.
     let mut locations: Vec<&Location> = Vec::new();
@@ -501,7 +539,7 @@ fn find_and_verify<'c>(
         }
     }
     if let Some((_, raw)) = &found {
-        *fingerprint = Some(token_fingerprint(raw));
+        notes.fingerprint = Some(token_fingerprint(raw));
     }
     let Some((loc, raw)) = found else {
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
@@ -518,6 +556,39 @@ fn find_and_verify<'c>(
             .enumerate()
             .filter(move |(_, p)| p.locations.contains(loc))
     };
+    let token_header = match loc {
+        Location::Header { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    let identity = |index: usize, p: &Provider, claims: Map<String, Value>, payload_b64: String| {
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        Identity {
+            provider: p.name.clone(),
+            provider_index: index,
+            issuer: p.issuer.clone(),
+            principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
+            subject,
+            claims,
+            payload_b64,
+            token_header: token_header.clone(),
+        }
+    };
+
+    // The same bytes verified before, under the same keys: skip parsing and the signature,
+    // never the claim checks (time moves on).
+    let hash = cache.as_ref().map(|_| token_hash(&raw));
+    if let (Some(c), Some(h)) = (cache.as_deref(), hash.as_ref()) {
+        for (index, p) in readers() {
+            if let Some(hit) = c.get(h, index, keys.generation(index)) {
+                notes.cache_hit = Some(true);
+                return match check_claims(p, &hit.claims, now) {
+                    Ok(()) => Ok(Some(identity(index, p, hit.claims, hit.payload_b64))),
+                    Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
+                };
+            }
+        }
+    }
+
     let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
     let jwt = parse(&raw, max).map_err(|e| Failure::Auth(AuthError::from(e), None))?;
     let iss = claimed_issuer(&jwt);
@@ -537,7 +608,7 @@ fn find_and_verify<'c>(
                 limit: p.max_token_bytes,
             })
         } else {
-            verify(p, set, &jwt, now)
+            verify_signed(p, set, &jwt)
         };
         if result == Err(AuthError::UnknownKid) && p.remote.is_some() {
             first_error.get_or_insert(Failure::NoKeys {
@@ -548,21 +619,16 @@ fn find_and_verify<'c>(
         }
         match result {
             Ok(()) => {
-                let subject = jwt.claims.get("sub").and_then(Value::as_str).map(str::to_owned);
-                let payload_b64 = jwt.raw.split('.').nth(1).unwrap_or("").to_string();
-                return Ok(Some(Identity {
-                    provider: p.name.clone(),
-                    provider_index: index,
-                    issuer: p.issuer.clone(),
-                    principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
-                    subject,
-                    claims: jwt.claims,
-                    payload_b64,
-                    token_header: match loc {
-                        Location::Header { name, .. } => Some(name.clone()),
-                        _ => None,
-                    },
-                }));
+                let payload_b64 = jwt.signing_input.split('.').nth(1).unwrap_or("").to_string();
+                // The signature holds: remember that, whatever the claims say now.
+                if let (Some(c), Some(h)) = (cache.as_deref_mut(), hash) {
+                    notes.cache_hit = Some(false);
+                    c.insert(h, index, keys.generation(index), &jwt.claims, &payload_b64);
+                }
+                return match check_claims(p, &jwt.claims, now) {
+                    Ok(()) => Ok(Some(identity(index, p, jwt.claims, payload_b64))),
+                    Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
+                };
             }
             Err(e) => {
                 first_error.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
@@ -869,5 +935,28 @@ mod tests {
             serde_json::from_str::<Value>(&d.body).unwrap()["message"],
             "request path contains an escaped slash"
         );
+    }
+
+    #[test]
+    fn verified_token_cache_skips_the_signature_not_the_clock() {
+        use crate::cache::VerifiedTokenCache;
+        let (c, a, _) = config(json!({}));
+        let mut cache = VerifiedTokenCache::new(16);
+        let t = format!("Bearer {}", a.sign(&claims("https://a")));
+        let h: Vec<(String, String)> = vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), "/".into()),
+            ("authorization".into(), t),
+        ];
+        let req = HttpRequest::from_headers(&h);
+        let first = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
+        assert_eq!(first.token_cache, Some(false));
+        let second = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
+        assert_eq!(second.token_cache, Some(true));
+        assert!(matches!(second.decision, Decision::Allow { identity: Some(_) }));
+        // An hour later the cached token has expired: the clock is always checked.
+        let later = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW + 3600, true);
+        assert_eq!(later.token_cache, Some(true));
+        assert_eq!(denial(later.decision).reason, "expired");
     }
 }

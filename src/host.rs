@@ -10,8 +10,9 @@
 //! the VM state is held across such host calls, callouts are dispatched before any request is
 //! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
+use crate::cache::{self, VerifiedTokenCache};
 use crate::config::Config;
-use crate::decision::{evaluate, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
@@ -138,6 +139,10 @@ struct Vm {
     /// Request counters by label set (bounded: labels come from fixed sets and the config).
     request_metrics: HashMap<LabelKey, Option<u32>>,
     log_budget: LogBudget,
+    /// Verified tokens of this VM (bounded).
+    token_cache: VerifiedTokenCache,
+    /// (hit, miss) counters of the verified-token cache.
+    cache_metrics: (Option<u32>, Option<u32>),
     /// Callout token → (slot, is discovery).
     callouts: HashMap<u32, (usize, bool)>,
 }
@@ -145,24 +150,58 @@ struct Vm {
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
 /// inline `jwks` (bootstrap), else none.
 struct VmKeys<'a> {
-    vm: &'a Vm,
+    config: &'a Config,
+    jwks: &'a JwksCache,
+    slot_of: &'a [Option<usize>],
     now_ms: u64,
 }
 
 impl KeyLookup for VmKeys<'_> {
     fn key_set(&self, provider: usize) -> Option<&KeySet> {
         let inline = self
-            .vm
             .config
             .providers
             .get(provider)
             .map(|p| &p.keys)
             .filter(|k| !k.is_empty());
-        match self.vm.slot_of.get(provider).copied().flatten() {
-            Some(slot) => self.vm.cache.usable_keys(slot, self.now_ms).or(inline),
+        match self.slot_of.get(provider).copied().flatten() {
+            Some(slot) => self.jwks.usable_keys(slot, self.now_ms).or(inline),
             None => inline,
         }
     }
+
+    fn generation(&self, provider: usize) -> u64 {
+        // Fetched sets have versions from 1; 0 is the inline (bootstrap) set.
+        match self.slot_of.get(provider).copied().flatten() {
+            Some(slot) if self.jwks.usable_keys(slot, self.now_ms).is_some() => self.jwks.version(slot),
+            _ => 0,
+        }
+    }
+}
+
+/// Evaluates `req` with this VM's keys and verified-token cache, and counts the cache result.
+fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool) -> Evaluation {
+    let Vm {
+        config,
+        cache,
+        slot_of,
+        token_cache,
+        cache_metrics,
+        ..
+    } = vm;
+    let keys = VmKeys {
+        config,
+        jwks: cache,
+        slot_of,
+        now_ms,
+    };
+    let ev = evaluate_cached(config, &keys, Some(token_cache), req, now_ms / 1000, final_attempt);
+    match ev.token_cache {
+        Some(true) => incr(cache_metrics.0),
+        Some(false) => incr(cache_metrics.1),
+        None => {}
+    }
+    ev
 }
 
 struct Root {
@@ -380,6 +419,11 @@ impl RootContext for Root {
                 .ok(),
             request_metrics: HashMap::new(),
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
+            token_cache: VerifiedTokenCache::new(cache::DEFAULT_CAPACITY),
+            cache_metrics: (
+                hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
+                hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
+            ),
             callouts: HashMap::new(),
         })));
         if has_remote {
@@ -456,10 +500,7 @@ impl Root {
             let req = HttpRequest::from_headers(&headers);
             let ev = {
                 let mut vm = vm_rc.borrow_mut();
-                let ev = {
-                    let keys = VmKeys { vm: &vm, now_ms: now };
-                    evaluate(&vm.config, &keys, &req, now / 1000, true)
-                };
+                let ev = evaluate_in(&mut vm, &req, now, true);
                 report(&mut vm, &req, &ev, now);
                 ev
             };
@@ -594,10 +635,7 @@ impl HttpContext for Filter {
         }
         let req = HttpRequest::from_headers(&headers);
         let mut vm = vm_rc.borrow_mut();
-        let mut ev = {
-            let keys = VmKeys { vm: &vm, now_ms: now };
-            evaluate(&vm.config, &keys, &req, now / 1000, false)
-        };
+        let mut ev = evaluate_in(&mut vm, &req, now, false);
         if let Decision::NeedKeys { provider, kid } = &ev.decision {
             let slot = vm.slot_of.get(*provider).copied().flatten();
             let wait = match slot {
@@ -628,8 +666,7 @@ impl HttpContext for Filter {
                     return Action::Pause;
                 }
                 _ => {
-                    let keys = VmKeys { vm: &vm, now_ms: now };
-                    ev = evaluate(&vm.config, &keys, &req, now / 1000, true);
+                    ev = evaluate_in(&mut vm, &req, now, true);
                 }
             }
         }

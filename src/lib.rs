@@ -27,6 +27,7 @@
 )]
 
 pub mod alg;
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod decision;

@@ -34,7 +34,7 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     ),
     (
         "result",
-        r"^wasmcustom\.claimguard\.jwks_fetches_total.*?(\.result\.([a-z_]+))",
+        r"^wasmcustom\.claimguard\.[a-z_]+_total.*?(\.result\.([a-z_]+))",
     ),
 ];
 

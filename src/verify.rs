@@ -106,6 +106,13 @@ pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
 /// Verifies `jwt` for `provider` at time `now`. The caller has already matched the issuer.
 /// `keys` is the provider's current key set (inline, or fetched from its `jwksUri`).
 pub fn verify(provider: &Provider, keys: &KeySet, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
+    verify_signed(provider, keys, jwt)?;
+    check_claims(provider, &jwt.claims, now)
+}
+
+/// Everything about a token that does not depend on the time: algorithm allow-list, `typ`,
+/// claim types, key choice and signature. What the verified-token cache remembers.
+pub fn verify_signed(provider: &Provider, keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
     if !provider.algorithms.contains(&jwt.alg) {
         return Err(AuthError::AlgNotAllowed(jwt.alg));
     }
@@ -123,8 +130,7 @@ pub fn verify(provider: &Provider, keys: &KeySet, jwt: &Jwt, now: u64) -> Result
     // Claim types first: the signature verifier decodes the registered claims with fixed
     // types too, and a type error must read as such, not as a failed signature.
     check_claim_types(&jwt.claims)?;
-    verify_signature(keys, jwt)?;
-    check_claims(provider, &jwt.claims, now)
+    verify_signature(keys, jwt)
 }
 
 /// Registered claims must have their RFC 7519 types: `iss`, `sub`, `jti`, `nonce` strings;

@@ -90,6 +90,10 @@ fn prometheus_series_per_outcome_reason_rule_and_provider() {
         r#"claimguard_requests_total{outcome="jwks_unavailable",reason="jwks_unavailable",rule="none",provider="remote-idp"} 1"#,
         r#"claimguard_jwks_fetches_total{provider="remote-idp",result="failure"}"#,
         r#"claimguard_jwks_keys{provider="remote-idp"} 0"#,
+        // Verified-token cache: reader x4 (1 miss, 3 hits), expired (miss), blocked x2
+        // (miss, hit), no-scope (miss).
+        r#"claimguard_token_cache_total{result="hit"} 4"#,
+        r#"claimguard_token_cache_total{result="miss"} 4"#,
     ];
     for s in series {
         assert!(

@@ -7,6 +7,7 @@
 //!                 [--ttl SECONDS] [--claim NAME=JSON]...    print a signed token
 //! claimguard upstream [--port N]               run the echo upstream
 //! claimguard demo [--config FILE] [--port N] [--self-test]   Envoy + filter + upstream
+//! claimguard stats-tags                        Envoy stats_tags for Prometheus labels
 //! ```
 
 #[cfg(target_arch = "wasm32")]
@@ -33,7 +34,16 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    const USAGE: &str = "usage: claimguard <check|keygen|mint|upstream|demo> [options]  (see README.md)";
+    const USAGE: &str = "usage: claimguard <check|keygen|mint|upstream|demo|stats-tags> [options]  (see README.md)";
+
+    /// The Envoy bootstrap fragment that turns claimguard's metric names into labels.
+    fn stats_tags_yaml() -> String {
+        let mut out = String::from("stats_config:\n  stats_tags:\n");
+        for (name, regex) in claimguard::metrics::STATS_TAGS {
+            out.push_str(&format!("  - tag_name: {name}\n    regex: '{regex}'\n"));
+        }
+        out
+    }
 
     /// `--name value` options, repeatable, plus positional arguments and `--flag`s.
     struct Args {
@@ -94,6 +104,10 @@ mod cli {
             "mint" => mint(&Args::parse(rest, &[])?),
             "upstream" => upstream(&Args::parse(rest, &[])?),
             "demo" => demo(&Args::parse(rest, &["self-test"])?),
+            "stats-tags" => {
+                print!("{}", stats_tags_yaml());
+                Ok(())
+            }
             "help" | "--help" | "-h" => {
                 println!("{USAGE}");
                 Ok(())
