@@ -77,7 +77,14 @@ struct RawConfig {
 struct RawProvider {
     #[serde(default)]
     name: Option<String>,
-    issuer: String,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    cognito: Option<RawCognito>,
+    #[serde(default)]
+    client_ids: Option<Vec<String>>,
+    #[serde(default)]
+    token_use: Option<String>,
     #[serde(default)]
     audiences: Vec<String>,
     #[serde(default)]
@@ -242,6 +249,14 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// `cognito`: the user pool the issuer and JWKS URL are derived from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCognito {
+    region: String,
+    user_pool_id: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeader {
@@ -266,6 +281,11 @@ pub struct Provider {
     /// is still refused. Envoy's `allow_missing`.
     pub allow_missing: bool,
     pub max_token_bytes: usize,
+    /// `clientIds`: accepted app clients. A token without `aud` (a Cognito access token)
+    /// must carry one of them in `client_id`; a token with `aud` may name one there.
+    pub client_ids: Vec<String>,
+    /// `tokenUse`: the `token_use` claim every token must carry (`access` or `id`, Cognito).
+    pub token_use: Option<String>,
     /// `tokenType`: the JOSE `typ` every token must carry (e.g. `at+jwt`, RFC 9068), lower
     /// case without `application/`. None: any JWT type, or none.
     pub token_type: Option<String>,
@@ -400,14 +420,86 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 }
 
 fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> Result<Provider, ConfigError> {
-    let issuer = rp.issuer.clone();
+    let cognito_issuer = match &rp.cognito {
+        None => None,
+        Some(c) => {
+            let region_ok = !c.region.is_empty()
+                && c.region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !region_ok {
+                return Err(err(
+                    format!("{path}.cognito.region"),
+                    format!("{:?} is not an AWS region such as eu-west-1", c.region),
+                ));
+            }
+            let pool_ok = c
+                .user_pool_id
+                .strip_prefix(&format!("{}_", c.region))
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if !pool_ok {
+                return Err(err(
+                    format!("{path}.cognito.userPoolId"),
+                    format!(
+                        "{:?} is not a user pool id of region {} (REGION_xxxxxxxxx)",
+                        c.user_pool_id, c.region
+                    ),
+                ));
+            }
+            Some(format!(
+                "https://cognito-idp.{}.amazonaws.com/{}",
+                c.region, c.user_pool_id
+            ))
+        }
+    };
+    let issuer = match (rp.issuer.clone(), cognito_issuer.clone()) {
+        (Some(i), Some(c)) if i != c => {
+            return Err(err(
+                format!("{path}.issuer"),
+                format!("does not match the cognito user pool's issuer {c:?}"),
+            ));
+        }
+        (Some(i), _) => i,
+        (None, Some(c)) => c,
+        (None, None) => {
+            return Err(err(
+                format!("{path}.issuer"),
+                "is required (or give cognito.region and cognito.userPoolId)",
+            ))
+        }
+    };
     if issuer.trim().is_empty() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
     if issuer.trim() != issuer {
         return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
     }
+    // A Cognito pool publishes its keys at ISSUER/.well-known/jwks.json.
+    let mut rp = rp;
+    if cognito_issuer.is_some() && rp.jwks.is_none() && rp.jwks_uri.is_none() && !rp.oidc_discovery {
+        rp.jwks_uri = Some(format!("{issuer}/.well-known/jwks.json"));
+    }
     let remote = compile_remote(path, &issuer, &rp)?;
+    let client_ids = rp.client_ids.clone().unwrap_or_default();
+    if client_ids.iter().any(String::is_empty) || rp.client_ids.as_ref().is_some_and(Vec::is_empty) {
+        return Err(err(format!("{path}.clientIds"), "must list non-empty app client ids"));
+    }
+    let token_use = match rp.token_use.as_deref() {
+        None => None,
+        Some(u @ ("access" | "id")) => Some(u.to_string()),
+        Some(other) => {
+            return Err(err(
+                format!("{path}.tokenUse"),
+                format!("{other:?} is not one of access, id"),
+            ))
+        }
+    };
+    if rp.cognito.is_some() && client_ids.is_empty() && rp.audiences.is_empty() {
+        return Err(err(
+            format!("{path}.clientIds"),
+            "a Cognito provider needs the app client ids (Cognito access tokens have no aud)",
+        ));
+    }
     let name = rp.name.unwrap_or_else(|| issuer.clone());
     if name.is_empty() {
         return Err(err(format!("{path}.name"), "must not be empty"));
@@ -417,9 +509,9 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             return Err(err(format!("{path}.audiences[{j}]"), "must not be empty"));
         }
     }
-    if rp.audiences.is_empty() {
+    if rp.audiences.is_empty() && client_ids.is_empty() {
         warnings.push(format!(
-            "{path}: no audiences configured, so the aud claim is not checked"
+            "{path}: no audiences or clientIds configured, so the aud claim is not checked"
         ));
     }
 
@@ -546,6 +638,8 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         require_expiration: rp.require_expiration.unwrap_or(true),
         allow_missing: rp.allow_missing.unwrap_or(false),
         max_token_bytes,
+        client_ids,
+        token_use,
         token_type: match rp.token_type {
             None => None,
             Some(t) => {

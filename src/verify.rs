@@ -23,6 +23,8 @@ pub enum AuthError {
     UnknownKid,
     AmbiguousKid,
     WrongType,
+    WrongTokenUse,
+    WrongClient,
     KeyAlgMismatch,
     BadSignature,
     Expired,
@@ -49,6 +51,8 @@ impl AuthError {
             AuthError::UnknownKid => "unknown_kid",
             AuthError::AmbiguousKid => "ambiguous_kid",
             AuthError::WrongType => "wrong_type",
+            AuthError::WrongTokenUse => "wrong_token_use",
+            AuthError::WrongClient => "wrong_client",
             AuthError::KeyAlgMismatch => "key_alg_mismatch",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
@@ -74,6 +78,8 @@ impl AuthError {
             AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
             AuthError::AmbiguousKid => "the key set has several keys with the token's kid".into(),
             AuthError::WrongType => "token type (typ) is not the one this issuer uses".into(),
+            AuthError::WrongTokenUse => "token_use is not the one this provider accepts".into(),
+            AuthError::WrongClient => "token client_id is not allowed".into(),
             AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
             AuthError::BadSignature => "token signature is invalid".into(),
             AuthError::Expired => "token has expired".into(),
@@ -241,7 +247,12 @@ pub fn check_claims(provider: &Provider, claims: &Map<String, Value>, now: u64) 
     if iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
         return Err(AuthError::IssuedInFuture);
     }
-    check_audience(provider, claims.get("aud"))
+    if let Some(want) = &provider.token_use {
+        if claims.get("token_use").and_then(Value::as_str) != Some(want.as_str()) {
+            return Err(AuthError::WrongTokenUse);
+        }
+    }
+    check_audience(provider, claims)
 }
 
 fn audiences(aud: Option<&Value>) -> Result<Vec<&str>, AuthError> {
@@ -257,15 +268,29 @@ fn audiences(aud: Option<&Value>) -> Result<Vec<&str>, AuthError> {
     }
 }
 
-fn check_audience(provider: &Provider, aud: Option<&Value>) -> Result<(), AuthError> {
-    let auds = audiences(aud)?;
-    if provider.audiences.is_empty() {
+/// `aud` against `audiences` (and `clientIds`); a token without `aud` (Cognito access tokens)
+/// is checked by its `client_id` against `clientIds`.
+fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    let auds = audiences(claims.get("aud"))?;
+    if provider.audiences.is_empty() && provider.client_ids.is_empty() {
         return Ok(());
     }
     if auds.is_empty() {
-        return Err(AuthError::MissingAudience);
+        if provider.client_ids.is_empty() {
+            return Err(AuthError::MissingAudience);
+        }
+        return match claims.get("client_id") {
+            Some(Value::String(c)) if provider.client_ids.iter().any(|id| id == c) => Ok(()),
+            Some(Value::String(_)) => Err(AuthError::WrongClient),
+            Some(_) => Err(AuthError::InvalidClaim {
+                claim: "client_id",
+                why: "must be a string",
+            }),
+            None => Err(AuthError::MissingAudience),
+        };
     }
-    if auds.iter().any(|a| provider.audiences.iter().any(|p| p == a)) {
+    let allowed = |a: &&str| provider.audiences.iter().chain(&provider.client_ids).any(|p| p == a);
+    if auds.iter().any(allowed) {
         Ok(())
     } else {
         Err(AuthError::WrongAudience)

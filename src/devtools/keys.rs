@@ -203,7 +203,7 @@ impl TestKey {
 impl TestKey {
     /// Signs arbitrary header and payload *text* (duplicate members, odd types, any header
     /// field): the signature is valid for this key, so only claimguard's rules can refuse the
-    /// token. ES256, ES384 and HMAC keys only (what the hostile-token tests need).
+    /// token. RS256/384/512, ES256, ES384 and HMAC keys.
     pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> String {
         let input = format!(
             "{}.{}",
@@ -228,10 +228,22 @@ impl TestKey {
                 let sig: p384::ecdsa::Signature = sk.sign(msg);
                 sig.to_vec()
             }
+            (Inner::Rsa(k), alg @ (Alg::RS256 | Alg::RS384 | Alg::RS512)) => {
+                use rsa::pkcs8::DecodePrivateKey;
+                use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+                let der = k.to_der().unwrap_or_else(|e| fail("RSA export", e));
+                let sk = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap_or_else(|e| fail("pkcs8", e));
+                let r = match alg {
+                    Alg::RS384 => sk.sign(rsa::Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg)),
+                    Alg::RS512 => sk.sign(rsa::Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg)),
+                    _ => sk.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg)),
+                };
+                r.unwrap_or_else(|e| fail("RSA sign", e))
+            }
             (Inner::Hmac(s), Alg::HS384) => hmac_sha512::sha384::HMAC::mac(msg, s).to_vec(),
             (Inner::Hmac(s), Alg::HS512) => hmac_sha512::HMAC::mac(msg, s).to_vec(),
             (Inner::Hmac(s), _) => hmac_sha256::HMAC::mac(msg, s).to_vec(),
-            _ => fail("sign_bytes", "ES256, ES384 and HMAC keys only"),
+            _ => fail("sign_bytes", "RS256/384/512, ES256, ES384 and HMAC keys only"),
         }
     }
 }

@@ -1,0 +1,255 @@
+//! Amazon Cognito tokens, shaped exactly like the real ones (an RS256 header with only `kid`
+//! and `alg`; access tokens with `client_id` and no `aud`; ID tokens with `aud`; `token_use`;
+//! `cognito:groups`), natively and through Envoy.
+
+mod common;
+
+use claimguard::alg::Alg;
+use claimguard::config::Config;
+use claimguard::decision::{evaluate, Decision, HttpRequest};
+use claimguard::devtools::http;
+use claimguard::devtools::keys::TestKey;
+use common::*;
+use serde_json::{json, Value};
+
+const REGION: &str = "eu-west-1";
+const POOL: &str = "eu-west-1_Ab12Cd34E";
+const CLIENT: &str = "3n4b5urk1ft4fl3mg5e62d9ado";
+const KID: &str = "pW7kQ4l1mJ9sX0yTzR3uV8bN6cE2dF5gH1iK0aLq2o=";
+
+fn issuer() -> String {
+    format!("https://cognito-idp.{REGION}.amazonaws.com/{POOL}")
+}
+
+fn key() -> TestKey {
+    TestKey::from_rsa(&keys().rsa, Alg::RS256, KID)
+}
+
+fn header() -> String {
+    json!({"kid": KID, "alg": "RS256"}).to_string()
+}
+
+fn access_token(extra: Value) -> String {
+    let now = now();
+    let mut c = json!({
+        "sub": "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111",
+        "cognito:groups": ["orders-admins", "staff"],
+        "iss": issuer(),
+        "version": 2,
+        "client_id": CLIENT,
+        "origin_jti": "b3c1a2f0-1111-2222-3333-444455556666",
+        "event_id": "c4d2b3a1-aaaa-bbbb-cccc-ddddeeeeffff",
+        "token_use": "access",
+        "scope": "aws.cognito.signin.user.admin orders/read",
+        "auth_time": now - 30,
+        "exp": now + 3600,
+        "iat": now - 30,
+        "jti": "d5e3c4b2-9999-8888-7777-666655554444",
+        "username": "alice"
+    });
+    merge(&mut c, extra);
+    key().sign_raw(&header(), &c.to_string())
+}
+
+fn id_token(extra: Value) -> String {
+    let now = now();
+    let mut c = json!({
+        "at_hash": "HK6E_P6Dh8Y93mRNtsDB1Q",
+        "sub": "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111",
+        "cognito:groups": ["orders-admins"],
+        "email_verified": true,
+        "iss": issuer(),
+        "cognito:username": "alice",
+        "origin_jti": "b3c1a2f0-1111-2222-3333-444455556666",
+        "aud": CLIENT,
+        "event_id": "c4d2b3a1-aaaa-bbbb-cccc-ddddeeeeffff",
+        "token_use": "id",
+        "auth_time": now - 30,
+        "exp": now + 3600,
+        "iat": now - 30,
+        "jti": "e6f4d5c3-1234-5678-9abc-def012345678",
+        "email": "alice@example.com"
+    });
+    merge(&mut c, extra);
+    key().sign_raw(&header(), &c.to_string())
+}
+
+/// Sets the extra claims; a null removes the claim.
+fn merge(c: &mut Value, extra: Value) {
+    let m = c.as_object_mut().expect("o");
+    for (k, v) in extra.as_object().expect("o") {
+        if v.is_null() {
+            m.remove(k);
+        } else {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn provider(token_use: &str) -> Value {
+    json!({
+        "name": "cognito",
+        "cognito": {"region": REGION, "userPoolId": POOL},
+        "clientIds": [CLIENT],
+        "tokenUse": token_use,
+        "jwks": {"keys": [key().public_jwk()]},
+        "outputClaimToHeaders": [{"header": "x-user-groups", "claim": "cognito:groups"}]
+    })
+}
+
+fn config(token_use: &str) -> Value {
+    json!({
+        "providers": [provider(token_use)],
+        "rules": [{"name": "orders-admins", "paths": ["/orders*"], "when": [{"claim": "cognito:groups", "values": ["orders-admins"]}]}]
+    })
+}
+
+fn run(cfg: &Value, token: &str) -> (u16, &'static str) {
+    let c = Config::from_json(cfg.to_string().as_bytes()).expect("config");
+    let h: Vec<(String, String)> = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/orders".into()),
+        ("authorization".into(), format!("Bearer {token}")),
+    ];
+    match evaluate(&c, &c, &HttpRequest::from_headers(&h), now(), true).decision {
+        Decision::Allow { .. } => (200, ""),
+        Decision::Deny(d) => (d.status as u16, d.reason),
+        Decision::NeedKeys { .. } => (0, "need_keys"),
+    }
+}
+
+#[test]
+fn access_and_id_tokens_where_each_belongs() {
+    let access = config("access");
+    let id = config("id");
+    let cases: Vec<(&str, &Value, String, (u16, &str))> = vec![
+        (
+            "access token, access provider",
+            &access,
+            access_token(json!({})),
+            (200, ""),
+        ),
+        (
+            "ID token where an access token is required",
+            &access,
+            id_token(json!({})),
+            (401, "wrong_token_use"),
+        ),
+        ("ID token, id provider", &id, id_token(json!({})), (200, "")),
+        (
+            "access token where an ID token is required",
+            &id,
+            access_token(json!({})),
+            (401, "wrong_token_use"),
+        ),
+        (
+            "access token of another app client",
+            &access,
+            access_token(json!({"client_id": "someoneelse"})),
+            (401, "wrong_client"),
+        ),
+        (
+            "access token without client_id",
+            &access,
+            access_token(json!({"client_id": null})),
+            (401, "missing_audience"),
+        ),
+        (
+            "ID token for another app client",
+            &id,
+            id_token(json!({"aud": "someoneelse"})),
+            (401, "wrong_audience"),
+        ),
+        (
+            "token_use missing",
+            &access,
+            access_token(json!({"token_use": null})),
+            (401, "wrong_token_use"),
+        ),
+        (
+            "another user pool",
+            &access,
+            access_token(json!({"iss": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Other"})),
+            (401, "unknown_issuer"),
+        ),
+        (
+            "not in the admins group",
+            &access,
+            access_token(json!({"cognito:groups": ["staff"]})),
+            (403, "policy_denied"),
+        ),
+    ];
+    for (name, cfg, token, want) in cases {
+        assert_eq!(run(cfg, &token), want, "{name}");
+    }
+}
+
+#[test]
+fn issuer_and_jwks_url_come_from_region_and_pool() {
+    let c = Config::from_json(
+        json!({"providers": [{"cognito": {"region": REGION, "userPoolId": POOL}, "clientIds": [CLIENT], "tokenUse": "access"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("config");
+    let p = &c.providers[0];
+    assert_eq!(p.issuer, issuer());
+    let r = p.remote.as_ref().expect("remote jwks");
+    assert_eq!(r.url.authority(), format!("cognito-idp.{REGION}.amazonaws.com"));
+    assert_eq!(r.url.path, format!("/{POOL}/.well-known/jwks.json"));
+    assert_eq!(
+        r.url.istio_cluster(),
+        format!("outbound|443||cognito-idp.{REGION}.amazonaws.com")
+    );
+    for (cfg, want) in [
+        (
+            json!({"cognito": {"region": "EU West", "userPoolId": POOL}, "clientIds": [CLIENT]}),
+            "providers[0].cognito.region",
+        ),
+        (
+            json!({"cognito": {"region": REGION, "userPoolId": "us-east-1_X"}, "clientIds": [CLIENT]}),
+            "providers[0].cognito.userPoolId",
+        ),
+        (
+            json!({"cognito": {"region": REGION, "userPoolId": POOL}}),
+            "providers[0].clientIds: a Cognito provider needs",
+        ),
+        (
+            json!({"cognito": {"region": REGION, "userPoolId": POOL}, "clientIds": [CLIENT], "tokenUse": "refresh"}),
+            "providers[0].tokenUse",
+        ),
+        (
+            json!({"issuer": "https://elsewhere", "cognito": {"region": REGION, "userPoolId": POOL}, "clientIds": [CLIENT]}),
+            "providers[0].issuer: does not match",
+        ),
+        (json!({"jwks": {"keys": []}}), "providers[0].issuer: is required"),
+    ] {
+        let e = Config::from_json(json!({"providers": [cfg]}).to_string().as_bytes())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn cognito_tokens_through_envoy() {
+    let stack = Stack::start(&config("access"));
+    let r = stack.get_with_token(&access_token(json!({})));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["headers"]["x-user-groups"], "orders-admins,staff");
+    let r = stack.get_with_token(&id_token(json!({})));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "token_use is not the one this provider accepts");
+    // A gateway that forwards the token in its own header, without a prefix.
+    let mut cfg = config("access");
+    cfg["providers"][0]["fromHeaders"] = json!([{"name": "x-forwarded-access-token"}]);
+    let stack = Stack::start(&cfg);
+    let r = http::get(
+        stack.envoy.port,
+        "/orders",
+        &[("x-forwarded-access-token", &access_token(json!({})))],
+    )
+    .expect("request");
+    assert_eq!(r.status, 200, "{r:?}");
+}
