@@ -8,6 +8,9 @@
 //! claimguard upstream [--port N]               run the echo upstream
 //! claimguard demo [--config FILE] [--port N] [--self-test]   Envoy + filter + upstream
 //! claimguard stats-tags                        Envoy stats_tags for Prometheus labels
+//! claimguard explain --config FILE [--token T|@file] [--jwks FILE] [--method M] [--path P]
+//!                    [--host H] [--header K:V]... [--at EPOCH] [--json]   why a request is decided
+//!                                              (exit 0 allowed, 1 refused)
 //! ```
 
 #[cfg(target_arch = "wasm32")]
@@ -34,7 +37,8 @@ mod cli {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    const USAGE: &str = "usage: claimguard <check|keygen|mint|upstream|demo|stats-tags> [options]  (see README.md)";
+    const USAGE: &str =
+        "usage: claimguard <check|explain|keygen|mint|upstream|demo|stats-tags> [options]  (see README.md)";
 
     /// The Envoy bootstrap fragment that turns claimguard's metric names into labels.
     fn stats_tags_yaml() -> String {
@@ -100,6 +104,7 @@ mod cli {
         let (cmd, rest) = args.split_first().ok_or(USAGE)?;
         match cmd.as_str() {
             "check" => check(&Args::parse(rest, &[])?),
+            "explain" => explain(&Args::parse(rest, &["json"])?),
             "keygen" => keygen(&Args::parse(rest, &[])?),
             "mint" => mint(&Args::parse(rest, &[])?),
             "upstream" => upstream(&Args::parse(rest, &[])?),
@@ -126,6 +131,122 @@ mod cli {
     fn alg_arg(a: &Args) -> Result<Alg, String> {
         let name = a.get("alg").unwrap_or("ES256");
         Alg::from_name(name).ok_or_else(|| format!("unknown --alg {name:?}"))
+    }
+
+    /// Runs the filter's whole decision offline and prints why. Exit status 0 when allowed,
+    /// 1 when refused (see `main`).
+    fn explain(a: &Args) -> Result<(), String> {
+        use claimguard::decision::{evaluate, Decision, HttpRequest};
+        let path = a.require("config")?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+        if let Some(jwks_path) = a.get("jwks") {
+            // Offline: the key set from a file replaces every provider's key source.
+            let jwks = std::fs::read_to_string(jwks_path).map_err(|e| format!("{jwks_path}: {e}"))?;
+            for p in doc["providers"].as_array_mut().ok_or("the config has no providers")? {
+                if let Some(m) = p.as_object_mut() {
+                    for k in [
+                        "jwksUri",
+                        "oidcDiscovery",
+                        "jwksCluster",
+                        "timeout",
+                        "jwksRefreshInterval",
+                        "maxStale",
+                    ] {
+                        m.remove(k);
+                    }
+                    m.insert("jwks".into(), json!(jwks));
+                }
+            }
+        }
+        let cfg = Config::from_json(doc.to_string().as_bytes()).map_err(|e| format!("{path}: {e}"))?;
+        let token = match a.get("token") {
+            Some(t) if t.starts_with('@') => {
+                let f = t.trim_start_matches('@');
+                Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("{f}: {e}"))?
+                        .trim()
+                        .to_string(),
+                )
+            }
+            Some(t) => Some(t.to_string()),
+            None => None,
+        };
+        let mut headers: Vec<(String, String)> = vec![
+            (":method".into(), a.get("method").unwrap_or("GET").to_string()),
+            (":path".into(), a.get("path").unwrap_or("/").to_string()),
+            (":authority".into(), a.get("host").unwrap_or("localhost").to_string()),
+        ];
+        if let Some(t) = token {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
+        }
+        for h in a.all("header") {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("--header {h:?} must be NAME:VALUE"))?;
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let at: u64 = match a.get("at") {
+            Some(t) => t.parse().map_err(|_| "--at must be seconds since the epoch")?,
+            None => now(),
+        };
+        let ev = evaluate(&cfg, &cfg, &HttpRequest::from_headers(&headers), at, true);
+        let trace: Vec<String> = ev
+            .policy
+            .as_ref()
+            .map(|p| p.trace.iter().map(|t| cfg.policy.describe(t)).collect())
+            .unwrap_or_default();
+        let (status, verdict, reason, provider) = match &ev.decision {
+            Decision::Allow { identity } => (
+                200,
+                "allow",
+                "none".to_string(),
+                identity.as_ref().map(|i| i.provider.clone()),
+            ),
+            Decision::Deny(d) => (
+                d.status,
+                "deny",
+                format!("{} ({})", d.reason, d.description),
+                d.provider.clone(),
+            ),
+            Decision::NeedKeys { .. } => (503, "deny", "jwks_unavailable".into(), None),
+        };
+        let upstream_headers = if matches!(ev.decision, Decision::Allow { .. }) {
+            ev.header_ops.set.clone()
+        } else {
+            Vec::new()
+        };
+        let removed = ev.header_ops.remove.clone();
+        if a.flag("json") {
+            let out = json!({"decision": verdict, "status": status, "reason": reason, "provider": provider,
+                "subject": ev.subject, "path": ev.normalized_path, "rules": trace,
+                "upstreamHeaders": upstream_headers, "removedHeaders": removed});
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        } else {
+            println!("decision: {verdict} ({status})");
+            println!("reason:   {reason}");
+            println!("provider: {}", provider.as_deref().unwrap_or("-"));
+            println!("subject:  {}", ev.subject.as_deref().unwrap_or("-"));
+            println!("path:     {}", ev.normalized_path.as_deref().unwrap_or("-"));
+            if !trace.is_empty() {
+                println!("rules:");
+                for t in &trace {
+                    println!("  {t}");
+                }
+            }
+            for (k, v) in &upstream_headers {
+                println!("upstream header: {k}: {v}");
+            }
+            for k in &removed {
+                println!("removed header:  {k}");
+            }
+        }
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("request refused: {status} {reason}"))
+        }
     }
 
     fn check(a: &Args) -> Result<(), String> {
