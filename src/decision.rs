@@ -408,12 +408,11 @@ fn evaluate_request(
 
 /// First 16 hex digits of the token's SHA-256.
 pub fn token_fingerprint(token: &str) -> String {
-    use rsa::sha2::{Digest, Sha256};
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    fingerprint_of(&token_hash(token))
+}
+
+fn fingerprint_of(hash: &[u8; 32]) -> String {
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The managed headers (ones claimguard sets) present in a request: the host removes them
@@ -538,9 +537,6 @@ fn find_and_verify<'c>(
             found = Some((loc, token));
         }
     }
-    if let Some((_, raw)) = &found {
-        notes.fingerprint = Some(token_fingerprint(raw));
-    }
     let Some((loc, raw)) = found else {
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
             Ok(None)
@@ -576,7 +572,10 @@ fn find_and_verify<'c>(
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
-    let hash = cache.as_ref().map(|_| token_hash(&raw));
+    // One SHA-256 of the token serves both the log fingerprint and the cache key.
+    let token_sha = token_hash(&raw);
+    notes.fingerprint = Some(fingerprint_of(&token_sha));
+    let hash = cache.as_ref().map(|_| token_sha);
     if let (Some(c), Some(h)) = (cache.as_deref(), hash.as_ref()) {
         for (index, p) in readers() {
             if let Some(hit) = c.get(h, index, keys.generation(index)) {
