@@ -406,6 +406,21 @@ fn evaluate_request(
     ev
 }
 
+/// `claimAliases`: each alias claim becomes a copy of its target (or is removed when the
+/// target is absent), so a rule on the alias always reads what the provider means by it.
+fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
+    for (alias, target) in &p.claim_aliases {
+        match claim_at(claims, target).cloned() {
+            Some(v) => {
+                claims.insert(alias.clone(), v);
+            }
+            None => {
+                claims.remove(alias);
+            }
+        }
+    }
+}
+
 /// First 16 hex digits of the token's SHA-256.
 pub fn token_fingerprint(token: &str) -> String {
     fingerprint_of(&token_hash(token))
@@ -556,7 +571,8 @@ fn find_and_verify<'c>(
         Location::Header { name, .. } => Some(name.clone()),
         _ => None,
     };
-    let identity = |index: usize, p: &Provider, claims: Map<String, Value>, payload_b64: String| {
+    let identity = |index: usize, p: &Provider, mut claims: Map<String, Value>, payload_b64: String| {
+        apply_aliases(p, &mut claims);
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         Identity {
             provider: p.name.clone(),
@@ -569,6 +585,52 @@ fn find_and_verify<'c>(
             token_header: token_header.clone(),
         }
     };
+
+    // An ALB's user claims token: its own encoding, header checks and keys by kid.
+    if let Some((index, p, alb)) = readers().find_map(|(i, p)| p.alb.as_ref().map(|a| (i, p, a))) {
+        let token_sha = token_hash(&raw);
+        notes.fingerprint = Some(fingerprint_of(&token_sha));
+        let name = Some(p.name.as_str());
+        let t = crate::alb::parse(&raw, p.max_token_bytes).map_err(|e| Failure::Auth(e, name))?;
+        // Signer, client, issuer and expiry first: a token no key could make acceptable never
+        // causes a key fetch.
+        crate::alb::check(p, alb, &t, now).map_err(|e| Failure::Auth(e, name))?;
+        let generation = keys.generation(index);
+        if cache
+            .as_deref()
+            .is_some_and(|c| c.get(&token_sha, index, generation).is_some())
+        {
+            notes.cache_hit = Some(true);
+        } else {
+            // Configured keys first, then the ones fetched by kid.
+            let empty = KeySet::default();
+            let fetched = keys.key_set(index).unwrap_or(&empty);
+            let result = match crate::alb::verify_signature(&p.keys, &t) {
+                Err(AuthError::UnknownKid) => crate::alb::verify_signature(fetched, &t),
+                other => other,
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(c) = cache.as_deref_mut() {
+                        notes.cache_hit = Some(false);
+                        c.insert(token_sha, index, generation, &t.claims, t.payload_b64);
+                    }
+                }
+                Err(AuthError::UnknownKid) => {
+                    return Err(Failure::NoKeys {
+                        provider: index,
+                        kid: Some(t.kid.clone()),
+                    })
+                }
+                Err(e) => return Err(Failure::Auth(e, name)),
+            }
+        }
+        let issuer = crate::alb::issuer_of(&t);
+        let mut id = identity(index, p, t.claims, t.payload_b64.to_string());
+        id.principal = format!("{issuer}/{}", id.subject.as_deref().unwrap_or(""));
+        id.issuer = issuer;
+        return Ok(Some(id));
+    }
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
