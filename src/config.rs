@@ -1649,4 +1649,122 @@ mod tests {
             assert!(e.contains(want), "{cfg}: {e}");
         }
     }
+
+    const ARN: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/web/50dc6c495c0c9188";
+
+    #[test]
+    fn alb_providers_compile_with_aws_defaults() {
+        let c = check(json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN, ARN]}}]})).unwrap();
+        let p = &c.providers[0];
+        let a = p.alb.as_ref().unwrap();
+        assert_eq!(p.name, "alb");
+        assert_eq!(p.algorithms, vec![Alg::ES256]);
+        assert_eq!(a.signers, vec![ARN.to_string()]);
+        assert_eq!(a.keys_url.authority(), "public-keys.auth.elb.eu-west-1.amazonaws.com");
+        assert_eq!(a.cluster, "outbound|443||public-keys.auth.elb.eu-west-1.amazonaws.com");
+        assert_eq!(
+            p.locations,
+            vec![Location::Header {
+                name: "x-amzn-oidc-data".into(),
+                prefix: String::new()
+            }]
+        );
+        // The unsigned ALB headers are removed from every request...
+        assert!(c.managed_headers.contains(&"x-amzn-oidc-identity".to_string()));
+        assert!(c.managed_headers.contains(&"x-amzn-oidc-accesstoken".to_string()));
+        // ...unless kept, or verified as a token by some provider.
+        let kept = check(json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN], "keepUnsignedHeaders": true}}]})).unwrap();
+        assert!(kept.managed_headers.is_empty());
+        let verified = check(json!({"providers": [
+            {"alb": {"region": "eu-west-1", "signers": [ARN]}},
+            {"issuer": "https://idp", "jwks": jwks(), "fromHeaders": [{"name": "x-amzn-oidc-accesstoken"}]}
+        ]}))
+        .unwrap();
+        assert_eq!(verified.managed_headers, vec!["x-amzn-oidc-identity"]);
+    }
+
+    #[test]
+    fn alb_config_errors_name_the_field() {
+        let key = TestKey::generate(Alg::ES256, "k");
+        let rsa = TestKey::rsa(Alg::RS256, "r");
+        let alb = |extra: Value| {
+            let mut a = json!({"region": "eu-west-1", "signers": [ARN]});
+            for (k, v) in extra.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            json!({"providers": [{"alb": a}]})
+        };
+        let cases = vec![
+            (alb(json!({"region": "EU WEST"})), "providers[0].alb.region: \"EU WEST\" is not an AWS region"),
+            (alb(json!({"signers": []})), "providers[0].alb.signers: list the ARNs"),
+            (alb(json!({"signers": ["arn:aws:iam::1:role/x"]})), "providers[0].alb.signers[0]: \"arn:aws:iam::1:role/x\" is not an ALB ARN"),
+            (alb(json!({"keys": {"not-a-uuid": key.public_pem()}})), "providers[0].alb.keys.not-a-uuid: ALB key ids are UUIDs"),
+            (alb(json!({"keys": {"0f3c8e2a-5b7d-4c1e-9a6f-2d4b8c0e1a3f": rsa.public_pem()}})), "not an uncompressed P-256 public key"),
+            (alb(json!({"timeout": "2h"})), "providers[0].alb.timeout: must be between"),
+            (alb(json!({"keysUri": "ftp://x"})), "providers[0].alb.keysUri"),
+            (alb(json!({"signer": ARN})), "unknown field `signer`"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "audiences": ["x"]}]}), "providers[0].audiences: ALB tokens carry no aud"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "jwksUri": "https://x/j"}]}), "providers[0].jwksUri: does not apply to an ALB provider"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "algorithms": ["RS256"]}]}), "providers[0].algorithms: ALB tokens are always ES256"),
+            (json!({"providers": [
+                {"alb": {"region": "eu-west-1", "signers": [ARN]}},
+                {"issuer": "https://idp", "jwks": jwks(), "fromHeaders": [{"name": "x-amzn-oidc-data"}]}
+            ]}), "providers[0]: reads ALB tokens from header x-amzn-oidc-data, which provider \"https://idp\" also reads"),
+        ];
+        for (cfg, want) in cases {
+            let e = error_of(cfg.clone());
+            assert!(e.contains(want), "{cfg}: {e}");
+        }
+    }
+
+    #[test]
+    fn presets_derive_issuer_keys_and_claim_names() {
+        let remote = |c: &Config| {
+            let r = c.providers[0].remote.as_ref().unwrap();
+            format!("{}{}", r.url.authority(), r.url.path)
+        };
+        let aliases = |c: &Config| {
+            c.providers[0]
+                .claim_aliases
+                .iter()
+                .map(|(a, t)| format!("{a}={}", t.join(".")))
+                .collect::<Vec<_>>()
+        };
+        let okta = check(json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["api://default"]}]})).unwrap();
+        assert_eq!(okta.providers[0].issuer, "https://acme.okta.com/oauth2/default");
+        assert_eq!(remote(&okta), "acme.okta.com/oauth2/default/v1/keys");
+        assert_eq!(aliases(&okta), ["scope=scp"]);
+        let auth0 = check(json!({"providers": [{"preset": {"name": "auth0", "domain": "acme.eu.auth0.com"}, "audiences": ["https://api"]}]})).unwrap();
+        assert_eq!(auth0.providers[0].issuer, "https://acme.eu.auth0.com/");
+        assert_eq!(remote(&auth0), "acme.eu.auth0.com/.well-known/jwks.json");
+        let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let entra = check(json!({"providers": [{"preset": {"name": "entra", "tenantId": tid}, "audiences": ["api://orders"]}]})).unwrap();
+        assert_eq!(entra.providers[0].issuer, format!("https://login.microsoftonline.com/{tid}/v2.0"));
+        assert_eq!(remote(&entra), format!("login.microsoftonline.com/{tid}/discovery/v2.0/keys"));
+        let v1 = check(json!({"providers": [{"preset": {"name": "entra", "tenantId": tid, "version": "1.0"}, "audiences": ["api://orders"]}]})).unwrap();
+        assert_eq!(v1.providers[0].issuer, format!("https://sts.windows.net/{tid}/"));
+        let cognito = check(json!({"providers": [{"preset": {"name": "cognito", "region": "eu-west-1", "userPoolId": "eu-west-1_Ab12Cd34E"}, "clientIds": ["c1"]}]})).unwrap();
+        assert_eq!(cognito.providers[0].issuer, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E");
+        assert_eq!(remote(&cognito), "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E/.well-known/jwks.json");
+        assert_eq!(aliases(&cognito), ["groups=cognito:groups"]);
+        // An explicit alias wins over the preset's.
+        let own = check(json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["a"],
+            "claimAliases": {"scope": "custom.scopes", "groups": "grp"}}]})).unwrap();
+        assert_eq!(aliases(&own), ["groups=grp", "scope=custom.scopes"]);
+
+        let cases = vec![
+            (json!({"preset": {"name": "okta"}}), "providers[0].preset.domain: is required by the okta preset"),
+            (json!({"preset": {"name": "okta", "domain": "a.okta.com/x"}}), "providers[0].preset.domain: \"a.okta.com/x\" is not a valid domain"),
+            (json!({"preset": {"name": "keycloak"}}), "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra"),
+            (json!({"preset": {"name": "entra", "tenantId": tid, "version": "3"}}), "providers[0].preset.version: \"3\" is not one of 2.0, 1.0"),
+            (json!({"preset": {"name": "auth0", "domain": "a.auth0.com"}, "issuer": "https://a.auth0.com"}), "providers[0].issuer: does not match the auth0 preset's issuer \"https://a.auth0.com/\""),
+            (json!({"preset": {"name": "auth0", "domain": "a.auth0.com", "region": "x"}}), "providers[0].preset.region: does not apply to the auth0 preset"),
+            (json!({"preset": {"name": "cognito", "region": "eu-west-1"}, "clientIds": ["c"]}), "providers[0].preset.userPoolId: is required"),
+            (json!({"issuer": "https://i", "jwks": jwks(), "claimAliases": {"sub": "email"}}), "providers[0].claimAliases.sub: must name a claim other than"),
+        ];
+        for (p, want) in cases {
+            let e = error_of(json!({"providers": [p]}));
+            assert!(e.contains(want), "{e}");
+        }
+    }
 }

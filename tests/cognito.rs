@@ -253,3 +253,39 @@ fn cognito_tokens_through_envoy() {
     .expect("request");
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Presets name each identity provider's claims the same way: a rule on `groups` reads
+/// `cognito:groups` for Cognito, a rule on `scope` reads Okta's `scp` array. The alias always
+/// mirrors its target, so a token cannot bring its own `groups` to a Cognito provider.
+#[test]
+fn presets_let_one_rule_set_read_every_provider() {
+    let rules = json!([{"name": "buyers", "when": [{"claim": "groups", "values": ["orders-admins"]},
+                                                   {"claim": "scope", "values": ["orders/read"]}]}]);
+    let cognito = json!({
+        "providers": [{"preset": {"name": "cognito", "region": REGION, "userPoolId": POOL},
+                       "clientIds": [CLIENT], "tokenUse": "access", "jwks": {"keys": [key().public_jwk()]}}],
+        "rules": rules
+    });
+    assert_eq!(run(&cognito, &access_token(json!({}))), (200, ""));
+    assert_eq!(
+        run(&cognito, &access_token(json!({"cognito:groups": null, "groups": ["orders-admins"]}))),
+        (403, "policy_denied"),
+        "a token's own groups claim is not the Cognito groups"
+    );
+
+    let okta_key = TestKey::from_rsa(&keys().rsa, Alg::RS256, "okta-1");
+    let okta = json!({
+        "providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["api://default"],
+                       "jwks": {"keys": [okta_key.public_jwk()]}}],
+        "rules": rules
+    });
+    // An Okta access token: scopes in `scp` (an array), groups in `groups`.
+    let now = now();
+    let okta_token = |scp: Value| {
+        okta_key.sign(&json!({"ver": 1, "jti": "AT.x", "iss": "https://acme.okta.com/oauth2/default",
+            "aud": "api://default", "iat": now, "exp": now + 3600, "cid": "0oa1", "uid": "00u1",
+            "scp": scp, "sub": "ana@example.com", "groups": ["orders-admins"]}))
+    };
+    assert_eq!(run(&okta, &okta_token(json!(["openid", "orders/read"]))), (200, ""));
+    assert_eq!(run(&okta, &okta_token(json!(["openid"]))), (403, "insufficient_scope"));
+}
