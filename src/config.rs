@@ -832,6 +832,10 @@ fn apply_preset(
     aliases: &mut Vec<(String, String)>,
 ) -> Result<(), ConfigError> {
     let at = |field: &str| format!("{path}.preset.{field}");
+    // All four sign access and ID tokens with RS256 only: accept nothing else by default.
+    if rp.algorithms.is_none() {
+        rp.algorithms = Some(vec!["RS256".into()]);
+    }
     let need = |v: Option<String>, field: &str| -> Result<String, ConfigError> {
         match v {
             Some(v) if !v.is_empty() && !v.contains(['/', '?', '#', ' ', '@']) => Ok(v),
@@ -1734,6 +1738,7 @@ mod tests {
         assert_eq!(okta.providers[0].issuer, "https://acme.okta.com/oauth2/default");
         assert_eq!(remote(&okta), "acme.okta.com/oauth2/default/v1/keys");
         assert_eq!(aliases(&okta), ["scope=scp"]);
+        assert_eq!(okta.providers[0].algorithms, vec![Alg::RS256]);
         let auth0 = check(json!({"providers": [{"preset": {"name": "auth0", "domain": "acme.eu.auth0.com"}, "audiences": ["https://api"]}]})).unwrap();
         assert_eq!(auth0.providers[0].issuer, "https://acme.eu.auth0.com/");
         assert_eq!(remote(&auth0), "acme.eu.auth0.com/.well-known/jwks.json");
