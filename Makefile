@@ -19,7 +19,7 @@ export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean fuzz fuzz-smoke fuzz-tools
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools
 
 all: build
 
@@ -93,6 +93,11 @@ fmt:
 
 demo: build envoy
 	$(CARGO) run --quiet --release --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)
+
+# Two tiers: an edge Envoy (API Gateway stand-in: native jwt_authn) → claimguard sidecar → app.
+DEMO_EDGE_PORT ?= 10001
+demo-edge: build envoy
+	$(CARGO) run --quiet --release --example demo_edge -- --port $(DEMO_EDGE_PORT)
 
 clean:
 	$(CARGO) clean

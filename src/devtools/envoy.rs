@@ -56,6 +56,10 @@ pub struct EnvoyOptions {
     /// Deliver the filter by ECDS from a watched file, as istiod delivers a WasmPlugin, so
     /// tests can push new plugin configs with [`Envoy::push_plugin_config`].
     pub ecds: bool,
+    /// HTTP filters that run before claimguard (e.g. Envoy's own `jwt_authn`).
+    pub filters_before: Vec<Value>,
+    /// Leave claimguard out (an edge proxy in front of a claimguard sidecar).
+    pub without_claimguard: bool,
 }
 
 impl EnvoyOptions {
@@ -72,6 +76,8 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             access_log_format: None,
             ecds: false,
+            filters_before: Vec::new(),
+            without_claimguard: false,
         }
     }
 }
@@ -163,6 +169,16 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         .iter()
         .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
         .collect();
+    let mut http_filters = o.filters_before.clone();
+    if !o.without_claimguard {
+        http_filters.push(if o.ecds {
+            ecds_filter(dir)
+        } else {
+            wasm_filter(&o.wasm, &o.plugin_config)
+        });
+    }
+    http_filters.push(json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     json!({
         "node": {"id": "claimguard-test", "cluster": "claimguard"},
         "stats_config": {"stats_tags": stats_tags},
@@ -181,11 +197,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
                             "name": "app", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
                         }]},
-                        "http_filters": [
-                            if o.ecds { ecds_filter(dir) } else { wasm_filter(&o.wasm, &o.plugin_config) },
-                            {"name": "envoy.filters.http.router",
-                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
+                        "http_filters": http_filters
                     }
                 }]}]
             }],
