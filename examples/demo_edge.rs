@@ -15,7 +15,10 @@ fn main() {
         Some(Some(p)) => p.parse().unwrap_or_else(|_| usage("--port takes a port number")),
         Some(None) => usage("--port takes a port number"),
     };
-    if let Some(other) = args.iter().find(|a| a.starts_with("--") && *a != "--self-test" && *a != "--port") {
+    if let Some(other) = args
+        .iter()
+        .find(|a| a.starts_with("--") && *a != "--self-test" && *a != "--port")
+    {
         usage(&format!("unknown option {other}"));
     }
     let dir = Path::new(".demo/edge");
@@ -23,16 +26,25 @@ fn main() {
         eprintln!("demo-edge: {e}");
         std::process::exit(1)
     });
-    println!("Tokens (Cognito-shaped, signed by this run's test key) are in {}/.\n", dir.display());
+    println!(
+        "Tokens (Cognito-shaped, signed by this run's test key) are in {}/.\n",
+        dir.display()
+    );
     match demo.run_examples(dir, self_test) {
         Ok(0) if self_test => println!("self-test: every request answered as expected"),
         Ok(0) => {
-            println!("Serving until Ctrl-C. The sidecar's plugin config: {}/sidecar-plugin-config.json", dir.display());
+            println!(
+                "Serving until Ctrl-C. The sidecar's plugin config: {}/sidecar-plugin-config.json",
+                dir.display()
+            );
             let mut edge = demo.edge;
             edge.wait();
         }
         Ok(n) => {
-            eprintln!("self-test: {n} unexpected answer(s)\n--- sidecar log ---\n{}", demo.sidecar.log());
+            eprintln!(
+                "self-test: {n} unexpected answer(s)\n--- sidecar log ---\n{}",
+                demo.sidecar.log()
+            );
             std::process::exit(1);
         }
         Err(e) => {

@@ -1677,7 +1677,10 @@ mod tests {
         assert!(c.managed_headers.contains(&"x-amzn-oidc-identity".to_string()));
         assert!(c.managed_headers.contains(&"x-amzn-oidc-accesstoken".to_string()));
         // ...unless kept, or verified as a token by some provider.
-        let kept = check(json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN], "keepUnsignedHeaders": true}}]})).unwrap();
+        let kept = check(
+            json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN], "keepUnsignedHeaders": true}}]}),
+        )
+        .unwrap();
         assert!(kept.managed_headers.is_empty());
         let verified = check(json!({"providers": [
             {"alb": {"region": "eu-west-1", "signers": [ARN]}},
@@ -1743,29 +1746,71 @@ mod tests {
         assert_eq!(auth0.providers[0].issuer, "https://acme.eu.auth0.com/");
         assert_eq!(remote(&auth0), "acme.eu.auth0.com/.well-known/jwks.json");
         let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
-        let entra = check(json!({"providers": [{"preset": {"name": "entra", "tenantId": tid}, "audiences": ["api://orders"]}]})).unwrap();
-        assert_eq!(entra.providers[0].issuer, format!("https://login.microsoftonline.com/{tid}/v2.0"));
-        assert_eq!(remote(&entra), format!("login.microsoftonline.com/{tid}/discovery/v2.0/keys"));
+        let entra = check(
+            json!({"providers": [{"preset": {"name": "entra", "tenantId": tid}, "audiences": ["api://orders"]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            entra.providers[0].issuer,
+            format!("https://login.microsoftonline.com/{tid}/v2.0")
+        );
+        assert_eq!(
+            remote(&entra),
+            format!("login.microsoftonline.com/{tid}/discovery/v2.0/keys")
+        );
         let v1 = check(json!({"providers": [{"preset": {"name": "entra", "tenantId": tid, "version": "1.0"}, "audiences": ["api://orders"]}]})).unwrap();
         assert_eq!(v1.providers[0].issuer, format!("https://sts.windows.net/{tid}/"));
         let cognito = check(json!({"providers": [{"preset": {"name": "cognito", "region": "eu-west-1", "userPoolId": "eu-west-1_Ab12Cd34E"}, "clientIds": ["c1"]}]})).unwrap();
-        assert_eq!(cognito.providers[0].issuer, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E");
-        assert_eq!(remote(&cognito), "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E/.well-known/jwks.json");
+        assert_eq!(
+            cognito.providers[0].issuer,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E"
+        );
+        assert_eq!(
+            remote(&cognito),
+            "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E/.well-known/jwks.json"
+        );
         assert_eq!(aliases(&cognito), ["groups=cognito:groups"]);
         // An explicit alias wins over the preset's.
-        let own = check(json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["a"],
-            "claimAliases": {"scope": "custom.scopes", "groups": "grp"}}]})).unwrap();
+        let own = check(
+            json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["a"],
+            "claimAliases": {"scope": "custom.scopes", "groups": "grp"}}]}),
+        )
+        .unwrap();
         assert_eq!(aliases(&own), ["groups=grp", "scope=custom.scopes"]);
 
         let cases = vec![
-            (json!({"preset": {"name": "okta"}}), "providers[0].preset.domain: is required by the okta preset"),
-            (json!({"preset": {"name": "okta", "domain": "a.okta.com/x"}}), "providers[0].preset.domain: \"a.okta.com/x\" is not a valid domain"),
-            (json!({"preset": {"name": "keycloak"}}), "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra"),
-            (json!({"preset": {"name": "entra", "tenantId": tid, "version": "3"}}), "providers[0].preset.version: \"3\" is not one of 2.0, 1.0"),
-            (json!({"preset": {"name": "auth0", "domain": "a.auth0.com"}, "issuer": "https://a.auth0.com"}), "providers[0].issuer: does not match the auth0 preset's issuer \"https://a.auth0.com/\""),
-            (json!({"preset": {"name": "auth0", "domain": "a.auth0.com", "region": "x"}}), "providers[0].preset.region: does not apply to the auth0 preset"),
-            (json!({"preset": {"name": "cognito", "region": "eu-west-1"}, "clientIds": ["c"]}), "providers[0].preset.userPoolId: is required"),
-            (json!({"issuer": "https://i", "jwks": jwks(), "claimAliases": {"sub": "email"}}), "providers[0].claimAliases.sub: must name a claim other than"),
+            (
+                json!({"preset": {"name": "okta"}}),
+                "providers[0].preset.domain: is required by the okta preset",
+            ),
+            (
+                json!({"preset": {"name": "okta", "domain": "a.okta.com/x"}}),
+                "providers[0].preset.domain: \"a.okta.com/x\" is not a valid domain",
+            ),
+            (
+                json!({"preset": {"name": "keycloak"}}),
+                "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra",
+            ),
+            (
+                json!({"preset": {"name": "entra", "tenantId": tid, "version": "3"}}),
+                "providers[0].preset.version: \"3\" is not one of 2.0, 1.0",
+            ),
+            (
+                json!({"preset": {"name": "auth0", "domain": "a.auth0.com"}, "issuer": "https://a.auth0.com"}),
+                "providers[0].issuer: does not match the auth0 preset's issuer \"https://a.auth0.com/\"",
+            ),
+            (
+                json!({"preset": {"name": "auth0", "domain": "a.auth0.com", "region": "x"}}),
+                "providers[0].preset.region: does not apply to the auth0 preset",
+            ),
+            (
+                json!({"preset": {"name": "cognito", "region": "eu-west-1"}, "clientIds": ["c"]}),
+                "providers[0].preset.userPoolId: is required",
+            ),
+            (
+                json!({"issuer": "https://i", "jwks": jwks(), "claimAliases": {"sub": "email"}}),
+                "providers[0].claimAliases.sub: must name a claim other than",
+            ),
         ];
         for (p, want) in cases {
             let e = error_of(json!({"providers": [p]}));

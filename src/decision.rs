@@ -544,8 +544,23 @@ fn find_and_verify<'c>(
         }
     }
     let mut found: Option<(&Location, String)> = None;
-    for loc in locations {
+    for loc in &locations {
+        let loc: &Location = loc;
         for token in extract(loc, req) {
+            // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
+            // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
+            // raw): a value the prefixed entry reads is not a second token.
+            if let Location::Header { name, prefix } = loc {
+                let taken_by_prefixed = prefix.is_empty()
+                    && locations.iter().any(|other| {
+                        matches!(other, Location::Header { name: n, prefix: p }
+                            if n == name && !p.is_empty()
+                                && token.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)))
+                    });
+                if taken_by_prefixed {
+                    continue;
+                }
+            }
             if found.is_some() {
                 return Err(Failure::Auth(AuthError::MultipleTokens, None));
             }

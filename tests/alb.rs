@@ -102,6 +102,8 @@ fn alb_tokens_are_verified_as_received_with_keys_fetched_by_kid() {
     let hits = s.keys.hit_log();
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].1, format!("/{KID}"));
+    let stats = s.envoy.admin("stats?filter=alb_key_fetch_total");
+    assert!(stats.contains("alb_key_fetch_total.result.fetched: 1"), "{stats}");
 
     // The same token with its padding stripped (what a "fix the encoding first" verifier
     // does) is different bytes: the signature fails.
@@ -179,6 +181,8 @@ fn forged_signers_kids_and_headers_never_reach_the_app() {
         .filter(|(_, p)| p.contains(unknown))
         .collect();
     assert_eq!(asked.len(), 1, "{asked:?}");
+    let stats = s.envoy.admin("stats?filter=alb_key_fetch_total");
+    assert!(stats.contains("alb_key_fetch_total.result.not_found: 1"), "{stats}");
 
     // Only the spoofable headers, no token: 401, and nothing reaches the app.
     let r = s.get(&[("x-amzn-oidc-identity", "admin"), ("x-amzn-oidc-accesstoken", "x")]);

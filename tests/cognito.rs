@@ -268,7 +268,10 @@ fn presets_let_one_rule_set_read_every_provider() {
     });
     assert_eq!(run(&cognito, &access_token(json!({}))), (200, ""));
     assert_eq!(
-        run(&cognito, &access_token(json!({"cognito:groups": null, "groups": ["orders-admins"]}))),
+        run(
+            &cognito,
+            &access_token(json!({"cognito:groups": null, "groups": ["orders-admins"]}))
+        ),
         (403, "policy_denied"),
         "a token's own groups claim is not the Cognito groups"
     );
@@ -282,10 +285,72 @@ fn presets_let_one_rule_set_read_every_provider() {
     // An Okta access token: scopes in `scp` (an array), groups in `groups`.
     let now = now();
     let okta_token = |scp: Value| {
-        okta_key.sign(&json!({"ver": 1, "jti": "AT.x", "iss": "https://acme.okta.com/oauth2/default",
+        okta_key.sign(
+            &json!({"ver": 1, "jti": "AT.x", "iss": "https://acme.okta.com/oauth2/default",
             "aud": "api://default", "iat": now, "exp": now + 3600, "cid": "0oa1", "uid": "00u1",
-            "scp": scp, "sub": "ana@example.com", "groups": ["orders-admins"]}))
+            "scp": scp, "sub": "ana@example.com", "groups": ["orders-admins"]}),
+        )
     };
     assert_eq!(run(&okta, &okta_token(json!(["openid", "orders/read"]))), (200, ""));
     assert_eq!(run(&okta, &okta_token(json!(["openid"]))), (403, "insufficient_scope"));
+}
+
+/// The three ways an API Gateway hands the token to the mesh. An HTTP API JWT authorizer
+/// forwards `Authorization: Bearer <access token>` (the default `fromHeaders`); a REST API
+/// Cognito authorizer's clients usually send the ID token raw in `Authorization` (both forms
+/// accepted with a second, unprefixed entry); a gateway that copies the token into its own
+/// header (no prefix).
+#[test]
+fn api_gateway_setups() {
+    let decide = |cfg: &Value, headers: &[(&str, &str)]| -> (u16, &'static str) {
+        let c = Config::from_json(cfg.to_string().as_bytes()).expect("config");
+        let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/orders".into())];
+        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        match evaluate(&c, &c, &HttpRequest::from_headers(&h), now(), true).decision {
+            Decision::Allow { .. } => (200, ""),
+            Decision::Deny(d) => (d.status as u16, d.reason),
+            Decision::NeedKeys { .. } => (0, "need_keys"),
+        }
+    };
+    // HTTP API + JWT authorizer.
+    let http_api = config("access");
+    let bearer = format!("Bearer {}", access_token(json!({})));
+    assert_eq!(decide(&http_api, &[("authorization", &bearer)]), (200, ""));
+
+    // REST API + Cognito authorizer: raw ID token, or Bearer, never counted twice.
+    let mut rest_api = config("id");
+    rest_api["providers"][0]["fromHeaders"] =
+        json!([{"name": "authorization", "prefix": "Bearer "}, {"name": "authorization"}]);
+    let id = id_token(json!({}));
+    assert_eq!(decide(&rest_api, &[("authorization", &id)]), (200, ""));
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &format!("Bearer {id}"))]),
+        (200, "")
+    );
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &format!("bearer {id}"))]),
+        (200, "")
+    );
+    assert_eq!(
+        decide(
+            &rest_api,
+            &[("authorization", &format!("Bearer {id}")), ("authorization", &id)]
+        ),
+        (400, "multiple_tokens")
+    );
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &access_token(json!({})))]),
+        (401, "wrong_token_use")
+    );
+    // Only Bearer accepted by default: a raw token there is no token at all.
+    assert_eq!(decide(&http_api, &[("authorization", &id)]), (401, "missing_token"));
+
+    // A gateway that forwards the token in a header of its own.
+    let mut custom = config("access");
+    custom["providers"][0]["fromHeaders"] = json!([{"name": "x-forwarded-access-token"}]);
+    assert_eq!(
+        decide(&custom, &[("x-forwarded-access-token", &access_token(json!({})))]),
+        (200, "")
+    );
+    assert_eq!(decide(&custom, &[("authorization", &bearer)]), (401, "missing_token"));
 }

@@ -167,10 +167,16 @@ pub fn start(dir: &Path, sidecar_config: &Path, edge_port: u16) -> Result<EdgeDe
     let jwks = key.jwks();
     cfg["providers"][0]["jwks"] = json!(jwks.to_string());
     Config::from_json(cfg.to_string().as_bytes()).map_err(|e| format!("{}: {e}", sidecar_config.display()))?;
-    write(&dir.join("sidecar-plugin-config.json"), &serde_json::to_string_pretty(&cfg).unwrap_or_default())?;
+    write(
+        &dir.join("sidecar-plugin-config.json"),
+        &serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )?;
     write(&dir.join("user-pool.pem"), &key.to_pem())?;
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let access = |user: &str, groups: &[&str]| {
         json!({"sub": format!("{user}-0000-4000-8000-000000000000"), "cognito:groups": groups, "iss": issuer(),
                "version": 2, "client_id": APP_CLIENT, "token_use": "access",
@@ -179,8 +185,14 @@ pub fn start(dir: &Path, sidecar_config: &Path, edge_port: u16) -> Result<EdgeDe
     };
     let header = json!({"kid": "demo-user-pool-1", "alg": "RS256"}).to_string();
     let tokens = [
-        ("admin.jwt", key.sign_raw(&header, &access("ana", &["orders-admins", "staff"]).to_string())),
-        ("buyer.jwt", key.sign_raw(&header, &access("bob", &["buyers"]).to_string())),
+        (
+            "admin.jwt",
+            key.sign_raw(&header, &access("ana", &["orders-admins", "staff"]).to_string()),
+        ),
+        (
+            "buyer.jwt",
+            key.sign_raw(&header, &access("bob", &["buyers"]).to_string()),
+        ),
         (
             "id-token.jwt",
             key.sign_raw(
@@ -201,7 +213,8 @@ pub fn start(dir: &Path, sidecar_config: &Path, edge_port: u16) -> Result<EdgeDe
     }
 
     let app = EchoUpstream::start(0).map_err(|e| format!("app: {e}"))?;
-    let sidecar = Envoy::start(&EnvoyOptions::new(&cfg, app.port), Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let sidecar =
+        Envoy::start(&EnvoyOptions::new(&cfg, app.port), Duration::from_secs(60)).map_err(|e| e.to_string())?;
     let mut edge_opts = EnvoyOptions::new(&json!({}), sidecar.port);
     edge_opts.without_claimguard = true;
     edge_opts.filters_before = vec![edge_jwt_authn(&jwks)];
@@ -220,7 +233,11 @@ impl EdgeDemo {
             self.edge.port, self.sidecar.port
         );
         for ex in examples() {
-            let port = if ex.bypass_edge { self.sidecar.port } else { self.edge.port };
+            let port = if ex.bypass_edge {
+                self.sidecar.port
+            } else {
+                self.edge.port
+            };
             let token = match ex.token {
                 Some(f) => Some(std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"))?),
                 None => None,
@@ -248,7 +265,11 @@ impl EdgeDemo {
                 ok &= by_claimguard == ex.refused_by_claimguard;
                 println!(
                     "  refused by {}",
-                    if by_claimguard { "claimguard (sidecar)" } else { "the edge" }
+                    if by_claimguard {
+                        "claimguard (sidecar)"
+                    } else {
+                        "the edge"
+                    }
                 );
             }
             if let (true, Some((name, want))) = (r.status == 200, ex.app_sees) {
