@@ -241,6 +241,13 @@ fn cognito_tokens_through_envoy() {
     let r = stack.get_with_token(&id_token(json!({})));
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "token_use is not the one this provider accepts");
+    // The reverse: a provider that requires ID tokens refuses an access token.
+    let id_stack = Stack::start(&config("id"));
+    assert_eq!(id_stack.get_with_token(&id_token(json!({}))).status, 200);
+    let r = id_stack.get_with_token(&access_token(json!({})));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "token_use is not the one this provider accepts");
+    assert_eq!(id_stack.upstream.served(), 1);
     // A gateway that forwards the token in its own header, without a prefix.
     let mut cfg = config("access");
     cfg["providers"][0]["fromHeaders"] = json!([{"name": "x-forwarded-access-token"}]);
