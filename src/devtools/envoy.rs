@@ -56,6 +56,9 @@ pub struct EnvoyOptions {
     /// Deliver the filter by ECDS from a watched file, as istiod delivers a WasmPlugin, so
     /// tests can push new plugin configs with [`Envoy::push_plugin_config`].
     pub ecds: bool,
+    /// A complete HTTP filter entry to run instead of [`wasm_filter`]'s, e.g. the one istiod
+    /// would generate from a rendered `istio/` WasmPlugin (tests/istio_manifests.rs).
+    pub filter: Option<Value>,
 }
 
 impl EnvoyOptions {
@@ -72,6 +75,7 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             access_log_format: None,
             ecds: false,
+            filter: None,
         }
     }
 }
@@ -182,7 +186,11 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
                         }]},
                         "http_filters": [
-                            if o.ecds { ecds_filter(dir) } else { wasm_filter(&o.wasm, &o.plugin_config) },
+                            match (&o.filter, o.ecds) {
+                                (_, true) => ecds_filter(dir),
+                                (Some(filter), false) => filter.clone(),
+                                (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
+                            },
                             {"name": "envoy.filters.http.router",
                              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                         ]
