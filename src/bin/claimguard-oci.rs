@@ -55,7 +55,11 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     image.write_layout(Path::new(&out), &tag)?;
     println!("{out}: image sha256:{}", image.manifest_sha256);
-    println!("module {wasm_path}: sha256 {} ({} bytes)", image.module_sha256, module.len());
+    println!(
+        "module {wasm_path}: sha256 {} ({} bytes)",
+        image.module_sha256,
+        module.len()
+    );
     if let Some(pin) = opt.get("pin") {
         std::fs::write(pin, pin_yaml(&url, &image)).map_err(|e| format!("{pin}: {e}"))?;
         println!("{pin}: pinned {url} sha256 {}", image.manifest_sha256);

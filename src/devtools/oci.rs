@@ -25,7 +25,10 @@ pub const ROOT_ID: &str = "claimguard";
 
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hmac_sha256::Hash::hash(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hmac_sha256::Hash::hash(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An image built from one module: its blobs and the digests that identify it.
@@ -144,8 +147,9 @@ pub fn read_layout(dir: &Path, tag: &str) -> Result<PulledImage, String> {
         Ok(bytes)
     };
     let index_path = dir.join("index.json");
-    let index: Value = serde_json::from_slice(&fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?)
-        .map_err(|e| format!("index.json: {e}"))?;
+    let index: Value =
+        serde_json::from_slice(&fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?)
+            .map_err(|e| format!("index.json: {e}"))?;
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
     let entry = entries
         .iter()
