@@ -119,12 +119,17 @@ $(ISTIO_SCHEMA)/node_modules/.package-lock.json: $(ISTIO_SCHEMA)/package-lock.js
 
 istio-schema: $(ISTIO_SCHEMA)/node_modules/.package-lock.json
 
-# Renders every overlay and validates it against Istio's schemas (tests/istio_manifests.rs
-# does this too, and runs each overlay's plugin config in Envoy).
+# Renders every overlay, validates it against Istio's schemas, and checks each WasmPlugin's
+# pluginConfig with `claimguard check` (the filter's own config code). tests/istio_manifests.rs
+# does all this too, and runs each overlay's plugin config in Envoy.
 istio-check: istio-schema
-	@mkdir -p target/istio
+	@rm -rf target/istio && mkdir -p target/istio
 	@for o in $(ISTIO_OVERLAYS); do kubectl kustomize istio/overlays/$$o > target/istio/$$o.yaml || exit 1; done
-	node $(ISTIO_SCHEMA)/validate.mjs $(addprefix target/istio/,$(addsuffix .yaml,$(ISTIO_OVERLAYS)))
+	node $(ISTIO_SCHEMA)/validate.mjs --plugin-configs target/istio/plugin-configs \
+	  $(addprefix target/istio/,$(addsuffix .yaml,$(ISTIO_OVERLAYS)))
+	@for f in target/istio/plugin-configs/*.json; do \
+	  printf '%s: ' "$$f"; $(CARGO) run --quiet --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
+	done
 
 unit:
 	$(CARGO) test --lib

@@ -557,6 +557,7 @@ struct Deployed {
     key: TestKey,
     issuer: String,
     audience: String,
+    realm: String,
 }
 
 fn deploy(overlay: &str) -> Deployed {
@@ -578,6 +579,7 @@ fn deploy(overlay: &str) -> Deployed {
         key,
         issuer: provider["issuer"].as_str().unwrap().to_string(),
         audience: provider["audiences"][0].as_str().unwrap().to_string(),
+        realm: wp["spec"]["pluginConfig"]["realm"].as_str().unwrap().to_string(),
     }
 }
 
@@ -609,8 +611,10 @@ impl Deployed {
                 self.envoy.log()
             );
             if *status == 401 {
+                // RFC 6750, with the realm the overlay set.
                 let challenge = r.header("www-authenticate").unwrap_or("");
-                assert!(challenge.starts_with("Bearer realm="), "{what}: {challenge:?}");
+                let expected = format!("Bearer realm=\"{}\"", self.realm);
+                assert!(challenge.starts_with(&expected), "{what}: {challenge:?}");
             }
         }
     }
@@ -657,11 +661,14 @@ fn orders_overlay_in_envoy() {
         ("probes need no token", "GET", "/healthz", None, 200),
     ]);
     assert_eq!(d.upstream.served(), 5, "only the allowed requests reached the workload");
-    let stats = d.envoy.admin("stats?filter=claimguard");
-    assert!(
-        stats.contains("claimguard.jwks_fetches_total.result.success.provider.keycloak"),
-        "{stats}"
-    );
+    let stats = d.envoy.admin("stats/prometheus");
+    for series in [
+        r#"claimguard_jwks_fetches_total{provider="keycloak",result="success"} 1"#,
+        r#"claimguard_requests_total{outcome="denied",reason="insufficient_scope",rule="none",provider="keycloak"} 3"#,
+        r#"claimguard_requests_total{outcome="allowed",reason="none",rule="orders-write",provider="keycloak"} 2"#,
+    ] {
+        assert!(stats.contains(series), "{series} missing:\n{stats}");
+    }
     // The decision log says why, per request.
     let line =
         d.wait_for_log(r#""method":"POST","path":"/orders","provider":"keycloak","reason":"insufficient_scope""#);

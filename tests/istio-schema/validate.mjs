@@ -14,7 +14,8 @@
 // the schema does define, is an unknown field. Maps (the schema enumerates their keys) and
 // free-form objects such as `pluginConfig` (the schema reads none of their keys) are exempt.
 
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
 
 const SCHEMAS = new URL("./node_modules/@kubernetes-models/istio/_schemas/", import.meta.url);
@@ -145,16 +146,34 @@ export async function validateText(text, file) {
   return out;
 }
 
-const files = process.argv.slice(2);
-if (files.length === 0) {
-  console.error("usage: node validate.mjs FILE.yaml... (- for stdin)");
+// --plugin-configs DIR: also write each WasmPlugin's pluginConfig to DIR/NAMESPACE.NAME.json,
+// the JSON text istiod hands the filter, for `claimguard check`.
+const args = process.argv.slice(2);
+let pluginConfigDir = null;
+const at = args.indexOf("--plugin-configs");
+if (at >= 0) {
+  pluginConfigDir = args[at + 1];
+  args.splice(at, 2);
+}
+const files = args;
+if (files.length === 0 || (at >= 0 && !pluginConfigDir)) {
+  console.error("usage: node validate.mjs [--plugin-configs DIR] FILE.yaml... (- for stdin)");
   process.exit(2);
 }
+if (pluginConfigDir) mkdirSync(pluginConfigDir, { recursive: true });
 let problems = 0;
 let documents = 0;
 for (const file of files) {
   const text = readFileSync(file === "-" ? 0 : file, "utf8");
-  documents += parseAllDocuments(text).length;
+  const docs = parseAllDocuments(text);
+  documents += docs.length;
+  for (const d of docs) {
+    const doc = d.errors.length ? null : d.toJS();
+    if (pluginConfigDir && doc && doc.kind === "WasmPlugin" && doc.spec && doc.spec.pluginConfig) {
+      const name = `${(doc.metadata && doc.metadata.namespace) || "default"}.${doc.metadata && doc.metadata.name}`;
+      writeFileSync(join(pluginConfigDir, `${name}.json`), JSON.stringify(doc.spec.pluginConfig));
+    }
+  }
   for (const line of await validateText(text, file)) {
     console.log(line);
     problems += 1;
