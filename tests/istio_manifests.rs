@@ -512,8 +512,9 @@ fn oci_image_round_trips_through_a_local_registry() {
 
 /// The HTTP filter istiod generates for a WasmPlugin (pilot/pkg/model/extensions.go): named
 /// `namespace.name`, `root_id` from `pluginName`, the plugin config as a JSON string, the V8
-/// runtime, and the fail policy from `failStrategy`. The module is the local file the
-/// istio-agent would have fetched from the image.
+/// runtime, and the failure policy from `failStrategy`. The module is the local file the
+/// istio-agent would have fetched from the image (istio-agent rewrites the remote code
+/// source to that file).
 fn istiod_filter(wp: &Value, module: &Path) -> Value {
     let name = format!(
         "{}.{}",
@@ -521,10 +522,12 @@ fn istiod_filter(wp: &Value, module: &Path) -> Value {
         wp["metadata"]["name"].as_str().unwrap()
     );
     let spec = &wp["spec"];
-    let fail_open = match spec["failStrategy"].as_str() {
-        Some("FAIL_OPEN") => true,
-        Some("FAIL_CLOSE") | None => false,
-        Some(other) => panic!("failStrategy {other} is not modelled here"),
+    // Istio 1.25+ proxies get `failure_policy` (older ones the deprecated `fail_open`).
+    let failure_policy = match spec["failStrategy"].as_str() {
+        Some("FAIL_OPEN") => "FAIL_OPEN",
+        Some("FAIL_CLOSE") | None => "FAIL_CLOSED",
+        Some("FAIL_RELOAD") => "FAIL_RELOAD",
+        Some(other) => panic!("unknown failStrategy {other}"),
     };
     json!({
         "name": name,
@@ -541,7 +544,7 @@ fn istiod_filter(wp: &Value, module: &Path) -> Value {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_config_text(wp)
                 },
-                "fail_open": fail_open
+                "failure_policy": failure_policy
             }
         }
     })
