@@ -257,6 +257,10 @@ fn broken_manifests_are_rejected_with_the_field_path() {
             "WasmPlugin/claimguard: spec.selector: missing: set selector.matchLabels (or targetRefs for a gateway)",
         ),
         (
+            "selector-and-targetrefs.yaml",
+            "WasmPlugin/claimguard: spec.targetRefs: only one of targetRefs or selector can be set",
+        ),
+        (
             "service-entry-bad-enum.yaml",
             "ServiceEntry/jwks-keycloak: spec.resolution: must be one of: NONE, STATIC, DNS",
         ),

@@ -99,6 +99,10 @@ function claimguardRules(doc) {
         "missing: set selector.matchLabels (or targetRefs for a gateway); without them the plugin applies to every workload in the namespace",
       ]);
     }
+    if (hasSelector && hasTargets) {
+      // Istio's CRD says so in a CEL rule, which a JSON-schema validator does not run.
+      problems.push(["spec.targetRefs", "only one of targetRefs or selector can be set"]);
+    }
     if (spec.failStrategy !== "FAIL_CLOSE") {
       problems.push(["spec.failStrategy", "must be FAIL_CLOSE: an authentication filter must not fail open"]);
     }
