@@ -60,6 +60,9 @@ pub struct EnvoyOptions {
     pub filters_before: Vec<Value>,
     /// Leave claimguard out (an edge proxy in front of a claimguard sidecar).
     pub without_claimguard: bool,
+    /// A complete HTTP filter entry to run instead of [`wasm_filter`]'s, e.g. the one istiod
+    /// would generate from a rendered `istio/` WasmPlugin (tests/istio_manifests.rs).
+    pub filter: Option<Value>,
 }
 
 impl EnvoyOptions {
@@ -78,6 +81,7 @@ impl EnvoyOptions {
             ecds: false,
             filters_before: Vec::new(),
             without_claimguard: false,
+            filter: None,
         }
     }
 }
@@ -171,10 +175,10 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         .collect();
     let mut http_filters = o.filters_before.clone();
     if !o.without_claimguard {
-        http_filters.push(if o.ecds {
-            ecds_filter(dir)
-        } else {
-            wasm_filter(&o.wasm, &o.plugin_config)
+        http_filters.push(match (&o.filter, o.ecds) {
+            (_, true) => ecds_filter(dir),
+            (Some(filter), false) => filter.clone(),
+            (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
         });
     }
     http_filters.push(json!({"name": "envoy.filters.http.router",

@@ -9,3 +9,4 @@ pub mod envoy;
 pub mod http;
 pub mod jwks_server;
 pub mod keys;
+pub mod oci;
