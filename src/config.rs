@@ -141,6 +141,8 @@ struct RawProvider {
     forward_original_token: bool,
     #[serde(default)]
     claims_to_filter_state: Option<Vec<RawClaimPath>>,
+    #[serde(default)]
+    trusted_principals: Option<Vec<String>>,
 }
 
 /// Where and how a provider's keys are fetched (`jwksUri` or OIDC discovery).
@@ -301,6 +303,10 @@ pub struct Provider {
     pub forward_original_token: bool,
     /// `claimsToFilterState`: (label, claim path), published as `claimguard.claim.LABEL`.
     pub filter_state_claims: Vec<(String, Vec<String>)>,
+    /// `trustedPrincipals`: when set, this provider's tokens count only when they arrive over
+    /// mTLS from one of these workloads (e.g. the ingress gateway); from any other peer a
+    /// valid token is refused with 403 `untrusted_peer`. Empty: any peer.
+    pub trusted_principals: Vec<crate::policy::StrPattern>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -659,6 +665,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         payload_header,
         forward_original_token: rp.forward_original_token,
         filter_state_claims,
+        trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
     })
 }
 

@@ -10,6 +10,7 @@ use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
 use crate::path::normalize;
 use crate::policy::claim_at;
+pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
 use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
@@ -39,6 +40,8 @@ pub struct HttpRequest<'a> {
     /// `:authority` (or `host`).
     pub host: &'a str,
     pub headers: &'a [(String, String)],
+    /// The calling workload: mTLS peer identity and downstream IP (none unless the host says).
+    pub peer: Peer,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -50,7 +53,13 @@ impl<'a> HttpRequest<'a> {
             path: get(":path").unwrap_or("/"),
             host: get(":authority").or_else(|| get("host")).unwrap_or(""),
             headers,
+            peer: Peer::NONE,
         }
+    }
+
+    /// The same request, arriving from `peer`.
+    pub fn with_peer(self, peer: Peer) -> HttpRequest<'a> {
+        HttpRequest { peer, ..self }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -194,6 +203,21 @@ impl Denial {
             rule.map(|r| ("rule", r)),
         );
         d.provider = provider.map(str::to_owned);
+        d
+    }
+
+    /// 403: a valid token that did not arrive through one of its provider's
+    /// `trustedPrincipals`.
+    pub fn untrusted_peer(provider: &str) -> Denial {
+        let mut d = Denial::json(
+            403,
+            Vec::new(),
+            "forbidden",
+            "tokens of this issuer are only accepted through a trusted workload".to_string(),
+            "untrusted_peer",
+            None,
+        );
+        d.provider = Some(provider.to_owned());
         d
     }
 
@@ -346,6 +370,7 @@ fn evaluate_request(
         path: &path,
         host: req.host,
         headers,
+        peer: &req.peer,
     };
     ev.public_rule = config.policy.public_rule(&facts);
     let token_req = Request {
@@ -374,6 +399,23 @@ fn evaluate_request(
     };
     ev.issuer = identity.as_ref().map(|i| i.issuer.clone());
     ev.subject = identity.as_ref().and_then(|i| i.subject.clone());
+    // Trusted hop: a valid token of a provider with trustedPrincipals counts only when it came
+    // through one of those workloads. 403, not 401: the token is fine and a new one would not
+    // help; where it came from is what is refused (a pod replaying a user's token).
+    if let Some(id) = &identity {
+        let trusted = config.providers.get(id.provider_index).is_some_and(|p| {
+            p.trusted_principals.is_empty()
+                || req
+                    .peer
+                    .principal()
+                    .is_some_and(|pr| p.trusted_principals.iter().any(|t| t.matches(pr)))
+        });
+        if !trusted {
+            ev.decision = Decision::Deny(Denial::untrusted_peer(&id.provider));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    }
     let subject = identity.as_ref().map(|id| Subject {
         provider: id.provider_index,
         principal: &id.principal,

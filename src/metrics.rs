@@ -191,6 +191,9 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "tokenFingerprint": ev.token_fingerprint,
         "method": req.method,
         "path": ev.normalized_path.as_deref().unwrap_or("-"),
+        // The calling workload: its SPIFFE ID (null without mTLS) and IP.
+        "peerPrincipal": req.peer.uri_san,
+        "sourceIp": req.peer.ip.map(|ip| ip.to_string()),
     });
     if let Some(m) = line.as_object_mut() {
         for name in TRACE_HEADERS {
