@@ -1000,4 +1000,102 @@ mod tests {
         assert_eq!(later.token_cache, Some(true));
         assert_eq!(denial(later.decision).reason, "expired");
     }
+
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+    /// A request from `peer` (mTLS when a SPIFFE ID is given) at 127.0.0.1.
+    fn from_peer(c: &Config, peer: Option<&str>, path: &str, auth: Option<&str>) -> Evaluation {
+        let mut h: Vec<(String, String)> = vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "api.example.com".into()),
+        ];
+        if let Some(a) = auth {
+            h.push(("authorization".into(), a.into()));
+        }
+        let peer = Peer::from_connection(peer.is_some(), peer, Some("127.0.0.1:40000"));
+        evaluate(c, c, &HttpRequest::from_headers(&h).with_peer(peer), NOW, true)
+    }
+
+    #[test]
+    fn trusted_hop_accepts_tokens_only_from_listed_workloads() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}, {"name": "all", "paths": ["/*"]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let good = bearer(&k, json!({}));
+        let expired = format!(
+            "Bearer {}",
+            k.sign(&json!({"iss": "https://a", "aud": "api", "sub": "u", "exp": NOW - 3600}))
+        );
+        let other = Some("spiffe://cluster.local/ns/web/sa/frontend");
+        // name, peer, path, token, (status, reason)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            Option<(u32, &'a str)>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("through the gateway", Some(GATEWAY), "/orders", Some(&good), None),
+            ("replayed from another pod", other, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("replayed over plain text", None, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("a bad token is still 401", other, "/orders", Some(&expired), Some((401, "expired"))),
+            ("no token is still 401", other, "/orders", None, Some((401, "missing_token"))),
+            ("public route without a token", None, "/healthz", None, None),
+            ("public route, replayed token", other, "/healthz", Some(&good), Some((403, "untrusted_peer"))),
+        ];
+        for (name, peer, path, auth, want) in cases {
+            let ev = from_peer(&c, peer, path, auth);
+            match (want, ev.decision) {
+                (None, Decision::Allow { .. }) => {}
+                (Some((status, reason)), Decision::Deny(d)) => {
+                    assert_eq!((d.status, d.reason), (status, reason), "{name}");
+                    if reason == "untrusted_peer" {
+                        assert!(d.headers.iter().all(|(k, _)| k != "www-authenticate"), "{name}");
+                        assert!(d.body.contains("trusted workload"), "{name}: {}", d.body);
+                        assert_eq!(d.provider.as_deref(), Some("idp"), "{name}");
+                    }
+                }
+                (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rules_see_the_peer_and_tokens_together() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks()}],
+                "rules": [{"name": "gw-readers", "paths": ["/orders"], "principals": ["*/sa/istio-ingressgateway-service-account"],
+                           "ipBlocks": ["127.0.0.0/8"], "when": [{"claim": "scope", "values": ["read"]}]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let reader = bearer(&k, json!({"scope": "read"}));
+        let writer = bearer(&k, json!({"scope": "write"}));
+        assert!(matches!(
+            from_peer(&c, Some(GATEWAY), "/orders", Some(&reader)).decision,
+            Decision::Allow { .. }
+        ));
+        let d = denial(from_peer(&c, Some(GATEWAY), "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "insufficient_scope"));
+        // The right scope from the wrong workload is a plain denial, not a scope problem.
+        let d = denial(from_peer(&c, None, "/orders", Some(&reader)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
+        let d = denial(from_peer(&c, None, "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
+    }
 }

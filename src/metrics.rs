@@ -342,6 +342,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn decision_lines_name_the_peer() {
+        use crate::alg::Alg;
+        use crate::decision::{evaluate, Peer};
+        use crate::devtools::keys::TestKey;
+        let k = TestKey::generate(Alg::ES256, "k");
+        let cfg = serde_json::json!({
+            "providers": [{"name": "idp", "issuer": "https://i", "jwks": k.jwks()}],
+            "rules": [{"name": "frontend-only", "principals": ["cluster.local/ns/web/sa/frontend"]}]
+        });
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let t = k.sign(&serde_json::json!({"iss": "https://i", "sub": "u", "exp": now + 60}));
+        let h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+            ("authorization".to_string(), format!("Bearer {t}")),
+        ];
+        let id = "spiffe://cluster.local/ns/legacy/sa/old";
+        let req = HttpRequest::from_headers(&h).with_peer(Peer::from_connection(true, Some(id), Some("[::1]:5000")));
+        let ev = evaluate(&c, &c, &req, now, true);
+        let line = decision_line(&c, &req, &ev, &labels(&c, &ev));
+        assert_eq!(line["decision"], "deny");
+        assert_eq!(line["peerPrincipal"], id);
+        assert_eq!(line["sourceIp"], "::1");
+        let plain = HttpRequest::from_headers(&h);
+        let ev = evaluate(&c, &c, &plain, now, true);
+        let line = decision_line(&c, &plain, &ev, &labels(&c, &ev));
+        assert_eq!(line["peerPrincipal"], Value::Null);
+        assert_eq!(line["sourceIp"], Value::Null);
+    }
+
     /// Reason codes are static snake_case words.
     fn regex_lite_segment(s: &str) -> bool {
         !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')

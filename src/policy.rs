@@ -158,7 +158,8 @@ pub struct Peer {
     /// `spiffe://cluster.local/ns/web/sa/frontend`. None without mTLS.
     pub uri_san: Option<String>,
     /// The downstream connection's remote IP (Envoy `source.address`), IPv4-mapped IPv6
-    /// addresses as IPv4.
+    /// addresses as IPv4. None when unknown, including when Envoy took the address from
+    /// `X-Forwarded-For` (see [`Peer::from_connection`]).
     pub ip: Option<IpAddr>,
 }
 
@@ -172,11 +173,19 @@ impl Peer {
     /// From Envoy's connection properties: `connection.mtls`, `connection.uri_san_peer_certificate`
     /// and `source.address` (`1.2.3.4:5678` or `[::1]:5678`). A URI SAN counts only when the
     /// connection is mTLS; anything unparsable is absent, never a wildcard.
+    ///
+    /// `source.address` is the connection's peer, except where Envoy's connection manager
+    /// derived it from `X-Forwarded-For` (`use_remote_address: false`, Envoy's default, or
+    /// `xff_num_trusted_hops`): then it carries port 0, as an XFF entry has no port, and a
+    /// client may have written it. Such an address is unknown here.
     pub fn from_connection(mtls: bool, uri_san: Option<&str>, source_address: Option<&str>) -> Peer {
         let uri_san = uri_san
             .filter(|u| mtls && !u.is_empty() && u.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned);
-        let ip = source_address.and_then(parse_socket_ip);
+        let ip = source_address
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .filter(|sa| sa.port() != 0)
+            .map(|sa| canonical_ip(sa.ip()));
         Peer { uri_san, ip }
     }
 
@@ -793,6 +802,8 @@ pub enum Mismatch {
     NotNamespace,
     IpBlock,
     NotIpBlock,
+    /// The rule has IP conditions and the source IP is not known.
+    UnknownIp,
     NoToken,
     Provider,
     Principal,
@@ -990,11 +1001,22 @@ impl Rule {
         if listed(&self.not_namespaces, namespace) {
             return Err(Mismatch::NotNamespace);
         }
-        let in_blocks = |blocks: &[IpBlock]| req.peer.ip.is_some_and(|ip| blocks.iter().any(|b| b.contains(ip)));
-        if !self.ip_blocks.is_empty() && !in_blocks(&self.ip_blocks) {
+        if self.ip_blocks.is_empty() && self.not_ip_blocks.is_empty() {
+            return Ok(());
+        }
+        let Some(ip) = req.peer.ip else {
+            // Unknown source IP (e.g. taken from a forgeable X-Forwarded-For): fail closed. A
+            // DENY rule's IP conditions count as met, any other rule's as not.
+            return if self.action == RuleAction::Deny {
+                Ok(())
+            } else {
+                Err(Mismatch::UnknownIp)
+            };
+        };
+        if !self.ip_blocks.is_empty() && !self.ip_blocks.iter().any(|b| b.contains(ip)) {
             return Err(Mismatch::IpBlock);
         }
-        if in_blocks(&self.not_ip_blocks) {
+        if self.not_ip_blocks.iter().any(|b| b.contains(ip)) {
             return Err(Mismatch::NotIpBlock);
         }
         Ok(())
@@ -1146,6 +1168,7 @@ impl Policy {
                     Mismatch::NotNamespace => "peer namespace in notNamespaces".into(),
                     Mismatch::IpBlock => "source IP not in ipBlocks".into(),
                     Mismatch::NotIpBlock => "source IP in notIpBlocks".into(),
+                    Mismatch::UnknownIp => "source IP unknown (ipBlocks need the connection's own address)".into(),
                     Mismatch::NoToken => "no token".into(),
                     Mismatch::Provider => "token from another provider".into(),
                     Mismatch::Principal => "principal not in requestPrincipals".into(),
@@ -2096,6 +2119,7 @@ mod tests {
                     {"name": "v6-loopback", "paths": ["/v6"], "ipBlocks": ["::1/128"]},
                     {"name": "nets", "paths": ["/net"], "ipBlocks": ["10.0.0.0/8", "192.168.1.7"], "notIpBlocks": ["10.1.0.0/16"]},
                     {"name": "no-sandbox", "action": "DENY", "paths": ["/catalog"], "namespaces": ["sandbox"]},
+                    {"name": "blocked-net", "action": "DENY", "paths": ["/net"], "ipBlocks": ["10.66.0.0/16"]},
                     {"name": "metrics", "public": true, "paths": ["/metrics"], "namespaces": ["monitoring"]}
                 ]
             })
@@ -2184,6 +2208,11 @@ mod tests {
             ("single address", "GET", "/net", ip("192.168.1.7:1"), guest(), "allow:nets"),
             ("neighbour of single address", "GET", "/net", ip("192.168.1.8:1"), guest(), "deny"),
             ("in notIpBlocks", "GET", "/net", ip("10.1.9.9:1"), guest(), "deny"),
+            ("DENY ipBlocks", "GET", "/net", ip("10.66.1.1:1"), guest(), "deny:blocked-net"),
+            // Unknown IP (X-Forwarded-For-derived: port 0): ALLOW IP rules fail, DENY ones hold.
+            ("XFF-derived address", "GET", "/v4", ip("127.0.0.1:0"), guest(), "deny"),
+            ("unknown IP, DENY rule", "GET", "/net", Peer::NONE, guest(), "deny:blocked-net"),
+            ("unknown IP, rule without IP conditions", "GET", "/catalog", Peer::NONE, guest(), "deny"),
             // public rules may be limited to peers
             ("public from monitoring", "GET", "/metrics", mtls(MONITORING), None, "public"),
             ("public, other namespace", "GET", "/metrics", mtls(FRONTEND), None, "deny"),
@@ -2225,6 +2254,13 @@ mod tests {
         assert_eq!(p.principal(), Some("cluster.local/ns/web/sa/frontend"));
         assert_eq!(p.namespace(), Some("web"));
         assert_eq!(p.ip, Some("::1".parse().unwrap()));
+        // Port 0: Envoy took the address from X-Forwarded-For; bare addresses are not sockets.
+        assert_eq!(Peer::from_connection(false, None, Some("10.0.0.1:0")).ip, None);
+        assert_eq!(Peer::from_connection(false, None, Some("10.0.0.1")).ip, None);
+        assert_eq!(
+            Peer::from_connection(false, None, Some("[::ffff:10.0.0.1]:9")).ip,
+            Some("10.0.0.1".parse().unwrap())
+        );
         let p = Peer::from_connection(true, Some("https://example.com/x"), Some("10.0.0.1:80"));
         assert_eq!(p.principal(), Some("https://example.com/x"));
         assert_eq!(p.namespace(), None);

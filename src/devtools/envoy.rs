@@ -62,6 +62,10 @@ pub struct EnvoyOptions {
     /// A complete bootstrap to run instead of the rendered one (e.g. a client-side Envoy that
     /// presents certificates); no filter is loaded then.
     pub raw_bootstrap: Option<Value>,
+    /// The connection manager's `use_remote_address`: when true, Envoy's downstream address
+    /// (`source.address`) is the TCP peer whatever `X-Forwarded-For` says; when false (Envoy's
+    /// default) Envoy takes it from `X-Forwarded-For` if present.
+    pub use_remote_address: bool,
 }
 
 /// A further listener: `address` is a loopback IP (`127.0.0.1`, `::1`), the port is Envoy's
@@ -117,6 +121,7 @@ impl EnvoyOptions {
             ecds: false,
             extra_listeners: Vec::new(),
             raw_bootstrap: None,
+            use_remote_address: false,
         }
     }
 }
@@ -208,7 +213,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         .iter()
         .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
         .collect();
-    let filter_chain = json!({"filters": [{
+    let mut filter_chain = json!({"filters": [{
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -225,6 +230,9 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
             ]
         }
     }]});
+    if o.use_remote_address {
+        filter_chain["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
+    }
     let mut listeners = vec![json!({
         "name": "ingress",
         "address": loopback(o.listener_port),
