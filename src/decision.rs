@@ -1069,6 +1069,26 @@ mod tests {
                 (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
             }
         }
+        // A provider setting, not a rule: dry-run mode does not turn it off.
+        let dry = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "all", "paths": ["/*"]}],
+                "mode": "dryRun"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            denial(from_peer(&dry, other, "/orders", Some(&good)).decision).reason,
+            "untrusted_peer"
+        );
+        assert!(matches!(
+            from_peer(&dry, Some(GATEWAY), "/orders", Some(&good)).decision,
+            Decision::Allow { .. }
+        ));
     }
 
     #[test]
