@@ -147,6 +147,7 @@ struct RawProvider {
     claims_to_filter_state: Option<Vec<RawClaimPath>>,
     #[serde(default)]
     claim_aliases: Option<std::collections::BTreeMap<String, RawClaimPath>>,
+    trusted_principals: Option<Vec<String>>,
 }
 
 /// Where and how a provider's keys are fetched (`jwksUri` or OIDC discovery).
@@ -376,6 +377,10 @@ pub struct Provider {
     /// `claimAliases` (and presets): claim name → the claim it reads, e.g. `groups` →
     /// `cognito:groups`. Applied to verified claims before rules and headers see them.
     pub claim_aliases: Vec<(String, Vec<String>)>,
+    /// `trustedPrincipals`: when set, this provider's tokens count only when they arrive over
+    /// mTLS from one of these workloads (e.g. the ingress gateway); from any other peer a
+    /// valid token is refused with 403 `untrusted_peer`. Empty: any peer.
+    pub trusted_principals: Vec<crate::policy::StrPattern>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -819,6 +824,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         filter_state_claims,
         alb,
         claim_aliases,
+        trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
     })
 }
 

@@ -10,6 +10,7 @@ use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
 use crate::path::normalize;
 use crate::policy::claim_at;
+pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Location, Request};
 use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
@@ -39,6 +40,8 @@ pub struct HttpRequest<'a> {
     /// `:authority` (or `host`).
     pub host: &'a str,
     pub headers: &'a [(String, String)],
+    /// The calling workload: mTLS peer identity and downstream IP (none unless the host says).
+    pub peer: Peer,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -50,7 +53,13 @@ impl<'a> HttpRequest<'a> {
             path: get(":path").unwrap_or("/"),
             host: get(":authority").or_else(|| get("host")).unwrap_or(""),
             headers,
+            peer: Peer::NONE,
         }
+    }
+
+    /// The same request, arriving from `peer`.
+    pub fn with_peer(self, peer: Peer) -> HttpRequest<'a> {
+        HttpRequest { peer, ..self }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -194,6 +203,21 @@ impl Denial {
             rule.map(|r| ("rule", r)),
         );
         d.provider = provider.map(str::to_owned);
+        d
+    }
+
+    /// 403: a valid token that did not arrive through one of its provider's
+    /// `trustedPrincipals`.
+    pub fn untrusted_peer(provider: &str) -> Denial {
+        let mut d = Denial::json(
+            403,
+            Vec::new(),
+            "forbidden",
+            "tokens of this issuer are only accepted through a trusted workload".to_string(),
+            "untrusted_peer",
+            None,
+        );
+        d.provider = Some(provider.to_owned());
         d
     }
 
@@ -346,6 +370,7 @@ fn evaluate_request(
         path: &path,
         host: req.host,
         headers,
+        peer: &req.peer,
     };
     ev.public_rule = config.policy.public_rule(&facts);
     let token_req = Request {
@@ -374,6 +399,23 @@ fn evaluate_request(
     };
     ev.issuer = identity.as_ref().map(|i| i.issuer.clone());
     ev.subject = identity.as_ref().and_then(|i| i.subject.clone());
+    // Trusted hop: a valid token of a provider with trustedPrincipals counts only when it came
+    // through one of those workloads. 403, not 401: the token is fine and a new one would not
+    // help; where it came from is what is refused (a pod replaying a user's token).
+    if let Some(id) = &identity {
+        let trusted = config.providers.get(id.provider_index).is_some_and(|p| {
+            p.trusted_principals.is_empty()
+                || req
+                    .peer
+                    .principal()
+                    .is_some_and(|pr| p.trusted_principals.iter().any(|t| t.matches(pr)))
+        });
+        if !trusted {
+            ev.decision = Decision::Deny(Denial::untrusted_peer(&id.provider));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    }
     let subject = identity.as_ref().map(|id| Subject {
         provider: id.provider_index,
         principal: &id.principal,
@@ -1034,5 +1076,123 @@ mod tests {
         let later = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW + 3600, true);
         assert_eq!(later.token_cache, Some(true));
         assert_eq!(denial(later.decision).reason, "expired");
+    }
+
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+    /// A request from `peer` (mTLS when a SPIFFE ID is given) at 127.0.0.1.
+    fn from_peer(c: &Config, peer: Option<&str>, path: &str, auth: Option<&str>) -> Evaluation {
+        let mut h: Vec<(String, String)> = vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "api.example.com".into()),
+        ];
+        if let Some(a) = auth {
+            h.push(("authorization".into(), a.into()));
+        }
+        let peer = Peer::from_connection(peer.is_some(), peer, Some("127.0.0.1:40000"));
+        evaluate(c, c, &HttpRequest::from_headers(&h).with_peer(peer), NOW, true)
+    }
+
+    #[test]
+    fn trusted_hop_accepts_tokens_only_from_listed_workloads() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}, {"name": "all", "paths": ["/*"]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let good = bearer(&k, json!({}));
+        let expired = format!(
+            "Bearer {}",
+            k.sign(&json!({"iss": "https://a", "aud": "api", "sub": "u", "exp": NOW - 3600}))
+        );
+        let other = Some("spiffe://cluster.local/ns/web/sa/frontend");
+        // name, peer, path, token, (status, reason)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            Option<(u32, &'a str)>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("through the gateway", Some(GATEWAY), "/orders", Some(&good), None),
+            ("replayed from another pod", other, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("replayed over plain text", None, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("a bad token is still 401", other, "/orders", Some(&expired), Some((401, "expired"))),
+            ("no token is still 401", other, "/orders", None, Some((401, "missing_token"))),
+            ("public route without a token", None, "/healthz", None, None),
+            ("public route, replayed token", other, "/healthz", Some(&good), Some((403, "untrusted_peer"))),
+        ];
+        for (name, peer, path, auth, want) in cases {
+            let ev = from_peer(&c, peer, path, auth);
+            match (want, ev.decision) {
+                (None, Decision::Allow { .. }) => {}
+                (Some((status, reason)), Decision::Deny(d)) => {
+                    assert_eq!((d.status, d.reason), (status, reason), "{name}");
+                    if reason == "untrusted_peer" {
+                        assert!(d.headers.iter().all(|(k, _)| k != "www-authenticate"), "{name}");
+                        assert!(d.body.contains("trusted workload"), "{name}: {}", d.body);
+                        assert_eq!(d.provider.as_deref(), Some("idp"), "{name}");
+                    }
+                }
+                (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // A provider setting, not a rule: dry-run mode does not turn it off.
+        let dry = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "all", "paths": ["/*"]}],
+                "mode": "dryRun"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            denial(from_peer(&dry, other, "/orders", Some(&good)).decision).reason,
+            "untrusted_peer"
+        );
+        assert!(matches!(
+            from_peer(&dry, Some(GATEWAY), "/orders", Some(&good)).decision,
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn rules_see_the_peer_and_tokens_together() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks()}],
+                "rules": [{"name": "gw-readers", "paths": ["/orders"], "principals": ["*/sa/istio-ingressgateway-service-account"],
+                           "ipBlocks": ["127.0.0.0/8"], "when": [{"claim": "scope", "values": ["read"]}]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let reader = bearer(&k, json!({"scope": "read"}));
+        let writer = bearer(&k, json!({"scope": "write"}));
+        assert!(matches!(
+            from_peer(&c, Some(GATEWAY), "/orders", Some(&reader)).decision,
+            Decision::Allow { .. }
+        ));
+        let d = denial(from_peer(&c, Some(GATEWAY), "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "insufficient_scope"));
+        // The right scope from the wrong workload is a plain denial, not a scope problem.
+        let d = denial(from_peer(&c, None, "/orders", Some(&reader)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
+        let d = denial(from_peer(&c, None, "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
     }
 }

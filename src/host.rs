@@ -13,7 +13,7 @@
 use crate::alb::{AlbKeyCache, KeyEvent, KeyFetch};
 use crate::cache::{self, VerifiedTokenCache};
 use crate::config::Config;
-use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
@@ -55,6 +55,18 @@ fn now_ms() -> Option<u64> {
     let t = hostcalls::get_current_time().ok()?;
     let d = t.duration_since(UNIX_EPOCH).ok()?;
     u64::try_from(d.as_millis()).ok()
+}
+
+/// The calling workload from Envoy's connection attributes: `connection.mtls` (a one-byte
+/// bool), `connection.uri_san_peer_certificate` (the first URI SAN: a SPIFFE ID has exactly
+/// one) and `source.address`. A property the host cannot give is absent, never a match-all.
+fn peer() -> Peer {
+    let prop = |path: Vec<&str>| hostcalls::get_property(path).ok().flatten();
+    let text = |v: Vec<u8>| String::from_utf8(v).ok();
+    let mtls = prop(vec!["connection", "mtls"]).is_some_and(|b| b.as_slice() == [1]);
+    let uri_san = prop(vec!["connection", "uri_san_peer_certificate"]).and_then(text);
+    let address = prop(vec!["source", "address"]).and_then(text);
+    Peer::from_connection(mtls, uri_san.as_deref(), address.as_deref())
 }
 
 /// Envoy's shared data (one map per vm_id, shared by every worker's VM).
@@ -629,7 +641,7 @@ impl Root {
             let Ok(headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
                 continue;
             };
-            let req = HttpRequest::from_headers(&headers);
+            let req = HttpRequest::from_headers(&headers).with_peer(peer());
             let ev = {
                 let mut vm = vm_rc.borrow_mut();
                 let ev = evaluate_in(&mut vm, &req, now, true);
@@ -765,7 +777,7 @@ impl HttpContext for Filter {
                 }
             }
         }
-        let req = HttpRequest::from_headers(&headers);
+        let req = HttpRequest::from_headers(&headers).with_peer(peer());
         let mut vm = vm_rc.borrow_mut();
         let mut ev = evaluate_in(&mut vm, &req, now, false);
         if let Decision::NeedKeys { provider, kid } = &ev.decision {

@@ -10,6 +10,7 @@
 //! claimguard stats-tags                        Envoy stats_tags for Prometheus labels
 //! claimguard explain --config FILE [--token T|@file] [--jwks FILE] [--method M] [--path P]
 //!                    [--host H] [--header K:V]... [--at EPOCH] [--json]   why a request is decided
+//!                    [--peer-principal SPIFFE_ID] [--source-ip IP]   (as if over mTLS from that peer)
 //!                                              (exit 0 allowed, 1 refused)
 //! ```
 
@@ -136,7 +137,7 @@ mod cli {
     /// Runs the filter's whole decision offline and prints why. Exit status 0 when allowed,
     /// 1 when refused (see `main`).
     fn explain(a: &Args) -> Result<(), String> {
-        use claimguard::decision::{evaluate, Decision, HttpRequest};
+        use claimguard::decision::{evaluate, Decision, HttpRequest, Peer};
         let path = a.require("config")?;
         let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
         let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
@@ -191,7 +192,33 @@ mod cli {
             Some(t) => t.parse().map_err(|_| "--at must be seconds since the epoch")?,
             None => now(),
         };
-        let ev = evaluate(&cfg, &cfg, &HttpRequest::from_headers(&headers), at, true);
+        // The calling workload, as the proxy would see an mTLS connection from it. Istio's form
+        // (cluster.local/ns/web/sa/frontend) is taken as the SPIFFE ID it stands for.
+        let peer = Peer {
+            uri_san: a.get("peer-principal").map(|p| {
+                if p.contains("://") {
+                    p.to_string()
+                } else {
+                    format!("spiffe://{p}")
+                }
+            }),
+            ip: match a.get("source-ip") {
+                Some(ip) => Some(
+                    claimguard::policy::parse_socket_ip(ip)
+                        .ok_or_else(|| format!("--source-ip {ip:?} is not an IP address"))?,
+                ),
+                None => None,
+            },
+        };
+        let peer_principal = peer.uri_san.clone();
+        let source_ip = peer.ip.map(|ip| ip.to_string());
+        let ev = evaluate(
+            &cfg,
+            &cfg,
+            &HttpRequest::from_headers(&headers).with_peer(peer),
+            at,
+            true,
+        );
         let trace: Vec<String> = ev
             .policy
             .as_ref()
@@ -220,7 +247,8 @@ mod cli {
         let removed = ev.header_ops.remove.clone();
         if a.flag("json") {
             let out = json!({"decision": verdict, "status": status, "reason": reason, "provider": provider,
-                "subject": ev.subject, "path": ev.normalized_path, "rules": trace,
+                "subject": ev.subject, "peerPrincipal": peer_principal, "sourceIp": source_ip,
+                "path": ev.normalized_path, "rules": trace,
                 "upstreamHeaders": upstream_headers, "removedHeaders": removed});
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         } else {
@@ -228,6 +256,11 @@ mod cli {
             println!("reason:   {reason}");
             println!("provider: {}", provider.as_deref().unwrap_or("-"));
             println!("subject:  {}", ev.subject.as_deref().unwrap_or("-"));
+            println!(
+                "peer:     {} from {}",
+                peer_principal.as_deref().unwrap_or("- (no mTLS peer)"),
+                source_ip.as_deref().unwrap_or("-")
+            );
             println!("path:     {}", ev.normalized_path.as_deref().unwrap_or("-"));
             if !trace.is_empty() {
                 println!("rules:");
