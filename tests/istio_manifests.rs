@@ -729,8 +729,9 @@ fn orders_overlay_in_envoy() {
         assert!(stats.contains(series), "{series} missing:\n{stats}");
     }
     // The decision log says why, per request.
-    let line =
-        d.wait_for_log(r#""method":"POST","path":"/orders","provider":"keycloak","reason":"insufficient_scope""#);
+    let line = d.wait_for_log(
+        r#""method":"POST","path":"/orders","peerPrincipal":null,"provider":"keycloak","reason":"insufficient_scope""#,
+    );
     assert!(line.contains(r#""claimguard":"decision","decision":"deny""#), "{line}");
     assert!(line.contains(r#""status":403"#), "{line}");
 }
