@@ -145,6 +145,19 @@ struct Vm {
     cache_metrics: (Option<u32>, Option<u32>),
     /// Callout token → (slot, is discovery).
     callouts: HashMap<u32, (usize, bool)>,
+    /// The `claimguard.vm_memory_bytes` gauge (this VM's linear memory) and the size last
+    /// recorded, so the host is only called when memory grew.
+    memory_metric: Option<u32>,
+    memory_pages: usize,
+}
+
+/// Records this VM's linear memory when it changed (it only grows).
+fn record_memory(vm: &mut Vm) {
+    let pages = core::arch::wasm32::memory_size(0);
+    if pages != vm.memory_pages {
+        vm.memory_pages = pages;
+        gauge(vm.memory_metric, (pages as u64).saturating_mul(65_536));
+    }
 }
 
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
@@ -425,6 +438,8 @@ impl RootContext for Root {
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
             ),
             callouts: HashMap::new(),
+            memory_metric: hostcalls::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
+            memory_pages: 0,
         })));
         if has_remote {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -671,6 +686,7 @@ impl HttpContext for Filter {
             }
         }
         report(&mut vm, &req, &ev, now);
+        record_memory(&mut vm);
         let refused_metric = vm.refused_metric;
         drop(vm);
         match ev.decision {

@@ -56,6 +56,9 @@ pub struct EnvoyOptions {
     /// Deliver the filter by ECDS from a watched file, as istiod delivers a WasmPlugin, so
     /// tests can push new plugin configs with [`Envoy::push_plugin_config`].
     pub ecds: bool,
+    /// A complete bootstrap to run instead of the one [`bootstrap`] renders (the benchmark's
+    /// three listeners). Its listeners should bind port 0; see [`Envoy::listener_ports`].
+    pub bootstrap: Option<Value>,
 }
 
 impl EnvoyOptions {
@@ -72,6 +75,7 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             access_log_format: None,
             ecds: false,
+            bootstrap: None,
         }
     }
 }
@@ -274,7 +278,8 @@ impl Envoy {
         let cfg = dir.join("envoy.json");
         fs::write(
             &cfg,
-            serde_json::to_string_pretty(&bootstrap(o, &dir)).unwrap_or_default(),
+            serde_json::to_string_pretty(&o.bootstrap.clone().unwrap_or_else(|| bootstrap(o, &dir)))
+                .unwrap_or_default(),
         )
         .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
         let log = fs::File::create(dir.join("envoy.log")).map_err(|e| fail(format!("log file: {e}"), String::new()))?;
@@ -354,6 +359,23 @@ impl Envoy {
         let v = r.json();
         let addr = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(addr).ok().filter(|p| *p != 0)
+    }
+
+    /// Every listener's name and bound port (for bootstraps with more than one listener).
+    pub fn listener_ports(&self) -> Vec<(String, u16)> {
+        let Ok(r) = http::get(self.admin_port, "/listeners?format=json", &[]) else {
+            return Vec::new();
+        };
+        let v = r.json();
+        let Some(list) = v["listener_statuses"].as_array() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|l| {
+                let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+                Some((l["name"].as_str()?.to_string(), u16::try_from(port).ok()?))
+            })
+            .collect()
     }
 
     /// Pushes a new plugin config by ECDS (needs `EnvoyOptions::ecds`), as istiod does when a
