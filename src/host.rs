@@ -10,7 +10,7 @@
 //! the VM state is held across such host calls, callouts are dispatched before any request is
 //! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
-use crate::cache::{self, VerifiedTokenCache};
+use crate::cache::VerifiedTokenCache;
 use crate::config::Config;
 use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
 use crate::identity::HeaderOps;
@@ -139,8 +139,8 @@ struct Vm {
     /// Request counters by label set (bounded: labels come from fixed sets and the config).
     request_metrics: HashMap<LabelKey, Option<u32>>,
     log_budget: LogBudget,
-    /// Verified tokens of this VM (bounded).
-    token_cache: VerifiedTokenCache,
+    /// Verified tokens of this VM (bounded; none with `jwtCacheSize: 0`).
+    token_cache: Option<VerifiedTokenCache>,
     /// (hit, miss) counters of the verified-token cache.
     cache_metrics: (Option<u32>, Option<u32>),
     /// Callout token → (slot, is discovery).
@@ -208,7 +208,7 @@ fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool)
         slot_of,
         now_ms,
     };
-    let ev = evaluate_cached(config, &keys, Some(token_cache), req, now_ms / 1000, final_attempt);
+    let ev = evaluate_cached(config, &keys, token_cache.as_mut(), req, now_ms / 1000, final_attempt);
     match ev.token_cache {
         Some(true) => incr(cache_metrics.0),
         Some(false) => incr(cache_metrics.1),
@@ -420,6 +420,7 @@ impl RootContext for Root {
             .as_ref()
             .and_then(|old| old.try_borrow_mut().ok().map(|mut o| std::mem::take(&mut o.waiters)))
             .unwrap_or_default();
+        let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size));
         self.vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
             cache: JwksCache::new(remotes, holder),
@@ -432,7 +433,7 @@ impl RootContext for Root {
                 .ok(),
             request_metrics: HashMap::new(),
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
-            token_cache: VerifiedTokenCache::new(cache::DEFAULT_CAPACITY),
+            token_cache,
             cache_metrics: (
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),

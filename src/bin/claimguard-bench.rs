@@ -4,6 +4,7 @@
 //! ```text
 //! claimguard-bench [--out BENCHMARKS.md] [--command TEXT]   run, print the table, append it to --out
 //! claimguard-bench --smoke                                   ~2 s per listener: statuses only
+//! claimguard-bench --profile-inputs                          print the input of examples/vm_profile.rs
 //! ```
 //! Sizing from the environment: BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS,
 //! BENCH_COLD_TOKENS, BENCH_SCENARIOS, WRK; the filter from CLAIMGUARD_WASM, Envoy from ENVOY.
@@ -28,14 +29,28 @@ fn run() -> Result<(), String> {
     let mut out: Option<String> = None;
     let mut command = String::from("make bench");
     let mut smoke = false;
+    let mut profile_inputs = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
+            "--profile-inputs" => profile_inputs = true,
             "--out" => out = Some(it.next().ok_or("--out needs a file")?.clone()),
             "--command" => command = it.next().ok_or("--command needs a value")?.clone(),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if profile_inputs {
+        let keys = bench::BenchKeys::new();
+        let pool = |alg| keys.pool(alg, bench::Pool::Cold, "profile", 200);
+        let doc = serde_json::json!({
+            "config": bench::claimguard_config(&keys.jwks()),
+            "now": bench::unix_now(),
+            "rs256": pool(claimguard::alg::Alg::RS256),
+            "es256": pool(claimguard::alg::Alg::ES256),
+        });
+        println!("{doc}");
+        return Ok(());
     }
     let o = bench::BenchOptions::from_env()?;
     if smoke {
@@ -55,7 +70,11 @@ fn run() -> Result<(), String> {
                 if ok { "ok" } else { "FAILED" }
             );
         }
-        return if failed == 0 { Ok(()) } else { Err(format!("{failed} smoke check(s) failed")) };
+        return if failed == 0 {
+            Ok(())
+        } else {
+            Err(format!("{failed} smoke check(s) failed"))
+        };
     }
     let report = bench::run(&o)?;
     let md = report.markdown(&command);

@@ -432,7 +432,9 @@ impl Rig {
                 .map(|(_, p)| *p)
                 .ok_or_else(|| format!("listener {name} is not bound: {bound:?}"))?;
         }
-        let dir = std::env::temp_dir().join(format!("claimguard-bench-{}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("claimguard-bench-{}-{seq}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         fs::write(dir.join("bench.lua"), WRK_SCRIPT).map_err(|e| format!("bench.lua: {e}"))?;
         Ok(Rig {
@@ -497,7 +499,12 @@ impl Rig {
         let line = stdout
             .lines()
             .find_map(|l| l.strip_prefix("CLAIMGUARD_BENCH "))
-            .ok_or_else(|| format!("wrk gave no result:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+            .ok_or_else(|| {
+                format!(
+                    "wrk gave no result:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
         let v: Value = serde_json::from_str(line).map_err(|e| format!("wrk result {line:?}: {e}"))?;
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
         Ok(RunResult {
@@ -513,10 +520,10 @@ impl Rig {
 
     /// The claimguard worker VM's linear memory (the `claimguard.vm_memory_bytes` gauge).
     pub fn vm_memory_bytes(&self) -> Option<u64> {
-        self.proxy
-            .admin("stats?filter=vm_memory_bytes")
-            .lines()
-            .find_map(|l| l.split_once("vm_memory_bytes: ").and_then(|(_, v)| v.trim().parse().ok()))
+        self.proxy.admin("stats?filter=vm_memory_bytes").lines().find_map(|l| {
+            l.split_once("vm_memory_bytes: ")
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
     }
 
     /// Envoy's `/memory` `allocated` (the whole proxy process, heap only).
@@ -656,12 +663,14 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
     let mut vm_memory_warm = None;
     let mut proxy_allocated_warm = None;
     for alg in [Alg::RS256, Alg::ES256] {
-        let pool = rig.keys.pool(alg, Pool::Warm, &format!("warm-{}", alg.name()), WARM_POOL);
+        let pool = rig
+            .keys
+            .pool(alg, Pool::Warm, &format!("warm-{}", alg.name()), WARM_POOL);
         let path = rig.write_pool(&format!("warm-{}", alg.name()), &pool)?;
-        for i in 0..LISTENERS.len() {
+        for (i, name) in LISTENERS.iter().enumerate() {
             let r = rig.run(o, i, &path, 200, false, 1)?;
             if r.unexpected > 0 {
-                return Err(format!("warm-up on {}: {} unexpected responses", LISTENERS[i], r.unexpected));
+                return Err(format!("warm-up on {name}: {} unexpected responses", r.unexpected));
             }
         }
         vm_memory_warm = rig.vm_memory_bytes();
@@ -713,7 +722,11 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
                     r.p50_us as f64 / 1000.0,
                     r.p99_us as f64 / 1000.0,
                     r.unexpected + r.socket_errors,
-                    if r.exhausted { "  (pool used up: shorter run)" } else { "" }
+                    if r.exhausted {
+                        "  (pool used up: shorter run)"
+                    } else {
+                        ""
+                    }
                 );
                 if let Some(x) = series.get_mut(i) {
                     x.runs.push(r);
@@ -742,9 +755,11 @@ fn envoy_version() -> String {
         .ok()
         .and_then(|o| {
             let text = String::from_utf8_lossy(&o.stdout).to_string();
+            // "version: <commit>/1.40.0/Clean/RELEASE/BoringSSL"
             text.split("version: ")
                 .nth(1)
-                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                .and_then(|v| v.split('/').nth(1))
+                .map(str::to_string)
         })
         .unwrap_or_else(|| "unknown".into())
 }
@@ -754,8 +769,10 @@ pub fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -776,11 +793,7 @@ fn date(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
 }
 
 fn mib(b: Option<u64>) -> String {
@@ -827,7 +840,10 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(s, "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native |");
+        let _ = writeln!(
+            s,
+            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native |"
+        );
         let _ = writeln!(s, "|---|--:|--:|--:|");
         for (sc, [a, b, c]) in &self.scenarios {
             let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}", x / y) } else { "n/a".into() };
@@ -842,8 +858,16 @@ impl Report {
         }
         let _ = writeln!(s, "\n| footprint | |\n|---|--:|");
         let _ = writeln!(s, "| claimguard.wasm | {} bytes |", self.module_bytes);
-        let _ = writeln!(s, "| claimguard worker VM linear memory after warm-up | {} |", mib(self.vm_memory_warm));
-        let _ = writeln!(s, "| claimguard worker VM linear memory at the end | {} |", mib(self.vm_memory_end));
+        let _ = writeln!(
+            s,
+            "| claimguard worker VM linear memory after warm-up | {} |",
+            mib(self.vm_memory_warm)
+        );
+        let _ = writeln!(
+            s,
+            "| claimguard worker VM linear memory at the end | {} |",
+            mib(self.vm_memory_end)
+        );
         let _ = writeln!(
             s,
             "| proxy heap (`/memory` allocated, all three listeners) after warm-up | {} |",
