@@ -912,3 +912,98 @@ impl Report {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(date(1_795_567_020), "2026-11-25 00:37 UTC");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn expected_statuses() {
+        for pool in [Pool::Warm, Pool::Cold, Pool::BadSignature, Pool::Forbidden] {
+            assert_eq!(pool.expected_status("no_auth"), 200, "{pool:?}");
+        }
+        assert_eq!(Pool::Cold.expected_status("native"), 200);
+        assert_eq!(Pool::BadSignature.expected_status("claimguard"), 401);
+        assert_eq!(Pool::Forbidden.expected_status("native"), 403);
+    }
+
+    #[test]
+    fn three_listeners_one_cluster_and_the_same_rule() {
+        let jwks = json!({"keys": []});
+        let b = proxy_bootstrap(Path::new("/x.wasm"), &jwks, 4242);
+        let listeners = b["static_resources"]["listeners"].as_array().unwrap();
+        let names: Vec<&str> = listeners.iter().map(|l| l["name"].as_str().unwrap()).collect();
+        assert_eq!(names, LISTENERS);
+        for l in listeners {
+            let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
+            assert_eq!(l["address"]["socket_address"]["address"], "127.0.0.1");
+            assert_eq!(
+                hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+                "app"
+            );
+        }
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1);
+        let native = &native_filters(&jwks);
+        let provider = &native[0]["typed_config"]["providers"]["bench-idp"];
+        assert_eq!(provider["jwt_cache_config"]["jwt_cache_size"], JWT_CACHE_SIZE);
+        assert_eq!(provider["issuer"], ISSUER);
+        let principal = &native[1]["typed_config"]["rules"]["policies"]["readers"]["principals"][0]["metadata"];
+        assert_eq!(principal["path"][1]["key"], "groups");
+        assert_eq!(
+            principal["value"]["list_match"]["one_of"]["string_match"]["exact"],
+            GROUP
+        );
+        let cg = claimguard_config(&jwks);
+        assert_eq!(cg["rules"][0]["when"][0], json!({"claim": "groups", "values": [GROUP]}));
+        assert_eq!(cg["providers"][0]["issuer"], ISSUER);
+    }
+
+    #[test]
+    fn pools_are_distinct_and_verify_as_intended() {
+        use crate::config::Config;
+        use crate::decision::{evaluate, Decision, HttpRequest};
+        let keys = BenchKeys::new();
+        let config = Config::from_json(claimguard_config(&keys.jwks()).to_string().as_bytes()).unwrap();
+        let now = unix_now();
+        for (alg, pool, want) in [
+            (Alg::RS256, Pool::Cold, 200u32),
+            (Alg::ES256, Pool::Warm, 200),
+            (Alg::RS256, Pool::BadSignature, 401),
+            (Alg::RS256, Pool::Forbidden, 403),
+        ] {
+            let tokens = keys.pool(alg, pool, "t", 5);
+            let mut unique = tokens.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), 5);
+            for t in &tokens {
+                let h = vec![
+                    (":method".to_string(), "GET".to_string()),
+                    (":path".to_string(), "/orders".to_string()),
+                    ("authorization".to_string(), format!("Bearer {t}")),
+                ];
+                let status = match evaluate(&config, &config, &HttpRequest::from_headers(&h), now, true).decision {
+                    Decision::Allow { .. } => 200,
+                    Decision::Deny(d) => d.status,
+                    Decision::NeedKeys { .. } => 503,
+                };
+                assert_eq!(status, want, "{alg} {pool:?}");
+            }
+        }
+    }
+}
