@@ -21,6 +21,7 @@ export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
 .PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
+.PHONY: bench bench-tools vm-profile
 
 all: build
 
@@ -48,7 +49,8 @@ endif
 	@'$(ENVOY)' --version | grep -o 'version: .*' || true
 
 # Unit tests (native), then the real-Envoy integration tests under tests/, then a short fuzz run.
-test: build build-faults envoy lint istio-check oci-tools
+# (bench-tools: tests/bench_smoke.rs drives the benchmark's listeners with wrk for a few seconds.)
+test: build build-faults envoy bench-tools lint istio-check oci-tools
 	$(CARGO) test --all-targets
 	$(MAKE) --no-print-directory fuzz-smoke
 
@@ -134,6 +136,35 @@ istio-check: istio-schema
 	@for f in target/istio/plugin-configs/*.json; do \
 	  printf '%s: ' "$$f"; $(CARGO) run --quiet --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
 	done
+
+# The side-by-side benchmark (not part of `make test`): one Envoy, three listeners (no auth,
+# jwt_authn + rbac, claimguard) in front of one upstream, wrk interleaving them round by
+# round; the table is appended to BENCHMARKS.md. Run it on a quiet machine.
+BENCH_SECONDS     ?= 10
+BENCH_ROUNDS      ?= 3
+BENCH_CONNECTIONS ?= 16
+BENCH_COLD_TOKENS ?= 30000
+BENCH_SCENARIOS   ?=
+export BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_COLD_TOKENS BENCH_SCENARIOS
+# wrk from Debian, pinned (bookworm's).
+WRK_DEB_VERSION   := 4.1.0-3+b2
+SUDO              := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench-tools:
+	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_DEB_VERSION)' || { 	  $(SUDO) apt-get update -qq && 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'wrk=$(WRK_DEB_VERSION)'; }
+
+bench: build envoy bench-tools
+	$(CARGO) build --quiet --release --bin claimguard-bench
+	target/release/claimguard-bench --out BENCHMARKS.md \
+	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)'
+
+# Where a request's time goes inside V8, stage by stage (examples/vm_profile.rs under
+# Node's WASI, the engine Envoy embeds). Needs Node.js >= 18 (Debian: apt-get install nodejs).
+vm-profile: wasm-target
+	@command -v node >/dev/null || { echo "vm-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
+	$(CARGO) build --quiet --release --target $(WASM_TARGET) --example vm_profile
+	$(CARGO) run --quiet --release --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
+	node --no-warnings examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
 
 unit:
 	$(CARGO) test --lib

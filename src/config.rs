@@ -70,6 +70,8 @@ struct RawConfig {
     claim_header_max_bytes: Option<usize>,
     #[serde(default)]
     decision_header: bool,
+    #[serde(default)]
+    jwt_cache_size: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +402,9 @@ pub struct Config {
     pub claim_header_max_bytes: usize,
     /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
     pub decision_header: bool,
+    /// `jwtCacheSize` (Envoy's `jwt_cache_config.jwt_cache_size`): verified tokens each VM
+    /// remembers; 0 turns the cache off.
+    pub jwt_cache_size: usize,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
 }
@@ -499,6 +504,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if !(64..=65536).contains(&claim_header_max_bytes) {
         return Err(err("claimHeaderMaxBytes", "must be between 64 and 65536"));
     }
+    let jwt_cache_size = raw.jwt_cache_size.unwrap_or(crate::cache::DEFAULT_CAPACITY);
+    if jwt_cache_size > crate::cache::MAX_CAPACITY {
+        return Err(err(
+            "jwtCacheSize",
+            format!("must be at most {} (0 turns the cache off)", crate::cache::MAX_CAPACITY),
+        ));
+    }
     let managed_headers = managed_headers(&providers, &rules)?;
     Ok(Config {
         providers,
@@ -514,6 +526,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         managed_headers,
         claim_header_max_bytes,
         decision_header: raw.decision_header,
+        jwt_cache_size,
         warnings,
     })
 }
@@ -1359,6 +1372,7 @@ mod tests {
             }]
         );
         assert_eq!(c.realm, "claimguard");
+        assert_eq!(c.jwt_cache_size, crate::cache::DEFAULT_CAPACITY);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     }
 
@@ -1465,6 +1479,14 @@ mod tests {
             (
                 json!({"providers": [{"issuer": "i", "jwks": j}], "realm": "a\"b"}),
                 "realm:",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheSize": 100_001}),
+                "jwtCacheSize: must be at most 100000",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheSize": -1}),
+                "jwtCacheSize: invalid value",
             ),
         ];
         for (cfg, want) in cases {

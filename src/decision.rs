@@ -654,8 +654,8 @@ fn find_and_verify<'c>(
         crate::alb::check(p, alb, &t, now).map_err(|e| Failure::Auth(e, name))?;
         let generation = keys.generation(index);
         if cache
-            .as_deref()
-            .is_some_and(|c| c.get(&token_sha, index, generation).is_some())
+            .as_deref_mut()
+            .is_some_and(|c| c.get(&token_sha, index, generation, now).is_some())
         {
             notes.cache_hit = Some(true);
         } else {
@@ -670,7 +670,14 @@ fn find_and_verify<'c>(
                 Ok(()) => {
                     if let Some(c) = cache.as_deref_mut() {
                         notes.cache_hit = Some(false);
-                        c.insert(token_sha, index, generation, &t.claims, t.payload_b64);
+                        // Useful until the earlier of the header's and the payload's exp.
+                        let valid_until = [t.header.get("exp"), t.claims.get("exp")]
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_u64)
+                            .min()
+                            .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
+                        c.insert(token_sha, index, generation, &t.claims, t.payload_b64, valid_until);
                     }
                 }
                 Err(AuthError::UnknownKid) => {
@@ -695,9 +702,11 @@ fn find_and_verify<'c>(
     let token_sha = token_hash(&raw);
     notes.fingerprint = Some(fingerprint_of(&token_sha));
     let hash = cache.as_ref().map(|_| token_sha);
-    if let (Some(c), Some(h)) = (cache.as_deref(), hash.as_ref()) {
+    // Every provider's key generation: a remembered rejection holds only while none changed.
+    let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
+    if let (Some(c), Some(h)) = (cache.as_deref_mut(), hash.as_ref()) {
         for (index, p) in readers() {
-            if let Some(hit) = c.get(h, index, keys.generation(index)) {
+            if let Some(hit) = c.get(h, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
                 return match check_claims(p, &hit.claims, now) {
                     Ok(()) => Ok(Some(identity(index, p, hit.claims, hit.payload_b64))),
@@ -705,12 +714,18 @@ fn find_and_verify<'c>(
                 };
             }
         }
+        if let Some(index) = c.rejected(h, &generations, now) {
+            notes.cache_hit = Some(true);
+            let name = config.providers.get(index).map(|p| p.name.as_str());
+            return Err(Failure::Auth(AuthError::BadSignature, name));
+        }
     }
 
     let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
     let jwt = parse(&raw, max).map_err(|e| Failure::Auth(AuthError::from(e), None))?;
     let iss = claimed_issuer(&jwt);
     let mut first_error: Option<Failure> = None;
+    let mut bad_signature: Option<usize> = None;
     for (index, p) in readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss) {
         let Some(set) = keys.key_set(index) else {
             // Remote keys not (yet) available: worth waiting for only if the token is
@@ -741,7 +756,16 @@ fn find_and_verify<'c>(
                 // The signature holds: remember that, whatever the claims say now.
                 if let (Some(c), Some(h)) = (cache.as_deref_mut(), hash) {
                     notes.cache_hit = Some(false);
-                    c.insert(h, index, keys.generation(index), &jwt.claims, &payload_b64);
+                    // Useful until the token expires (claim types were checked: exp is a
+                    // non-negative integer if present).
+                    let valid_until = jwt
+                        .claims
+                        .get("exp")
+                        .and_then(Value::as_u64)
+                        .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
+                    if valid_until >= now {
+                        c.insert(h, index, keys.generation(index), &jwt.claims, &payload_b64, valid_until);
+                    }
                 }
                 return match check_claims(p, &jwt.claims, now) {
                     Ok(()) => Ok(Some(identity(index, p, jwt.claims, payload_b64))),
@@ -749,8 +773,18 @@ fn find_and_verify<'c>(
                 };
             }
             Err(e) => {
+                if first_error.is_none() && e == AuthError::BadSignature {
+                    bad_signature = Some(index);
+                }
                 first_error.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
             }
+        }
+    }
+    // No provider accepted it and the first one found its signature bad: remember that, briefly.
+    if let (Some(index), Some(c), Some(h)) = (bad_signature, cache, hash) {
+        if matches!(first_error, Some(Failure::Auth(AuthError::BadSignature, _))) {
+            notes.cache_hit = Some(false);
+            c.insert_rejected(h, index, generations, now);
         }
     }
     Err(first_error.unwrap_or(Failure::Auth(AuthError::UnknownIssuer, None)))
@@ -1072,10 +1106,74 @@ mod tests {
         let second = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
         assert_eq!(second.token_cache, Some(true));
         assert!(matches!(second.decision, Decision::Allow { identity: Some(_) }));
-        // An hour later the cached token has expired: the clock is always checked.
+        // An hour later the token has expired: its entry is dropped, and the claims are
+        // checked again (and an expired token is not cached anew).
         let later = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW + 3600, true);
-        assert_eq!(later.token_cache, Some(true));
+        assert_eq!(later.token_cache, Some(false));
         assert_eq!(denial(later.decision).reason, "expired");
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn verified_token_cache_checks_the_clock_on_every_hit() {
+        use crate::cache::VerifiedTokenCache;
+        let (c, a, _) = config(json!({}));
+        let mut cache = VerifiedTokenCache::new(16);
+        // Not valid before NOW + 600 (beyond the 60 s skew): verified, cached, still refused.
+        let mut early = claims("https://a");
+        early["nbf"] = json!(NOW + 600);
+        early["exp"] = json!(NOW + 3600);
+        let h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+            ("authorization".to_string(), format!("Bearer {}", a.sign(&early))),
+        ];
+        let req = HttpRequest::from_headers(&h);
+        let first = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
+        assert_eq!(
+            (first.token_cache, denial(first.decision).reason),
+            (Some(false), "not_yet_valid")
+        );
+        let again = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
+        assert_eq!(
+            (again.token_cache, denial(again.decision).reason),
+            (Some(true), "not_yet_valid")
+        );
+        let later = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW + 600, true);
+        assert_eq!(later.token_cache, Some(true));
+        assert!(matches!(later.decision, Decision::Allow { identity: Some(_) }));
+    }
+
+    #[test]
+    fn bad_signatures_are_remembered_for_seconds_only() {
+        use crate::cache::{VerifiedTokenCache, NEGATIVE_TTL_SECONDS};
+        let (c, _, _) = config(json!({}));
+        let stranger = TestKey::generate(Alg::ES256, "a1");
+        let mut cache = VerifiedTokenCache::new(16);
+        let h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", stranger.sign(&claims("https://a"))),
+            ),
+        ];
+        let req = HttpRequest::from_headers(&h);
+        let run = |cache: &mut VerifiedTokenCache, at: u64| {
+            let ev = evaluate_cached(&c, &c, Some(cache), &req, at, true);
+            let d = denial(ev.decision);
+            assert_eq!((d.status, d.reason), (401, "bad_signature"));
+            assert!(d.body.contains("token signature is invalid"), "{}", d.body);
+            ev.token_cache
+        };
+        assert_eq!(run(&mut cache, NOW), Some(false));
+        assert_eq!(run(&mut cache, NOW + 1), Some(true), "answered from the cache");
+        assert_eq!(
+            run(&mut cache, NOW + NEGATIVE_TTL_SECONDS),
+            Some(false),
+            "window over: checked again"
+        );
+        assert!(cache.is_empty(), "no positive entry ever");
     }
 
     const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";

@@ -11,7 +11,7 @@
 //! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
 use crate::alb::{AlbKeyCache, KeyEvent, KeyFetch};
-use crate::cache::{self, VerifiedTokenCache};
+use crate::cache::VerifiedTokenCache;
 use crate::config::Config;
 use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
 use crate::identity::HeaderOps;
@@ -162,8 +162,8 @@ struct Vm {
     /// Request counters by label set (bounded: labels come from fixed sets and the config).
     request_metrics: HashMap<LabelKey, Option<u32>>,
     log_budget: LogBudget,
-    /// Verified tokens of this VM (bounded).
-    token_cache: VerifiedTokenCache,
+    /// Verified tokens of this VM (bounded; none with `jwtCacheSize: 0`).
+    token_cache: Option<VerifiedTokenCache>,
     /// (hit, miss) counters of the verified-token cache.
     cache_metrics: (Option<u32>, Option<u32>),
     callouts: HashMap<u32, Callout>,
@@ -173,6 +173,19 @@ struct Vm {
     alb_of: Vec<Option<usize>>,
     /// (fetched, not found, failed) counters of ALB key fetches.
     alb_metrics: (Option<u32>, Option<u32>, Option<u32>),
+    /// The `claimguard.vm_memory_bytes` gauge (this VM's linear memory) and the size last
+    /// recorded, so the host is only called when memory grew.
+    memory_metric: Option<u32>,
+    memory_pages: usize,
+}
+
+/// Records this VM's linear memory when it changed (it only grows).
+fn record_memory(vm: &mut Vm) {
+    let pages = core::arch::wasm32::memory_size(0);
+    if pages != vm.memory_pages {
+        vm.memory_pages = pages;
+        gauge(vm.memory_metric, (pages as u64).saturating_mul(65_536));
+    }
 }
 
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
@@ -232,7 +245,7 @@ fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool)
         alb_of,
         now_ms,
     };
-    let ev = evaluate_cached(config, &keys, Some(token_cache), req, now_ms / 1000, final_attempt);
+    let ev = evaluate_cached(config, &keys, token_cache.as_mut(), req, now_ms / 1000, final_attempt);
     match ev.token_cache {
         Some(true) => incr(cache_metrics.0),
         Some(false) => incr(cache_metrics.1),
@@ -533,6 +546,7 @@ impl RootContext for Root {
             .as_ref()
             .and_then(|old| old.try_borrow_mut().ok().map(|mut o| std::mem::take(&mut o.waiters)))
             .unwrap_or_default();
+        let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size));
         self.vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
             cache: JwksCache::new(remotes, holder),
@@ -545,7 +559,7 @@ impl RootContext for Root {
                 .ok(),
             request_metrics: HashMap::new(),
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
-            token_cache: VerifiedTokenCache::new(cache::DEFAULT_CAPACITY),
+            token_cache,
             cache_metrics: (
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
@@ -558,6 +572,8 @@ impl RootContext for Root {
                 hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.not_found").ok(),
                 hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.failed").ok(),
             ),
+            memory_metric: hostcalls::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
+            memory_pages: 0,
         })));
         if has_remote {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -841,6 +857,7 @@ impl HttpContext for Filter {
             }
         }
         report(&mut vm, &req, &ev, now);
+        record_memory(&mut vm);
         let refused_metric = vm.refused_metric;
         drop(vm);
         match ev.decision {

@@ -441,14 +441,27 @@ impl Envoy {
 
     /// The port Envoy bound for the listener called `name` (see [`EnvoyOptions::extra_listeners`]).
     pub fn listener_port_named(&self, name: &str) -> Option<u16> {
-        let r = http::get(self.admin_port, "/listeners?format=json", &[]).ok()?;
+        self.listener_ports()
+            .into_iter()
+            .find(|(n, p)| n == name && *p != 0)
+            .map(|(_, p)| p)
+    }
+
+    /// Every listener's name and bound port (for bootstraps with more than one listener).
+    pub fn listener_ports(&self) -> Vec<(String, u16)> {
+        let Ok(r) = http::get(self.admin_port, "/listeners?format=json", &[]) else {
+            return Vec::new();
+        };
         let v = r.json();
-        let status = v["listener_statuses"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"].as_str() == Some(name))?;
-        let port = status["local_address"]["socket_address"]["port_value"].as_u64()?;
-        u16::try_from(port).ok().filter(|p| *p != 0)
+        let Some(list) = v["listener_statuses"].as_array() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|l| {
+                let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+                Some((l["name"].as_str()?.to_string(), u16::try_from(port).ok()?))
+            })
+            .collect()
     }
 
     /// Pushes a new plugin config by ECDS (needs `EnvoyOptions::ecds`), as istiod does when a

@@ -282,3 +282,45 @@ pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String
         signature
     )
 }
+
+/// Signs messages with a private key parsed once: minting many tokens (the benchmark's
+/// never-seen-before pools) without re-importing the key for every signature.
+pub type Signer = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+impl TestKey {
+    /// A [`Signer`] for this key's algorithm: RS256/384/512, ES256 and ES384.
+    pub fn signer(&self) -> Signer {
+        use p256::ecdsa::signature::Signer as _;
+        use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+        match (&self.inner, self.alg) {
+            (Inner::Rsa(k), alg @ (Alg::RS256 | Alg::RS384 | Alg::RS512)) => {
+                use rsa::pkcs8::DecodePrivateKey;
+                let der = k.to_der().unwrap_or_else(|e| fail("RSA export", e));
+                let sk = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap_or_else(|e| fail("pkcs8", e));
+                Box::new(move |msg: &[u8]| {
+                    let r = match alg {
+                        Alg::RS384 => sk.sign(rsa::Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg)),
+                        Alg::RS512 => sk.sign(rsa::Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg)),
+                        _ => sk.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg)),
+                    };
+                    r.unwrap_or_else(|e| fail("RSA sign", e))
+                })
+            }
+            (Inner::Es256(k), _) => {
+                let sk = p256::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("p256", e));
+                Box::new(move |msg: &[u8]| {
+                    let sig: p256::ecdsa::Signature = sk.sign(msg);
+                    sig.to_vec()
+                })
+            }
+            (Inner::Es384(k), _) => {
+                let sk = p384::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("p384", e));
+                Box::new(move |msg: &[u8]| {
+                    let sig: p384::ecdsa::Signature = sk.sign(msg);
+                    sig.to_vec()
+                })
+            }
+            _ => fail("signer", "RS256/384/512, ES256 and ES384 keys only"),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! launcher that renders the same filter configuration istiod would generate.
 //! Nothing here is compiled into the `.wasm` filter.
 
+pub mod bench;
 pub mod demo_edge;
 pub mod echo;
 pub mod envoy;

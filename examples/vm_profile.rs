@@ -1,0 +1,180 @@
+//! Where a request's time goes, stage by stage, measured inside V8 (`make vm-profile` builds
+//! this for wasm32-wasip1 and runs it under Node's WASI, the same V8 engine Envoy embeds) or
+//! natively (`cargo run --release --example vm_profile < inputs.json`).
+//!
+//! Input on stdin (written by `claimguard-bench --profile-inputs`): `{"config": PLUGIN_CONFIG,
+//! "now": EPOCH, "rs256": [TOKEN...], "es256": [TOKEN...]}`, every token valid and distinct.
+//! Each stage runs over every token (so nothing is served from a cache it should not be) and
+//! prints the mean µs per token.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use claimguard::alg::Alg;
+use claimguard::cache::{token_hash, VerifiedTokenCache};
+use claimguard::config::Config;
+use claimguard::crypto::PublicKey;
+use claimguard::decision::{evaluate_cached, Decision, HttpRequest};
+use claimguard::token;
+use claimguard::verify::{check_claims, verify_signature, verify_signed};
+use serde_json::Value;
+use std::io::Read;
+use std::time::Instant;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("vm_profile: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Mean µs per item of `f` over `items`, repeated until at least `min_ms` have passed.
+fn time<T>(items: &[T], min_ms: u128, mut f: impl FnMut(&T)) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n == 0 || start.elapsed().as_millis() < min_ms {
+        for x in items {
+            f(x);
+            n += 1;
+        }
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn run() -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("stdin: {e}"))?;
+    let v: Value = serde_json::from_str(&input).map_err(|e| format!("input: {e}"))?;
+    let config = Config::from_json(v["config"].to_string().as_bytes()).map_err(|e| e.to_string())?;
+    let now = v["now"].as_u64().ok_or("no now")?;
+    let provider = config.providers.first().ok_or("no provider")?;
+    let keys = &provider.keys;
+    println!("stage                                        µs/token");
+    for alg in ["rs256", "es256"] {
+        let tokens: Vec<String> = v[alg]
+            .as_array()
+            .ok_or("no tokens")?
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        if tokens.is_empty() {
+            return Err(format!("no {alg} tokens"));
+        }
+        let parsed: Vec<token::Jwt> = tokens
+            .iter()
+            .map(|t| token::parse(t, 8192).map_err(|e| format!("{e:?}")))
+            .collect::<Result<_, _>>()?;
+        let row = |what: &str, us: f64| println!("{alg} {what:<40} {us:>9.1}");
+        row(
+            "SHA-256 of the token (cache key)",
+            time(&tokens, 300, |t| {
+                std::hint::black_box(token_hash(t));
+            }),
+        );
+        row(
+            "parse: split, base64url, JSON",
+            time(&tokens, 300, |t| drop(token::parse(t, 8192))),
+        );
+        row(
+            "SHA-256 of the signing input",
+            time(&parsed, 300, |j| drop(rsa::sha2::Sha256::digest_bytes(j.signing_input))),
+        );
+        row(
+            "verify_signature (hash + public-key op)",
+            time(&parsed, 1000, |j| assert!(verify_signature(keys, j).is_ok())),
+        );
+        if alg == "rs256" {
+            // The general-purpose bignum path (the `rsa` crate) on the same key, for comparison.
+            let jwk = provider_jwk(&v, "RSA")?;
+            let b = |k: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(jwk[k].as_str().unwrap_or(""))
+                    .map_err(|e| e.to_string())
+            };
+            let fast = PublicKey::rsa(&b("n")?, &b("e")?).map_err(|e| format!("{e:?}"))?;
+            let PublicKey::Rsa(k, Some(_)) = &fast else {
+                return Err("a 2048-bit key takes the fixed-size path".into());
+            };
+            let slow = PublicKey::Rsa(k.clone(), None);
+            row(
+                "  RSA verify, fixed-size Montgomery",
+                time(&parsed, 1000, |j| {
+                    assert!(fast.verify(Alg::RS256, j.signing_input.as_bytes(), &j.signature))
+                }),
+            );
+            row(
+                "  RSA verify, rsa crate (general bignum)",
+                time(&parsed, 1000, |j| {
+                    assert!(slow.verify(Alg::RS256, j.signing_input.as_bytes(), &j.signature))
+                }),
+            );
+        }
+        row(
+            "verify_signed (types, alg, signature)",
+            time(&parsed, 1000, |j| assert!(verify_signed(provider, keys, j).is_ok())),
+        );
+        row(
+            "check_claims (iss, aud, exp, nbf, iat)",
+            time(
+                &parsed,
+                300,
+                |j| assert!(check_claims(provider, &j.claims, now).is_ok()),
+            ),
+        );
+        let headers: Vec<Vec<(String, String)>> = tokens
+            .iter()
+            .map(|t| {
+                vec![
+                    (":method".to_string(), "GET".to_string()),
+                    (":path".to_string(), "/orders".to_string()),
+                    (":authority".to_string(), "bench".to_string()),
+                    ("authorization".to_string(), format!("Bearer {t}")),
+                ]
+            })
+            .collect();
+        let allowed = |ev: &claimguard::decision::Evaluation| matches!(ev.decision, Decision::Allow { .. });
+        row(
+            "whole request, cold (no cache)",
+            time(&headers, 1000, |h| {
+                let req = HttpRequest::from_headers(h);
+                assert!(allowed(&evaluate_cached(&config, &config, None, &req, now, true)));
+            }),
+        );
+        let mut cache = VerifiedTokenCache::new(tokens.len() * 2);
+        for h in &headers {
+            let req = HttpRequest::from_headers(h);
+            evaluate_cached(&config, &config, Some(&mut cache), &req, now, true);
+        }
+        row(
+            "whole request, warm (cache hit)",
+            time(&headers, 300, |h| {
+                let req = HttpRequest::from_headers(h);
+                let ev = evaluate_cached(&config, &config, Some(&mut cache), &req, now, true);
+                assert!(allowed(&ev) && ev.token_cache == Some(true));
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// The first JWK of type `kty` in the config's inline JWKS.
+fn provider_jwk(v: &Value, kty: &str) -> Result<Value, String> {
+    let jwks: Value = serde_json::from_str(v["config"]["providers"][0]["jwks"].as_str().ok_or("no jwks")?)
+        .map_err(|e| e.to_string())?;
+    jwks["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kty"] == kty).cloned())
+        .ok_or_else(|| format!("no {kty} key"))
+}
+
+trait DigestBytes {
+    fn digest_bytes(s: &str) -> Vec<u8>;
+}
+
+impl DigestBytes for rsa::sha2::Sha256 {
+    fn digest_bytes(s: &str) -> Vec<u8> {
+        use rsa::sha2::Digest;
+        rsa::sha2::Sha256::digest(s.as_bytes()).to_vec()
+    }
+}

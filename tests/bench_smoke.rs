@@ -1,0 +1,53 @@
+//! The benchmark's proof of honesty, run by `make test`: the harness behind `make bench`,
+//! for about two seconds per listener, must see exactly the statuses the benchmark assumes
+//! (200 for valid tokens on all three listeners; 401 for invalid signatures and 403 for a
+//! claim-rule denial on both jwt_authn + RBAC and claimguard), counted by the same wrk Lua
+//! script. Otherwise `make bench` could be measuring error pages.
+
+use claimguard::devtools::bench::{self, BenchOptions, Pool};
+
+#[test]
+fn the_three_listeners_answer_what_the_benchmark_assumes() {
+    let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let runs = bench::smoke(&o, 2).unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    for r in &runs {
+        let x = &r.result;
+        assert!(x.requests > 0, "{} {:?}: no requests completed", r.listener, r.pool);
+        assert_eq!(
+            (x.unexpected, x.socket_errors),
+            (0, 0),
+            "{} {:?}: expected every response to be {}",
+            r.listener,
+            r.pool,
+            r.expected
+        );
+        seen.push((r.listener, r.pool, r.expected));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("no_auth", Pool::Warm, 200),
+            ("native", Pool::Warm, 200),
+            ("claimguard", Pool::Warm, 200),
+            ("native", Pool::BadSignature, 401),
+            ("claimguard", Pool::BadSignature, 401),
+            ("native", Pool::Forbidden, 403),
+            ("claimguard", Pool::Forbidden, 403),
+        ]
+    );
+}
+
+#[test]
+fn a_wrong_expectation_is_counted() {
+    // The counter itself works: the same run, expecting 401 where 200 comes back, counts
+    // every response as unexpected.
+    let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let rig = bench::Rig::start(bench::BenchKeys::new()).unwrap_or_else(|e| panic!("{e}"));
+    let tokens = rig.keys.pool(claimguard::alg::Alg::ES256, Pool::Warm, "wrong", 10);
+    let path = rig.write_pool("wrong", &tokens).unwrap();
+    let claimguard = bench::LISTENERS.iter().position(|l| *l == "claimguard").unwrap();
+    let r = rig.run(&o, claimguard, &path, 401, false, 1).unwrap();
+    assert!(r.requests > 0);
+    assert_eq!(r.unexpected, r.requests, "{r:?}");
+}
