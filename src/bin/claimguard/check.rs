@@ -95,8 +95,20 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, spec: Option<&Value>) -> Vec<
             .policy
             .rules
             .iter()
-            .any(|r| r.action == RuleAction::Allow && !r.dry_run && r.has_identity_conditions());
-        if p.allow_missing && !requires_identity {
+            .any(|r| r.action == RuleAction::Allow && !r.dry_run && r.has_identity_conditions())
+            && cfg.policy.mode == Mode::Enforce;
+        // A DENY rule without conditions (import-istio's allow-nothing) refuses everything anyway.
+        let denies_all = plugin
+            .get("rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|r| {
+                r.get("action").and_then(Value::as_str) == Some("DENY")
+                    && r.as_object()
+                        .is_some_and(|m| m.keys().all(|k| k == "name" || k == "action"))
+            });
+        if p.allow_missing && !requires_identity && !denies_all {
             out.push(format!(
                 "providers[{i}].allowMissing: requests without a token pass, and no enforced ALLOW rule requires one"
             ));
