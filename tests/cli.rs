@@ -425,6 +425,9 @@ fn policy_token(extra: Value) -> String {
     keys().ec.sign(&c)
 }
 
+/// (what, method, path, token, status, reason)
+type EnvoyCase<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u16, &'a str);
+
 #[test]
 fn explain_predicts_what_envoy_does() {
     let cfg = policy_config();
@@ -436,7 +439,7 @@ fn explain_predicts_what_envoy_does() {
     let expired = keys().ec.sign(&with(good_claims(), "exp", json!(1)));
     let stranger = keys().stranger_rsa.sign(&good_claims());
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, &str, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<EnvoyCase> = vec![
         ("reader reads", "GET", "/orders/42", Some(&reader), 200, "none"),
         ("public health", "GET", "/healthz", None, 200, "none"),
         ("no token", "GET", "/orders", None, 401, "missing_token"),
