@@ -19,7 +19,7 @@ export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean fuzz fuzz-smoke fuzz-tools
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean fuzz fuzz-smoke fuzz-tools cli
 
 all: build
 
@@ -90,6 +90,12 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# The command-line companion (check, explain, import-istio, keygen, mint): installs the
+# `claimguard` binary with cargo (into ~/.cargo/bin, or CLI_ROOT/bin if given).
+CLI_ROOT ?=
+cli:
+	$(CARGO) install --locked --path . --bin claimguard $(if $(CLI_ROOT),--root '$(CLI_ROOT)')
 
 demo: build envoy
 	$(CARGO) run --quiet --release --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)

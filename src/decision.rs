@@ -619,7 +619,8 @@ impl TokenNotes {
         let skew = p.clock_skew_seconds;
         let time = |name: &str| -> String {
             match claims.get(name).and_then(Value::as_u64) {
-                Some(t) if t >= now => format!("{name} {t} (in {}s; clock skew {skew}s)", t - now),
+                Some(t) if t == now => format!("{name} {t} (now; clock skew {skew}s)"),
+                Some(t) if t > now => format!("{name} {t} (in {}s; clock skew {skew}s)", t - now),
                 Some(t) => format!("{name} {t} ({}s ago; clock skew {skew}s)", now - t),
                 None => format!("no {name}"),
             }

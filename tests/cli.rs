@@ -511,16 +511,16 @@ fn explain_traces_each_step_rule_and_header() {
     assert_eq!(o.status.code(), Some(0));
     let text = stdout(&o);
     for want in [
-        "[ok] token      found in header authorization (\"Bearer \" prefix)",
-        "[ok] parse      header alg ES256, kid \"ec-2024\", typ JWT",
-        &format!("[ok] provider   iss \"{ISSUER}\" selects \"corp-idp\""),
-        "[ok] keys       provider \"corp-idp\": 2 key(s)",
-        "[ok] algorithm  ES256 is in the provider's algorithms (RS256, ES256)",
-        "[ok] key        kid \"ec-2024\" with ES256 selects EC P-256 (kid ec-2024)",
-        "[ok] signature  valid ES256 signature",
-        &format!("[ok] iss        \"{ISSUER}\", provider issuer \"{ISSUER}\""),
-        "[ok] exp        exp ",
-        &format!("[ok] aud        aud \"{AUDIENCE}\" against audiences [\"{AUDIENCE}\"]"),
+        "[ok  ] token      found in header authorization (\"Bearer \" prefix)",
+        "[ok  ] parse      header alg ES256, kid \"ec-2024\", typ JWT",
+        &format!("[ok  ] provider   iss \"{ISSUER}\" selects \"corp-idp\""),
+        "[ok  ] keys       provider \"corp-idp\": 2 key(s)",
+        "[ok  ] algorithm  ES256 is in the provider's algorithms (RS256, ES256)",
+        "[ok  ] key        kid \"ec-2024\" with ES256 selects EC P-256 (kid ec-2024)",
+        "[ok  ] signature  valid ES256 signature",
+        &format!("[ok  ] iss        \"{ISSUER}\", provider issuer \"{ISSUER}\""),
+        "[ok  ] exp        exp ",
+        &format!("[ok  ] aud        aud \"{AUDIENCE}\" against audiences [\"{AUDIENCE}\"]"),
         "DENY blocked-tenant: when[0] (tenant) does not hold",
         "ALLOW readers: matched",
         "policy:   allow (rule \"readers\")",
@@ -536,7 +536,7 @@ fn explain_traces_each_step_rule_and_header() {
     let text = stdout(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        text.contains("[ok] key        kid \"rsa-2024\" with RS256 selects RSA-2048"),
+        text.contains("[ok  ] key        kid \"rsa-2024\" with RS256 selects RSA-2048"),
         "{text}"
     );
     assert!(text.contains("[FAIL] signature  token signature is invalid"), "{text}");
@@ -728,7 +728,7 @@ fn explain_fetches_jwks_from_a_url_with_a_timeout() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("[ok] key        kid \"served-1\" with ES256 selects EC P-256"),
+        stdout(&o).contains("[ok  ] key        kid \"served-1\" with ES256 selects EC P-256"),
         "{}",
         stdout(&o)
     );

@@ -289,7 +289,12 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
         if !ev.auth_steps.is_empty() {
             println!("verification:");
             for s in &ev.auth_steps {
-                println!("  [{}] {:<10} {}", if s.ok { "ok" } else { "FAIL" }, s.step, s.detail);
+                println!(
+                    "  [{:<4}] {:<10} {}",
+                    if s.ok { "ok" } else { "FAIL" },
+                    s.step,
+                    s.detail
+                );
             }
         }
         if !rules.is_empty() {
