@@ -1215,4 +1215,55 @@ mod tests {
         assert_eq!(later.token_cache, Some(true));
         assert_eq!(denial(later.decision).reason, "expired");
     }
+
+    /// `evaluate_traced` (what `claimguard explain` runs) decides exactly as `evaluate` does;
+    /// only the recorded steps differ, and the last step names the failure.
+    #[test]
+    fn traced_evaluation_decides_like_the_filter() {
+        let (c, a, b) = config(json!({}));
+        let stranger = TestKey::generate(Alg::ES256, "a1");
+        let good = a.sign(&claims("https://a"));
+        let expired = a.sign(&json!({"iss": "https://a", "aud": "api", "sub": "alice", "exp": NOW - 3600}));
+        let wrong_aud = b.sign(&json!({"iss": "https://b", "aud": "other", "exp": NOW + 60}));
+        let forged = stranger.sign(&claims("https://a"));
+        let unknown_iss = a.sign(&claims("https://nobody"));
+        let bearer = |t: &str| format!("Bearer {t}");
+        let cases: Vec<(Vec<(String, String)>, Option<(&str, bool)>)> = vec![
+            (vec![("authorization".into(), bearer(&good))], Some(("aud", true))),
+            (vec![("authorization".into(), bearer(&expired))], Some(("exp", false))),
+            (vec![("x-jwt".into(), wrong_aud.clone())], Some(("aud", false))),
+            (
+                vec![("authorization".into(), bearer(&forged))],
+                Some(("signature", false)),
+            ),
+            (
+                vec![("authorization".into(), bearer(&unknown_iss))],
+                Some(("provider", false)),
+            ),
+            (
+                vec![("authorization".into(), "Bearer not.a.jwt".into())],
+                Some(("parse", false)),
+            ),
+            (vec![], Some(("token", false))),
+            (
+                vec![("authorization".into(), bearer(&good)), ("x-jwt".into(), wrong_aud)],
+                Some(("token", false)),
+            ),
+        ];
+        for (extra, last) in cases {
+            let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/x".into())];
+            h.extend(extra);
+            let req = HttpRequest::from_headers(&h);
+            let plain = evaluate(&c, &c, &req, NOW, true);
+            let mut traced = evaluate_traced(&c, &c, &req, NOW);
+            let steps = std::mem::take(&mut traced.auth_steps);
+            assert_eq!(plain, traced, "{h:?}");
+            assert!(plain.auth_steps.is_empty());
+            let (step, ok) = last.unwrap();
+            let l = steps.last().unwrap();
+            assert_eq!((l.step, l.ok), (step, ok), "{steps:#?}");
+            // Every step before the last succeeded.
+            assert!(steps.iter().rev().skip(1).all(|s| s.ok), "{steps:#?}");
+        }
+    }
 }
