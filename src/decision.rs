@@ -1228,7 +1228,9 @@ mod tests {
         let forged = stranger.sign(&claims("https://a"));
         let unknown_iss = a.sign(&claims("https://nobody"));
         let bearer = |t: &str| format!("Bearer {t}");
-        let cases: Vec<(Vec<(String, String)>, Option<(&str, bool)>)> = vec![
+        // (extra request headers, the last step and whether it passed)
+        type Case<'a> = (Vec<(String, String)>, Option<(&'a str, bool)>);
+        let cases: Vec<Case> = vec![
             (vec![("authorization".into(), bearer(&good))], Some(("aud", true))),
             (vec![("authorization".into(), bearer(&expired))], Some(("exp", false))),
             (vec![("x-jwt".into(), wrong_aud.clone())], Some(("aud", false))),
