@@ -113,7 +113,7 @@ fn classify(index: usize, v: Value, original_json: Option<&str>, out: &mut Vec<D
                 },
                 None => Content::Invalid {
                     path: "spec.pluginConfig".into(),
-                    message: "is missing: the filter would get an empty configuration and refuse it".into(),
+                    message: "is missing: the filter would get an empty configuration and refuse it (a kustomize patch? check the rendered output: kustomize build DIR | claimguard check -)".into(),
                 },
             };
             out.push(doc(content))
