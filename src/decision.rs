@@ -723,9 +723,8 @@ fn find_and_verify<'c>(
     for loc in locations.iter().copied() {
         for token in extract(loc, req) {
             if let Some((first, _)) = &found {
-                let first = first.describe();
                 notes.step("token", false, || {
-                    format!("more than one token: in {first} and in {}", loc.describe())
+                    format!("more than one token: in {} and in {}", first.describe(), loc.describe())
                 });
                 return Err(Failure::Auth(AuthError::MultipleTokens, None));
             }

@@ -273,9 +273,6 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
             // A kustomization.yaml or a ServiceEntry next to the WasmPlugins: fine, unless no
             // file at all holds a plugin config (checked below).
             let note = format!("no plugin config ({} document(s), none a WasmPlugin)", docs.len());
-            if a.verbose && !a.json.json {
-                println!("{name}: {note}");
-            }
             f["note"] = json!(note);
         }
         files.push(f);
