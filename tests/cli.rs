@@ -927,6 +927,21 @@ fn import_istio_reports_every_untranslated_construct_in_json() {
     );
     assert_eq!(v["check"]["valid"], true);
 
+    // -o writes the same YAML the golden file holds for stdout.
+    let t = Tmp::new("import-out");
+    let out = t.path("plugin.yaml");
+    let o = Command::new(BIN)
+        .current_dir(&dir)
+        .args(["import-istio", "keycloak-orders.yaml", "-o", &out])
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("written"),
+        std::fs::read_to_string(dir.join("keycloak-orders.expected.yaml")).expect("golden")
+    );
+
     // Inputs for different workloads cannot become one WasmPlugin without saying so.
     let both = [dir.join("keycloak-orders.yaml"), dir.join("multi-issuer.yaml")];
     let o = run(&[
