@@ -19,7 +19,8 @@ export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo clean fuzz fuzz-smoke fuzz-tools cli
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools cli
+.PHONY: oci push push-layout oci-tools istio-schema istio-check
 
 all: build
 
@@ -47,7 +48,7 @@ endif
 	@'$(ENVOY)' --version | grep -o 'version: .*' || true
 
 # Unit tests (native), then the real-Envoy integration tests under tests/, then a short fuzz run.
-test: build build-faults envoy lint
+test: build build-faults envoy lint istio-check oci-tools
 	$(CARGO) test --all-targets
 	$(MAKE) --no-print-directory fuzz-smoke
 
@@ -80,6 +81,60 @@ fuzz-smoke:
 	  echo "WARNING: no nightly toolchain: the fuzz smoke run was SKIPPED" >&2; \
 	fi
 
+# --- Istio (docs/istio.md) -------------------------------------------------------------
+# `make oci` writes a reproducible OCI image layout of the filter to $(OCI_DIR) and pins its
+# digest in istio/components/image/image.yaml; `make push REGISTRY=host[:port]/repo` pushes
+# it with skopeo (PUSH_TLS_VERIFY=false for a plain-HTTP registry). Re-pushing is a no-op.
+OCI_TAG         ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+REGISTRY        ?= registry.example.com/claimguard/claimguard
+OCI_DIR         ?= $(CURDIR)/target/oci/claimguard
+PUSH_TLS_VERIFY ?= true
+ISTIO_SCHEMA    := tests/istio-schema
+ISTIO_OVERLAYS  := $(sort $(notdir $(wildcard istio/overlays/*)))
+# Istio examples outside the overlays (Cognito, ALB): rendered and checked the same way.
+ISTIO_EXAMPLES  := $(sort $(notdir $(wildcard examples/istio/*)))
+
+oci: build
+	$(CARGO) run --quiet --bin claimguard-oci -- --wasm '$(WASM)' --out '$(OCI_DIR)' --tag '$(OCI_TAG)' \
+	  --url 'oci://$(REGISTRY):$(OCI_TAG)' --pin istio/components/image/image.yaml
+
+push: oci push-layout
+
+# Pushes the layout already in $(OCI_DIR) (the OCI round-trip test runs this too).
+push-layout: oci-tools
+	skopeo copy --quiet --dest-tls-verify=$(PUSH_TLS_VERIFY) 'oci:$(OCI_DIR):$(OCI_TAG)' 'docker://$(REGISTRY):$(OCI_TAG)'
+	@echo "pushed $(REGISTRY):$(OCI_TAG)"
+
+# skopeo (push/pull) and docker-registry (the local registry of the round-trip test), from
+# Debian's packages: installed once, then only checked.
+oci-tools:
+	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { \
+	  echo "oci-tools: installing skopeo and docker-registry (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo docker-registry >/dev/null; }
+	@skopeo --version
+
+# Istio's CRD schemas (@kubernetes-models/istio, pinned by package-lock.json), for
+# tests/istio-schema/validate.mjs. npm ci runs again only when the lock file changes.
+$(ISTIO_SCHEMA)/node_modules/.package-lock.json: $(ISTIO_SCHEMA)/package-lock.json
+	cd $(ISTIO_SCHEMA) && npm ci --no-audit --no-fund --loglevel=error
+	@touch '$@'
+
+istio-schema: $(ISTIO_SCHEMA)/node_modules/.package-lock.json
+
+# Renders every overlay, validates it against Istio's schemas, and checks each WasmPlugin's
+# pluginConfig with `claimguard check` (the filter's own config code). tests/istio_manifests.rs
+# does all this too, and runs each overlay's plugin config in Envoy.
+istio-check: istio-schema
+	@rm -rf target/istio && mkdir -p target/istio
+	@for o in $(ISTIO_OVERLAYS); do kubectl kustomize istio/overlays/$$o > target/istio/$$o.yaml || exit 1; done
+	@for o in $(ISTIO_EXAMPLES); do kubectl kustomize examples/istio/$$o > target/istio/example-$$o.yaml || exit 1; done
+	node $(ISTIO_SCHEMA)/validate.mjs --plugin-configs target/istio/plugin-configs \
+	  $(addprefix target/istio/,$(addsuffix .yaml,$(ISTIO_OVERLAYS))) \
+	  $(addprefix target/istio/example-,$(addsuffix .yaml,$(ISTIO_EXAMPLES)))
+	@for f in target/istio/plugin-configs/*.json; do \
+	  printf '%s: ' "$$f"; $(CARGO) run --quiet --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
+	done
+
 unit:
 	$(CARGO) test --lib
 
@@ -99,6 +154,11 @@ cli:
 
 demo: build envoy
 	$(CARGO) run --quiet --release --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)
+
+# Two tiers: an edge Envoy (API Gateway stand-in: native jwt_authn) → claimguard sidecar → app.
+DEMO_EDGE_PORT ?= 10001
+demo-edge: build envoy
+	$(CARGO) run --quiet --release --example demo_edge -- --port $(DEMO_EDGE_PORT)
 
 clean:
 	$(CARGO) clean

@@ -82,6 +82,10 @@ struct RawProvider {
     #[serde(default)]
     cognito: Option<RawCognito>,
     #[serde(default)]
+    alb: Option<RawAlb>,
+    #[serde(default)]
+    preset: Option<RawPreset>,
+    #[serde(default)]
     client_ids: Option<Vec<String>>,
     #[serde(default)]
     token_use: Option<String>,
@@ -141,6 +145,9 @@ struct RawProvider {
     forward_original_token: bool,
     #[serde(default)]
     claims_to_filter_state: Option<Vec<RawClaimPath>>,
+    #[serde(default)]
+    claim_aliases: Option<std::collections::BTreeMap<String, RawClaimPath>>,
+    trusted_principals: Option<Vec<String>>,
 }
 
 /// Where and how a provider's keys are fetched (`jwksUri` or OIDC discovery).
@@ -257,6 +264,70 @@ struct RawCognito {
     user_pool_id: String,
 }
 
+/// `alb`: verify an Application Load Balancer's `x-amzn-oidc-data` user claims token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAlb {
+    region: String,
+    /// ARNs of the ALBs whose tokens are accepted (the header's `signer`).
+    signers: Vec<String>,
+    #[serde(default)]
+    keys_uri: Option<String>,
+    #[serde(default)]
+    keys_cluster: Option<String>,
+    /// kid → PEM: keys known in advance (offline use, tests); others are fetched.
+    #[serde(default)]
+    keys: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    wait_timeout: Option<String>,
+    #[serde(default)]
+    min_fetch_interval: Option<String>,
+    #[serde(default)]
+    keep_unsigned_headers: bool,
+}
+
+/// A verified-ALB provider, compiled.
+#[derive(Debug, Clone)]
+pub struct AlbProvider {
+    pub region: String,
+    pub signers: Vec<String>,
+    /// Base URL; a key is fetched from `BASE/KID`.
+    pub keys_url: HttpUrl,
+    pub cluster: String,
+    pub timeout_ms: u64,
+    pub wait_ms: u64,
+    /// At most one key fetch per this interval per proxy.
+    pub min_interval_ms: u64,
+    /// Leave `x-amzn-oidc-identity` / `x-amzn-oidc-accesstoken` on requests.
+    pub keep_unsigned_headers: bool,
+    pub shared_key: String,
+}
+
+/// `preset`: the settings an identity provider's tokens need, derived from a few facts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPreset {
+    name: String,
+    /// Cognito.
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    user_pool_id: Option<String>,
+    /// Okta and Auth0: the tenant's domain (or custom domain).
+    #[serde(default)]
+    domain: Option<String>,
+    /// Okta: the custom authorization server (`default` unless given).
+    #[serde(default)]
+    authorization_server_id: Option<String>,
+    /// Microsoft Entra ID: the directory (tenant) id, and the token version (`2.0` or `1.0`).
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeader {
@@ -301,6 +372,15 @@ pub struct Provider {
     pub forward_original_token: bool,
     /// `claimsToFilterState`: (label, claim path), published as `claimguard.claim.LABEL`.
     pub filter_state_claims: Vec<(String, Vec<String>)>,
+    /// `alb`: tokens are ALB user claims (`x-amzn-oidc-data`), not standard JWTs.
+    pub alb: Option<AlbProvider>,
+    /// `claimAliases` (and presets): claim name → the claim it reads, e.g. `groups` →
+    /// `cognito:groups`. Applied to verified claims before rules and headers see them.
+    pub claim_aliases: Vec<(String, Vec<String>)>,
+    /// `trustedPrincipals`: when set, this provider's tokens count only when they arrive over
+    /// mTLS from one of these workloads (e.g. the ingress gateway); from any other peer a
+    /// valid token is refused with 403 `untrusted_peer`. Empty: any peer.
+    pub trusted_principals: Vec<crate::policy::StrPattern>,
 }
 
 /// The compiled configuration the request path runs on.
@@ -371,6 +451,25 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         providers.push(p);
     }
+    // An ALB token is not a JWT any other provider could read: its location is its own.
+    for (i, p) in providers.iter().enumerate().filter(|(_, p)| p.alb.is_some()) {
+        for l in &p.locations {
+            if let Some(q) = providers
+                .iter()
+                .enumerate()
+                .find(|(j, q)| *j != i && q.locations.contains(l))
+            {
+                return Err(err(
+                    format!("providers[{i}]"),
+                    format!(
+                        "reads ALB tokens from {}, which provider {:?} also reads",
+                        l.describe(),
+                        q.1.name
+                    ),
+                ));
+            }
+        }
+    }
     let mode = match raw.mode.as_deref() {
         None | Some("enforce") => Mode::Enforce,
         Some("dryRun") => Mode::DryRun,
@@ -420,6 +519,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 }
 
 fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> Result<Provider, ConfigError> {
+    let mut rp = rp;
+    let mut aliases: Vec<(String, String)> = Vec::new();
+    if let Some(preset) = rp.preset.take() {
+        apply_preset(path, preset, &mut rp, &mut aliases)?;
+    }
+    let raw_alb = rp.alb.take();
     let cognito_issuer = match &rp.cognito {
         None => None,
         Some(c) => {
@@ -461,21 +566,22 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         (Some(i), _) => i,
         (None, Some(c)) => c,
+        // An ALB's token names its identity provider in the header; checked only if given.
+        (None, None) if raw_alb.is_some() => String::new(),
         (None, None) => {
             return Err(err(
                 format!("{path}.issuer"),
-                "is required (or give cognito.region and cognito.userPoolId)",
+                "is required (or give cognito.region and cognito.userPoolId, or a preset)",
             ))
         }
     };
-    if issuer.trim().is_empty() {
+    if issuer.trim().is_empty() && raw_alb.is_none() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
     if issuer.trim() != issuer {
         return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
     }
     // A Cognito pool publishes its keys at ISSUER/.well-known/jwks.json.
-    let mut rp = rp;
     if cognito_issuer.is_some() && rp.jwks.is_none() && rp.jwks_uri.is_none() && !rp.oidc_discovery {
         rp.jwks_uri = Some(format!("{issuer}/.well-known/jwks.json"));
     }
@@ -500,7 +606,17 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             "a Cognito provider needs the app client ids (Cognito access tokens have no aud)",
         ));
     }
-    let name = rp.name.unwrap_or_else(|| issuer.clone());
+    let (alb, alb_keys) = match raw_alb {
+        Some(a) => {
+            let (alb, keys) = compile_alb(path, a, &rp)?;
+            (Some(alb), Some(keys))
+        }
+        None => (None, None),
+    };
+    let name = rp.name.clone().unwrap_or_else(|| match &alb {
+        Some(_) => "alb".to_string(),
+        None => issuer.clone(),
+    });
     if name.is_empty() {
         return Err(err(format!("{path}.name"), "must not be empty"));
     }
@@ -509,13 +625,20 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             return Err(err(format!("{path}.audiences[{j}]"), "must not be empty"));
         }
     }
-    if rp.audiences.is_empty() && client_ids.is_empty() {
+    if alb.is_none() && rp.audiences.is_empty() && client_ids.is_empty() {
         warnings.push(format!(
             "{path}: no audiences or clientIds configured, so the aud claim is not checked"
         ));
     }
 
-    let algorithms = compile_algorithms(path, rp.algorithms)?;
+    let algorithms = match (&alb, rp.algorithms.take()) {
+        (None, algs) => compile_algorithms(path, algs)?,
+        (Some(_), None) => vec![Alg::ES256],
+        (Some(_), Some(algs)) if algs == ["ES256"] => vec![Alg::ES256],
+        (Some(_), Some(_)) => {
+            return Err(err(format!("{path}.algorithms"), "ALB tokens are always ES256"));
+        }
+    };
     let hmac_algs: Vec<Alg> = algorithms.iter().copied().filter(|a| a.is_hmac()).collect();
 
     let mut keys = KeySet::default();
@@ -571,7 +694,10 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             "cannot be combined with jwksUri or oidcDiscovery",
         ));
     }
-    if keys.is_empty() && remote.is_none() {
+    if let Some(k) = alb_keys {
+        keys = k;
+    }
+    if keys.is_empty() && remote.is_none() && alb.is_none() {
         return Err(err(
             format!("{path}.jwks"),
             "no usable verification key: give jwks with at least one signing key, or jwksUri",
@@ -584,7 +710,14 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         ));
     }
 
-    let locations = compile_locations(path, rp.from_headers, rp.from_params, rp.from_cookies)?;
+    let from_headers = match (&alb, &rp.from_headers, &rp.from_params, &rp.from_cookies) {
+        (Some(_), None, None, None) => Some(vec![RawHeader {
+            name: crate::alb::ALB_DATA_HEADER.into(),
+            prefix: None,
+        }]),
+        _ => rp.from_headers.take(),
+    };
+    let locations = compile_locations(path, from_headers, rp.from_params.take(), rp.from_cookies.take())?;
     let mut claim_headers = Vec::new();
     for (j, h) in rp.output_claim_to_headers.unwrap_or_default().into_iter().enumerate() {
         let c = compile_claim_header(&format!("{path}.outputClaimToHeaders[{j}]"), h)?;
@@ -614,6 +747,36 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             ));
         }
         filter_state_claims.push((label, segs));
+    }
+
+    let mut claim_aliases: Vec<(String, Vec<String>)> = Vec::new();
+    let explicit = rp.claim_aliases.take().unwrap_or_default();
+    for (alias, target) in explicit
+        .into_iter()
+        .map(|(a, t)| (a, Some(t)))
+        .chain(aliases.into_iter().map(|(a, t)| (a, Some(RawClaimPath::Dotted(t)))))
+    {
+        let (alias, Some(target)) = (alias, target) else {
+            continue;
+        };
+        if claim_aliases.iter().any(|(a, _)| *a == alias) {
+            continue; // an explicit alias wins over the preset's
+        }
+        let at = format!("{path}.claimAliases.{alias}");
+        if alias.is_empty() || ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"].contains(&alias.as_str()) {
+            return Err(err(
+                at,
+                "must name a claim other than the registered ones (iss, sub, aud, exp, nbf, iat, jti)",
+            ));
+        }
+        let segs = match target {
+            RawClaimPath::Dotted(t) => dotted(&t).map_err(|e| err(at.clone(), e))?,
+            RawClaimPath::Segments(v) => v,
+        };
+        if segs.is_empty() || segs.iter().any(String::is_empty) {
+            return Err(err(at, "must name a claim"));
+        }
+        claim_aliases.push((alias, segs));
     }
 
     let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
@@ -659,13 +822,240 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         payload_header,
         forward_original_token: rp.forward_original_token,
         filter_state_claims,
+        alb,
+        claim_aliases,
+        trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
     })
+}
+
+/// What a `preset` sets: the issuer and key URL shapes of a well-known identity provider and
+/// the claim names its tokens use. Explicit settings must agree with it (issuer) or win
+/// (everything else).
+fn apply_preset(
+    path: &str,
+    preset: RawPreset,
+    rp: &mut RawProvider,
+    aliases: &mut Vec<(String, String)>,
+) -> Result<(), ConfigError> {
+    let at = |field: &str| format!("{path}.preset.{field}");
+    // All four sign access and ID tokens with RS256 only: accept nothing else by default.
+    if rp.algorithms.is_none() {
+        rp.algorithms = Some(vec!["RS256".into()]);
+    }
+    let need = |v: Option<String>, field: &str| -> Result<String, ConfigError> {
+        match v {
+            Some(v) if !v.is_empty() && !v.contains(['/', '?', '#', ' ', '@']) => Ok(v),
+            Some(v) => Err(err(at(field), format!("{v:?} is not a valid {field}"))),
+            None => Err(err(at(field), format!("is required by the {} preset", preset.name))),
+        }
+    };
+    let (issuer, jwks_uri) = match preset.name.as_str() {
+        "cognito" => {
+            if rp.cognito.is_some() {
+                return Err(err(at("name"), "give either preset cognito or cognito, not both"));
+            }
+            rp.cognito = Some(RawCognito {
+                region: need(preset.region.clone(), "region")?,
+                user_pool_id: need(preset.user_pool_id.clone(), "userPoolId")?,
+            });
+            aliases.push(("groups".into(), "cognito:groups".into()));
+            return Ok(());
+        }
+        "okta" => {
+            let domain = need(preset.domain, "domain")?;
+            let server = need(
+                Some(preset.authorization_server_id.unwrap_or_else(|| "default".into())),
+                "authorizationServerId",
+            )?;
+            let iss = format!("https://{domain}/oauth2/{server}");
+            let jwks = format!("{iss}/v1/keys");
+            // Okta puts scopes in `scp`, a JSON array; rules written against `scope` read it.
+            aliases.push(("scope".into(), "scp".into()));
+            (iss, jwks)
+        }
+        "auth0" => {
+            let domain = need(preset.domain, "domain")?;
+            // Auth0 issuers end with a slash, and tokens must match it exactly.
+            (
+                format!("https://{domain}/"),
+                format!("https://{domain}/.well-known/jwks.json"),
+            )
+        }
+        "entra" => {
+            let tenant = need(preset.tenant_id, "tenantId")?;
+            // Entra puts delegated scopes in `scp` (space-separated) and app roles in `roles`.
+            aliases.push(("scope".into(), "scp".into()));
+            match preset.version.as_deref().unwrap_or("2.0") {
+                "2.0" => (
+                    format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+                    format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"),
+                ),
+                "1.0" => (
+                    format!("https://sts.windows.net/{tenant}/"),
+                    format!("https://login.microsoftonline.com/{tenant}/discovery/keys"),
+                ),
+                other => return Err(err(at("version"), format!("{other:?} is not one of 2.0, 1.0"))),
+            }
+        }
+        other => {
+            return Err(err(
+                at("name"),
+                format!("{other:?} is not one of cognito, okta, auth0, entra"),
+            ))
+        }
+    };
+    for (field, set) in [
+        ("region", preset.region.is_some()),
+        ("userPoolId", preset.user_pool_id.is_some()),
+    ] {
+        if set {
+            return Err(err(at(field), format!("does not apply to the {} preset", preset.name)));
+        }
+    }
+    match &rp.issuer {
+        Some(i) if *i != issuer => {
+            return Err(err(
+                format!("{path}.issuer"),
+                format!("does not match the {} preset's issuer {issuer:?}", preset.name),
+            ))
+        }
+        _ => rp.issuer = Some(issuer),
+    }
+    if rp.jwks.is_none() && rp.jwks_uri.is_none() && !rp.oidc_discovery {
+        rp.jwks_uri = Some(jwks_uri);
+    }
+    Ok(())
+}
+
+fn compile_alb(path: &str, a: RawAlb, rp: &RawProvider) -> Result<(AlbProvider, KeySet), ConfigError> {
+    let at = |field: &str| format!("{path}.alb.{field}");
+    for (field, set) in [
+        ("jwks", rp.jwks.is_some()),
+        ("jwksUri", rp.jwks_uri.is_some()),
+        ("oidcDiscovery", rp.oidc_discovery),
+        ("hmacSecret", rp.hmac_secret.is_some()),
+        ("cognito", rp.cognito.is_some()),
+        ("tokenUse", rp.token_use.is_some()),
+        ("tokenType", rp.token_type.is_some()),
+    ] {
+        if set {
+            return Err(err(
+                format!("{path}.{field}"),
+                "does not apply to an ALB provider (its keys come from alb.keysUri by kid)",
+            ));
+        }
+    }
+    if !rp.audiences.is_empty() {
+        return Err(err(
+            format!("{path}.audiences"),
+            "ALB tokens carry no aud; pin the ALB's app client with clientIds (the header's client)",
+        ));
+    }
+    let region_ok = !a.region.is_empty()
+        && a.region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(err(
+            at("region"),
+            format!("{:?} is not an AWS region such as eu-west-1", a.region),
+        ));
+    }
+    if a.signers.is_empty() {
+        return Err(err(
+            at("signers"),
+            "list the ARNs of the load balancers whose tokens are accepted",
+        ));
+    }
+    for (j, arn) in a.signers.iter().enumerate() {
+        let ok =
+            arn.starts_with("arn:aws") && arn.contains(":elasticloadbalancing:") && arn.contains(":loadbalancer/app/");
+        if !ok {
+            return Err(err(
+                format!("{path}.alb.signers[{j}]"),
+                format!(
+                    "{arn:?} is not an ALB ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:loadbalancer/app/NAME/ID)"
+                ),
+            ));
+        }
+    }
+    let base = a
+        .keys_uri
+        .unwrap_or_else(|| format!("https://public-keys.auth.elb.{}.amazonaws.com", a.region));
+    let keys_url = HttpUrl::parse(&base).map_err(|e| err(at("keysUri"), e))?;
+    if keys_url.path.contains('?') {
+        return Err(err(
+            at("keysUri"),
+            "must not have a query (the kid is appended to the path)",
+        ));
+    }
+    let dur = |field: &str, v: &Option<String>, default: u64, range: std::ops::RangeInclusive<u64>| {
+        let ms = match v {
+            None => default,
+            Some(s) => parse_duration_ms(s).map_err(|e| err(at(field), e))?,
+        };
+        if range.contains(&ms) {
+            Ok(ms)
+        } else {
+            Err(err(
+                at(field),
+                format!("must be between {}ms and {}ms", range.start(), range.end()),
+            ))
+        }
+    };
+    let timeout_ms = dur("timeout", &a.timeout, 5_000, 100..=60_000)?;
+    let wait_ms = dur("waitTimeout", &a.wait_timeout, 5_000, 1_000..=60_000)?;
+    let min_interval_ms = dur("minFetchInterval", &a.min_fetch_interval, 1_000, 100..=600_000)?;
+    let mut keys = KeySet::default();
+    for (kid, pem) in a.keys.unwrap_or_default() {
+        let kp = format!("{path}.alb.keys.{kid}");
+        if !crate::alb::is_uuid(&kid) {
+            return Err(err(kp, "ALB key ids are UUIDs"));
+        }
+        let jwk = crate::alb::pem_to_jwk(&pem, &kid.to_ascii_lowercase()).map_err(|e| err(kp.clone(), e))?;
+        let set = parse_jwks(&serde_json::json!({ "keys": [jwk] })).map_err(|(_, why)| err(kp, why))?;
+        keys.keys.extend(set.keys);
+    }
+    let mut signers = a.signers;
+    signers.sort();
+    signers.dedup();
+    Ok((
+        AlbProvider {
+            region: a.region,
+            signers,
+            cluster: a.keys_cluster.unwrap_or_else(|| keys_url.istio_cluster()),
+            shared_key: format!("claimguard|alb|{base}"),
+            keys_url,
+            timeout_ms,
+            wait_ms,
+            min_interval_ms,
+            keep_unsigned_headers: a.keep_unsigned_headers,
+        },
+        keys,
+    ))
 }
 
 /// Every header claimguard may set; none may double as a token location (stripping it would
 /// remove the token) and no two providers may disagree about what one header means.
 fn managed_headers(providers: &[Provider], rules: &[crate::policy::Rule]) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
+    // The ALB's unsigned identity headers: anyone could have set them. Removed, unless a
+    // provider keeps them or verifies a token found there.
+    if providers
+        .iter()
+        .any(|p| p.alb.as_ref().is_some_and(|a| !a.keep_unsigned_headers))
+    {
+        for h in crate::alb::ALB_UNSIGNED_HEADERS {
+            let read = providers.iter().any(|q| {
+                q.locations
+                    .iter()
+                    .any(|l| matches!(l, Location::Header { name, .. } if name == h))
+            });
+            if !read && !out.iter().any(|x| x == h) {
+                out.push((*h).to_string());
+            }
+        }
+    }
     let mut add = |h: &str, path: String| -> Result<(), ConfigError> {
         for p in providers {
             if p.locations
@@ -1267,6 +1657,170 @@ mod tests {
         for (cfg, want) in cases {
             let e = error_of(cfg.clone());
             assert!(e.contains(want), "{cfg}: {e}");
+        }
+    }
+
+    const ARN: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/web/50dc6c495c0c9188";
+
+    #[test]
+    fn alb_providers_compile_with_aws_defaults() {
+        let c = check(json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN, ARN]}}]})).unwrap();
+        let p = &c.providers[0];
+        let a = p.alb.as_ref().unwrap();
+        assert_eq!(p.name, "alb");
+        assert_eq!(p.algorithms, vec![Alg::ES256]);
+        assert_eq!(a.signers, vec![ARN.to_string()]);
+        assert_eq!(a.keys_url.authority(), "public-keys.auth.elb.eu-west-1.amazonaws.com");
+        assert_eq!(a.cluster, "outbound|443||public-keys.auth.elb.eu-west-1.amazonaws.com");
+        assert_eq!(
+            p.locations,
+            vec![Location::Header {
+                name: "x-amzn-oidc-data".into(),
+                prefix: String::new()
+            }]
+        );
+        // The unsigned ALB headers are removed from every request...
+        assert!(c.managed_headers.contains(&"x-amzn-oidc-identity".to_string()));
+        assert!(c.managed_headers.contains(&"x-amzn-oidc-accesstoken".to_string()));
+        // ...unless kept, or verified as a token by some provider.
+        let kept = check(
+            json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN], "keepUnsignedHeaders": true}}]}),
+        )
+        .unwrap();
+        assert!(kept.managed_headers.is_empty());
+        let verified = check(json!({"providers": [
+            {"alb": {"region": "eu-west-1", "signers": [ARN]}},
+            {"issuer": "https://idp", "jwks": jwks(), "fromHeaders": [{"name": "x-amzn-oidc-accesstoken"}]}
+        ]}))
+        .unwrap();
+        assert_eq!(verified.managed_headers, vec!["x-amzn-oidc-identity"]);
+    }
+
+    #[test]
+    fn alb_config_errors_name_the_field() {
+        let key = TestKey::generate(Alg::ES256, "k");
+        let rsa = TestKey::rsa(Alg::RS256, "r");
+        let alb = |extra: Value| {
+            let mut a = json!({"region": "eu-west-1", "signers": [ARN]});
+            for (k, v) in extra.as_object().unwrap() {
+                a[k] = v.clone();
+            }
+            json!({"providers": [{"alb": a}]})
+        };
+        let cases = vec![
+            (alb(json!({"region": "EU WEST"})), "providers[0].alb.region: \"EU WEST\" is not an AWS region"),
+            (alb(json!({"signers": []})), "providers[0].alb.signers: list the ARNs"),
+            (alb(json!({"signers": ["arn:aws:iam::1:role/x"]})), "providers[0].alb.signers[0]: \"arn:aws:iam::1:role/x\" is not an ALB ARN"),
+            (alb(json!({"keys": {"not-a-uuid": key.public_pem()}})), "providers[0].alb.keys.not-a-uuid: ALB key ids are UUIDs"),
+            (alb(json!({"keys": {"0f3c8e2a-5b7d-4c1e-9a6f-2d4b8c0e1a3f": rsa.public_pem()}})), "not an uncompressed P-256 public key"),
+            (alb(json!({"timeout": "2h"})), "providers[0].alb.timeout: must be between"),
+            (alb(json!({"keysUri": "ftp://x"})), "providers[0].alb.keysUri"),
+            (alb(json!({"signer": ARN})), "unknown field `signer`"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "audiences": ["x"]}]}), "providers[0].audiences: ALB tokens carry no aud"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "jwksUri": "https://x/j"}]}), "providers[0].jwksUri: does not apply to an ALB provider"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "algorithms": ["RS256"]}]}), "providers[0].algorithms: ALB tokens are always ES256"),
+            (json!({"providers": [
+                {"alb": {"region": "eu-west-1", "signers": [ARN]}},
+                {"issuer": "https://idp", "jwks": jwks(), "fromHeaders": [{"name": "x-amzn-oidc-data"}]}
+            ]}), "providers[0]: reads ALB tokens from header x-amzn-oidc-data, which provider \"https://idp\" also reads"),
+        ];
+        for (cfg, want) in cases {
+            let e = error_of(cfg.clone());
+            assert!(e.contains(want), "{cfg}: {e}");
+        }
+    }
+
+    #[test]
+    fn presets_derive_issuer_keys_and_claim_names() {
+        let remote = |c: &Config| {
+            let r = c.providers[0].remote.as_ref().unwrap();
+            format!("{}{}", r.url.authority(), r.url.path)
+        };
+        let aliases = |c: &Config| {
+            c.providers[0]
+                .claim_aliases
+                .iter()
+                .map(|(a, t)| format!("{a}={}", t.join(".")))
+                .collect::<Vec<_>>()
+        };
+        let okta = check(json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["api://default"]}]})).unwrap();
+        assert_eq!(okta.providers[0].issuer, "https://acme.okta.com/oauth2/default");
+        assert_eq!(remote(&okta), "acme.okta.com/oauth2/default/v1/keys");
+        assert_eq!(aliases(&okta), ["scope=scp"]);
+        assert_eq!(okta.providers[0].algorithms, vec![Alg::RS256]);
+        let auth0 = check(json!({"providers": [{"preset": {"name": "auth0", "domain": "acme.eu.auth0.com"}, "audiences": ["https://api"]}]})).unwrap();
+        assert_eq!(auth0.providers[0].issuer, "https://acme.eu.auth0.com/");
+        assert_eq!(remote(&auth0), "acme.eu.auth0.com/.well-known/jwks.json");
+        let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let entra = check(
+            json!({"providers": [{"preset": {"name": "entra", "tenantId": tid}, "audiences": ["api://orders"]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            entra.providers[0].issuer,
+            format!("https://login.microsoftonline.com/{tid}/v2.0")
+        );
+        assert_eq!(
+            remote(&entra),
+            format!("login.microsoftonline.com/{tid}/discovery/v2.0/keys")
+        );
+        let v1 = check(json!({"providers": [{"preset": {"name": "entra", "tenantId": tid, "version": "1.0"}, "audiences": ["api://orders"]}]})).unwrap();
+        assert_eq!(v1.providers[0].issuer, format!("https://sts.windows.net/{tid}/"));
+        let cognito = check(json!({"providers": [{"preset": {"name": "cognito", "region": "eu-west-1", "userPoolId": "eu-west-1_Ab12Cd34E"}, "clientIds": ["c1"]}]})).unwrap();
+        assert_eq!(
+            cognito.providers[0].issuer,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E"
+        );
+        assert_eq!(
+            remote(&cognito),
+            "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Ab12Cd34E/.well-known/jwks.json"
+        );
+        assert_eq!(aliases(&cognito), ["groups=cognito:groups"]);
+        // An explicit alias wins over the preset's.
+        let own = check(
+            json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["a"],
+            "claimAliases": {"scope": "custom.scopes", "groups": "grp"}}]}),
+        )
+        .unwrap();
+        assert_eq!(aliases(&own), ["groups=grp", "scope=custom.scopes"]);
+
+        let cases = vec![
+            (
+                json!({"preset": {"name": "okta"}}),
+                "providers[0].preset.domain: is required by the okta preset",
+            ),
+            (
+                json!({"preset": {"name": "okta", "domain": "a.okta.com/x"}}),
+                "providers[0].preset.domain: \"a.okta.com/x\" is not a valid domain",
+            ),
+            (
+                json!({"preset": {"name": "keycloak"}}),
+                "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra",
+            ),
+            (
+                json!({"preset": {"name": "entra", "tenantId": tid, "version": "3"}}),
+                "providers[0].preset.version: \"3\" is not one of 2.0, 1.0",
+            ),
+            (
+                json!({"preset": {"name": "auth0", "domain": "a.auth0.com"}, "issuer": "https://a.auth0.com"}),
+                "providers[0].issuer: does not match the auth0 preset's issuer \"https://a.auth0.com/\"",
+            ),
+            (
+                json!({"preset": {"name": "auth0", "domain": "a.auth0.com", "region": "x"}}),
+                "providers[0].preset.region: does not apply to the auth0 preset",
+            ),
+            (
+                json!({"preset": {"name": "cognito", "region": "eu-west-1"}, "clientIds": ["c"]}),
+                "providers[0].preset.userPoolId: is required",
+            ),
+            (
+                json!({"issuer": "https://i", "jwks": jwks(), "claimAliases": {"sub": "email"}}),
+                "providers[0].claimAliases.sub: must name a claim other than",
+            ),
+        ];
+        for (p, want) in cases {
+            let e = error_of(json!({"providers": [p]}));
+            assert!(e.contains(want), "{e}");
         }
     }
 }

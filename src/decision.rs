@@ -10,6 +10,7 @@ use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
 use crate::path::normalize;
 use crate::policy::claim_at;
+pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Jwt, Location, Request};
 use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
@@ -39,6 +40,8 @@ pub struct HttpRequest<'a> {
     /// `:authority` (or `host`).
     pub host: &'a str,
     pub headers: &'a [(String, String)],
+    /// The calling workload: mTLS peer identity and downstream IP (none unless the host says).
+    pub peer: Peer,
 }
 
 impl<'a> HttpRequest<'a> {
@@ -50,7 +53,13 @@ impl<'a> HttpRequest<'a> {
             path: get(":path").unwrap_or("/"),
             host: get(":authority").or_else(|| get("host")).unwrap_or(""),
             headers,
+            peer: Peer::NONE,
         }
+    }
+
+    /// The same request, arriving from `peer`.
+    pub fn with_peer(self, peer: Peer) -> HttpRequest<'a> {
+        HttpRequest { peer, ..self }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -207,6 +216,21 @@ impl Denial {
             rule.map(|r| ("rule", r)),
         );
         d.provider = provider.map(str::to_owned);
+        d
+    }
+
+    /// 403: a valid token that did not arrive through one of its provider's
+    /// `trustedPrincipals`.
+    pub fn untrusted_peer(provider: &str) -> Denial {
+        let mut d = Denial::json(
+            403,
+            Vec::new(),
+            "forbidden",
+            "tokens of this issuer are only accepted through a trusted workload".to_string(),
+            "untrusted_peer",
+            None,
+        );
+        d.provider = Some(provider.to_owned());
         d
     }
 
@@ -373,6 +397,7 @@ fn evaluate_inner(
         path: &path,
         host: req.host,
         headers,
+        peer: &req.peer,
     };
     ev.public_rule = config.policy.public_rule(&facts);
     let token_req = Request {
@@ -405,6 +430,38 @@ fn evaluate_inner(
     };
     ev.issuer = identity.as_ref().map(|i| i.issuer.clone());
     ev.subject = identity.as_ref().and_then(|i| i.subject.clone());
+    // Trusted hop: a valid token of a provider with trustedPrincipals counts only when it came
+    // through one of those workloads. 403, not 401: the token is fine and a new one would not
+    // help; where it came from is what is refused (a pod replaying a user's token).
+    if let Some(id) = &identity {
+        let trusted = config.providers.get(id.provider_index).is_some_and(|p| {
+            p.trusted_principals.is_empty()
+                || req
+                    .peer
+                    .principal()
+                    .is_some_and(|pr| p.trusted_principals.iter().any(|t| t.matches(pr)))
+        });
+        let listed = config
+            .providers
+            .get(id.provider_index)
+            .is_some_and(|p| !p.trusted_principals.is_empty());
+        if traced && listed && !cfg!(target_arch = "wasm32") {
+            ev.auth_steps.push(AuthStep {
+                step: "peer",
+                ok: trusted,
+                detail: format!(
+                    "peer {} {} the provider's trustedPrincipals",
+                    req.peer.principal().unwrap_or("(none: no mTLS)"),
+                    if trusted { "is in" } else { "is not in" }
+                ),
+            });
+        }
+        if !trusted {
+            ev.decision = Decision::Deny(Denial::untrusted_peer(&id.provider));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    }
     let subject = identity.as_ref().map(|id| Subject {
         provider: id.provider_index,
         principal: &id.principal,
@@ -435,6 +492,21 @@ fn evaluate_inner(
     ev.policy = Some(pd);
     ev.normalized_path = Some(path);
     ev
+}
+
+/// `claimAliases`: each alias claim becomes a copy of its target (or is removed when the
+/// target is absent), so a rule on the alias always reads what the provider means by it.
+fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
+    for (alias, target) in &p.claim_aliases {
+        match claim_at(claims, target).cloned() {
+            Some(v) => {
+                claims.insert(alias.clone(), v);
+            }
+            None => {
+                claims.remove(alias);
+            }
+        }
+    }
 }
 
 /// First 16 hex digits of the token's SHA-256.
@@ -722,6 +794,20 @@ fn find_and_verify<'c>(
     let mut found: Option<(&Location, String)> = None;
     for loc in locations.iter().copied() {
         for token in extract(loc, req) {
+            // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
+            // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
+            // raw): a value the prefixed entry reads is not a second token.
+            if let Location::Header { name, prefix } = loc {
+                let taken_by_prefixed = prefix.is_empty()
+                    && locations.iter().any(|other| {
+                        matches!(other, Location::Header { name: n, prefix: p }
+                            if n == name && !p.is_empty()
+                                && token.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)))
+                    });
+                if taken_by_prefixed {
+                    continue;
+                }
+            }
             if let Some((first, _)) = &found {
                 notes.step("token", false, || {
                     format!("more than one token: in {} and in {}", first.describe(), loc.describe())
@@ -762,7 +848,8 @@ fn find_and_verify<'c>(
         Location::Header { name, .. } => Some(name.clone()),
         _ => None,
     };
-    let identity = |index: usize, p: &Provider, claims: Map<String, Value>, payload_b64: String| {
+    let identity = |index: usize, p: &Provider, mut claims: Map<String, Value>, payload_b64: String| {
+        apply_aliases(p, &mut claims);
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         Identity {
             provider: p.name.clone(),
@@ -775,6 +862,52 @@ fn find_and_verify<'c>(
             token_header: token_header.clone(),
         }
     };
+
+    // An ALB's user claims token: its own encoding, header checks and keys by kid.
+    if let Some((index, p, alb)) = readers().find_map(|(i, p)| p.alb.as_ref().map(|a| (i, p, a))) {
+        let token_sha = token_hash(&raw);
+        notes.fingerprint = Some(fingerprint_of(&token_sha));
+        let name = Some(p.name.as_str());
+        let t = crate::alb::parse(&raw, p.max_token_bytes).map_err(|e| Failure::Auth(e, name))?;
+        // Signer, client, issuer and expiry first: a token no key could make acceptable never
+        // causes a key fetch.
+        crate::alb::check(p, alb, &t, now).map_err(|e| Failure::Auth(e, name))?;
+        let generation = keys.generation(index);
+        if cache
+            .as_deref()
+            .is_some_and(|c| c.get(&token_sha, index, generation).is_some())
+        {
+            notes.cache_hit = Some(true);
+        } else {
+            // Configured keys first, then the ones fetched by kid.
+            let empty = KeySet::default();
+            let fetched = keys.key_set(index).unwrap_or(&empty);
+            let result = match crate::alb::verify_signature(&p.keys, &t) {
+                Err(AuthError::UnknownKid) => crate::alb::verify_signature(fetched, &t),
+                other => other,
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(c) = cache.as_deref_mut() {
+                        notes.cache_hit = Some(false);
+                        c.insert(token_sha, index, generation, &t.claims, t.payload_b64);
+                    }
+                }
+                Err(AuthError::UnknownKid) => {
+                    return Err(Failure::NoKeys {
+                        provider: index,
+                        kid: Some(t.kid.clone()),
+                    })
+                }
+                Err(e) => return Err(Failure::Auth(e, name)),
+            }
+        }
+        let issuer = crate::alb::issuer_of(&t);
+        let mut id = identity(index, p, t.claims, t.payload_b64.to_string());
+        id.principal = format!("{issuer}/{}", id.subject.as_deref().unwrap_or(""));
+        id.issuer = issuer;
+        return Ok(Some(id));
+    }
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
@@ -1266,5 +1399,123 @@ mod tests {
             // Every step before the last succeeded.
             assert!(steps.iter().rev().skip(1).all(|s| s.ok), "{steps:#?}");
         }
+    }
+
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+    /// A request from `peer` (mTLS when a SPIFFE ID is given) at 127.0.0.1.
+    fn from_peer(c: &Config, peer: Option<&str>, path: &str, auth: Option<&str>) -> Evaluation {
+        let mut h: Vec<(String, String)> = vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "api.example.com".into()),
+        ];
+        if let Some(a) = auth {
+            h.push(("authorization".into(), a.into()));
+        }
+        let peer = Peer::from_connection(peer.is_some(), peer, Some("127.0.0.1:40000"));
+        evaluate(c, c, &HttpRequest::from_headers(&h).with_peer(peer), NOW, true)
+    }
+
+    #[test]
+    fn trusted_hop_accepts_tokens_only_from_listed_workloads() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}, {"name": "all", "paths": ["/*"]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let good = bearer(&k, json!({}));
+        let expired = format!(
+            "Bearer {}",
+            k.sign(&json!({"iss": "https://a", "aud": "api", "sub": "u", "exp": NOW - 3600}))
+        );
+        let other = Some("spiffe://cluster.local/ns/web/sa/frontend");
+        // name, peer, path, token, (status, reason)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            Option<(u32, &'a str)>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("through the gateway", Some(GATEWAY), "/orders", Some(&good), None),
+            ("replayed from another pod", other, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("replayed over plain text", None, "/orders", Some(&good), Some((403, "untrusted_peer"))),
+            ("a bad token is still 401", other, "/orders", Some(&expired), Some((401, "expired"))),
+            ("no token is still 401", other, "/orders", None, Some((401, "missing_token"))),
+            ("public route without a token", None, "/healthz", None, None),
+            ("public route, replayed token", other, "/healthz", Some(&good), Some((403, "untrusted_peer"))),
+        ];
+        for (name, peer, path, auth, want) in cases {
+            let ev = from_peer(&c, peer, path, auth);
+            match (want, ev.decision) {
+                (None, Decision::Allow { .. }) => {}
+                (Some((status, reason)), Decision::Deny(d)) => {
+                    assert_eq!((d.status, d.reason), (status, reason), "{name}");
+                    if reason == "untrusted_peer" {
+                        assert!(d.headers.iter().all(|(k, _)| k != "www-authenticate"), "{name}");
+                        assert!(d.body.contains("trusted workload"), "{name}: {}", d.body);
+                        assert_eq!(d.provider.as_deref(), Some("idp"), "{name}");
+                    }
+                }
+                (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // A provider setting, not a rule: dry-run mode does not turn it off.
+        let dry = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                               "trustedPrincipals": [GATEWAY]}],
+                "rules": [{"name": "all", "paths": ["/*"]}],
+                "mode": "dryRun"
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            denial(from_peer(&dry, other, "/orders", Some(&good)).decision).reason,
+            "untrusted_peer"
+        );
+        assert!(matches!(
+            from_peer(&dry, Some(GATEWAY), "/orders", Some(&good)).decision,
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn rules_see_the_peer_and_tokens_together() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks()}],
+                "rules": [{"name": "gw-readers", "paths": ["/orders"], "principals": ["*/sa/istio-ingressgateway-service-account"],
+                           "ipBlocks": ["127.0.0.0/8"], "when": [{"claim": "scope", "values": ["read"]}]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let reader = bearer(&k, json!({"scope": "read"}));
+        let writer = bearer(&k, json!({"scope": "write"}));
+        assert!(matches!(
+            from_peer(&c, Some(GATEWAY), "/orders", Some(&reader)).decision,
+            Decision::Allow { .. }
+        ));
+        let d = denial(from_peer(&c, Some(GATEWAY), "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "insufficient_scope"));
+        // The right scope from the wrong workload is a plain denial, not a scope problem.
+        let d = denial(from_peer(&c, None, "/orders", Some(&reader)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
+        let d = denial(from_peer(&c, None, "/orders", Some(&writer)).decision);
+        assert_eq!((d.status, d.reason), (403, "policy_denied"));
     }
 }

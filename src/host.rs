@@ -10,9 +10,10 @@
 //! the VM state is held across such host calls, callouts are dispatched before any request is
 //! woken in a tick, and requests are only woken from `on_tick`, never from a callout response.
 
+use crate::alb::{AlbKeyCache, KeyEvent, KeyFetch};
 use crate::cache::{self, VerifiedTokenCache};
 use crate::config::Config;
-use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup};
+use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
@@ -56,6 +57,18 @@ fn now_ms() -> Option<u64> {
     u64::try_from(d.as_millis()).ok()
 }
 
+/// The calling workload from Envoy's connection attributes: `connection.mtls` (a one-byte
+/// bool), `connection.uri_san_peer_certificate` (the first URI SAN: a SPIFFE ID has exactly
+/// one) and `source.address`. A property the host cannot give is absent, never a match-all.
+fn peer() -> Peer {
+    let prop = |path: Vec<&str>| hostcalls::get_property(path).ok().flatten();
+    let text = |v: Vec<u8>| String::from_utf8(v).ok();
+    let mtls = prop(vec!["connection", "mtls"]).is_some_and(|b| b.as_slice() == [1]);
+    let uri_san = prop(vec!["connection", "uri_san_peer_certificate"]).and_then(text);
+    let address = prop(vec!["source", "address"]).and_then(text);
+    Peer::from_connection(mtls, uri_san.as_deref(), address.as_deref())
+}
+
 /// Envoy's shared data (one map per vm_id, shared by every worker's VM).
 struct HostStore;
 
@@ -81,6 +94,16 @@ struct Waiter {
     version: u64,
     failures: u32,
     deadline_ms: u64,
+    /// For an ALB token: (ALB source, kid) it waits for, instead of a JWKS slot.
+    alb: Option<(usize, String)>,
+}
+
+/// What an outstanding callout was for.
+enum Callout {
+    /// A JWKS (or discovery document) fetch for a cache slot.
+    Jwks { slot: usize, discovery: bool },
+    /// An ALB public key fetch.
+    AlbKey { source: usize, kid: String },
 }
 
 /// Counters and gauges of one remote key source.
@@ -143,8 +166,13 @@ struct Vm {
     token_cache: VerifiedTokenCache,
     /// (hit, miss) counters of the verified-token cache.
     cache_metrics: (Option<u32>, Option<u32>),
-    /// Callout token → (slot, is discovery).
-    callouts: HashMap<u32, (usize, bool)>,
+    callouts: HashMap<u32, Callout>,
+    /// ALB providers' keys by kid.
+    alb: AlbKeyCache,
+    /// Provider index → ALB source, for ALB providers.
+    alb_of: Vec<Option<usize>>,
+    /// (fetched, not found, failed) counters of ALB key fetches.
+    alb_metrics: (Option<u32>, Option<u32>, Option<u32>),
 }
 
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
@@ -153,11 +181,16 @@ struct VmKeys<'a> {
     config: &'a Config,
     jwks: &'a JwksCache,
     slot_of: &'a [Option<usize>],
+    alb: &'a AlbKeyCache,
+    alb_of: &'a [Option<usize>],
     now_ms: u64,
 }
 
 impl KeyLookup for VmKeys<'_> {
     fn key_set(&self, provider: usize) -> Option<&KeySet> {
+        if let Some(source) = self.alb_of.get(provider).copied().flatten() {
+            return self.alb.keys(source);
+        }
         let inline = self
             .config
             .providers
@@ -187,12 +220,16 @@ fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool)
         slot_of,
         token_cache,
         cache_metrics,
+        alb,
+        alb_of,
         ..
     } = vm;
     let keys = VmKeys {
         config,
         jwks: cache,
         slot_of,
+        alb,
+        alb_of,
         now_ms,
     };
     let ev = evaluate_cached(config, &keys, Some(token_cache), req, now_ms / 1000, final_attempt);
@@ -215,8 +252,15 @@ impl Context for Root {
         let now = now_ms().unwrap_or(0);
         let follow_up = {
             let mut vm = vm_rc.borrow_mut();
-            let Some((slot, discovery)) = vm.callouts.remove(&token_id) else {
-                return;
+            let (slot, discovery) = match vm.callouts.remove(&token_id) {
+                Some(Callout::Jwks { slot, discovery }) => (slot, discovery),
+                Some(Callout::AlbKey { source, kid }) => {
+                    let result = read_callout_response(body_size, 4096);
+                    let event = vm.alb.on_fetch_done(&HostStore, source, &kid, now, result);
+                    report_alb_event(&vm, event);
+                    return;
+                }
+                None => return,
             };
             let max = vm.cache.slots.get(slot).map_or(0, |s| s.remote.max_bytes);
             let result = read_callout_response(body_size, max);
@@ -277,7 +321,13 @@ fn dispatch(vm_rc: &Rc<RefCell<Vm>>, req: FetchRequest, now: u64) {
     let timeout = Duration::from_millis(req.timeout_ms);
     match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
         Ok(token) => {
-            vm_rc.borrow_mut().callouts.insert(token, (req.source, req.discovery));
+            vm_rc.borrow_mut().callouts.insert(
+                token,
+                Callout::Jwks {
+                    slot: req.source,
+                    discovery: req.discovery,
+                },
+            );
         }
         Err(status) => {
             let mut vm = vm_rc.borrow_mut();
@@ -295,6 +345,70 @@ fn dispatch(vm_rc: &Rc<RefCell<Vm>>, req: FetchRequest, now: u64) {
             report_events(&vm, &events);
         }
     }
+}
+
+fn dispatch_alb(vm_rc: &Rc<RefCell<Vm>>, f: KeyFetch, now: u64) {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", f.path.as_str()),
+        (":authority", f.authority.as_str()),
+        ("accept", "application/x-pem-file, text/plain"),
+        ("user-agent", "claimguard"),
+    ];
+    match hostcalls::dispatch_http_call(&f.cluster, headers, None, vec![], Duration::from_millis(f.timeout_ms)) {
+        Ok(token) => {
+            vm_rc.borrow_mut().callouts.insert(
+                token,
+                Callout::AlbKey {
+                    source: f.source,
+                    kid: f.kid,
+                },
+            );
+        }
+        Err(status) => {
+            let mut vm = vm_rc.borrow_mut();
+            let error = format!("cannot call cluster {:?} ({status:?}): is it defined?", f.cluster);
+            let event = vm
+                .alb
+                .on_fetch_done(&HostStore, f.source, &f.kid, now, FetchResult::Failed(error));
+            report_alb_event(&vm, event);
+        }
+    }
+}
+
+fn report_alb_event(vm: &Vm, event: Option<KeyEvent>) {
+    let Some(event) = event else { return };
+    let provider = |source: &usize| {
+        vm.alb_of
+            .iter()
+            .position(|s| *s == Some(*source))
+            .and_then(|p| vm.config.providers.get(p))
+            .map_or("-", |p| p.name.as_str())
+    };
+    let (level, line) = match &event {
+        KeyEvent::Fetched { source, kid } => {
+            incr(vm.alb_metrics.0);
+            (
+                LogLevel::Info,
+                json!({"claimguard": "alb_key_fetched", "provider": provider(source), "kid": kid}),
+            )
+        }
+        KeyEvent::NotFound { source, kid, status } => {
+            incr(vm.alb_metrics.1);
+            (
+                LogLevel::Warn,
+                json!({"claimguard": "alb_key_not_found", "provider": provider(source), "kid": kid, "status": status}),
+            )
+        }
+        KeyEvent::Failed { source, kid, error } => {
+            incr(vm.alb_metrics.2);
+            (
+                LogLevel::Warn,
+                json!({"claimguard": "alb_key_fetch_failed", "provider": provider(source), "kid": kid, "error": error}),
+            )
+        }
+    };
+    log(level, &line.to_string());
 }
 
 fn report_events(vm: &Vm, events: &[Event]) {
@@ -387,6 +501,18 @@ impl RootContext for Root {
         let mut provider_of = Vec::new();
         let mut remotes = Vec::new();
         let mut metrics = Vec::new();
+        let mut alb_of = Vec::new();
+        let mut alb_sources = Vec::new();
+        for p in &cfg.providers {
+            match &p.alb {
+                Some(a) => {
+                    alb_of.push(Some(alb_sources.len()));
+                    // Configured keys stay on the provider; the cache holds fetched ones.
+                    alb_sources.push((a.clone(), KeySet::default()));
+                }
+                None => alb_of.push(None),
+            }
+        }
         for (i, p) in cfg.providers.iter().enumerate() {
             match &p.remote {
                 Some(r) => {
@@ -400,7 +526,7 @@ impl RootContext for Root {
         }
         // Lease holder identity: random per VM (std seeds RandomState from WASI random_get).
         let holder = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
-        let has_remote = !remotes.is_empty();
+        let has_remote = !remotes.is_empty() || !alb_sources.is_empty();
         // Requests paused under the previous config are carried over: they must be answered.
         let waiters = self
             .vm
@@ -425,6 +551,13 @@ impl RootContext for Root {
                 hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
             ),
             callouts: HashMap::new(),
+            alb: AlbKeyCache::new(alb_sources, holder),
+            alb_of,
+            alb_metrics: (
+                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.fetched").ok(),
+                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.not_found").ok(),
+                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.failed").ok(),
+            ),
         })));
         if has_remote {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -438,10 +571,11 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(vm_rc) = self.vm.clone() else { return };
         let Some(now) = now_ms() else { return };
-        let fetches = {
+        let (fetches, alb_fetches) = {
             let mut vm = vm_rc.borrow_mut();
             let mut events = Vec::new();
             let fetches = vm.cache.tick(&HostStore, now, &mut events);
+            let alb_fetches = vm.alb.tick(&HostStore, now);
             report_events(&vm, &events);
             for (slot, m) in vm.metrics.iter().enumerate() {
                 if let Some(s) = vm.cache.slots.get(slot) {
@@ -451,12 +585,15 @@ impl RootContext for Root {
                     }
                 }
             }
-            fetches
+            (fetches, alb_fetches)
         };
         // Callouts first: waking a request below may re-enter the VM and move the SDK's notion
         // of the active context away from this root context.
         for f in fetches {
             dispatch(&vm_rc, f, now);
+        }
+        for f in alb_fetches {
+            dispatch_alb(&vm_rc, f, now);
         }
         self.wake_waiters(&vm_rc, now);
     }
@@ -481,12 +618,19 @@ impl Root {
             let mut guard = vm_rc.borrow_mut();
             let vm = &mut *guard;
             let cache = &vm.cache;
-            let is_ready = |w: &Waiter| {
+            let alb = &mut vm.alb;
+            let mut is_ready = |w: &Waiter| {
+                if now >= w.deadline_ms {
+                    return true;
+                }
+                if let Some((source, kid)) = &w.alb {
+                    return alb.settled(&HostStore, *source, kid, now);
+                }
                 let failures = cache.slots.get(w.slot).map_or(0, |s| s.meta.failures);
-                cache.version(w.slot) != w.version || failures != w.failures || now >= w.deadline_ms
+                cache.version(w.slot) != w.version || failures != w.failures
             };
             let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) =
-                std::mem::take(&mut vm.waiters).into_iter().partition(is_ready);
+                std::mem::take(&mut vm.waiters).into_iter().partition(|w| is_ready(w));
             vm.waiters = waiting;
             ready
         };
@@ -497,7 +641,7 @@ impl Root {
             let Ok(headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
                 continue;
             };
-            let req = HttpRequest::from_headers(&headers);
+            let req = HttpRequest::from_headers(&headers).with_peer(peer());
             let ev = {
                 let mut vm = vm_rc.borrow_mut();
                 let ev = evaluate_in(&mut vm, &req, now, true);
@@ -633,9 +777,34 @@ impl HttpContext for Filter {
                 }
             }
         }
-        let req = HttpRequest::from_headers(&headers);
+        let req = HttpRequest::from_headers(&headers).with_peer(peer());
         let mut vm = vm_rc.borrow_mut();
         let mut ev = evaluate_in(&mut vm, &req, now, false);
+        if let Decision::NeedKeys { provider, kid } = &ev.decision {
+            if let (Some(source), Some(kid)) = (vm.alb_of.get(*provider).copied().flatten(), kid.clone()) {
+                let wait = vm.alb.on_missing_key(&HostStore, source, &kid, now);
+                match wait {
+                    KeyWait::Wait { deadline_ms } if vm.waiters.len() < MAX_WAITERS => {
+                        vm.waiters.push(Waiter {
+                            context_id: self.context_id,
+                            slot: 0,
+                            version: 0,
+                            failures: 0,
+                            deadline_ms,
+                            alb: Some((source, kid.clone())),
+                        });
+                        log(
+                            LogLevel::Debug,
+                            &json!({"claimguard": "waiting_for_alb_key", "kid": kid, "deadlineMs": deadline_ms})
+                                .to_string(),
+                        );
+                        return Action::Pause;
+                    }
+                    // Loaded from shared data, known missing, or too many waiting: decide now.
+                    _ => ev = evaluate_in(&mut vm, &req, now, true),
+                }
+            }
+        }
         if let Decision::NeedKeys { provider, kid } = &ev.decision {
             let slot = vm.slot_of.get(*provider).copied().flatten();
             let wait = match slot {
@@ -658,6 +827,7 @@ impl HttpContext for Filter {
                         version,
                         failures,
                         deadline_ms,
+                        alb: None,
                     });
                     log(
                         LogLevel::Debug,

@@ -26,6 +26,7 @@
     )
 )]
 
+pub mod alb;
 pub mod alg;
 pub mod cache;
 pub mod config;

@@ -191,6 +191,9 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "tokenFingerprint": ev.token_fingerprint,
         "method": req.method,
         "path": ev.normalized_path.as_deref().unwrap_or("-"),
+        // The calling workload: its SPIFFE ID (null without mTLS) and IP.
+        "peerPrincipal": req.peer.uri_san,
+        "sourceIp": req.peer.ip.map(|ip| ip.to_string()),
     });
     if let Some(m) = line.as_object_mut() {
         for name in TRACE_HEADERS {
@@ -337,6 +340,38 @@ mod tests {
             assert!(["none", "idp_example_prod"].contains(&parts[7]), "{name}");
             assert!(segment(parts[3]), "{name}");
         }
+    }
+
+    #[test]
+    fn decision_lines_name_the_peer() {
+        use crate::alg::Alg;
+        use crate::decision::{evaluate, Peer};
+        use crate::devtools::keys::TestKey;
+        let k = TestKey::generate(Alg::ES256, "k");
+        let cfg = serde_json::json!({
+            "providers": [{"name": "idp", "issuer": "https://i", "jwks": k.jwks()}],
+            "rules": [{"name": "frontend-only", "principals": ["cluster.local/ns/web/sa/frontend"]}]
+        });
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let t = k.sign(&serde_json::json!({"iss": "https://i", "sub": "u", "exp": now + 60}));
+        let h = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/".to_string()),
+            ("authorization".to_string(), format!("Bearer {t}")),
+        ];
+        let id = "spiffe://cluster.local/ns/legacy/sa/old";
+        let req = HttpRequest::from_headers(&h).with_peer(Peer::from_connection(true, Some(id), Some("[::1]:5000")));
+        let ev = evaluate(&c, &c, &req, now, true);
+        let line = decision_line(&c, &req, &ev, &labels(&c, &ev));
+        assert_eq!(line["decision"], "deny");
+        assert_eq!(line["peerPrincipal"], id);
+        assert_eq!(line["sourceIp"], "::1");
+        let plain = HttpRequest::from_headers(&h);
+        let ev = evaluate(&c, &c, &plain, now, true);
+        let line = decision_line(&c, &plain, &ev, &labels(&c, &ev));
+        assert_eq!(line["peerPrincipal"], Value::Null);
+        assert_eq!(line["sourceIp"], Value::Null);
     }
 
     /// Reason codes are static snake_case words.

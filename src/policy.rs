@@ -1,6 +1,8 @@
 //! Claim-based RBAC shaped like Istio's AuthorizationPolicy: rules with an `action`
 //! (`ALLOW`, `DENY`, `AUDIT`), request conditions (`methods`, `paths`, `hosts` and their `not`
-//! forms) and identity conditions (`providers`, `requestPrincipals`, `when` on claims).
+//! forms), conditions on the calling workload (`principals`, `namespaces`, `ipBlocks` and their
+//! `not` forms: Istio's `from.source`, read from the mTLS peer certificate and the downstream
+//! address) and identity conditions (`providers`, `requestPrincipals`, `when` on claims).
 //!
 //! Semantics (Istio's): within a rule every present field must hold, and a field holds when
 //! any of its values matches (`not*` fields: when none does). DENY rules are checked first and
@@ -15,6 +17,7 @@ use crate::config::ConfigError;
 use crate::identity::{compile_header_to_add, HeaderToAdd, RawHeaderToAdd};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::net::IpAddr;
 
 // ---------------------------------------------------------------------------------------------
 // Raw (serde) form
@@ -41,6 +44,18 @@ pub(crate) struct RawRule {
     hosts: Option<Vec<String>>,
     #[serde(default)]
     not_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    principals: Option<Vec<String>>,
+    #[serde(default)]
+    not_principals: Option<Vec<String>>,
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    not_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    ip_blocks: Option<Vec<String>>,
+    #[serde(default)]
+    not_ip_blocks: Option<Vec<String>>,
     #[serde(default)]
     providers: Option<Vec<String>>,
     #[serde(default)]
@@ -131,6 +146,146 @@ impl StrPattern {
             StrPattern::Suffix(x) => s.ends_with(x.as_str()),
             StrPattern::Any => true,
         }
+    }
+}
+
+/// The calling workload, as the proxy saw its connection: the peer certificate's SPIFFE ID
+/// (only over mTLS) and the downstream IP. Both absent for a request that did not come over
+/// a connection (the CLI without `--peer-principal` / `--source-ip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The first URI SAN of the validated peer certificate, e.g.
+    /// `spiffe://cluster.local/ns/web/sa/frontend`. None without mTLS.
+    pub uri_san: Option<String>,
+    /// The downstream connection's remote IP (Envoy `source.address`), IPv4-mapped IPv6
+    /// addresses as IPv4. None when unknown, including when Envoy took the address from
+    /// `X-Forwarded-For` (see [`Peer::from_connection`]).
+    pub ip: Option<IpAddr>,
+}
+
+impl Peer {
+    /// No connection facts at all.
+    pub const NONE: Peer = Peer {
+        uri_san: None,
+        ip: None,
+    };
+
+    /// From Envoy's connection properties: `connection.mtls`, `connection.uri_san_peer_certificate`
+    /// and `source.address` (`1.2.3.4:5678` or `[::1]:5678`). A URI SAN counts only when the
+    /// connection is mTLS; anything unparsable is absent, never a wildcard.
+    ///
+    /// `source.address` is the connection's peer, except where Envoy's connection manager
+    /// derived it from `X-Forwarded-For` (`use_remote_address: false`, Envoy's default, or
+    /// `xff_num_trusted_hops`): then it carries port 0, as an XFF entry has no port, and a
+    /// client may have written it. Such an address is unknown here.
+    pub fn from_connection(mtls: bool, uri_san: Option<&str>, source_address: Option<&str>) -> Peer {
+        let uri_san = uri_san
+            .filter(|u| mtls && !u.is_empty() && u.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned);
+        let ip = source_address
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .filter(|sa| sa.port() != 0)
+            .map(|sa| canonical_ip(sa.ip()));
+        Peer { uri_san, ip }
+    }
+
+    /// Istio's `source.principal`: the SPIFFE ID without `spiffe://`
+    /// (`cluster.local/ns/web/sa/frontend`); other URIs as they are.
+    pub fn principal(&self) -> Option<&str> {
+        let u = self.uri_san.as_deref()?;
+        Some(u.strip_prefix("spiffe://").unwrap_or(u))
+    }
+
+    /// Istio's `source.namespace`: `NS` of `spiffe://TRUST_DOMAIN/ns/NS/sa/SA` (that exact
+    /// shape; any other ID has no namespace).
+    pub fn namespace(&self) -> Option<&str> {
+        let id = self.uri_san.as_deref()?.strip_prefix("spiffe://")?;
+        let mut parts = id.split('/');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None)
+                if !td.is_empty() && !ns.is_empty() && !sa.is_empty() =>
+            {
+                Some(ns)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `1.2.3.4:80`, `[::1]:80`, or a bare address.
+pub fn parse_socket_ip(s: &str) -> Option<IpAddr> {
+    let ip = if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        sa.ip()
+    } else {
+        s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok()?
+    };
+    Some(canonical_ip(ip))
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A CIDR block (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    pub fn parse(s: &str) -> Result<IpBlock, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        let block = IpBlock { net, prefix };
+        if block.masked(net) != net {
+            return Err(format!(
+                "{s:?} has address bits set past /{prefix} (the block is {}/{prefix})",
+                block.masked(net)
+            ));
+        }
+        Ok(block)
+    }
+
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_ipv4() == self.net.is_ipv4() && self.masked(ip) == self.net
     }
 }
 
@@ -256,6 +411,13 @@ pub struct Rule {
     not_paths: Vec<PathPattern>,
     hosts: Vec<StrPattern>,
     not_hosts: Vec<StrPattern>,
+    /// Peer conditions (Istio `from.source`), on [`Peer::principal`] / [`Peer::namespace`] / IP.
+    principals: Vec<StrPattern>,
+    not_principals: Vec<StrPattern>,
+    namespaces: Vec<StrPattern>,
+    not_namespaces: Vec<StrPattern>,
+    ip_blocks: Vec<IpBlock>,
+    not_ip_blocks: Vec<IpBlock>,
     providers: Vec<usize>,
     request_principals: Vec<StrPattern>,
     not_request_principals: Vec<StrPattern>,
@@ -319,6 +481,31 @@ fn patterns(path: &str, field: &str, v: Option<Vec<String>>, lowercase: bool) ->
             let p = if lowercase { p.to_ascii_lowercase() } else { p.clone() };
             StrPattern::compile(&p).map_err(|e| err(format!("{path}.{field}[{i}]"), e))
         })
+        .collect()
+}
+
+/// Principal patterns in Istio's form (`cluster.local/ns/web/sa/frontend`, `*/sa/gateway`);
+/// a leading `spiffe://` is accepted and dropped, as the peer's principal drops it.
+pub(crate) fn principal_patterns(
+    path: &str,
+    field: &str,
+    v: Option<Vec<String>>,
+) -> Result<Vec<StrPattern>, ConfigError> {
+    non_empty(path, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.strip_prefix("spiffe://").unwrap_or(p);
+            StrPattern::compile(p).map_err(|e| err(format!("{path}.{field}[{i}]"), e))
+        })
+        .collect()
+}
+
+fn ip_blocks(path: &str, field: &str, v: Option<Vec<String>>) -> Result<Vec<IpBlock>, ConfigError> {
+    non_empty(path, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, b)| IpBlock::parse(b).map_err(|e| err(format!("{path}.{field}[{i}]"), e)))
         .collect()
 }
 
@@ -470,6 +657,12 @@ pub(crate) fn compile_rules(
             not_paths: path_patterns(&path, "notPaths", r.not_paths, case_insensitive_paths)?,
             hosts: patterns(&path, "hosts", r.hosts, true)?,
             not_hosts: patterns(&path, "notHosts", r.not_hosts, true)?,
+            principals: principal_patterns(&path, "principals", r.principals)?,
+            not_principals: principal_patterns(&path, "notPrincipals", r.not_principals)?,
+            namespaces: patterns(&path, "namespaces", r.namespaces, false)?,
+            not_namespaces: patterns(&path, "notNamespaces", r.not_namespaces, false)?,
+            ip_blocks: ip_blocks(&path, "ipBlocks", r.ip_blocks)?,
+            not_ip_blocks: ip_blocks(&path, "notIpBlocks", r.not_ip_blocks)?,
             providers: provider_idx,
             request_principals: patterns(&path, "requestPrincipals", r.request_principals, false)?,
             not_request_principals: patterns(&path, "notRequestPrincipals", r.not_request_principals, false)?,
@@ -583,6 +776,8 @@ pub struct RequestFacts<'a> {
     /// `:authority`, as received.
     pub host: &'a str,
     pub headers: &'a [(String, String)],
+    /// The calling workload (mTLS peer, downstream IP).
+    pub peer: &'a Peer,
 }
 
 /// The verified identity as policy sees it.
@@ -601,6 +796,15 @@ pub enum Mismatch {
     NotPath,
     Host,
     NotHost,
+    /// `principals`: the peer's principal (absent without mTLS) is not listed.
+    PeerPrincipal,
+    NotPeerPrincipal,
+    Namespace,
+    NotNamespace,
+    IpBlock,
+    NotIpBlock,
+    /// The rule has IP conditions and the source IP is not known.
+    UnknownIp,
     NoToken,
     Provider,
     Principal,
@@ -779,6 +983,46 @@ impl Rule {
         Ok(())
     }
 
+    /// The calling-workload half (Istio `from.source`). An absent principal or namespace (no
+    /// mTLS) never satisfies `principals`/`namespaces`, not even `*`; it satisfies their `not`
+    /// forms, as in Istio.
+    fn peer_matches(&self, req: &RequestFacts) -> Result<(), Mismatch> {
+        let listed = |pats: &[StrPattern], v: Option<&str>| v.is_some_and(|v| pats.iter().any(|p| p.matches(v)));
+        let principal = req.peer.principal();
+        if !self.principals.is_empty() && !listed(&self.principals, principal) {
+            return Err(Mismatch::PeerPrincipal);
+        }
+        if listed(&self.not_principals, principal) {
+            return Err(Mismatch::NotPeerPrincipal);
+        }
+        let namespace = req.peer.namespace();
+        if !self.namespaces.is_empty() && !listed(&self.namespaces, namespace) {
+            return Err(Mismatch::Namespace);
+        }
+        if listed(&self.not_namespaces, namespace) {
+            return Err(Mismatch::NotNamespace);
+        }
+        if self.ip_blocks.is_empty() && self.not_ip_blocks.is_empty() {
+            return Ok(());
+        }
+        let Some(ip) = req.peer.ip else {
+            // Unknown source IP (e.g. taken from a forgeable X-Forwarded-For): fail closed. A
+            // DENY rule's IP conditions count as met, any other rule's as not.
+            return if self.action == RuleAction::Deny {
+                Ok(())
+            } else {
+                Err(Mismatch::UnknownIp)
+            };
+        };
+        if !self.ip_blocks.is_empty() && !self.ip_blocks.iter().any(|b| b.contains(ip)) {
+            return Err(Mismatch::IpBlock);
+        }
+        if self.not_ip_blocks.iter().any(|b| b.contains(ip)) {
+            return Err(Mismatch::NotIpBlock);
+        }
+        Ok(())
+    }
+
     fn identity_matches(&self, req: &RequestFacts, subject: Option<&Subject>) -> Result<(), Mismatch> {
         // Conditions on who the caller is never hold for a request without a token (only
         // public routes and allowMissing providers let such requests this far).
@@ -806,6 +1050,7 @@ impl Rule {
 
     pub fn evaluate(&self, req: &RequestFacts, subject: Option<&Subject>) -> Result<(), Mismatch> {
         self.request_matches(req)?;
+        self.peer_matches(req)?;
         self.identity_matches(req, subject)
     }
 
@@ -813,7 +1058,7 @@ impl Rule {
     /// on a space-delimited (scope) claim: the caller is right but lacks a scope.
     fn fails_only_on_scope(&self, req: &RequestFacts, subject: Option<&Subject>) -> bool {
         let Some(s) = subject else { return false };
-        if self.request_matches(req).is_err() {
+        if self.request_matches(req).is_err() || self.peer_matches(req).is_err() {
             return false;
         }
         if !self.providers.is_empty() && !self.providers.contains(&s.provider) {
@@ -840,7 +1085,7 @@ impl Policy {
     pub fn public_rule(&self, req: &RequestFacts) -> Option<usize> {
         self.rules
             .iter()
-            .position(|r| r.public && r.request_matches(req).is_ok())
+            .position(|r| r.public && r.request_matches(req).is_ok() && r.peer_matches(req).is_ok())
     }
 
     pub fn evaluate(&self, req: &RequestFacts, subject: Option<&Subject>) -> PolicyDecision {
@@ -918,6 +1163,13 @@ impl Policy {
                     Mismatch::NotPath => "path in notPaths".into(),
                     Mismatch::Host => "host not in hosts".into(),
                     Mismatch::NotHost => "host in notHosts".into(),
+                    Mismatch::PeerPrincipal => "peer principal not in principals".into(),
+                    Mismatch::NotPeerPrincipal => "peer principal in notPrincipals".into(),
+                    Mismatch::Namespace => "peer namespace not in namespaces".into(),
+                    Mismatch::NotNamespace => "peer namespace in notNamespaces".into(),
+                    Mismatch::IpBlock => "source IP not in ipBlocks".into(),
+                    Mismatch::NotIpBlock => "source IP in notIpBlocks".into(),
+                    Mismatch::UnknownIp => "source IP unknown (ipBlocks need the connection's own address)".into(),
                     Mismatch::NoToken => "no token".into(),
                     Mismatch::Provider => "token from another provider".into(),
                     Mismatch::Principal => "principal not in requestPrincipals".into(),
@@ -1005,6 +1257,7 @@ mod tests {
             path: &path,
             host,
             headers: &h,
+            peer: &Peer::NONE,
         };
         let principal;
         let claims;
@@ -1650,6 +1903,7 @@ mod tests {
             path: "/legacy/x",
             host: "h",
             headers: &[],
+            peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
         assert!(d.effect.is_allow());
@@ -1668,6 +1922,7 @@ mod tests {
             path: "/orders",
             host: "h",
             headers: &[],
+            peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
         assert_eq!(d.effect, Effect::Allow { rule: None });
@@ -1712,6 +1967,7 @@ mod tests {
             path: "/",
             host: "h",
             headers: &[],
+            peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, None);
         assert_eq!(d.effect, Effect::Allow { rule: None });
@@ -1732,6 +1988,7 @@ mod tests {
             path: "/orders",
             host: "h",
             headers: &[],
+            peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
         let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t)).collect();
@@ -1837,5 +2094,281 @@ mod tests {
         assert!(!host_matches(&StrPattern::Exact("h:80".into()), "h:81"));
         assert_eq!(dotted("a\\.b.c").unwrap(), vec!["a.b", "c"]);
         assert!(dotted("a\\x").is_err());
+    }
+
+    const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+    const LEGACY: &str = "spiffe://cluster.local/ns/legacy/sa/old";
+    const SANDBOX: &str = "spiffe://cluster.local/ns/sandbox/sa/tool";
+    const JOBS: &str = "spiffe://cluster.local/ns/jobs/sa/nightly";
+    const MONITORING: &str = "spiffe://cluster.local/ns/monitoring/sa/prometheus";
+
+    fn peer_config() -> Config {
+        let k = TestKey::generate(Alg::ES256, "k");
+        Config::from_json(
+            json!({
+                "providers": [{"name": "idp", "issuer": "https://idp.example", "jwks": k.jwks()}],
+                "rules": [
+                    {"name": "frontend-buyers", "paths": ["/orders"], "principals": ["cluster.local/ns/web/sa/frontend"],
+                     "when": [{"claim": "groups", "values": ["buyers"]}]},
+                    {"name": "web-reads", "methods": ["GET"], "paths": ["/catalog"], "namespaces": ["web"]},
+                    {"name": "any-mtls", "paths": ["/internal"], "principals": ["*"]},
+                    {"name": "jobs-prefix", "paths": ["/batch"], "principals": ["spiffe://cluster.local/ns/jobs/*"]},
+                    {"name": "gateway-suffix", "paths": ["/gw"], "principals": ["*/sa/istio-ingressgateway"]},
+                    {"name": "not-legacy", "paths": ["/new"], "notPrincipals": ["cluster.local/ns/legacy/*"], "notNamespaces": ["sandbox"]},
+                    {"name": "v4-loopback", "paths": ["/v4"], "ipBlocks": ["127.0.0.0/8"]},
+                    {"name": "v6-loopback", "paths": ["/v6"], "ipBlocks": ["::1/128"]},
+                    {"name": "nets", "paths": ["/net"], "ipBlocks": ["10.0.0.0/8", "192.168.1.7"], "notIpBlocks": ["10.1.0.0/16"]},
+                    {"name": "no-sandbox", "action": "DENY", "paths": ["/catalog"], "namespaces": ["sandbox"]},
+                    {"name": "blocked-net", "action": "DENY", "paths": ["/net"], "ipBlocks": ["10.66.0.0/16"]},
+                    {"name": "metrics", "public": true, "paths": ["/metrics"], "namespaces": ["monitoring"]}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// Like `run`, for a request from `peer`: "public", "allow:RULE", "deny:RULE" or "deny".
+    fn run_from(c: &Config, method: &str, path: &str, peer: &Peer, claims: Option<Value>) -> String {
+        let facts = RequestFacts {
+            method,
+            path,
+            host: "h",
+            headers: &[],
+            peer,
+        };
+        let claims = claims.map(|v| v.as_object().cloned().unwrap());
+        let subject = claims.as_ref().map(|claims| Subject {
+            provider: 0,
+            principal: "https://idp.example/alice",
+            claims,
+        });
+        if subject.is_none() && c.policy.public_rule(&facts).is_some() {
+            return "public".into();
+        }
+        match c.policy.evaluate(&facts, subject.as_ref()).effect {
+            Effect::Allow { rule: Some(r) } => format!("allow:{}", c.policy.rule_name(r)),
+            Effect::Allow { rule: None } => "allow".into(),
+            Effect::Deny { rule: Some(r), .. } => format!("deny:{}", c.policy.rule_name(r)),
+            Effect::Deny { .. } => "deny".into(),
+        }
+    }
+
+    #[test]
+    fn peers_by_rules() {
+        let c = peer_config();
+        let mtls = |id: &str| Peer::from_connection(true, Some(id), Some("127.0.0.1:5000"));
+        let plain = Peer::from_connection(false, None, Some("127.0.0.1:5000"));
+        // TLS without a client certificate: the URI SAN property, if any, does not count.
+        let tls_no_peer = Peer::from_connection(false, Some(FRONTEND), Some("127.0.0.1:5000"));
+        let ip = |a: &str| Peer::from_connection(false, None, Some(a));
+        let buyer = || Some(json!({"sub": "alice", "groups": ["buyers"]}));
+        let guest = || Some(json!({"sub": "bob", "groups": ["guests"]}));
+        type Case<'a> = (&'a str, &'a str, &'a str, Peer, Option<Value>, &'a str);
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // principal × claims
+            ("frontend + buyer", "POST", "/orders", mtls(FRONTEND), buyer(), "allow:frontend-buyers"),
+            ("frontend + guest", "POST", "/orders", mtls(FRONTEND), guest(), "deny"),
+            ("other workload + buyer", "POST", "/orders", mtls(GATEWAY), buyer(), "deny"),
+            ("plain text + buyer", "POST", "/orders", plain.clone(), buyer(), "deny"),
+            ("TLS without client cert + buyer", "POST", "/orders", tls_no_peer.clone(), buyer(), "deny"),
+            ("frontend, no token", "POST", "/orders", mtls(FRONTEND), None, "deny"),
+            // namespaces
+            ("web namespace reads", "GET", "/catalog", mtls(FRONTEND), guest(), "allow:web-reads"),
+            ("web namespace, wrong method", "POST", "/catalog", mtls(FRONTEND), guest(), "deny"),
+            ("other namespace", "GET", "/catalog", mtls(GATEWAY), guest(), "deny"),
+            ("no namespace without mTLS", "GET", "/catalog", plain.clone(), guest(), "deny"),
+            ("DENY on namespace", "GET", "/catalog", mtls(SANDBOX), guest(), "deny:no-sandbox"),
+            ("non-SPIFFE-shaped ID has no namespace", "GET", "/catalog", mtls("spiffe://cluster.local/web"), guest(), "deny"),
+            // * means any present principal, never an absent one
+            ("* with a peer", "GET", "/internal", mtls(LEGACY), guest(), "allow:any-mtls"),
+            ("* without a peer", "GET", "/internal", plain.clone(), guest(), "deny"),
+            ("* with TLS but no client cert", "GET", "/internal", tls_no_peer, guest(), "deny"),
+            // prefix (written with spiffe://) and suffix
+            ("prefix match", "GET", "/batch", mtls(JOBS), guest(), "allow:jobs-prefix"),
+            ("prefix mismatch", "GET", "/batch", mtls(FRONTEND), guest(), "deny"),
+            ("suffix match", "GET", "/gw", mtls(GATEWAY), guest(), "allow:gateway-suffix"),
+            ("suffix mismatch", "GET", "/gw", mtls(FRONTEND), guest(), "deny"),
+            // not* forms: absent principal satisfies them (Istio)
+            ("notPrincipals, other peer", "GET", "/new", mtls(FRONTEND), guest(), "allow:not-legacy"),
+            ("notPrincipals, listed peer", "GET", "/new", mtls(LEGACY), guest(), "deny"),
+            ("notNamespaces, listed namespace", "GET", "/new", mtls(SANDBOX), guest(), "deny"),
+            ("not* without a peer", "GET", "/new", plain.clone(), guest(), "allow:not-legacy"),
+            // ipBlocks
+            ("v4 loopback", "GET", "/v4", ip("127.0.0.1:4000"), guest(), "allow:v4-loopback"),
+            ("v4 block, other address", "GET", "/v4", ip("10.0.0.1:4000"), guest(), "deny"),
+            ("v4 block, v6 loopback", "GET", "/v4", ip("[::1]:4000"), guest(), "deny"),
+            ("v4-mapped v6 address is v4", "GET", "/v4", ip("[::ffff:127.0.0.9]:4000"), guest(), "allow:v4-loopback"),
+            ("v6 loopback", "GET", "/v6", ip("[::1]:4000"), guest(), "allow:v6-loopback"),
+            ("v6 block, v4 loopback", "GET", "/v6", ip("127.0.0.1:4000"), guest(), "deny"),
+            ("no address", "GET", "/v4", Peer::NONE, guest(), "deny"),
+            ("in 10/8", "GET", "/net", ip("10.2.3.4:1"), guest(), "allow:nets"),
+            ("single address", "GET", "/net", ip("192.168.1.7:1"), guest(), "allow:nets"),
+            ("neighbour of single address", "GET", "/net", ip("192.168.1.8:1"), guest(), "deny"),
+            ("in notIpBlocks", "GET", "/net", ip("10.1.9.9:1"), guest(), "deny"),
+            ("DENY ipBlocks", "GET", "/net", ip("10.66.1.1:1"), guest(), "deny:blocked-net"),
+            // Unknown IP (X-Forwarded-For-derived: port 0): ALLOW IP rules fail, DENY ones hold.
+            ("XFF-derived address", "GET", "/v4", ip("127.0.0.1:0"), guest(), "deny"),
+            ("unknown IP, DENY rule", "GET", "/net", Peer::NONE, guest(), "deny:blocked-net"),
+            ("unknown IP, rule without IP conditions", "GET", "/catalog", Peer::NONE, guest(), "deny"),
+            // public rules may be limited to peers
+            ("public from monitoring", "GET", "/metrics", mtls(MONITORING), None, "public"),
+            ("public, other namespace", "GET", "/metrics", mtls(FRONTEND), None, "deny"),
+            ("public, no peer", "GET", "/metrics", plain, None, "deny"),
+        ];
+        for (name, method, path, peer, claims, want) in cases {
+            assert_eq!(run_from(&c, method, path, &peer, claims), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn trace_names_the_peer_condition() {
+        let c = peer_config();
+        let peer = Peer::from_connection(true, Some(GATEWAY), Some("127.0.0.1:1"));
+        let claims = json!({"sub": "a", "groups": ["buyers"]});
+        let facts = RequestFacts {
+            method: "POST",
+            path: "/orders",
+            host: "h",
+            headers: &[],
+            peer: &peer,
+        };
+        let subject = Subject {
+            provider: 0,
+            principal: "https://idp.example/a",
+            claims: claims.as_object().unwrap(),
+        };
+        let d = c.policy.evaluate(&facts, Some(&subject));
+        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t)).collect();
+        assert!(
+            lines.contains(&"ALLOW frontend-buyers: peer principal not in principals".to_string()),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn peer_facts_from_connection_properties() {
+        let p = Peer::from_connection(true, Some(FRONTEND), Some("[::1]:443"));
+        assert_eq!(p.principal(), Some("cluster.local/ns/web/sa/frontend"));
+        assert_eq!(p.namespace(), Some("web"));
+        assert_eq!(p.ip, Some("::1".parse().unwrap()));
+        // Port 0: Envoy took the address from X-Forwarded-For; bare addresses are not sockets.
+        assert_eq!(Peer::from_connection(false, None, Some("10.0.0.1:0")).ip, None);
+        assert_eq!(Peer::from_connection(false, None, Some("10.0.0.1")).ip, None);
+        assert_eq!(
+            Peer::from_connection(false, None, Some("[::ffff:10.0.0.1]:9")).ip,
+            Some("10.0.0.1".parse().unwrap())
+        );
+        let p = Peer::from_connection(true, Some("https://example.com/x"), Some("10.0.0.1:80"));
+        assert_eq!(p.principal(), Some("https://example.com/x"));
+        assert_eq!(p.namespace(), None);
+        for odd in [
+            "spiffe://td/ns//sa/x",
+            "spiffe://td/ns/a/sa/",
+            "spiffe://td/ns/a/sa/b/c",
+            "spiffe:///ns/a/sa/b",
+            "spiffe://td/sa/b/ns/a",
+        ] {
+            assert_eq!(Peer::from_connection(true, Some(odd), None).namespace(), None, "{odd}");
+        }
+        // Empty, control characters, or not mTLS: no principal.
+        assert_eq!(Peer::from_connection(true, Some(""), None).principal(), None);
+        assert_eq!(
+            Peer::from_connection(true, Some("spiffe://a\n"), None).principal(),
+            None
+        );
+        assert_eq!(Peer::from_connection(false, Some(FRONTEND), None).principal(), None);
+        // Addresses: v4, v6, v4-mapped, bare, junk.
+        assert_eq!(parse_socket_ip("127.0.0.1:80"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_socket_ip("[::ffff:10.0.0.1]:80"),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(parse_socket_ip("::1"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_socket_ip("envoy://internal_client_address/"), None);
+        assert_eq!(parse_socket_ip(""), None);
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let b = |s: &str| IpBlock::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(b("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!b("0.0.0.0/0").contains(ip("::1")));
+        assert!(b("::/0").contains(ip("2001:db8::1")));
+        assert!(b("10.0.0.0/8").contains(ip("10.255.255.255")));
+        assert!(!b("10.0.0.0/8").contains(ip("11.0.0.0")));
+        assert!(b("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!b("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(b("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!b("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(b("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "::1/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "x",
+            "",
+            "10.0.0.0/8/8",
+        ] {
+            assert!(IpBlock::parse(bad).is_err(), "{bad}");
+        }
+        assert!(IpBlock::parse("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+    }
+
+    #[test]
+    fn bad_peer_conditions_are_refused_with_paths() {
+        let k = TestKey::generate(Alg::ES256, "k");
+        let cases = vec![
+            (
+                json!({"rules": [{"name": "a", "principals": []}]}),
+                "rules[0].principals",
+            ),
+            (
+                json!({"rules": [{"name": "a", "principals": ["a*b"]}]}),
+                "rules[0].principals[0]",
+            ),
+            (
+                json!({"rules": [{"name": "a", "notPrincipals": [""]}]}),
+                "rules[0].notPrincipals[0]",
+            ),
+            (
+                json!({"rules": [{"name": "a", "namespaces": ["*a*"]}]}),
+                "rules[0].namespaces[0]",
+            ),
+            (
+                json!({"rules": [{"name": "a", "ipBlocks": ["10.0.0.1/8"]}]}),
+                "rules[0].ipBlocks[0]",
+            ),
+            (
+                json!({"rules": [{"name": "a", "notIpBlocks": ["10.0.0.0/8", "nope"]}]}),
+                "rules[0].notIpBlocks[1]",
+            ),
+            (
+                json!({"rules": [{"name": "a", "remoteIpBlocks": ["10.0.0.0/8"]}]}),
+                "rules[0]",
+            ),
+            (
+                json!({"trustedPrincipals": ["x**"]}),
+                "providers[0].trustedPrincipals[0]",
+            ),
+            (json!({"trustedPrincipals": []}), "providers[0].trustedPrincipals"),
+        ];
+        for (extra, want) in cases {
+            let mut cfg = json!({"providers": [{"name": "idp", "issuer": "i", "jwks": k.jwks()}]});
+            if let Some(r) = extra.get("rules") {
+                cfg["rules"] = r.clone();
+            }
+            if let Some(t) = extra.get("trustedPrincipals") {
+                cfg["providers"][0]["trustedPrincipals"] = t.clone();
+            }
+            let e = Config::from_json(cfg.to_string().as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
     }
 }

@@ -213,8 +213,8 @@ fn kustomize_patches(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn check_accepts_every_shipped_config() {
-    let examples = files_under(&root().join("examples"), &["json", "yaml", "yml"]);
-    let examples: Vec<PathBuf> = examples
+    // Bare plugin configs (JSON) under examples/, one by one.
+    let examples: Vec<PathBuf> = files_under(&root().join("examples"), &["json"])
         .into_iter()
         .filter(|p| !p.components().any(|c| c.as_os_str() == "grafana"))
         .collect();
@@ -224,18 +224,17 @@ fn check_accepts_every_shipped_config() {
         assert_eq!(o.status.code(), Some(0), "{}: {}", f.display(), stderr(&o));
         assert!(stdout(&o).contains(": OK"), "{}", stdout(&o));
     }
-    // istio/ holds kustomize bases, overlays and components: kustomization files and other
-    // kinds are skipped, every WasmPlugin found must be valid. Patch files (partial objects a
-    // kustomization applies) are not manifests on their own and are left out.
-    let istio_dir = root().join("istio");
-    let patches = kustomize_patches(&istio_dir);
-    let istio: Vec<PathBuf> = files_under(&istio_dir, &["yaml", "yml", "json"])
-        .into_iter()
-        .filter(|p| !patches.contains(p))
-        .collect();
-    if !istio.is_empty() {
+    // Kubernetes YAML under istio/ and examples/ (kustomize bases, overlays, components):
+    // kustomization files and other kinds are skipped, every WasmPlugin found must be valid.
+    // Patch files (partial objects a kustomization applies) are not manifests on their own.
+    let mut patches = kustomize_patches(&root().join("istio"));
+    patches.extend(kustomize_patches(&root().join("examples")));
+    let mut yaml = files_under(&root().join("istio"), &["yaml", "yml"]);
+    yaml.extend(files_under(&root().join("examples"), &["yaml", "yml"]));
+    yaml.retain(|p| !patches.contains(p));
+    if !yaml.is_empty() {
         let mut args = vec!["check", "--json"];
-        args.extend(istio.iter().map(|p| p.to_str().expect("path")));
+        args.extend(yaml.iter().map(|p| p.to_str().expect("path")));
         let o = run(&args);
         let v = json_out(&o);
         assert_eq!(o.status.code(), Some(0), "{v:#}");
@@ -509,7 +508,7 @@ fn explain_predicts_what_envoy_does() {
         assert_eq!(r.status, want, "{name}: Envoy said {r:?}");
         assert_eq!(ex["status"], want, "{name}: explain said {ex:#}");
         assert_eq!(o.status.code(), Some(if want == 200 { 0 } else { 1 }), "{name}");
-        assert_eq!(ex["reason"], reason, "{name}: {ex:#}");
+        assert_eq!(ex["reasonCode"], reason, "{name}: {ex:#}");
         if want == 200 {
             // The upstream received exactly the headers explain predicted, and not the removed ones.
             let echoed = r.json();
@@ -603,7 +602,7 @@ fn explain_traces_each_step_rule_and_header() {
     // A token of an issuer nobody configured.
     let other = keys().ec.sign(&with(good_claims(), "iss", json!("https://elsewhere")));
     let v = json_out(&explain("GET", "/orders", &other, &["--json"]));
-    assert_eq!(v["reason"], "unknown_issuer");
+    assert_eq!(v["reasonCode"], "unknown_issuer");
     assert_eq!(v["steps"][2]["step"], "provider");
     assert_eq!(v["steps"][2]["ok"], false);
 
@@ -624,7 +623,7 @@ fn explain_traces_each_step_rule_and_header() {
     );
     let v = json_out(&o);
     assert_eq!(v["at"], 1_000_000_000u64);
-    assert_eq!(v["reason"], "issued_in_future");
+    assert_eq!(v["reasonCode"], "issued_in_future");
 
     // 403: the rule that refused, and why the others did not admit.
     let o = explain("POST", "/orders", &reader, &["--json"]);
@@ -905,21 +904,20 @@ fn import_istio_reports_every_untranslated_construct_in_json() {
     assert_eq!(
         paths,
         vec![
-            ("payments-allow", "spec.rules[0].from[0].source.principals"),
-            ("payments-allow", "spec.rules[1].from[0].source.namespaces"),
             ("payments-allow", "spec.rules[1].to[0].operation.ports"),
             ("payments-allow", "spec.rules[2].when[0].key"),
-            ("payments-deny-internal", "spec.rules[0].from[0].source.notIpBlocks"),
+            ("payments-deny-internal", "spec.rules[0].from[0].source.remoteIpBlocks"),
             ("payments-ext-authz", "spec.action"),
         ]
     );
-    // Nothing that needed an untranslatable condition was let through: no ALLOW rule survived,
-    // so an explicit deny-all stands in for Istio's "no ALLOW rule matched".
+    // Peer identities and the connection's address carry over; nothing that needed an
+    // untranslatable condition was let through (rules[1] and rules[2] are gone), and the DENY
+    // rule lost only its remoteIpBlocks.
     let rules = &v["wasmPlugin"]["spec"]["pluginConfig"]["rules"];
     assert_eq!(
         *rules,
-        json!([{"action": "DENY", "name": "payments-deny-internal.0", "paths": ["/internal/*"]},
-               {"action": "DENY", "name": "istio-allow-nothing"}])
+        json!([{"name": "payments-allow.0", "principals": ["cluster.local/ns/checkout/sa/checkout"], "namespaces": ["checkout"]},
+               {"action": "DENY", "name": "payments-deny-internal.0", "notIpBlocks": ["10.0.0.0/8"], "paths": ["/internal/*"]}])
     );
     assert_eq!(
         v["wasmPlugin"]["spec"]["selector"],

@@ -241,6 +241,13 @@ fn cognito_tokens_through_envoy() {
     let r = stack.get_with_token(&id_token(json!({})));
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "token_use is not the one this provider accepts");
+    // The reverse: a provider that requires ID tokens refuses an access token.
+    let id_stack = Stack::start(&config("id"));
+    assert_eq!(id_stack.get_with_token(&id_token(json!({}))).status, 200);
+    let r = id_stack.get_with_token(&access_token(json!({})));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "token_use is not the one this provider accepts");
+    assert_eq!(id_stack.upstream.served(), 1);
     // A gateway that forwards the token in its own header, without a prefix.
     let mut cfg = config("access");
     cfg["providers"][0]["fromHeaders"] = json!([{"name": "x-forwarded-access-token"}]);
@@ -252,4 +259,105 @@ fn cognito_tokens_through_envoy() {
     )
     .expect("request");
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Presets name each identity provider's claims the same way: a rule on `groups` reads
+/// `cognito:groups` for Cognito, a rule on `scope` reads Okta's `scp` array. The alias always
+/// mirrors its target, so a token cannot bring its own `groups` to a Cognito provider.
+#[test]
+fn presets_let_one_rule_set_read_every_provider() {
+    let rules = json!([{"name": "buyers", "when": [{"claim": "groups", "values": ["orders-admins"]},
+                                                   {"claim": "scope", "values": ["orders/read"]}]}]);
+    let cognito = json!({
+        "providers": [{"preset": {"name": "cognito", "region": REGION, "userPoolId": POOL},
+                       "clientIds": [CLIENT], "tokenUse": "access", "jwks": {"keys": [key().public_jwk()]}}],
+        "rules": rules
+    });
+    assert_eq!(run(&cognito, &access_token(json!({}))), (200, ""));
+    assert_eq!(
+        run(
+            &cognito,
+            &access_token(json!({"cognito:groups": null, "groups": ["orders-admins"]}))
+        ),
+        (403, "policy_denied"),
+        "a token's own groups claim is not the Cognito groups"
+    );
+
+    let okta_key = TestKey::from_rsa(&keys().rsa, Alg::RS256, "okta-1");
+    let okta = json!({
+        "providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["api://default"],
+                       "jwks": {"keys": [okta_key.public_jwk()]}}],
+        "rules": rules
+    });
+    // An Okta access token: scopes in `scp` (an array), groups in `groups`.
+    let now = now();
+    let okta_token = |scp: Value| {
+        okta_key.sign(
+            &json!({"ver": 1, "jti": "AT.x", "iss": "https://acme.okta.com/oauth2/default",
+            "aud": "api://default", "iat": now, "exp": now + 3600, "cid": "0oa1", "uid": "00u1",
+            "scp": scp, "sub": "ana@example.com", "groups": ["orders-admins"]}),
+        )
+    };
+    assert_eq!(run(&okta, &okta_token(json!(["openid", "orders/read"]))), (200, ""));
+    assert_eq!(run(&okta, &okta_token(json!(["openid"]))), (403, "insufficient_scope"));
+}
+
+/// The three ways an API Gateway hands the token to the mesh. An HTTP API JWT authorizer
+/// forwards `Authorization: Bearer <access token>` (the default `fromHeaders`); a REST API
+/// Cognito authorizer's clients usually send the ID token raw in `Authorization` (both forms
+/// accepted with a second, unprefixed entry); a gateway that copies the token into its own
+/// header (no prefix).
+#[test]
+fn api_gateway_setups() {
+    let decide = |cfg: &Value, headers: &[(&str, &str)]| -> (u16, &'static str) {
+        let c = Config::from_json(cfg.to_string().as_bytes()).expect("config");
+        let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/orders".into())];
+        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        match evaluate(&c, &c, &HttpRequest::from_headers(&h), now(), true).decision {
+            Decision::Allow { .. } => (200, ""),
+            Decision::Deny(d) => (d.status as u16, d.reason),
+            Decision::NeedKeys { .. } => (0, "need_keys"),
+        }
+    };
+    // HTTP API + JWT authorizer.
+    let http_api = config("access");
+    let bearer = format!("Bearer {}", access_token(json!({})));
+    assert_eq!(decide(&http_api, &[("authorization", &bearer)]), (200, ""));
+
+    // REST API + Cognito authorizer: raw ID token, or Bearer, never counted twice.
+    let mut rest_api = config("id");
+    rest_api["providers"][0]["fromHeaders"] =
+        json!([{"name": "authorization", "prefix": "Bearer "}, {"name": "authorization"}]);
+    let id = id_token(json!({}));
+    assert_eq!(decide(&rest_api, &[("authorization", &id)]), (200, ""));
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &format!("Bearer {id}"))]),
+        (200, "")
+    );
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &format!("bearer {id}"))]),
+        (200, "")
+    );
+    assert_eq!(
+        decide(
+            &rest_api,
+            &[("authorization", &format!("Bearer {id}")), ("authorization", &id)]
+        ),
+        (400, "multiple_tokens")
+    );
+    assert_eq!(
+        decide(&rest_api, &[("authorization", &access_token(json!({})))]),
+        (401, "wrong_token_use")
+    );
+    // Only Bearer accepted by default: a raw token there is no token at all.
+    assert_eq!(decide(&http_api, &[("authorization", &id)]), (401, "missing_token"));
+
+    // A gateway that forwards the token in a header of its own.
+    let mut custom = config("access");
+    custom["providers"][0]["fromHeaders"] = json!([{"name": "x-forwarded-access-token"}]);
+    assert_eq!(
+        decide(&custom, &[("x-forwarded-access-token", &access_token(json!({})))]),
+        (200, "")
+    );
+    assert_eq!(decide(&custom, &[("authorization", &bearer)]), (401, "missing_token"));
 }

@@ -16,6 +16,12 @@ pub const CONFIG: &str = r#"{
     "fromCookies": ["session"],
     "outputClaimToHeaders": [{"header": "x-user", "claim": "sub"}, {"header": "x-groups", "claim": "groups"}],
     "allowMissing": true
+  }, {
+    "name": "alb",
+    "clientIds": ["fuzz-client"],
+    "alb": {"region": "eu-west-1",
+      "signers": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/fuzz/50dc6c495c0c9188"],
+      "keys": {"0f3c8e2a-5b7d-4c1e-9a6f-2d4b8c0e1a3f": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEKSexBRK64+3c/kZ4KBKLrSkDJpkZ\n9whgacjE32xzKDjHeHlk6qwA5ZIfsUmKYPRgZ2az2WhQAVWNGpdOc0FRPg==\n-----END PUBLIC KEY-----\n"}}
   }],
   "rules": [
     {"name": "public", "public": true, "paths": ["/healthz", "/docs/*"]},

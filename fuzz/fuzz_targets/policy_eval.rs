@@ -2,7 +2,7 @@
 //! Policy evaluation over arbitrary requests and arbitrary (already verified) claims:
 //! input = method \n path \n host \n claims-json.
 use claimguard::path::normalize;
-use claimguard::policy::{RequestFacts, Subject};
+use claimguard::policy::{Peer, RequestFacts, Subject};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_default();
     let Ok(path) = normalize(raw_path, c.escaped_slashes, c.policy.case_insensitive_paths) else { return };
     let headers = vec![("x-env".to_string(), host.to_string())];
-    let facts = RequestFacts { method, path: &path, host, headers: &headers };
+    // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
+    let peer = Peer::from_connection(true, Some(host), Some(host));
+    let facts = RequestFacts { method, path: &path, host, headers: &headers, peer: &peer };
     let subject = Subject { provider: 0, principal: "https://idp.fuzz/x", claims: &claims };
     let d = c.policy.evaluate(&facts, Some(&subject));
     for t in &d.trace {

@@ -1,5 +1,6 @@
 #![no_main]
-//! Any bytes as a bearer token, a query token or a cookie, through the whole request path.
+//! Any bytes as a bearer token, a query token, a cookie or an ALB `x-amzn-oidc-data`
+//! header, through the whole request path.
 //! No input may crash, and none may ever be allowed with an identity: nobody holds the key.
 use claimguard::decision::{evaluate, Decision, HttpRequest};
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         ("authorization", format!("Bearer {text}"), "/orders".to_string()),
         ("cookie", format!("session={text}"), "/orders".to_string()),
         ("x-other", String::new(), format!("/orders?access_token={text}")),
+        ("x-amzn-oidc-data", text.to_string(), "/orders".to_string()),
     ] {
         let headers = vec![
             (":method".to_string(), "GET".to_string()),

@@ -56,6 +56,60 @@ pub struct EnvoyOptions {
     /// Deliver the filter by ECDS from a watched file, as istiod delivers a WasmPlugin, so
     /// tests can push new plugin configs with [`Envoy::push_plugin_config`].
     pub ecds: bool,
+    /// HTTP filters that run before claimguard (e.g. Envoy's own `jwt_authn`).
+    pub filters_before: Vec<Value>,
+    /// Leave claimguard out (an edge proxy in front of a claimguard sidecar).
+    pub without_claimguard: bool,
+    /// A complete HTTP filter entry to run instead of [`wasm_filter`]'s, e.g. the one istiod
+    /// would generate from a rendered `istio/` WasmPlugin (tests/istio_manifests.rs).
+    pub filter: Option<Value>,
+    /// More listeners with the same filter chain (the main one stays on 127.0.0.1), e.g. an
+    /// mTLS listener, or one on `::1`; their ports: [`Envoy::listener_port_named`].
+    pub extra_listeners: Vec<ExtraListener>,
+    /// A complete bootstrap to run instead of the rendered one (e.g. a client-side Envoy that
+    /// presents certificates); no filter is loaded then.
+    pub raw_bootstrap: Option<Value>,
+    /// The connection manager's `use_remote_address`: when true, Envoy's downstream address
+    /// (`source.address`) is the TCP peer whatever `X-Forwarded-For` says; when false (Envoy's
+    /// default) Envoy takes it from `X-Forwarded-For` if present.
+    pub use_remote_address: bool,
+}
+
+/// A further listener: `address` is a loopback IP (`127.0.0.1`, `::1`), the port is Envoy's
+/// choice.
+pub struct ExtraListener {
+    pub name: String,
+    pub address: String,
+    pub tls: Option<DownstreamTls>,
+}
+
+/// TLS on a listener that requires client certificates, as an Istio sidecar's inbound
+/// listener does: PEM files for the server certificate chain and key, and the CA every client
+/// certificate must chain to.
+pub struct DownstreamTls {
+    pub cert_chain: PathBuf,
+    pub private_key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl DownstreamTls {
+    /// The listener's `transport_socket`.
+    pub fn transport_socket(&self) -> Value {
+        json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": self.cert_chain.display().to_string()},
+                        "private_key": {"filename": self.private_key.display().to_string()}
+                    }],
+                    "validation_context": {"trusted_ca": {"filename": self.client_ca.display().to_string()}}
+                }
+            }
+        })
+    }
 }
 
 impl EnvoyOptions {
@@ -72,6 +126,12 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             access_log_format: None,
             ecds: false,
+            filters_before: Vec::new(),
+            without_claimguard: false,
+            filter: None,
+            extra_listeners: Vec::new(),
+            raw_bootstrap: None,
+            use_remote_address: false,
         }
     }
 }
@@ -163,32 +223,54 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         .iter()
         .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
         .collect();
+    let mut http_filters = o.filters_before.clone();
+    if !o.without_claimguard {
+        http_filters.push(match (&o.filter, o.ecds) {
+            (_, true) => ecds_filter(dir),
+            (Some(filter), false) => filter.clone(),
+            (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
+        });
+    }
+    http_filters.push(json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mut filter_chain = json!({"filters": [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress_http",
+            "access_log": access_log,
+            "route_config": {"virtual_hosts": [{
+                "name": "app", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
+            }]},
+            "http_filters": http_filters
+        }
+    }]});
+    if o.use_remote_address {
+        filter_chain["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
+    }
+    let mut listeners = vec![json!({
+        "name": "ingress",
+        "address": loopback(o.listener_port),
+        "filter_chains": [filter_chain.clone()]
+    })];
+    for l in &o.extra_listeners {
+        let mut chain = filter_chain.clone();
+        if let Some(tls) = &l.tls {
+            chain["transport_socket"] = tls.transport_socket();
+        }
+        listeners.push(json!({
+            "name": l.name,
+            "address": {"socket_address": {"address": l.address, "port_value": 0}},
+            "filter_chains": [chain]
+        }));
+    }
     json!({
         "node": {"id": "claimguard-test", "cluster": "claimguard"},
         "stats_config": {"stats_tags": stats_tags},
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": loopback(o.listener_port),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress_http",
-                        "access_log": access_log,
-                        "route_config": {"virtual_hosts": [{
-                            "name": "app", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
-                        }]},
-                        "http_filters": [
-                            if o.ecds { ecds_filter(dir) } else { wasm_filter(&o.wasm, &o.plugin_config) },
-                            {"name": "envoy.filters.http.router",
-                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
-                }]}]
-            }],
+            "listeners": listeners,
             "clusters": clusters
         }
     })
@@ -250,7 +332,7 @@ impl Envoy {
                 String::new(),
             ));
         }
-        if !o.wasm.exists() {
+        if o.raw_bootstrap.is_none() && !o.wasm.exists() {
             return Err(fail(
                 format!("no filter at {} (run `make build`)", o.wasm.display()),
                 String::new(),
@@ -274,7 +356,8 @@ impl Envoy {
         let cfg = dir.join("envoy.json");
         fs::write(
             &cfg,
-            serde_json::to_string_pretty(&bootstrap(o, &dir)).unwrap_or_default(),
+            serde_json::to_string_pretty(&o.raw_bootstrap.clone().unwrap_or_else(|| bootstrap(o, &dir)))
+                .unwrap_or_default(),
         )
         .map_err(|e| fail(format!("write {}: {e}", cfg.display()), String::new()))?;
         let log = fs::File::create(dir.join("envoy.log")).map_err(|e| fail(format!("log file: {e}"), String::new()))?;
@@ -354,6 +437,18 @@ impl Envoy {
         let v = r.json();
         let addr = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(addr).ok().filter(|p| *p != 0)
+    }
+
+    /// The port Envoy bound for the listener called `name` (see [`EnvoyOptions::extra_listeners`]).
+    pub fn listener_port_named(&self, name: &str) -> Option<u16> {
+        let r = http::get(self.admin_port, "/listeners?format=json", &[]).ok()?;
+        let v = r.json();
+        let status = v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"].as_str() == Some(name))?;
+        let port = status["local_address"]["socket_address"]["port_value"].as_u64()?;
+        u16::try_from(port).ok().filter(|p| *p != 0)
     }
 
     /// Pushes a new plugin config by ECDS (needs `EnvoyOptions::ecds`), as istiod does when a

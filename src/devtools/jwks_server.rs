@@ -32,6 +32,9 @@ struct State {
     mode: Mode,
     cache_control: Option<String>,
     hits: Vec<(Instant, String)>,
+    /// Path → body served as text (e.g. ALB public keys as PEM at `/KID`). When any is set,
+    /// other paths get 404 instead of the key set.
+    files: std::collections::HashMap<String, String>,
 }
 
 pub struct JwksServer {
@@ -49,6 +52,7 @@ impl JwksServer {
             mode: Mode::Serve,
             cache_control: None,
             hits: Vec::new(),
+            files: std::collections::HashMap::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -73,6 +77,11 @@ impl JwksServer {
 
     pub fn set_jwks(&self, jwks: Value) {
         self.with(|s| s.jwks = jwks);
+    }
+
+    /// Serves `body` as `text/plain` at `path` (and 404 on paths with nothing set).
+    pub fn set_file(&self, path: &str, body: &str) {
+        self.with(|s| s.files.insert(path.to_string(), body.to_string()));
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -121,11 +130,28 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
-        let (mode, mut body, cc) = {
+        let (mode, mut body, cc, file) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             s.hits.push((Instant::now(), req.path.clone()));
-            (s.mode.clone(), s.jwks.to_string(), s.cache_control.clone())
+            let file = match (s.files.is_empty(), s.files.get(&req.path)) {
+                (true, _) => None,
+                (false, f) => Some(f.cloned()),
+            };
+            (s.mode.clone(), s.jwks.to_string(), s.cache_control.clone(), file)
         };
+        if let (Mode::Serve, Some(file)) = (&mode, file) {
+            let resp = match file {
+                Some(f) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{f}",
+                    f.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found".to_string(),
+            };
+            if writer.write_all(resp.as_bytes()).is_err() || req.close {
+                return;
+            }
+            continue;
+        }
         if req.path.ends_with("/.well-known/openid-configuration") {
             // OIDC discovery: point at this server's JWKS, under the host the client used.
             let host = req.headers.get("host").and_then(|h| h.as_str()).unwrap_or("localhost");

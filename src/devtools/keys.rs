@@ -103,6 +103,17 @@ impl TestKey {
         }
     }
 
+    /// The public key as a PEM SubjectPublicKeyInfo (what an ALB's key endpoint serves).
+    pub fn public_pem(&self) -> String {
+        match &self.inner {
+            Inner::Rsa(k) => k.public_key().to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Es256(k) => k.public_key().to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Es384(k) => k.public_key().to_pem().unwrap_or_else(|e| fail("pem", e)),
+            Inner::Ed(k) => k.public_key().to_pem(),
+            Inner::Hmac(_) => fail("pem", "HMAC secrets have no public key"),
+        }
+    }
+
     /// The public JWK, with `kid`, `alg` and `use: sig`.
     pub fn public_jwk(&self) -> Value {
         let b = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
@@ -212,6 +223,19 @@ impl TestKey {
         );
         let sig = self.sign_bytes(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    /// A token as an AWS ALB writes `x-amzn-oidc-data`: base64url segments *with* `=`
+    /// padding, signed over exactly those bytes (ES256 keys).
+    pub fn sign_alb(&self, header: &Value, claims: &Value) -> String {
+        use base64::engine::general_purpose::URL_SAFE;
+        let input = format!(
+            "{}.{}",
+            URL_SAFE.encode(header.to_string()),
+            URL_SAFE.encode(claims.to_string())
+        );
+        let sig = self.sign_bytes(input.as_bytes());
+        format!("{input}.{}", URL_SAFE.encode(sig))
     }
 
     /// A raw signature over `msg` with this key's algorithm.

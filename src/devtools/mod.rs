@@ -3,8 +3,10 @@
 //! launcher that renders the same filter configuration istiod would generate.
 //! Nothing here is compiled into the `.wasm` filter.
 
+pub mod demo_edge;
 pub mod echo;
 pub mod envoy;
 pub mod http;
 pub mod jwks_server;
 pub mod keys;
+pub mod oci;

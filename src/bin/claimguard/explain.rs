@@ -4,7 +4,7 @@
 use crate::input::{load, Content};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::{parse_duration_ms, Config};
-use claimguard::decision::{evaluate_traced, Decision, HttpRequest};
+use claimguard::decision::{evaluate_traced, Decision, HttpRequest, Peer};
 use claimguard::policy::Effect;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -65,6 +65,10 @@ fn time_arg(s: &str) -> Result<u64, String> {
     u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).map_err(|_| bad())
 }
 
+fn source_ip_arg(s: &str) -> Result<std::net::IpAddr, String> {
+    claimguard::policy::parse_socket_ip(s).ok_or_else(|| format!("--source-ip {s:?} is not an IP address"))
+}
+
 #[derive(clap::Args)]
 pub struct ExplainArgs {
     /// Plugin config: JSON, or WasmPlugin YAML (see --document).
@@ -94,6 +98,13 @@ pub struct ExplainArgs {
     /// Extra request header NAME:VALUE; repeatable.
     #[arg(long, value_name = "NAME:VALUE", value_parser = header_arg)]
     header: Vec<(String, String)>,
+    /// The calling workload, as if the request came over mTLS from it: a SPIFFE ID, or Istio's
+    /// form without `spiffe://` (cluster.local/ns/web/sa/frontend). No peer by default.
+    #[arg(long, value_name = "ID")]
+    peer_principal: Option<String>,
+    /// The downstream connection's address (for ipBlocks rules).
+    #[arg(long, value_name = "IP", value_parser = source_ip_arg)]
+    source_ip: Option<std::net::IpAddr>,
     /// Evaluate at this time (epoch seconds or 2026-01-31T12:00:00Z); now by default.
     #[arg(long, value_name = "TIME", value_parser = time_arg)]
     at: Option<u64>,
@@ -208,7 +219,21 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     }
     headers.extend(a.header.iter().cloned());
     let at = a.at.unwrap_or_else(crate::now);
-    let ev = evaluate_traced(&cfg, &cfg, &HttpRequest::from_headers(&headers), at);
+    // The calling workload, as the proxy would see an mTLS connection from it. Istio's form
+    // (cluster.local/ns/web/sa/frontend) is taken as the SPIFFE ID it stands for.
+    let peer = Peer {
+        uri_san: a.peer_principal.as_ref().map(|p| {
+            if p.contains("://") {
+                p.to_string()
+            } else {
+                format!("spiffe://{p}")
+            }
+        }),
+        ip: a.source_ip,
+    };
+    let peer_principal = peer.uri_san.clone();
+    let source_ip = peer.ip.map(|ip| ip.to_string());
+    let ev = evaluate_traced(&cfg, &cfg, &HttpRequest::from_headers(&headers).with_peer(peer), at);
 
     let rules: Vec<String> = ev
         .policy
@@ -263,8 +288,11 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             .map(|s| json!({"step": s.step, "ok": s.ok, "detail": s.detail}))
             .collect();
         let out = json!({
-            "decision": verdict, "status": status, "reason": reason, "description": description,
+            // `reason` as it always was (code and description); `reasonCode` for scripts.
+            "decision": verdict, "status": status, "reasonCode": reason, "description": description,
+            "reason": if description.is_empty() { reason.clone() } else { format!("{reason} ({description})") },
             "provider": provider, "issuer": ev.issuer, "subject": ev.subject, "at": at,
+            "peerPrincipal": peer_principal, "sourceIp": source_ip,
             "request": {"method": a.method, "path": a.path, "host": a.host},
             "path": ev.normalized_path, "corsPreflight": ev.cors_preflight,
             "publicRule": ev.public_rule.map(|r| cfg.policy.rule_name(r)),
@@ -317,6 +345,11 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
         }
         println!("provider: {}", provider.as_deref().unwrap_or("-"));
         println!("subject:  {}", ev.subject.as_deref().unwrap_or("-"));
+        println!(
+            "peer:     {} from {}",
+            peer_principal.as_deref().unwrap_or("- (no mTLS peer)"),
+            source_ip.as_deref().unwrap_or("-")
+        );
         for (k, v) in &upstream_headers {
             println!("upstream header: {k}: {v}");
         }

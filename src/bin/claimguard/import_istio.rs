@@ -1,7 +1,7 @@
 //! `claimguard import-istio`: Istio `RequestAuthentication` + `AuthorizationPolicy` YAML →
 //! one claimguard `WasmPlugin`. The plugin's rule schema is Istio-shaped, so most fields carry
-//! over as they are; everything that does not (mTLS identities, IPs, ports, CUSTOM actions,
-//! other `when` keys, ...) is reported, never dropped silently, and makes the exit status 1.
+//! over as they are; everything that does not (remote IPs, ports, CUSTOM actions, connection
+//! `when` keys, ...) is reported, never dropped silently, and makes the exit status 1.
 //!
 //! When something cannot be translated, the result errs towards refusing: an ALLOW (or AUDIT)
 //! alternative that depends on it is left out (claimguard admits less than Istio did), while a
@@ -19,15 +19,16 @@ pub const AFTER_HELP: &str = "\
 Translated: RequestAuthentication jwtRules (issuer, audiences, jwksUri, jwks, fromHeaders,
 fromParams, fromCookies, outputClaimToHeaders, outputPayloadToHeader, forwardOriginalToken,
 spaceDelimitedClaims, timeout; no key source means OIDC discovery from the issuer) and
-AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source.requestPrincipals/notRequestPrincipals,
+AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, principals,
+namespaces, ipBlocks (and their not* forms),
 to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
 (nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
 request.headers[..], values/notValues; selector.matchLabels becomes the WasmPlugin selector.
 
-Not translated, and reported (stderr, or \"untranslated\" in --json): source principals,
-namespaces and IP blocks, ports, CUSTOM actions, other when keys, targetRefs, selectors that
-differ between inputs, unknown fields. ALLOW alternatives that need them are left out (fewer
-requests admitted), DENY rules lose only those conditions (more requests denied).
+Not translated, and reported (stderr, or \"untranslated\" in --json): remoteIpBlocks, ports,
+CUSTOM actions, when keys other than request.auth.* and request.headers[..], targetRefs,
+selectors that differ between inputs, unknown fields. ALLOW alternatives that need them are
+left out (fewer requests admitted), DENY rules lose only those conditions (more denied).
 
 Istio admits a request without any token unless a policy requires one, so every provider
 gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
@@ -372,7 +373,9 @@ impl Import {
         if !supported {
             let why = match key {
                 "source.ip" | "remote.ip" | "source.namespace" | "source.principal" | "destination.ip"
-                | "destination.port" | "connection.sni" => "claimguard sees the HTTP request, not the connection",
+                | "destination.port" | "connection.sni" => {
+                    "claimguard's when conditions read only request.auth.* and request.headers[...] (peer identity and address go in from.source: principals, namespaces, ipBlocks)"
+                }
                 _ => "claimguard evaluates only request.auth.* and request.headers[...]",
             };
             self.untranslated(
@@ -408,12 +411,12 @@ impl Import {
 const SOURCE_FIELDS: [(&str, &str); 10] = [
     ("requestPrincipals", "requestPrincipals"),
     ("notRequestPrincipals", "notRequestPrincipals"),
-    ("principals", ""),
-    ("notPrincipals", ""),
-    ("namespaces", ""),
-    ("notNamespaces", ""),
-    ("ipBlocks", ""),
-    ("notIpBlocks", ""),
+    ("principals", "principals"),
+    ("notPrincipals", "notPrincipals"),
+    ("namespaces", "namespaces"),
+    ("notNamespaces", "notNamespaces"),
+    ("ipBlocks", "ipBlocks"),
+    ("notIpBlocks", "notIpBlocks"),
     ("remoteIpBlocks", ""),
     ("notRemoteIpBlocks", ""),
 ];
@@ -431,11 +434,8 @@ const OPERATION_FIELDS: [(&str, &str); 8] = [
 
 fn untranslatable_reason(field: &str) -> &'static str {
     match field {
-        "principals" | "notPrincipals" | "namespaces" | "notNamespaces" => {
-            "peer (mTLS) identities are not visible to an HTTP filter"
-        }
-        "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks" => {
-            "claimguard does not match client addresses"
+        "remoteIpBlocks" | "notRemoteIpBlocks" => {
+            "claimguard matches the connection's address (ipBlocks), not the original client's from X-Forwarded-For"
         }
         "ports" | "notPorts" => "claimguard does not match ports (attach the WasmPlugin per workload/port instead)",
         _ => "unsupported",
