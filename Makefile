@@ -7,30 +7,44 @@ CARGO        ?= cargo
 PYTHON       ?= python3
 VENV         := $(CURDIR)/.venv
 WASM_TARGET  := wasm32-wasip1
-WASM         := $(CURDIR)/target/$(WASM_TARGET)/release/claimguard.wasm
+# What cargo builds, and the filter we ship: the same module after binaryen's wasm-opt -O3
+# (about 11% smaller; V8 compiles it either way).
+RAW_WASM     := $(CURDIR)/target/$(WASM_TARGET)/release/claimguard.wasm
+WASM         := $(CURDIR)/target/claimguard.wasm
+BINARYEN_DEB_VERSION := 108-1
+WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+                  --enable-nontrapping-float-to-int
 # Test-only build that can be made to trap (feature fault-injection), in its own target dir.
 FAULTS_WASM  := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
 DEFAULT_ENVOY := $(VENV)/bin/envoy
 # Override with an istio-proxy or other Envoy build: make test ENVOY=/path/to/envoy
 ENVOY        ?= $(DEFAULT_ENVOY)
 DEMO_PORT    ?= 10000
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools cli
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
-.PHONY: bench bench-tools vm-profile
+.PHONY: bench bench-tools vm-profile wasm-opt-tool
 
 all: build
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
-build: wasm-target
+build: wasm-target wasm-opt-tool
 	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes"
+	wasm-opt $(WASM_OPT_FLAGS) '$(RAW_WASM)' -o '$(WASM).tmp' && mv '$(WASM).tmp' '$(WASM)'
+	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes (cargo's: $$(stat -c %s '$(RAW_WASM)'))"
+
+# binaryen's wasm-opt from Debian, pinned; installed once, then only checked.
+wasm-opt-tool:
+	@dpkg-query -W -f='$${Version}' binaryen 2>/dev/null | grep -qxF '$(BINARYEN_DEB_VERSION)' || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'binaryen=$(BINARYEN_DEB_VERSION)'; }
 
 build-faults: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) --lib --features fault-injection --target-dir target/faults
@@ -148,7 +162,6 @@ BENCH_SCENARIOS   ?=
 export BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_COLD_TOKENS BENCH_SCENARIOS
 # wrk from Debian, pinned (bookworm's).
 WRK_DEB_VERSION   := 4.1.0-3+b2
-SUDO              := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench-tools:
 	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_DEB_VERSION)' || { 	  $(SUDO) apt-get update -qq && 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'wrk=$(WRK_DEB_VERSION)'; }
@@ -176,6 +189,12 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# The command-line companion (check, explain, import-istio, keygen, mint): installs the
+# `claimguard` binary with cargo (into ~/.cargo/bin, or CLI_ROOT/bin if given).
+CLI_ROOT ?=
+cli:
+	$(CARGO) install --locked --path . --bin claimguard $(if $(CLI_ROOT),--root '$(CLI_ROOT)')
 
 demo: build envoy
 	$(CARGO) run --quiet --release --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)

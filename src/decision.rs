@@ -12,7 +12,7 @@ use crate::path::normalize;
 use crate::policy::claim_at;
 pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
-use crate::token::{extract, parse, Location, Request};
+use crate::token::{extract, parse, Jwt, Location, Request};
 use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
 use serde_json::{json, Map, Value};
 
@@ -101,6 +101,19 @@ pub struct Evaluation {
     /// With a cache: Some(true) when the token's signature was already verified, Some(false)
     /// when it was verified now.
     pub token_cache: Option<bool>,
+    /// Each token-handling step and its result: only filled by [`evaluate_traced`] (the
+    /// filter never pays for it), for `claimguard explain`.
+    pub auth_steps: Vec<AuthStep>,
+}
+
+/// One step of finding and verifying the token, as `claimguard explain` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthStep {
+    /// `token`, `parse`, `provider`, `keys`, `algorithm`, `typ`, `key`, `signature`, `iss`,
+    /// `exp`, `nbf`, `iat`, `token_use`, `aud`, ...
+    pub step: &'static str,
+    pub ok: bool,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -302,6 +315,18 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
     evaluate_cached(config, keys, None, req, now, final_attempt)
 }
 
+/// [`evaluate`] as a last attempt (no waiting for keys), recording every token-handling step
+/// in [`Evaluation::auth_steps`]: the same code path as the filter, with notes taken.
+pub fn evaluate_traced(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u64) -> Evaluation {
+    let mut ev = evaluate_inner(config, keys, None, req, now, true, true);
+    if config.decision_header {
+        if let Decision::Deny(d) = &mut ev.decision {
+            d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
+        }
+    }
+    ev
+}
+
 /// [`evaluate`] with a verified-token cache (the filter keeps one per VM).
 pub fn evaluate_cached(
     config: &Config,
@@ -311,7 +336,7 @@ pub fn evaluate_cached(
     now: u64,
     final_attempt: bool,
 ) -> Evaluation {
-    let mut ev = evaluate_request(config, keys, cache, req, now, final_attempt);
+    let mut ev = evaluate_inner(config, keys, cache, req, now, final_attempt, false);
     if config.decision_header {
         if let Decision::Deny(d) = &mut ev.decision {
             d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
@@ -320,13 +345,14 @@ pub fn evaluate_cached(
     ev
 }
 
-fn evaluate_request(
+fn evaluate_inner(
     config: &Config,
     keys: &dyn KeyLookup,
     cache: Option<&mut VerifiedTokenCache>,
     req: &HttpRequest,
     now: u64,
     final_attempt: bool,
+    traced: bool,
 ) -> Evaluation {
     let mut ev = Evaluation {
         decision: Decision::Allow { identity: None },
@@ -339,6 +365,7 @@ fn evaluate_request(
         subject: None,
         token_fingerprint: None,
         token_cache: None,
+        auth_steps: Vec::new(),
     };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
@@ -377,7 +404,10 @@ fn evaluate_request(
         headers,
         path: req.path,
     };
-    let mut notes = TokenNotes::default();
+    let mut notes = TokenNotes {
+        steps: traced.then(Vec::new),
+        ..TokenNotes::default()
+    };
     let identity = find_and_verify(
         config,
         keys,
@@ -389,6 +419,7 @@ fn evaluate_request(
     );
     ev.token_fingerprint = notes.fingerprint;
     ev.token_cache = notes.cache_hit;
+    ev.auth_steps = notes.steps.unwrap_or_default();
     let identity = match identity {
         Ok(id) => id,
         Err(f) => {
@@ -410,6 +441,21 @@ fn evaluate_request(
                     .principal()
                     .is_some_and(|pr| p.trusted_principals.iter().any(|t| t.matches(pr)))
         });
+        let listed = config
+            .providers
+            .get(id.provider_index)
+            .is_some_and(|p| !p.trusted_principals.is_empty());
+        if traced && listed && !cfg!(target_arch = "wasm32") {
+            ev.auth_steps.push(AuthStep {
+                step: "peer",
+                ok: trusted,
+                detail: format!(
+                    "peer {} {} the provider's trustedPrincipals",
+                    req.peer.principal().unwrap_or("(none: no mTLS)"),
+                    if trusted { "is in" } else { "is not in" }
+                ),
+            });
+        }
         if !trusted {
             ev.decision = Decision::Deny(Denial::untrusted_peer(&id.provider));
             ev.normalized_path = Some(path);
@@ -543,6 +589,165 @@ pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
 struct TokenNotes {
     fingerprint: Option<String>,
     cache_hit: Option<bool>,
+    /// Some: record each step (explain); None: the filter, which never formats them.
+    steps: Option<Vec<AuthStep>>,
+}
+
+impl TokenNotes {
+    fn step(&mut self, step: &'static str, ok: bool, detail: impl FnOnce() -> String) {
+        // The filter never traces: compile the notes out of the wasm module entirely.
+        if cfg!(target_arch = "wasm32") {
+            return;
+        }
+        if let Some(steps) = &mut self.steps {
+            steps.push(AuthStep {
+                step,
+                ok,
+                detail: detail(),
+            });
+        }
+    }
+
+    /// The signature-related steps, read off `verify_signed`'s single result.
+    fn signed_steps(&mut self, p: &Provider, keys: &KeySet, jwt: &Jwt, result: &Result<(), AuthError>) {
+        if cfg!(target_arch = "wasm32") || self.steps.is_none() {
+            return;
+        }
+        let algs = || p.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ");
+        if let Err(AuthError::AlgNotAllowed(a)) = result {
+            self.step("algorithm", false, || {
+                format!("{a} is not in the provider's algorithms ({})", algs())
+            });
+            return;
+        }
+        self.step("algorithm", true, || {
+            format!("{} is in the provider's algorithms ({})", jwt.alg, algs())
+        });
+        if let Some(want) = &p.token_type {
+            let ok = *result != Err(AuthError::WrongType);
+            self.step("typ", ok, || format!("tokenType requires typ {want:?}"));
+            if !ok {
+                return;
+            }
+        }
+        if let Err(e @ AuthError::InvalidClaim { .. }) = result {
+            self.step("claim types", false, || e.description());
+            return;
+        }
+        let fitting: Vec<&crate::jwks::VerificationKey> = match &jwt.kid {
+            Some(kid) => keys.find_by_kid(kid).filter(|k| k.supports(jwt.alg)).collect(),
+            None => keys.keys.iter().filter(|k| k.supports(jwt.alg)).collect(),
+        };
+        let chosen = || {
+            let described: Vec<String> = fitting
+                .iter()
+                .map(|k| format!("{} (kid {})", k.description, k.kid.as_deref().unwrap_or("-")))
+                .collect();
+            match &jwt.kid {
+                Some(kid) if described.is_empty() => {
+                    format!(
+                        "kid {kid:?} names no {} key; tried the key set's kid-less keys",
+                        jwt.alg
+                    )
+                }
+                Some(kid) => format!("kid {kid:?} with {} selects {}", jwt.alg, described.join(", ")),
+                None => format!("no kid: every {} key tried: {}", jwt.alg, described.join(", ")),
+            }
+        };
+        match result {
+            Err(e @ (AuthError::UnknownKid | AuthError::KeyAlgMismatch | AuthError::AmbiguousKid)) => {
+                let n = keys.keys.len();
+                self.step("key", false, || format!("{} ({n} key(s) in the set)", e.description()));
+            }
+            Err(AuthError::BadSignature) => {
+                self.step("key", true, chosen);
+                self.step("signature", false, || AuthError::BadSignature.description());
+            }
+            Err(e) => self.step("signature", false, || e.description()),
+            Ok(()) => {
+                self.step("key", true, chosen);
+                self.step("signature", true, || format!("valid {} signature", jwt.alg));
+            }
+        }
+    }
+
+    /// The registered-claim steps, in `check_claims`' order, up to the one that failed.
+    fn claim_steps(&mut self, p: &Provider, claims: &Map<String, Value>, now: u64, result: &Result<(), AuthError>) {
+        if cfg!(target_arch = "wasm32") || self.steps.is_none() {
+            return;
+        }
+        let failed: Option<&'static str> = match result {
+            Ok(()) => None,
+            Err(AuthError::UnknownIssuer) => Some("iss"),
+            Err(AuthError::Expired | AuthError::MissingExpiration) => Some("exp"),
+            Err(AuthError::NotYetValid) => Some("nbf"),
+            Err(AuthError::IssuedInFuture) => Some("iat"),
+            Err(AuthError::WrongTokenUse) => Some("token_use"),
+            Err(AuthError::InvalidClaim { claim, .. }) if *claim != "aud" && *claim != "client_id" => {
+                Some("claim types")
+            }
+            Err(_) => Some("aud"),
+        };
+        let skew = p.clock_skew_seconds;
+        let time = |name: &str| -> String {
+            match claims.get(name).and_then(Value::as_u64) {
+                Some(t) if t == now => format!("{name} {t} (now; clock skew {skew}s)"),
+                Some(t) if t > now => format!("{name} {t} (in {}s; clock skew {skew}s)", t - now),
+                Some(t) => format!("{name} {t} ({}s ago; clock skew {skew}s)", now - t),
+                None => format!("no {name}"),
+            }
+        };
+        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut order: Vec<(&'static str, String)> = vec![
+            ("iss", format!("{iss:?}, provider issuer {:?}", p.issuer)),
+            (
+                "exp",
+                if p.require_expiration {
+                    time("exp")
+                } else {
+                    format!("{} (exp optional)", time("exp"))
+                },
+            ),
+            ("nbf", time("nbf")),
+            ("iat", time("iat")),
+        ];
+        if let Some(want) = &p.token_use {
+            order.push(("token_use", format!("must be {want:?}")));
+        }
+        let aud = match claims.get("aud") {
+            Some(v) => v.to_string(),
+            None => "none".into(),
+        };
+        let aud_detail = if p.audiences.is_empty() && p.client_ids.is_empty() {
+            format!("aud {aud}; not checked (no audiences or clientIds configured)")
+        } else if claims.get("aud").is_none() && !p.client_ids.is_empty() {
+            let client = claims
+                .get("client_id")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "none".into());
+            format!("no aud; client_id {client} against clientIds {:?}", p.client_ids)
+        } else {
+            format!(
+                "aud {aud} against audiences {:?} and clientIds {:?}",
+                p.audiences, p.client_ids
+            )
+        };
+        order.push(("aud", aud_detail));
+        if failed == Some("claim types") {
+            if let Err(e) = result {
+                self.step("claim types", false, || e.description());
+            }
+            return;
+        }
+        for (name, detail) in order {
+            if Some(name) == failed {
+                let why = result.as_ref().err().map(AuthError::description).unwrap_or_default();
+                self.step(name, false, || format!("{why}: {detail}"));
+                return;
+            }
+            self.step(name, true, || detail);
+        }
+    }
 }
 
 /// Why no identity: an authentication error (and the provider), or keys that are missing.
@@ -585,9 +790,9 @@ fn find_and_verify<'c>(
             }
         }
     }
+    let searched = || locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ");
     let mut found: Option<(&Location, String)> = None;
-    for loc in &locations {
-        let loc: &Location = loc;
+    for loc in locations.iter().copied() {
         for token in extract(loc, req) {
             // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
             // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
@@ -603,7 +808,10 @@ fn find_and_verify<'c>(
                     continue;
                 }
             }
-            if found.is_some() {
+            if let Some((first, _)) = &found {
+                notes.step("token", false, || {
+                    format!("more than one token: in {} and in {}", first.describe(), loc.describe())
+                });
                 return Err(Failure::Auth(AuthError::MultipleTokens, None));
             }
             found = Some((loc, token));
@@ -611,11 +819,23 @@ fn find_and_verify<'c>(
     }
     let Some((loc, raw)) = found else {
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
+            notes.step("token", true, || {
+                let why = if token_optional {
+                    "a public rule matches the request"
+                } else {
+                    "a provider sets allowMissing"
+                };
+                format!("none in {}; not required: {why}", searched())
+            });
             Ok(None)
         } else {
+            notes.step("token", false, || format!("none in {}", searched()));
             Err(Failure::Auth(AuthError::Missing, None))
         };
     };
+    notes.step("token", true, || {
+        format!("found in {} ({} bytes)", loc.describe(), raw.len())
+    });
 
     let readers = || {
         config
@@ -648,10 +868,29 @@ fn find_and_verify<'c>(
         let token_sha = token_hash(&raw);
         notes.fingerprint = Some(fingerprint_of(&token_sha));
         let name = Some(p.name.as_str());
-        let t = crate::alb::parse(&raw, p.max_token_bytes).map_err(|e| Failure::Auth(e, name))?;
+        let t = match crate::alb::parse(&raw, p.max_token_bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                notes.step("parse", false, || format!("ALB token: {}", e.description()));
+                return Err(Failure::Auth(e, name));
+            }
+        };
+        notes.step("parse", true, || {
+            format!(
+                "ALB token for provider {}: ES256, kid {} (padding kept as received)",
+                p.name, t.kid
+            )
+        });
         // Signer, client, issuer and expiry first: a token no key could make acceptable never
         // causes a key fetch.
-        crate::alb::check(p, alb, &t, now).map_err(|e| Failure::Auth(e, name))?;
+        if let Err(e) = crate::alb::check(p, alb, &t, now) {
+            notes.step("claims", false, || e.description());
+            return Err(Failure::Auth(e, name));
+        }
+        notes.step("claims", true, || {
+            let signer = t.header.get("signer").and_then(Value::as_str).unwrap_or_default();
+            format!("signer {signer} is accepted; client, iss and exp hold")
+        });
         let generation = keys.generation(index);
         if cache
             .as_deref_mut()
@@ -681,13 +920,20 @@ fn find_and_verify<'c>(
                     }
                 }
                 Err(AuthError::UnknownKid) => {
+                    notes.step("keys", false, || {
+                        format!("no key for kid {} yet (fetched from alb.keysUri)", t.kid)
+                    });
                     return Err(Failure::NoKeys {
                         provider: index,
                         kid: Some(t.kid.clone()),
-                    })
+                    });
                 }
-                Err(e) => return Err(Failure::Auth(e, name)),
+                Err(e) => {
+                    notes.step("signature", false, || e.description());
+                    return Err(Failure::Auth(e, name));
+                }
             }
+            notes.step("signature", true, || format!("ES256 with the key of kid {}", t.kid));
         }
         let issuer = crate::alb::issuer_of(&t);
         let mut id = identity(index, p, t.claims, t.payload_b64.to_string());
@@ -708,7 +954,12 @@ fn find_and_verify<'c>(
         for (index, p) in readers() {
             if let Some(hit) = c.get(h, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
-                return match check_claims(p, &hit.claims, now) {
+                notes.step("signature", true, || {
+                    format!("verified earlier for provider {:?} (verified-token cache)", p.name)
+                });
+                let checked = check_claims(p, &hit.claims, now);
+                notes.claim_steps(p, &hit.claims, now, &checked);
+                return match checked {
                     Ok(()) => Ok(Some(identity(index, p, hit.claims, hit.payload_b64))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
@@ -722,12 +973,47 @@ fn find_and_verify<'c>(
     }
 
     let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
-    let jwt = parse(&raw, max).map_err(|e| Failure::Auth(AuthError::from(e), None))?;
+    let jwt = match parse(&raw, max) {
+        Ok(jwt) => jwt,
+        Err(e) => {
+            let e = AuthError::from(e);
+            notes.step("parse", false, || e.description());
+            return Err(Failure::Auth(e, None));
+        }
+    };
+    notes.step("parse", true, || {
+        let typ = jwt.header.get("typ").and_then(Value::as_str).unwrap_or("-");
+        format!(
+            "header alg {}, kid {}, typ {typ}",
+            jwt.alg,
+            jwt.kid
+                .as_deref()
+                .map(|k| format!("{k:?}"))
+                .unwrap_or_else(|| "none".into())
+        )
+    });
     let iss = claimed_issuer(&jwt);
+    if !cfg!(target_arch = "wasm32") && notes.steps.is_some() {
+        let names: Vec<String> = readers()
+            .filter(|(_, p)| Some(p.issuer.as_str()) == iss)
+            .map(|(_, p)| format!("{:?}", p.name))
+            .collect();
+        let shown = iss.map(|i| format!("{i:?}")).unwrap_or_else(|| "(none)".into());
+        if names.is_empty() {
+            notes.step("provider", false, || {
+                format!("iss {shown} matches no provider reading {}", loc.describe())
+            });
+        } else {
+            notes.step("provider", true, || format!("iss {shown} selects {}", names.join(", ")));
+        }
+    }
     let mut first_error: Option<Failure> = None;
     let mut bad_signature: Option<usize> = None;
     for (index, p) in readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss) {
         let Some(set) = keys.key_set(index) else {
+            notes.step("keys", false, || {
+                format!("provider {:?} has no usable keys yet", p.name)
+            });
             // Remote keys not (yet) available: worth waiting for only if the token is
             // otherwise acceptable to look at.
             first_error.get_or_insert(Failure::NoKeys {
@@ -736,6 +1022,9 @@ fn find_and_verify<'c>(
             });
             continue;
         };
+        notes.step("keys", true, || {
+            format!("provider {:?}: {} key(s)", p.name, set.keys.len())
+        });
         let result = if raw.len() > p.max_token_bytes {
             Err(AuthError::TooLarge {
                 limit: p.max_token_bytes,
@@ -743,6 +1032,11 @@ fn find_and_verify<'c>(
         } else {
             verify_signed(p, set, &jwt)
         };
+        if let Err(e @ AuthError::TooLarge { .. }) = &result {
+            notes.step("size", false, || e.description());
+        } else {
+            notes.signed_steps(p, set, &jwt, &result);
+        }
         if result == Err(AuthError::UnknownKid) && p.remote.is_some() {
             first_error.get_or_insert(Failure::NoKeys {
                 provider: index,
@@ -767,7 +1061,9 @@ fn find_and_verify<'c>(
                         c.insert(h, index, keys.generation(index), &jwt.claims, &payload_b64, valid_until);
                     }
                 }
-                return match check_claims(p, &jwt.claims, now) {
+                let checked = check_claims(p, &jwt.claims, now);
+                notes.claim_steps(p, &jwt.claims, now, &checked);
+                return match checked {
                     Ok(()) => Ok(Some(identity(index, p, jwt.claims, payload_b64))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
@@ -1174,6 +1470,59 @@ mod tests {
             "window over: checked again"
         );
         assert!(cache.is_empty(), "no positive entry ever");
+    }
+
+    /// `evaluate_traced` (what `claimguard explain` runs) decides exactly as `evaluate` does;
+    /// only the recorded steps differ, and the last step names the failure.
+    #[test]
+    fn traced_evaluation_decides_like_the_filter() {
+        let (c, a, b) = config(json!({}));
+        let stranger = TestKey::generate(Alg::ES256, "a1");
+        let good = a.sign(&claims("https://a"));
+        let expired = a.sign(&json!({"iss": "https://a", "aud": "api", "sub": "alice", "exp": NOW - 3600}));
+        let wrong_aud = b.sign(&json!({"iss": "https://b", "aud": "other", "exp": NOW + 60}));
+        let forged = stranger.sign(&claims("https://a"));
+        let unknown_iss = a.sign(&claims("https://nobody"));
+        let bearer = |t: &str| format!("Bearer {t}");
+        // (extra request headers, the last step and whether it passed)
+        type Case<'a> = (Vec<(String, String)>, Option<(&'a str, bool)>);
+        let cases: Vec<Case> = vec![
+            (vec![("authorization".into(), bearer(&good))], Some(("aud", true))),
+            (vec![("authorization".into(), bearer(&expired))], Some(("exp", false))),
+            (vec![("x-jwt".into(), wrong_aud.clone())], Some(("aud", false))),
+            (
+                vec![("authorization".into(), bearer(&forged))],
+                Some(("signature", false)),
+            ),
+            (
+                vec![("authorization".into(), bearer(&unknown_iss))],
+                Some(("provider", false)),
+            ),
+            (
+                vec![("authorization".into(), "Bearer not.a.jwt".into())],
+                Some(("parse", false)),
+            ),
+            (vec![], Some(("token", false))),
+            (
+                vec![("authorization".into(), bearer(&good)), ("x-jwt".into(), wrong_aud)],
+                Some(("token", false)),
+            ),
+        ];
+        for (extra, last) in cases {
+            let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/x".into())];
+            h.extend(extra);
+            let req = HttpRequest::from_headers(&h);
+            let plain = evaluate(&c, &c, &req, NOW, true);
+            let mut traced = evaluate_traced(&c, &c, &req, NOW);
+            let steps = std::mem::take(&mut traced.auth_steps);
+            assert_eq!(plain, traced, "{h:?}");
+            assert!(plain.auth_steps.is_empty());
+            let (step, ok) = last.unwrap();
+            let l = steps.last().unwrap();
+            assert_eq!((l.step, l.ok), (step, ok), "{steps:#?}");
+            // Every step before the last succeeded.
+            assert!(steps.iter().rev().skip(1).all(|s| s.ok), "{steps:#?}");
+        }
     }
 
     const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";

@@ -427,7 +427,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn has_identity_conditions(&self) -> bool {
+    /// Whether the rule looks at the token (providers, principals, claim conditions).
+    pub fn has_identity_conditions(&self) -> bool {
         !self.providers.is_empty()
             || !self.request_principals.is_empty()
             || !self.not_request_principals.is_empty()

@@ -28,7 +28,7 @@ pub fn envoy_binary() -> PathBuf {
 pub fn wasm_path() -> PathBuf {
     match std::env::var_os("CLAIMGUARD_WASM") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join("target/wasm32-wasip1/release/claimguard.wasm"),
+        _ => repo_root().join("target/claimguard.wasm"),
     }
 }
 

@@ -1,0 +1,606 @@
+//! `claimguard import-istio`: Istio `RequestAuthentication` + `AuthorizationPolicy` YAML →
+//! one claimguard `WasmPlugin`. The plugin's rule schema is Istio-shaped, so most fields carry
+//! over as they are; everything that does not (remote IPs, ports, CUSTOM actions, connection
+//! `when` keys, ...) is reported, never dropped silently, and makes the exit status 1.
+//!
+//! When something cannot be translated, the result errs towards refusing: an ALLOW (or AUDIT)
+//! alternative that depends on it is left out (claimguard admits less than Istio did), while a
+//! DENY rule keeps its other conditions (claimguard denies more). The output is validated with
+//! the filter's own config validation before it is printed.
+
+use crate::check::risk_warnings;
+use crate::input::documents;
+use crate::{display_name, read_input, JsonFlag, Verdict};
+use claimguard::config::Config;
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+pub const AFTER_HELP: &str = "\
+Translated: RequestAuthentication jwtRules (issuer, audiences, jwksUri, jwks, fromHeaders,
+fromParams, fromCookies, outputClaimToHeaders, outputPayloadToHeader, forwardOriginalToken,
+spaceDelimitedClaims, timeout; no key source means OIDC discovery from the issuer) and
+AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, principals,
+namespaces, ipBlocks (and their not* forms),
+to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
+(nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
+request.headers[..], values/notValues; selector.matchLabels becomes the WasmPlugin selector.
+
+Not translated, and reported (stderr, or \"untranslated\" in --json): remoteIpBlocks, ports,
+CUSTOM actions, when keys other than request.auth.* and request.headers[..], targetRefs,
+selectors that differ between inputs, unknown fields. ALLOW alternatives that need them are
+left out (fewer requests admitted), DENY rules lose only those conditions (more denied).
+
+Istio admits a request without any token unless a policy requires one, so every provider
+gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
+
+Exit status: 0 everything translated, 1 something could not be translated (the WasmPlugin is
+still printed) or the result is not a valid config, 2 usage error.";
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// Istio YAML files (several documents each); `-` for standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// metadata.name of the WasmPlugin.
+    #[arg(long, default_value = "claimguard")]
+    name: String,
+    /// metadata.namespace of the WasmPlugin (default: the inputs' namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// spec.url: where the filter module is pulled from.
+    #[arg(long, default_value = "oci://registry.example.com/claimguard/claimguard:0.1.0")]
+    url: String,
+    /// Write the WasmPlugin YAML to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+/// Where an input construct came from: file, document, object.
+#[derive(Clone)]
+struct Origin {
+    file: String,
+    document: usize,
+    kind: String,
+    name: String,
+}
+
+impl Origin {
+    fn at(&self, path: &str, message: impl Into<String>) -> Value {
+        json!({"file": self.file, "document": self.document, "kind": self.kind, "name": self.name,
+               "path": path, "message": message.into()})
+    }
+}
+
+fn text(v: &Value) -> String {
+    format!(
+        "{}: document {} ({} {:?}): {}: {}",
+        v["file"].as_str().unwrap_or(""),
+        v["document"],
+        v["kind"].as_str().unwrap_or(""),
+        v["name"].as_str().unwrap_or(""),
+        v["path"].as_str().unwrap_or(""),
+        v["message"].as_str().unwrap_or("")
+    )
+}
+
+#[derive(Default)]
+struct Import {
+    providers: Vec<Value>,
+    rules: Vec<Value>,
+    untranslated: Vec<Value>,
+    notes: Vec<Value>,
+    /// (selector, where it came from) of every input object.
+    selectors: Vec<(Option<Value>, String)>,
+    namespaces: Vec<String>,
+    /// An ALLOW policy was seen: in Istio, requests must then match an ALLOW rule.
+    allow_policy: bool,
+}
+
+const JWT_RULE_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "jwksUri",
+    "jwks",
+    "fromHeaders",
+    "fromParams",
+    "fromCookies",
+    "outputClaimToHeaders",
+    "outputPayloadToHeader",
+    "forwardOriginalToken",
+    "spaceDelimitedClaims",
+    "timeout",
+];
+
+impl Import {
+    fn untranslated(&mut self, o: &Origin, path: &str, message: impl Into<String>) {
+        self.untranslated.push(o.at(path, message));
+    }
+
+    fn common(&mut self, o: &Origin, doc: &Value, spec: &Value) {
+        if let Some(ns) = doc.pointer("/metadata/namespace").and_then(Value::as_str) {
+            if !self.namespaces.iter().any(|n| n == ns) {
+                self.namespaces.push(ns.to_string());
+            }
+        }
+        let selector = spec.pointer("/selector/matchLabels").cloned();
+        self.selectors.push((selector, format!("{} {:?}", o.kind, o.name)));
+        for f in ["targetRef", "targetRefs"] {
+            if spec.get(f).is_some() {
+                self.untranslated.push(o.at(
+                    &format!("spec.{f}"),
+                    "not translated: attach the WasmPlugin with a selector (or add targetRefs by hand)",
+                ));
+            }
+        }
+    }
+
+    fn request_authentication(&mut self, o: &Origin, doc: &Value) {
+        let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
+        self.common(o, doc, &spec);
+        for (k, _) in spec.as_object().into_iter().flatten() {
+            if !matches!(k.as_str(), "jwtRules" | "selector" | "targetRef" | "targetRefs") {
+                self.untranslated(
+                    o,
+                    &format!("spec.{k}"),
+                    "not translated: unknown RequestAuthentication field",
+                );
+            }
+        }
+        let rules = spec
+            .get("jwtRules")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if rules.is_empty() {
+            self.notes
+                .push(o.at("spec.jwtRules", "no jwtRules: nothing to translate"));
+        }
+        for (i, r) in rules.iter().enumerate() {
+            let path = format!("spec.jwtRules[{i}]");
+            let Some(issuer) = r.get("issuer").and_then(Value::as_str) else {
+                self.untranslated(o, &format!("{path}.issuer"), "not translated: a jwtRule without issuer");
+                continue;
+            };
+            let mut p = Map::new();
+            p.insert("name".into(), json!(issuer));
+            for (k, v) in r.as_object().into_iter().flatten() {
+                if k == "timeout" {
+                    continue;
+                }
+                if JWT_RULE_FIELDS.contains(&k.as_str()) {
+                    p.insert(k.clone(), v.clone());
+                } else {
+                    self.untranslated(
+                        o,
+                        &format!("{path}.{k}"),
+                        "not translated: claimguard has no such provider field",
+                    );
+                }
+            }
+            if let Some(t) = r.get("timeout") {
+                if r.get("jwksUri").is_some() || r.get("jwks").is_none() {
+                    p.insert("timeout".into(), t.clone());
+                } else {
+                    self.notes
+                        .push(o.at(&format!("{path}.timeout"), "ignored: inline jwks are never fetched"));
+                }
+            }
+            if r.get("jwksUri").is_none() && r.get("jwks").is_none() {
+                // Istio discovers the JWKS from the issuer's OpenID configuration.
+                p.insert("oidcDiscovery".into(), json!(true));
+            }
+            // Istio's RequestAuthentication admits requests that carry no token at all; only an
+            // AuthorizationPolicy makes one necessary.
+            p.insert("allowMissing".into(), json!(true));
+            if let Some(existing) = self.providers.iter().find(|q| q["issuer"] == json!(issuer)) {
+                if existing != &Value::Object(p.clone()) {
+                    self.untranslated(
+                        o,
+                        &path,
+                        format!("not translated: issuer {issuer:?} is configured differently by an earlier jwtRule (kept that one)"),
+                    );
+                }
+                continue;
+            }
+            self.providers.push(Value::Object(p));
+        }
+    }
+
+    fn authorization_policy(&mut self, o: &Origin, doc: &Value) {
+        let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
+        self.common(o, doc, &spec);
+        for (k, _) in spec.as_object().into_iter().flatten() {
+            if !matches!(
+                k.as_str(),
+                "rules" | "action" | "selector" | "targetRef" | "targetRefs" | "provider"
+            ) {
+                self.untranslated(
+                    o,
+                    &format!("spec.{k}"),
+                    "not translated: unknown AuthorizationPolicy field",
+                );
+            }
+        }
+        let action = spec.get("action").and_then(Value::as_str).unwrap_or("ALLOW");
+        if !matches!(action, "ALLOW" | "DENY" | "AUDIT") {
+            let what = if action == "CUSTOM" {
+                "not translated: CUSTOM delegates to an external authorizer (spec.provider); claimguard has none"
+            } else {
+                "not translated: unknown action"
+            };
+            self.untranslated(o, "spec.action", format!("{action}: {what}; the policy was left out"));
+            return;
+        }
+        self.allow_policy |= action == "ALLOW";
+        let Some(rules) = spec.get("rules").and_then(Value::as_array) else {
+            let what = if action == "ALLOW" {
+                "an ALLOW policy without rules (allow-nothing) admits nothing by itself"
+            } else {
+                "a policy without rules matches nothing"
+            };
+            self.notes.push(o.at("spec.rules", what));
+            return;
+        };
+        let deny = action == "DENY";
+        for (i, rule) in rules.iter().enumerate() {
+            let rpath = format!("spec.rules[{i}]");
+            for (k, _) in rule.as_object().into_iter().flatten() {
+                if !matches!(k.as_str(), "from" | "to" | "when") {
+                    self.untranslated(o, &format!("{rpath}.{k}"), "not translated: unknown rule field");
+                }
+            }
+            let mut when = Vec::new();
+            let mut rule_ok = true;
+            for (j, w) in rule
+                .get("when")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                match self.condition(o, &format!("{rpath}.when[{j}]"), w, deny) {
+                    Some(c) => when.push(c),
+                    None => rule_ok = deny,
+                }
+                if !rule_ok {
+                    break;
+                }
+            }
+            if !rule_ok {
+                continue;
+            }
+            let sources = self.alternatives(o, &rpath, rule, "from", "source", deny, &SOURCE_FIELDS);
+            let operations = self.alternatives(o, &rpath, rule, "to", "operation", deny, &OPERATION_FIELDS);
+            let multi = sources.len() * operations.len() > 1;
+            for (sj, s) in sources.iter().enumerate() {
+                for (ok, op) in operations.iter().enumerate() {
+                    let mut name = format!("{}.{}", o.name, i);
+                    if multi {
+                        name = format!("{name}.{sj}.{ok}");
+                    }
+                    let base = name.clone();
+                    let mut n = 2;
+                    while self.rules.iter().any(|r| r["name"] == json!(name)) {
+                        name = format!("{base}-{n}");
+                        n += 1;
+                    }
+                    let mut r = Map::new();
+                    r.insert("name".into(), json!(name));
+                    if action != "ALLOW" {
+                        r.insert("action".into(), json!(action));
+                    }
+                    r.extend(s.clone());
+                    r.extend(op.clone());
+                    if !when.is_empty() {
+                        r.insert("when".into(), json!(when));
+                    }
+                    self.rules.push(Value::Object(r));
+                }
+            }
+        }
+    }
+
+    /// `from[]` or `to[]`: the alternatives (OR), each a set of fields (AND). An absent list
+    /// is one alternative with no condition. `None` elements were untranslatable and left
+    /// out (ALLOW/AUDIT) or had their untranslatable fields dropped (DENY).
+    #[allow(clippy::too_many_arguments)]
+    fn alternatives(
+        &mut self,
+        o: &Origin,
+        rpath: &str,
+        rule: &Value,
+        list: &str,
+        inner: &str,
+        deny: bool,
+        fields: &[(&str, &str)],
+    ) -> Vec<Map<String, Value>> {
+        let Some(items) = rule.get(list).and_then(Value::as_array) else {
+            return vec![Map::new()];
+        };
+        let mut out = Vec::new();
+        for (j, item) in items.iter().enumerate() {
+            let ipath = format!("{rpath}.{list}[{j}].{inner}");
+            let mut m = Map::new();
+            let mut keep = true;
+            for (k, v) in item.get(inner).and_then(Value::as_object).into_iter().flatten() {
+                match fields.iter().find(|(f, _)| f == k) {
+                    Some((_, "")) | None => {
+                        let why = fields
+                            .iter()
+                            .find(|(f, _)| f == k)
+                            .map(|_| untranslatable_reason(k))
+                            .unwrap_or("unknown field");
+                        let consequence = if deny {
+                            "dropped from this DENY rule, which now denies more"
+                        } else {
+                            "this alternative was left out, so fewer requests are admitted"
+                        };
+                        self.untranslated(
+                            o,
+                            &format!("{ipath}.{k}"),
+                            format!("not translated: {why}; {consequence}"),
+                        );
+                        keep = keep && deny;
+                    }
+                    Some((_, target)) => {
+                        m.insert((*target).to_string(), v.clone());
+                    }
+                }
+            }
+            if keep {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// One `when` condition; None when it cannot be expressed (reported).
+    fn condition(&mut self, o: &Origin, path: &str, w: &Value, deny: bool) -> Option<Value> {
+        let key = w.get("key").and_then(Value::as_str).unwrap_or("");
+        let supported = key.starts_with("request.auth.claims[")
+            || key.starts_with("request.headers[")
+            || matches!(
+                key,
+                "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter"
+            );
+        let consequence = if deny {
+            "dropped from this DENY rule, which now denies more"
+        } else {
+            "the rule was left out, so fewer requests are admitted"
+        };
+        if !supported {
+            let why = match key {
+                "source.ip" | "remote.ip" | "source.namespace" | "source.principal" | "destination.ip"
+                | "destination.port" | "connection.sni" => {
+                    "claimguard's when conditions read only request.auth.* and request.headers[...] (peer identity and address go in from.source: principals, namespaces, ipBlocks)"
+                }
+                _ => "claimguard evaluates only request.auth.* and request.headers[...]",
+            };
+            self.untranslated(
+                o,
+                &format!("{path}.key"),
+                format!("{key:?} not translated: {why}; {consequence}"),
+            );
+            return None;
+        }
+        let mut c = Map::new();
+        c.insert("key".into(), json!(key));
+        for (k, v) in w.as_object().into_iter().flatten() {
+            match k.as_str() {
+                "key" => {}
+                "values" | "notValues" => {
+                    c.insert(k.clone(), v.clone());
+                }
+                _ => {
+                    self.untranslated(
+                        o,
+                        &format!("{path}.{k}"),
+                        format!("not translated: unknown field; {consequence}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Value::Object(c))
+    }
+}
+
+/// Istio field → claimguard rule field ("" when claimguard cannot evaluate it).
+const SOURCE_FIELDS: [(&str, &str); 10] = [
+    ("requestPrincipals", "requestPrincipals"),
+    ("notRequestPrincipals", "notRequestPrincipals"),
+    ("principals", "principals"),
+    ("notPrincipals", "notPrincipals"),
+    ("namespaces", "namespaces"),
+    ("notNamespaces", "notNamespaces"),
+    ("ipBlocks", "ipBlocks"),
+    ("notIpBlocks", "notIpBlocks"),
+    ("remoteIpBlocks", ""),
+    ("notRemoteIpBlocks", ""),
+];
+
+const OPERATION_FIELDS: [(&str, &str); 8] = [
+    ("hosts", "hosts"),
+    ("notHosts", "notHosts"),
+    ("methods", "methods"),
+    ("notMethods", "notMethods"),
+    ("paths", "paths"),
+    ("notPaths", "notPaths"),
+    ("ports", ""),
+    ("notPorts", ""),
+];
+
+fn untranslatable_reason(field: &str) -> &'static str {
+    match field {
+        "remoteIpBlocks" | "notRemoteIpBlocks" => {
+            "claimguard matches the connection's address (ipBlocks), not the original client's from X-Forwarded-For"
+        }
+        "ports" | "notPorts" => "claimguard does not match ports (attach the WasmPlugin per workload/port instead)",
+        _ => "unsupported",
+    }
+}
+
+pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
+    let mut im = Import::default();
+    let mut inputs = 0;
+    for path in &a.files {
+        let name = display_name(path);
+        let docs = documents(&read_input(path)?).map_err(|e| format!("{name}: {e}"))?;
+        for (i, doc) in docs.iter().enumerate() {
+            let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+            let o = Origin {
+                file: name.clone(),
+                document: i + 1,
+                kind: kind.clone(),
+                name: doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            match kind.as_str() {
+                "RequestAuthentication" => {
+                    inputs += 1;
+                    im.request_authentication(&o, doc);
+                }
+                "AuthorizationPolicy" => {
+                    inputs += 1;
+                    im.authorization_policy(&o, doc);
+                }
+                "" if doc.is_null() => {}
+                _ => im
+                    .notes
+                    .push(o.at("kind", format!("skipped: {kind:?} is not an Istio security policy"))),
+            }
+        }
+    }
+    if inputs == 0 {
+        return Err("no RequestAuthentication or AuthorizationPolicy found in the input".into());
+    }
+    if im.providers.is_empty() {
+        return Err("no RequestAuthentication jwtRules found: claimguard needs at least one issuer".into());
+    }
+    let distinct: Vec<&Option<Value>> = im.selectors.iter().fold(Vec::new(), |mut acc, (s, _)| {
+        if !acc.contains(&s) {
+            acc.push(s);
+        }
+        acc
+    });
+    let selector = match distinct.as_slice() {
+        [one] => (*one).clone(),
+        _ => {
+            let listed: Vec<String> = im
+                .selectors
+                .iter()
+                .map(|(s, w)| {
+                    format!(
+                        "{w}: {}",
+                        s.as_ref()
+                            .map(Value::to_string)
+                            .unwrap_or_else(|| "namespace-wide".into())
+                    )
+                })
+                .collect();
+            im.untranslated.push(json!({"path": "spec.selector", "message": format!(
+                "not translated: the inputs select different workloads ({}); the WasmPlugin has no selector, import each workload's policies separately",
+                listed.join("; "))}));
+            None
+        }
+    };
+    let namespace = match (&a.namespace, im.namespaces.as_slice()) {
+        (Some(n), _) => Some(n.clone()),
+        (None, []) => None,
+        (None, [one]) => Some(one.clone()),
+        (None, many) => {
+            im.untranslated
+                .push(json!({"path": "metadata.namespace", "message": format!(
+                "not translated: the inputs come from several namespaces ({}); give --namespace", many.join(", "))}));
+            None
+        }
+    };
+    if im.allow_policy && !im.rules.iter().any(|r| r.get("action").is_none()) {
+        // Istio: with an ALLOW policy present, a request no ALLOW rule matches is denied. None
+        // survived translation (or the policy allows nothing): deny everything explicitly, or
+        // claimguard, having no ALLOW rule, would admit every request.
+        im.rules.push(json!({"name": "istio-allow-nothing", "action": "DENY"}));
+        im.notes.push(json!({"path": "rules", "message":
+            "an ALLOW policy exists but no ALLOW rule could be carried over: added DENY rule istio-allow-nothing, which refuses every request as Istio would"}));
+    }
+    let mut plugin_config = json!({"providers": im.providers});
+    if !im.rules.is_empty() {
+        plugin_config["rules"] = json!(im.rules);
+    }
+    let mut metadata = json!({"name": a.name});
+    if let Some(ns) = &namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    let mut spec = json!({"url": a.url, "phase": "AUTHN", "failStrategy": "FAIL_CLOSE", "pluginConfig": plugin_config});
+    if let Some(s) = &selector {
+        spec["selector"] = json!({"matchLabels": s});
+    }
+    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                        "metadata": metadata, "spec": spec});
+    // What `claimguard check` would say about the result: the filter's own validation.
+    let (valid, check_warnings) = match Config::from_json(plugin_config.to_string().as_bytes()) {
+        Ok(cfg) => (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&spec))),
+        Err(e) => (Err(e.to_string()), Vec::new()),
+    };
+    let yaml = serde_yaml_ng::to_string(&plugin).map_err(|e| e.to_string())?;
+    let yaml = format!(
+        "# Generated by claimguard import-istio from {}.\n{yaml}",
+        a.files.iter().map(|f| display_name(f)).collect::<Vec<_>>().join(", ")
+    );
+    if let Some(out) = &a.output {
+        std::fs::write(out, &yaml).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    let ok = im.untranslated.is_empty() && valid.is_ok();
+    if a.json.json {
+        let out = json!({"ok": ok, "wasmPlugin": plugin, "yaml": yaml, "untranslated": im.untranslated,
+            "notes": im.notes, "check": {"valid": valid.is_ok(), "error": valid.as_ref().err(), "warnings": check_warnings}});
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    } else {
+        if a.output.is_none() {
+            print!("{yaml}");
+        }
+        for n in &im.notes {
+            if n.get("file").is_some() {
+                eprintln!("note: {}", text(n));
+            } else {
+                eprintln!(
+                    "note: {}: {}",
+                    n["path"].as_str().unwrap_or(""),
+                    n["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        for u in &im.untranslated {
+            if u.get("file").is_some() {
+                eprintln!("untranslated: {}", text(u));
+            } else {
+                eprintln!(
+                    "untranslated: {}: {}",
+                    u["path"].as_str().unwrap_or(""),
+                    u["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        match &valid {
+            Ok(()) => {
+                eprintln!("check: the generated plugin config is valid");
+                for w in &check_warnings {
+                    eprintln!("check: warning: {w}");
+                }
+            }
+            Err(e) => eprintln!("check: the generated plugin config is NOT valid: {e}"),
+        }
+        if !im.untranslated.is_empty() {
+            eprintln!(
+                "import-istio: {} construct(s) could not be translated (see above)",
+                im.untranslated.len()
+            );
+        }
+    }
+    Ok(if ok { Verdict::Ok } else { Verdict::Refused })
+}
