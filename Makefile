@@ -123,10 +123,15 @@ push-layout: oci-tools
 
 # skopeo (push/pull) and docker-registry (the local registry of the round-trip test), from
 # Debian's packages: installed once, then only checked.
+SKOPEO_DEB_VERSION   := 1.9.3+ds1-1+b10
+REGISTRY_DEB_VERSION := 2.8.2+ds1-1
+
 oci-tools:
-	@command -v skopeo >/dev/null && command -v docker-registry >/dev/null || { \
-	  echo "oci-tools: installing skopeo and docker-registry (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo docker-registry >/dev/null; }
+	@{ dpkg-query -W -f='$${Version}' skopeo 2>/dev/null | grep -qxF '$(SKOPEO_DEB_VERSION)' && \
+	   dpkg-query -W -f='$${Version}' docker-registry 2>/dev/null | grep -qxF '$(REGISTRY_DEB_VERSION)'; } || { \
+	  echo "oci-tools: installing skopeo $(SKOPEO_DEB_VERSION) and docker-registry $(REGISTRY_DEB_VERSION) (apt-get)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    'skopeo=$(SKOPEO_DEB_VERSION)' 'docker-registry=$(REGISTRY_DEB_VERSION)' >/dev/null; }
 	@skopeo --version
 
 # Istio's CRD schemas (@kubernetes-models/istio, pinned by package-lock.json), for
