@@ -334,7 +334,7 @@ impl AlbKeyCache {
     /// `Wait` with a deadline in the past never happens; `GiveUp` means "answer now" (the key
     /// is known to be missing, or was just loaded: evaluate again).
     pub fn on_missing_key(&mut self, store: &dyn SharedStore, source: usize, kid: &str, now_ms: u64) -> KeyWait {
-        if !crate::alb::is_uuid(kid) || self.load(store, source, kid) {
+        if !is_uuid(kid) || self.load(store, source, kid) {
             return KeyWait::GiveUp;
         }
         if self.negative_until(store, source, kid) > now_ms {

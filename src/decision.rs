@@ -318,13 +318,7 @@ pub fn evaluate(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u
 /// [`evaluate`] as a last attempt (no waiting for keys), recording every token-handling step
 /// in [`Evaluation::auth_steps`]: the same code path as the filter, with notes taken.
 pub fn evaluate_traced(config: &Config, keys: &dyn KeyLookup, req: &HttpRequest, now: u64) -> Evaluation {
-    let mut ev = evaluate_inner(config, keys, None, req, now, true, true);
-    if config.decision_header {
-        if let Decision::Deny(d) = &mut ev.decision {
-            d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
-        }
-    }
-    ev
+    evaluate_inner(config, keys, None, req, now, true, true)
 }
 
 /// [`evaluate`] with a verified-token cache (the filter keeps one per VM).
@@ -336,7 +330,20 @@ pub fn evaluate_cached(
     now: u64,
     final_attempt: bool,
 ) -> Evaluation {
-    let mut ev = evaluate_inner(config, keys, cache, req, now, final_attempt, false);
+    evaluate_inner(config, keys, cache, req, now, final_attempt, false)
+}
+
+/// [`evaluate_request`], plus the `decisionHeader` on a local reply.
+fn evaluate_inner(
+    config: &Config,
+    keys: &dyn KeyLookup,
+    cache: Option<&mut VerifiedTokenCache>,
+    req: &HttpRequest,
+    now: u64,
+    final_attempt: bool,
+    traced: bool,
+) -> Evaluation {
+    let mut ev = evaluate_request(config, keys, cache, req, now, final_attempt, traced);
     if config.decision_header {
         if let Decision::Deny(d) = &mut ev.decision {
             d.headers.push(("x-claimguard-reason".into(), d.reason.to_string()));
@@ -345,7 +352,7 @@ pub fn evaluate_cached(
     ev
 }
 
-fn evaluate_inner(
+fn evaluate_request(
     config: &Config,
     keys: &dyn KeyLookup,
     cache: Option<&mut VerifiedTokenCache>,
@@ -863,10 +870,12 @@ fn find_and_verify<'c>(
         }
     };
 
+    // One SHA-256 of the token serves both the log fingerprint and the cache key.
+    let token_sha = token_hash(&raw);
+    notes.fingerprint = Some(fingerprint_of(&token_sha));
+
     // An ALB's user claims token: its own encoding, header checks and keys by kid.
     if let Some((index, p, alb)) = readers().find_map(|(i, p)| p.alb.as_ref().map(|a| (i, p, a))) {
-        let token_sha = token_hash(&raw);
-        notes.fingerprint = Some(fingerprint_of(&token_sha));
         let name = Some(p.name.as_str());
         let t = match crate::alb::parse(&raw, p.max_token_bytes) {
             Ok(t) => t,
@@ -944,9 +953,6 @@ fn find_and_verify<'c>(
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
-    // One SHA-256 of the token serves both the log fingerprint and the cache key.
-    let token_sha = token_hash(&raw);
-    notes.fingerprint = Some(fingerprint_of(&token_sha));
     let hash = cache.as_ref().map(|_| token_sha);
     // Every provider's key generation: a remembered rejection holds only while none changed.
     let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
