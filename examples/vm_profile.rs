@@ -10,7 +10,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use claimguard::alg::Alg;
-use claimguard::cache::{token_hash, VerifiedTokenCache};
+use claimguard::cache::{slot_hash, token_fingerprint, VerifiedTokenCache};
 use claimguard::config::Config;
 use claimguard::crypto::PublicKey;
 use claimguard::decision::{evaluate_cached, Decision, HttpRequest};
@@ -19,6 +19,28 @@ use claimguard::verify::{check_claims, verify_signature, verify_signed};
 use serde_json::Value;
 use std::io::Read;
 use std::time::Instant;
+
+/// Counts allocations, to show how many a cached request makes.
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn main() {
     if let Err(e) = run() {
@@ -67,9 +89,15 @@ fn run() -> Result<(), String> {
             .collect::<Result<_, _>>()?;
         let row = |what: &str, us: f64| println!("{alg} {what:<40} {us:>9.1}");
         row(
-            "SHA-256 of the token (cache key)",
+            "slot hash of the token (cache key)",
             time(&tokens, 300, |t| {
-                std::hint::black_box(token_hash(t));
+                std::hint::black_box(slot_hash(7, t.as_bytes()));
+            }),
+        );
+        row(
+            "SHA-256 fingerprint (decision lines only)",
+            time(&tokens, 300, |t| {
+                std::hint::black_box(token_fingerprint(t));
             }),
         );
         row(
@@ -141,7 +169,7 @@ fn run() -> Result<(), String> {
                 assert!(allowed(&evaluate_cached(&config, &config, None, &req, now, true)));
             }),
         );
-        let mut cache = VerifiedTokenCache::new(tokens.len() * 2);
+        let mut cache = VerifiedTokenCache::new(tokens.len() * 2, 7);
         for h in &headers {
             let req = HttpRequest::from_headers(h);
             evaluate_cached(&config, &config, Some(&mut cache), &req, now, true);
@@ -154,6 +182,13 @@ fn run() -> Result<(), String> {
                 assert!(allowed(&ev) && ev.token_cache == Some(true));
             }),
         );
+        let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+        for h in &headers {
+            let req = HttpRequest::from_headers(h);
+            drop(evaluate_cached(&config, &config, Some(&mut cache), &req, now, true));
+        }
+        let per = (ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / headers.len() as f64;
+        println!("{alg} {:<40} {per:>9.1}", "allocations per warm request");
     }
     Ok(())
 }

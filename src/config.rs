@@ -72,6 +72,8 @@ struct RawConfig {
     decision_header: bool,
     #[serde(default)]
     jwt_cache_size: Option<usize>,
+    #[serde(default)]
+    filter_state: bool,
 }
 
 #[derive(Deserialize)]
@@ -405,11 +407,21 @@ pub struct Config {
     /// `jwtCacheSize` (Envoy's `jwt_cache_config.jwt_cache_size`): verified tokens each VM
     /// remembers; 0 turns the cache off.
     pub jwt_cache_size: usize,
+    /// `filterState`: publish `claimguard.provider`, `.issuer`, `.principal`, `.subject` and
+    /// `.rule` as filter state on allowed requests (off by default, like `jwt_authn`'s
+    /// `payload_in_metadata`: each entry costs the proxy about 2 µs per request).
+    pub filter_state: bool,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
 }
 
 impl Config {
+    /// Whether evaluation needs the calling workload's identity or address: a rule with
+    /// peer conditions, or a provider with `trustedPrincipals`.
+    pub fn uses_peer(&self) -> bool {
+        self.policy.uses_peer() || self.providers.iter().any(|p| !p.trusted_principals.is_empty())
+    }
+
     /// Parses and validates plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -527,6 +539,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_header_max_bytes,
         decision_header: raw.decision_header,
         jwt_cache_size,
+        filter_state: raw.filter_state,
         warnings,
     })
 }

@@ -3,7 +3,7 @@
 //! denial), and describe the exact response the client gets (RFC 6750 `WWW-Authenticate`, a
 //! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
-use crate::cache::{token_hash, VerifiedTokenCache};
+use crate::cache::{CachedToken, VerifiedTokenCache};
 use crate::config::Config;
 use crate::config::Provider;
 use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
@@ -15,6 +15,7 @@ use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Jwt, Location, Request};
 use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
 use serde_json::{json, Map, Value};
+use std::rc::Rc;
 
 /// Who the verified token says the caller is.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,9 +26,10 @@ pub struct Identity {
     pub subject: Option<String>,
     /// `iss/sub`, as Istio's `request.auth.principal`.
     pub principal: String,
-    pub claims: Map<String, Value>,
+    /// Shared with the verified-token cache (`claimAliases` applied).
+    pub claims: Rc<Map<String, Value>>,
     /// The verified payload exactly as signed (base64url), for `outputPayloadToHeader`.
-    pub payload_b64: String,
+    pub payload_b64: Rc<str>,
     /// The header the token came in, when it came in one (removed unless forwarded).
     pub token_header: Option<String>,
 }
@@ -95,15 +97,23 @@ pub struct Evaluation {
     /// Verified issuer and subject (also for a valid token the policy refused).
     pub issuer: Option<String>,
     pub subject: Option<String>,
-    /// First 16 hex digits of the SHA-256 of the token, if one was sent: lets logs correlate
-    /// requests without ever holding the token.
-    pub token_fingerprint: Option<String>,
+    /// The token, if one was sent: only ever used for [`Evaluation::token_fingerprint`]
+    /// (never logged, never stored beyond the request).
+    token: Option<String>,
     /// With a cache: Some(true) when the token's signature was already verified, Some(false)
     /// when it was verified now.
     pub token_cache: Option<bool>,
     /// Each token-handling step and its result: only filled by [`evaluate_traced`] (the
     /// filter never pays for it), for `claimguard explain`.
     pub auth_steps: Vec<AuthStep>,
+}
+
+impl Evaluation {
+    /// First 16 hex digits of the SHA-256 of the token, if one was sent: lets logs correlate
+    /// requests without ever holding the token.
+    pub fn token_fingerprint(&self) -> Option<String> {
+        self.token.as_deref().map(token_fingerprint)
+    }
 }
 
 /// One step of finding and verifying the token, as `claimguard explain` shows it.
@@ -370,7 +380,7 @@ fn evaluate_request(
         header_ops: HeaderOps::default(),
         issuer: None,
         subject: None,
-        token_fingerprint: None,
+        token: None,
         token_cache: None,
         auth_steps: Vec::new(),
     };
@@ -424,7 +434,7 @@ fn evaluate_request(
         cache,
         &mut notes,
     );
-    ev.token_fingerprint = notes.fingerprint;
+    ev.token = notes.token;
     ev.token_cache = notes.cache_hit;
     ev.auth_steps = notes.steps.unwrap_or_default();
     let identity = match identity {
@@ -503,6 +513,23 @@ fn evaluate_request(
 
 /// `claimAliases`: each alias claim becomes a copy of its target (or is removed when the
 /// target is absent), so a rule on the alias always reads what the provider means by it.
+/// A verified token's claims and payload, ready to cache and to share with its requests.
+fn verified_token(p: &Provider, claims: Map<String, Value>, payload_b64: &str) -> CachedToken {
+    let claims = Rc::new(claims);
+    let identity_claims = if p.claim_aliases.is_empty() {
+        Rc::clone(&claims)
+    } else {
+        let mut aliased = (*claims).clone();
+        apply_aliases(p, &mut aliased);
+        Rc::new(aliased)
+    };
+    CachedToken {
+        claims,
+        identity_claims,
+        payload_b64: payload_b64.into(),
+    }
+}
+
 fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
     for (alias, target) in &p.claim_aliases {
         match claim_at(claims, target).cloned() {
@@ -517,13 +544,7 @@ fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
 }
 
 /// First 16 hex digits of the token's SHA-256.
-pub fn token_fingerprint(token: &str) -> String {
-    fingerprint_of(&token_hash(token))
-}
-
-fn fingerprint_of(hash: &[u8; 32]) -> String {
-    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::cache::token_fingerprint;
 
 /// The managed headers (ones claimguard sets) present in a request: the host removes them
 /// before anything else, on every request.
@@ -545,24 +566,26 @@ fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>)
     let mut ops = HeaderOps::default();
     let max = config.claim_header_max_bytes;
     let empty = Map::new();
-    let claims = identity.map_or(&empty, |i| &i.claims);
+    let claims = identity.map_or(&empty, |i| i.claims.as_ref());
     if let Some(id) = identity {
         if let Some(p) = config.providers.get(id.provider_index) {
             for h in &p.claim_headers {
                 ops.claim(claims, h, max);
             }
             if let Some(ph) = &p.payload_header {
-                ops.set.push((ph.clone(), id.payload_b64.clone()));
+                ops.set.push((ph.clone(), id.payload_b64.to_string()));
             }
             if let (false, Some(th)) = (p.forward_original_token, &id.token_header) {
                 ops.remove.push(th.clone());
             }
-            ops.filter_state.push(("claimguard.provider".into(), p.name.clone()));
-            ops.filter_state.push(("claimguard.issuer".into(), id.issuer.clone()));
-            ops.filter_state
-                .push(("claimguard.principal".into(), id.principal.clone()));
-            if let Some(sub) = &id.subject {
-                ops.filter_state.push(("claimguard.subject".into(), sub.clone()));
+            if config.filter_state {
+                ops.filter_state.push(("claimguard.provider".into(), p.name.clone()));
+                ops.filter_state.push(("claimguard.issuer".into(), id.issuer.clone()));
+                ops.filter_state
+                    .push(("claimguard.principal".into(), id.principal.clone()));
+                if let Some(sub) = &id.subject {
+                    ops.filter_state.push(("claimguard.subject".into(), sub.clone()));
+                }
             }
             for (label, path) in &p.filter_state_claims {
                 if let Rendered::Value(v) = render(claim_at(claims, path), &ArrayFormat::Join(",".into()), max) {
@@ -572,7 +595,9 @@ fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>)
         }
     }
     if let Some(r) = rule.and_then(|r| config.policy.rules.get(r)) {
-        ops.filter_state.push(("claimguard.rule".into(), r.name.clone()));
+        if config.filter_state {
+            ops.filter_state.push(("claimguard.rule".into(), r.name.clone()));
+        }
         for h in &r.headers_to_add {
             match h {
                 HeaderToAdd::Fixed { header, value } => ops.set.push((header.clone(), value.clone())),
@@ -594,7 +619,7 @@ pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
 /// What token handling learned besides the identity.
 #[derive(Default)]
 struct TokenNotes {
-    fingerprint: Option<String>,
+    token: Option<String>,
     cache_hit: Option<bool>,
     /// Some: record each step (explain); None: the filter, which never formats them.
     steps: Option<Vec<AuthStep>>,
@@ -855,8 +880,8 @@ fn find_and_verify<'c>(
         Location::Header { name, .. } => Some(name.clone()),
         _ => None,
     };
-    let identity = |index: usize, p: &Provider, mut claims: Map<String, Value>, payload_b64: String| {
-        apply_aliases(p, &mut claims);
+    let identity = |index: usize, p: &Provider, verified: &CachedToken| {
+        let claims = Rc::clone(&verified.identity_claims);
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         Identity {
             provider: p.name.clone(),
@@ -865,14 +890,13 @@ fn find_and_verify<'c>(
             principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
             subject,
             claims,
-            payload_b64,
+            payload_b64: Rc::clone(&verified.payload_b64),
             token_header: token_header.clone(),
         }
     };
 
-    // One SHA-256 of the token serves both the log fingerprint and the cache key.
-    let token_sha = token_hash(&raw);
-    notes.fingerprint = Some(fingerprint_of(&token_sha));
+    // For the decision line's fingerprint, hashed only if a line is written.
+    notes.token = Some(raw.clone());
 
     // An ALB's user claims token: its own encoding, header checks and keys by kid.
     if let Some((index, p, alb)) = readers().find_map(|(i, p)| p.alb.as_ref().map(|a| (i, p, a))) {
@@ -901,51 +925,53 @@ fn find_and_verify<'c>(
             format!("signer {signer} is accepted; client, iss and exp hold")
         });
         let generation = keys.generation(index);
-        if cache
-            .as_deref_mut()
-            .is_some_and(|c| c.get(&token_sha, index, generation, now).is_some())
-        {
-            notes.cache_hit = Some(true);
-        } else {
-            // Configured keys first, then the ones fetched by kid.
-            let empty = KeySet::default();
-            let fetched = keys.key_set(index).unwrap_or(&empty);
-            let result = match crate::alb::verify_signature(&p.keys, &t) {
-                Err(AuthError::UnknownKid) => crate::alb::verify_signature(fetched, &t),
-                other => other,
-            };
-            match result {
-                Ok(()) => {
-                    if let Some(c) = cache.as_deref_mut() {
-                        notes.cache_hit = Some(false);
-                        // Useful until the earlier of the header's and the payload's exp.
-                        let valid_until = [t.header.get("exp"), t.claims.get("exp")]
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_u64)
-                            .min()
-                            .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
-                        c.insert(token_sha, index, generation, &t.claims, t.payload_b64, valid_until);
+        let verified = match cache.as_deref_mut().and_then(|c| c.get(&raw, index, generation, now)) {
+            Some(v) => {
+                notes.cache_hit = Some(true);
+                v
+            }
+            None => {
+                // Configured keys first, then the ones fetched by kid.
+                let empty = KeySet::default();
+                let fetched = keys.key_set(index).unwrap_or(&empty);
+                let result = match crate::alb::verify_signature(&p.keys, &t) {
+                    Err(AuthError::UnknownKid) => crate::alb::verify_signature(fetched, &t),
+                    other => other,
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(AuthError::UnknownKid) => {
+                        notes.step("keys", false, || {
+                            format!("no key for kid {} yet (fetched from alb.keysUri)", t.kid)
+                        });
+                        return Err(Failure::NoKeys {
+                            provider: index,
+                            kid: Some(t.kid.clone()),
+                        });
+                    }
+                    Err(e) => {
+                        notes.step("signature", false, || e.description());
+                        return Err(Failure::Auth(e, name));
                     }
                 }
-                Err(AuthError::UnknownKid) => {
-                    notes.step("keys", false, || {
-                        format!("no key for kid {} yet (fetched from alb.keysUri)", t.kid)
-                    });
-                    return Err(Failure::NoKeys {
-                        provider: index,
-                        kid: Some(t.kid.clone()),
-                    });
+                notes.step("signature", true, || format!("ES256 with the key of kid {}", t.kid));
+                let v = verified_token(p, t.claims.clone(), t.payload_b64);
+                if let Some(c) = cache.as_deref_mut() {
+                    notes.cache_hit = Some(false);
+                    // Useful until the earlier of the header's and the payload's exp.
+                    let valid_until = [t.header.get("exp"), t.claims.get("exp")]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_u64)
+                        .min()
+                        .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
+                    c.insert(&raw, index, generation, v.clone(), valid_until);
                 }
-                Err(e) => {
-                    notes.step("signature", false, || e.description());
-                    return Err(Failure::Auth(e, name));
-                }
+                v
             }
-            notes.step("signature", true, || format!("ES256 with the key of kid {}", t.kid));
-        }
+        };
         let issuer = crate::alb::issuer_of(&t);
-        let mut id = identity(index, p, t.claims, t.payload_b64.to_string());
+        let mut id = identity(index, p, &verified);
         id.principal = format!("{issuer}/{}", id.subject.as_deref().unwrap_or(""));
         id.issuer = issuer;
         return Ok(Some(id));
@@ -953,12 +979,11 @@ fn find_and_verify<'c>(
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
-    let hash = cache.as_ref().map(|_| token_sha);
     // Every provider's key generation: a remembered rejection holds only while none changed.
     let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
-    if let (Some(c), Some(h)) = (cache.as_deref_mut(), hash.as_ref()) {
+    if let Some(c) = cache.as_deref_mut() {
         for (index, p) in readers() {
-            if let Some(hit) = c.get(h, index, keys.generation(index), now) {
+            if let Some(hit) = c.get(&raw, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
                 notes.step("signature", true, || {
                     format!("verified earlier for provider {:?} (verified-token cache)", p.name)
@@ -966,12 +991,12 @@ fn find_and_verify<'c>(
                 let checked = check_claims(p, &hit.claims, now);
                 notes.claim_steps(p, &hit.claims, now, &checked);
                 return match checked {
-                    Ok(()) => Ok(Some(identity(index, p, hit.claims, hit.payload_b64))),
+                    Ok(()) => Ok(Some(identity(index, p, &hit))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
             }
         }
-        if let Some(index) = c.rejected(h, &generations, now) {
+        if let Some(index) = c.rejected(&raw, &generations, now) {
             notes.cache_hit = Some(true);
             let name = config.providers.get(index).map(|p| p.name.as_str());
             return Err(Failure::Auth(AuthError::BadSignature, name));
@@ -1052,9 +1077,10 @@ fn find_and_verify<'c>(
         }
         match result {
             Ok(()) => {
-                let payload_b64 = jwt.signing_input.split('.').nth(1).unwrap_or("").to_string();
+                let payload_b64 = jwt.signing_input.split('.').nth(1).unwrap_or("");
+                let verified = verified_token(p, jwt.claims.clone(), payload_b64);
                 // The signature holds: remember that, whatever the claims say now.
-                if let (Some(c), Some(h)) = (cache.as_deref_mut(), hash) {
+                if let Some(c) = cache.as_deref_mut() {
                     notes.cache_hit = Some(false);
                     // Useful until the token expires (claim types were checked: exp is a
                     // non-negative integer if present).
@@ -1064,13 +1090,13 @@ fn find_and_verify<'c>(
                         .and_then(Value::as_u64)
                         .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
                     if valid_until >= now {
-                        c.insert(h, index, keys.generation(index), &jwt.claims, &payload_b64, valid_until);
+                        c.insert(&raw, index, keys.generation(index), verified.clone(), valid_until);
                     }
                 }
                 let checked = check_claims(p, &jwt.claims, now);
                 notes.claim_steps(p, &jwt.claims, now, &checked);
                 return match checked {
-                    Ok(()) => Ok(Some(identity(index, p, jwt.claims, payload_b64))),
+                    Ok(()) => Ok(Some(identity(index, p, &verified))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
             }
@@ -1083,10 +1109,10 @@ fn find_and_verify<'c>(
         }
     }
     // No provider accepted it and the first one found its signature bad: remember that, briefly.
-    if let (Some(index), Some(c), Some(h)) = (bad_signature, cache, hash) {
+    if let (Some(index), Some(c)) = (bad_signature, cache) {
         if matches!(first_error, Some(Failure::Auth(AuthError::BadSignature, _))) {
             notes.cache_hit = Some(false);
-            c.insert_rejected(h, index, generations, now);
+            c.insert_rejected(&raw, index, generations, now);
         }
     }
     Err(first_error.unwrap_or(Failure::Auth(AuthError::UnknownIssuer, None)))
@@ -1395,7 +1421,7 @@ mod tests {
     fn verified_token_cache_skips_the_signature_not_the_clock() {
         use crate::cache::VerifiedTokenCache;
         let (c, a, _) = config(json!({}));
-        let mut cache = VerifiedTokenCache::new(16);
+        let mut cache = VerifiedTokenCache::new(16, 7);
         let t = format!("Bearer {}", a.sign(&claims("https://a")));
         let h: Vec<(String, String)> = vec![
             (":method".into(), "GET".into()),
@@ -1420,7 +1446,7 @@ mod tests {
     fn verified_token_cache_checks_the_clock_on_every_hit() {
         use crate::cache::VerifiedTokenCache;
         let (c, a, _) = config(json!({}));
-        let mut cache = VerifiedTokenCache::new(16);
+        let mut cache = VerifiedTokenCache::new(16, 7);
         // Not valid before NOW + 600 (beyond the 60 s skew): verified, cached, still refused.
         let mut early = claims("https://a");
         early["nbf"] = json!(NOW + 600);
@@ -1451,7 +1477,7 @@ mod tests {
         use crate::cache::{VerifiedTokenCache, NEGATIVE_TTL_SECONDS};
         let (c, _, _) = config(json!({}));
         let stranger = TestKey::generate(Alg::ES256, "a1");
-        let mut cache = VerifiedTokenCache::new(16);
+        let mut cache = VerifiedTokenCache::new(16, 7);
         let h = vec![
             (":method".to_string(), "GET".to_string()),
             (":path".to_string(), "/".to_string()),

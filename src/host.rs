@@ -177,6 +177,9 @@ struct Vm {
     /// recorded, so the host is only called when memory grew.
     memory_metric: Option<u32>,
     memory_pages: usize,
+    /// [`Config::uses_peer`]: otherwise the connection's properties are only read for a
+    /// decision line that is written.
+    uses_peer: bool,
 }
 
 /// Records this VM's linear memory when it changed (it only grows).
@@ -546,7 +549,10 @@ impl RootContext for Root {
             .as_ref()
             .and_then(|old| old.try_borrow_mut().ok().map(|mut o| std::mem::take(&mut o.waiters)))
             .unwrap_or_default();
-        let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size));
+        // The token cache's slot-hash seed: random per VM, like the holder identity.
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let uses_peer = cfg.uses_peer();
+        let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size, seed));
         self.vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
             cache: JwksCache::new(remotes, holder),
@@ -574,6 +580,7 @@ impl RootContext for Root {
             ),
             memory_metric: hostcalls::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
             memory_pages: 0,
+            uses_peer,
         })));
         if has_remote {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -657,7 +664,10 @@ impl Root {
             let Ok(headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
                 continue;
             };
-            let req = HttpRequest::from_headers(&headers).with_peer(peer());
+            let mut req = HttpRequest::from_headers(&headers);
+            if vm_rc.borrow().uses_peer {
+                req = req.with_peer(peer());
+            }
             let ev = {
                 let mut vm = vm_rc.borrow_mut();
                 let ev = evaluate_in(&mut vm, &req, now, true);
@@ -793,8 +803,11 @@ impl HttpContext for Filter {
                 }
             }
         }
-        let req = HttpRequest::from_headers(&headers).with_peer(peer());
         let mut vm = vm_rc.borrow_mut();
+        let mut req = HttpRequest::from_headers(&headers);
+        if vm.uses_peer {
+            req = req.with_peer(peer());
+        }
         let mut ev = evaluate_in(&mut vm, &req, now, false);
         if let Decision::NeedKeys { provider, kid } = &ev.decision {
             if let (Some(source), Some(kid)) = (vm.alb_of.get(*provider).copied().flatten(), kid.clone()) {
@@ -878,6 +891,16 @@ impl HttpContext for Filter {
 /// within the log budget; allows at debug), plus AUDIT lines.
 fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
     let config = vm.config.clone();
+    // The peer is named in every decision line: read it for one if evaluation did not.
+    let uses_peer = vm.uses_peer;
+    let line = |ev: &Evaluation, l: &crate::metrics::Labels| {
+        if uses_peer {
+            decision_line(&config, req, ev, l)
+        } else {
+            let req = HttpRequest { peer: peer(), ..*req };
+            decision_line(&config, &req, ev, l)
+        }
+    };
     let l = labels(&config, ev);
     let key = (l.outcome, l.reason, l.rule, l.provider);
     let id = *vm
@@ -901,7 +924,7 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
     }
     if l.outcome == "allowed" {
         if hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug)) {
-            log(LogLevel::Debug, &decision_line(&config, req, ev, &l).to_string());
+            log(LogLevel::Debug, &line(ev, &l).to_string());
         }
         return;
     }
@@ -909,7 +932,7 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
         incr(vm.dropped_metric);
         return;
     }
-    let mut line = decision_line(&config, req, ev, &l);
+    let mut line = line(ev, &l);
     if l.outcome == "dry_run_denied" {
         if let (Some(pd), Some(m)) = (&ev.policy, line.as_object_mut()) {
             let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t)).collect();

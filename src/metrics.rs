@@ -188,7 +188,7 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "provider": provider,
         "issuer": ev.issuer,
         "subject": ev.subject,
-        "tokenFingerprint": ev.token_fingerprint,
+        "tokenFingerprint": ev.token_fingerprint(),
         "method": req.method,
         "path": ev.normalized_path.as_deref().unwrap_or("-"),
         // The calling workload: its SPIFFE ID (null without mTLS) and IP.

@@ -1081,6 +1081,19 @@ impl Rule {
 }
 
 impl Policy {
+    /// Whether any rule looks at the calling workload (principals, namespaces, IP blocks):
+    /// the host reads the connection's properties only then (and for decision lines).
+    pub fn uses_peer(&self) -> bool {
+        self.rules.iter().any(|r| {
+            !(r.principals.is_empty()
+                && r.not_principals.is_empty()
+                && r.namespaces.is_empty()
+                && r.not_namespaces.is_empty()
+                && r.ip_blocks.is_empty()
+                && r.not_ip_blocks.is_empty())
+        })
+    }
+
     /// A public rule matching the request: the route needs no token.
     pub fn public_rule(&self, req: &RequestFacts) -> Option<usize> {
         self.rules

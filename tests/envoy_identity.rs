@@ -183,17 +183,13 @@ fn token_is_forwarded_only_when_configured() {
     assert_eq!(r.json()["headers"]["authorization"], format!("Bearer {token}"));
 }
 
-#[test]
-fn access_log_shows_the_verified_subject_from_filter_state() {
-    let (_up, envoy) = start(&config(false));
-    let token = keys().ec.sign(&with(claims(), "sub", json!("carol")));
-    assert_eq!(send(&envoy, "/orders/7", Some(&token)).status, 200);
+/// The access log line of the request to `path`, once Envoy has written it.
+fn access_line(envoy: &Envoy, path: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let log = envoy.access_log();
-        if let Some(line) = log.lines().find(|l| l.starts_with("/orders/7 ")) {
-            assert_eq!(line, "/orders/7 200 sub=carol rule=orders tenant=acme");
-            break;
+        if let Some(line) = log.lines().find(|l| l.starts_with(&format!("{path} "))) {
+            return line.to_string();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -202,6 +198,30 @@ fn access_log_shows_the_verified_subject_from_filter_state() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn access_log_shows_the_verified_subject_from_filter_state() {
+    // filterState: true publishes the identity and the admitting rule.
+    let mut cfg = config(false);
+    cfg["filterState"] = json!(true);
+    let (_up, envoy) = start(&cfg);
+    let token = keys().ec.sign(&with(claims(), "sub", json!("carol")));
+    assert_eq!(send(&envoy, "/orders/7", Some(&token)).status, 200);
+    assert_eq!(
+        access_line(&envoy, "/orders/7"),
+        "/orders/7 200 sub=carol rule=orders tenant=acme"
+    );
+    drop(envoy);
+
+    // Off by default (each entry costs the proxy per request): only the claims a provider
+    // names in claimsToFilterState are published.
+    let (_up, envoy) = start(&config(false));
+    assert_eq!(send(&envoy, "/orders/8", Some(&token)).status, 200);
+    assert_eq!(
+        access_line(&envoy, "/orders/8"),
+        "/orders/8 200 sub=- rule=- tenant=acme"
+    );
 }
 
 #[test]

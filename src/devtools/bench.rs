@@ -45,7 +45,7 @@ pub const LISTENERS: [&str; 3] = ["no_auth", "native", "claimguard"];
 /// The wrk script: rotates tokens from a file (one per line), counts unexpected statuses.
 /// Arguments after `--`: TOKENS_FILE EXPECTED_STATUS MODE, where MODE `cycle` reuses the
 /// pool and `once` sends each token at most once and stops the thread when none are left.
-const WRK_SCRIPT: &str = r#"-- claimguard bench (src/devtools/bench.rs)
+pub const WRK_SCRIPT: &str = r#"-- claimguard bench (src/devtools/bench.rs)
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
@@ -362,7 +362,7 @@ pub fn native_filters(jwks: &Value) -> Vec<Value> {
     ]
 }
 
-fn loopback(port: u16) -> Value {
+pub fn loopback(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
 }
 
@@ -372,7 +372,7 @@ fn router() -> Value {
 }
 
 /// A listener on 127.0.0.1 (port 0) whose one route is `route` (a `Route` without `match`).
-fn listener(name: &str, route: Value, mut filters: Vec<Value>) -> Value {
+pub fn listener(name: &str, route: Value, mut filters: Vec<Value>) -> Value {
     let mut entry = route;
     entry["match"] = json!({"prefix": "/"});
     filters.push(router());

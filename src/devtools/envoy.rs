@@ -314,6 +314,11 @@ impl std::fmt::Display for StartError {
 }
 
 impl Envoy {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts Envoy and waits (up to `timeout`) until the admin API says LIVE and the listener
     /// is bound. If Envoy exits first (for example because the plugin refused its config), the
     /// error carries its exit code and log.
