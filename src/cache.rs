@@ -237,6 +237,8 @@ pub struct CachedToken {
     pub identity_claims: Rc<Map<String, Value>>,
     /// The payload segment, for `outputPayloadToHeader`.
     pub payload_b64: Rc<str>,
+    /// The claim checks, made once: a hit only compares the dates with the time.
+    pub checks: crate::verify::ClaimChecks,
 }
 
 #[derive(Debug)]
@@ -354,10 +356,15 @@ mod tests {
 
     fn claims(sub: &str) -> CachedToken {
         let m = Rc::new(json!({"sub": sub}).as_object().cloned().unwrap());
+        let key = crate::devtools::keys::TestKey::generate(crate::alg::Alg::ES256, "k");
+        let cfg = json!({"providers": [{"issuer": "i", "jwks": key.jwks().to_string()}]});
+        let c = crate::config::Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let checks = crate::verify::ClaimChecks::new(&c.providers[0], &m);
         CachedToken {
             claims: m.clone(),
             identity_claims: m,
             payload_b64: "".into(),
+            checks,
         }
     }
 

@@ -401,6 +401,8 @@ pub struct Config {
     pub expose_rule_names: bool,
     /// Every header claimguard can set, lower-case: removed from every incoming request.
     pub managed_headers: Vec<String>,
+    /// Every distinct place any provider reads a token from, in config order.
+    pub token_locations: Vec<crate::token::Location>,
     pub claim_header_max_bytes: usize,
     /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
     pub decision_header: bool,
@@ -524,6 +526,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let managed_headers = managed_headers(&providers, &rules)?;
+    let mut token_locations: Vec<crate::token::Location> = Vec::new();
+    for l in providers.iter().flat_map(|p| &p.locations) {
+        if !token_locations.contains(l) {
+            token_locations.push(l.clone());
+        }
+    }
     Ok(Config {
         providers,
         realm,
@@ -536,6 +544,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         allow_cors_preflight: raw.allow_cors_preflight,
         expose_rule_names: raw.expose_rule_names,
         managed_headers,
+        token_locations,
         claim_header_max_bytes,
         decision_header: raw.decision_header,
         jwt_cache_size,

@@ -13,7 +13,7 @@ use crate::policy::claim_at;
 pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
 use crate::token::{extract, parse, Jwt, Location, Request};
-use crate::verify::{check_claims, claimed_issuer, verify_signed, AuthError};
+use crate::verify::{claimed_issuer, verify_signed, AuthError, ClaimChecks};
 use serde_json::{json, Map, Value};
 use std::rc::Rc;
 
@@ -524,6 +524,7 @@ fn verified_token(p: &Provider, claims: Map<String, Value>, payload_b64: &str) -
         Rc::new(aliased)
     };
     CachedToken {
+        checks: ClaimChecks::new(p, &claims),
         claims,
         identity_claims,
         payload_b64: payload_b64.into(),
@@ -810,21 +811,14 @@ fn find_and_verify<'c>(
     req: &Request,
     now: u64,
     token_optional: bool,
-    mut cache: Option<&mut VerifiedTokenCache>,
+    cache: Option<&mut VerifiedTokenCache>,
     notes: &mut TokenNotes,
 ) -> Result<Option<Identity>, Failure<'c>> {
     // Every distinct location any provider reads, and what it holds.
-    let mut locations: Vec<&Location> = Vec::new();
-    for p in &config.providers {
-        for l in &p.locations {
-            if !locations.contains(&l) {
-                locations.push(l);
-            }
-        }
-    }
+    let locations = &config.token_locations;
     let searched = || locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ");
     let mut found: Option<(&Location, String)> = None;
-    for loc in locations.iter().copied() {
+    for loc in locations {
         for token in extract(loc, req) {
             // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
             // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
@@ -868,7 +862,22 @@ fn find_and_verify<'c>(
     notes.step("token", true, || {
         format!("found in {} ({} bytes)", loc.describe(), raw.len())
     });
+    let result = verify_found(config, keys, loc, &raw, now, cache, notes);
+    // Kept for the decision line's fingerprint, hashed only if a line is written.
+    notes.token = Some(raw);
+    result
+}
 
+/// Verifies the one token found at `loc` (with the cache), for the providers reading there.
+fn verify_found<'c>(
+    config: &'c Config,
+    keys: &dyn KeyLookup,
+    loc: &Location,
+    raw: &str,
+    now: u64,
+    mut cache: Option<&mut VerifiedTokenCache>,
+    notes: &mut TokenNotes,
+) -> Result<Option<Identity>, Failure<'c>> {
     let readers = || {
         config
             .providers
@@ -895,13 +904,10 @@ fn find_and_verify<'c>(
         }
     };
 
-    // For the decision line's fingerprint, hashed only if a line is written.
-    notes.token = Some(raw.clone());
-
     // An ALB's user claims token: its own encoding, header checks and keys by kid.
     if let Some((index, p, alb)) = readers().find_map(|(i, p)| p.alb.as_ref().map(|a| (i, p, a))) {
         let name = Some(p.name.as_str());
-        let t = match crate::alb::parse(&raw, p.max_token_bytes) {
+        let t = match crate::alb::parse(raw, p.max_token_bytes) {
             Ok(t) => t,
             Err(e) => {
                 notes.step("parse", false, || format!("ALB token: {}", e.description()));
@@ -925,7 +931,7 @@ fn find_and_verify<'c>(
             format!("signer {signer} is accepted; client, iss and exp hold")
         });
         let generation = keys.generation(index);
-        let verified = match cache.as_deref_mut().and_then(|c| c.get(&raw, index, generation, now)) {
+        let verified = match cache.as_deref_mut().and_then(|c| c.get(raw, index, generation, now)) {
             Some(v) => {
                 notes.cache_hit = Some(true);
                 v
@@ -965,7 +971,7 @@ fn find_and_verify<'c>(
                         .filter_map(Value::as_u64)
                         .min()
                         .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
-                    c.insert(&raw, index, generation, v.clone(), valid_until);
+                    c.insert(raw, index, generation, v.clone(), valid_until);
                 }
                 v
             }
@@ -979,16 +985,14 @@ fn find_and_verify<'c>(
 
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
-    // Every provider's key generation: a remembered rejection holds only while none changed.
-    let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
     if let Some(c) = cache.as_deref_mut() {
         for (index, p) in readers() {
-            if let Some(hit) = c.get(&raw, index, keys.generation(index), now) {
+            if let Some(hit) = c.get(raw, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
                 notes.step("signature", true, || {
                     format!("verified earlier for provider {:?} (verified-token cache)", p.name)
                 });
-                let checked = check_claims(p, &hit.claims, now);
+                let checked = hit.checks.at(p, now);
                 notes.claim_steps(p, &hit.claims, now, &checked);
                 return match checked {
                     Ok(()) => Ok(Some(identity(index, p, &hit))),
@@ -996,7 +1000,11 @@ fn find_and_verify<'c>(
                 };
             }
         }
-        if let Some(index) = c.rejected(&raw, &generations, now) {
+    }
+    // Every provider's key generation: a remembered rejection holds only while none changed.
+    let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
+    if let Some(c) = cache.as_deref_mut() {
+        if let Some(index) = c.rejected(raw, &generations, now) {
             notes.cache_hit = Some(true);
             let name = config.providers.get(index).map(|p| p.name.as_str());
             return Err(Failure::Auth(AuthError::BadSignature, name));
@@ -1004,7 +1012,7 @@ fn find_and_verify<'c>(
     }
 
     let max = readers().map(|(_, p)| p.max_token_bytes).max().unwrap_or(0);
-    let jwt = match parse(&raw, max) {
+    let jwt = match parse(raw, max) {
         Ok(jwt) => jwt,
         Err(e) => {
             let e = AuthError::from(e);
@@ -1090,10 +1098,10 @@ fn find_and_verify<'c>(
                         .and_then(Value::as_u64)
                         .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
                     if valid_until >= now {
-                        c.insert(&raw, index, keys.generation(index), verified.clone(), valid_until);
+                        c.insert(raw, index, keys.generation(index), verified.clone(), valid_until);
                     }
                 }
-                let checked = check_claims(p, &jwt.claims, now);
+                let checked = verified.checks.at(p, now);
                 notes.claim_steps(p, &jwt.claims, now, &checked);
                 return match checked {
                     Ok(()) => Ok(Some(identity(index, p, &verified))),
@@ -1112,7 +1120,7 @@ fn find_and_verify<'c>(
     if let (Some(index), Some(c)) = (bad_signature, cache) {
         if matches!(first_error, Some(Failure::Auth(AuthError::BadSignature, _))) {
             notes.cache_hit = Some(false);
-            c.insert_rejected(&raw, index, generations, now);
+            c.insert_rejected(raw, index, generations, now);
         }
     }
     Err(first_error.unwrap_or(Failure::Auth(AuthError::UnknownIssuer, None)))

@@ -180,6 +180,9 @@ struct Vm {
     /// [`Config::uses_peer`]: otherwise the connection's properties are only read for a
     /// decision line that is written.
     uses_peer: bool,
+    /// Whether Envoy logs at debug (or trace) for this filter, and when that was last asked
+    /// (ms): asked at most once a second, not on every allowed request.
+    debug_logs: (bool, u64),
 }
 
 /// Records this VM's linear memory when it changed (it only grows).
@@ -581,6 +584,7 @@ impl RootContext for Root {
             memory_metric: hostcalls::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
             memory_pages: 0,
             uses_peer,
+            debug_logs: (false, 0),
         })));
         if has_remote {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -923,7 +927,11 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
         }
     }
     if l.outcome == "allowed" {
-        if hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug)) {
+        if now_ms >= vm.debug_logs.1.saturating_add(1000) || now_ms < vm.debug_logs.1 {
+            let debug = hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug));
+            vm.debug_logs = (debug, now_ms);
+        }
+        if vm.debug_logs.0 {
             log(LogLevel::Debug, &line(ev, &l).to_string());
         }
         return;

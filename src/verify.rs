@@ -231,42 +231,110 @@ fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Opti
 }
 
 pub fn check_claims(provider: &Provider, claims: &Map<String, Value>, now: u64) -> Result<(), AuthError> {
-    check_claim_types(claims)?;
-    if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
-        return Err(AuthError::UnknownIssuer);
-    }
-    let skew = provider.clock_skew_seconds;
-    let exp = numeric_date(claims, "exp")?;
-    let nbf = numeric_date(claims, "nbf")?;
-    let iat = numeric_date(claims, "iat")?;
-    match exp {
-        Some(exp) if now > exp.saturating_add(skew) => return Err(AuthError::Expired),
-        None if provider.require_expiration => return Err(AuthError::MissingExpiration),
-        _ => {}
-    }
-    if nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
-        return Err(AuthError::NotYetValid);
-    }
-    if iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
-        return Err(AuthError::IssuedInFuture);
-    }
-    if let Some(want) = &provider.token_use {
-        if claims.get("token_use").and_then(Value::as_str) != Some(want.as_str()) {
-            return Err(AuthError::WrongTokenUse);
-        }
-    }
-    check_audience(provider, claims)
+    ClaimChecks::new(provider, claims).at(provider, now)
 }
 
-fn audiences(aud: Option<&Value>) -> Result<Vec<&str>, AuthError> {
+/// `exp`, `nbf`, `iat`.
+type Dates = (Option<u64>, Option<u64>, Option<u64>);
+
+/// [`check_claims`] split into what a token's claims decide once and what depends on the
+/// time, so that a cached token is re-checked without reading its claims again. The order
+/// of the checks (and so which error a token with several faults gets) is the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimChecks {
+    /// Types, `iss`, and the three dates parsed: before any time comparison.
+    before: Result<(), AuthError>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    /// `token_use` and the audience: after the time comparisons.
+    after: Result<(), AuthError>,
+}
+
+impl ClaimChecks {
+    pub fn new(provider: &Provider, claims: &Map<String, Value>) -> ClaimChecks {
+        let mut c = ClaimChecks {
+            before: Ok(()),
+            exp: None,
+            nbf: None,
+            iat: None,
+            after: Ok(()),
+        };
+        let before = || -> Result<Dates, AuthError> {
+            check_claim_types(claims)?;
+            if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
+                return Err(AuthError::UnknownIssuer);
+            }
+            Ok((
+                numeric_date(claims, "exp")?,
+                numeric_date(claims, "nbf")?,
+                numeric_date(claims, "iat")?,
+            ))
+        };
+        match before() {
+            Ok((exp, nbf, iat)) => (c.exp, c.nbf, c.iat) = (exp, nbf, iat),
+            Err(e) => c.before = Err(e),
+        }
+        c.after = (|| {
+            if let Some(want) = &provider.token_use {
+                if claims.get("token_use").and_then(Value::as_str) != Some(want.as_str()) {
+                    return Err(AuthError::WrongTokenUse);
+                }
+            }
+            check_audience(provider, claims)
+        })();
+        c
+    }
+
+    /// The outcome at `now` (for the provider the checks were made for).
+    pub fn at(&self, provider: &Provider, now: u64) -> Result<(), AuthError> {
+        self.before.clone()?;
+        let skew = provider.clock_skew_seconds;
+        match self.exp {
+            Some(exp) if now > exp.saturating_add(skew) => return Err(AuthError::Expired),
+            None if provider.require_expiration => return Err(AuthError::MissingExpiration),
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+            return Err(AuthError::NotYetValid);
+        }
+        if self.iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        self.after.clone()
+    }
+}
+
+/// A token's `aud`, checked to be a string or an array of strings (without copying it).
+enum Audiences<'a> {
+    One(&'a str),
+    /// Every item is a string.
+    Many(&'a [Value]),
+}
+
+impl<'a> Audiences<'a> {
+    fn is_empty(&self) -> bool {
+        matches!(self, Audiences::Many(items) if items.is_empty())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let (one, many) = match self {
+            Audiences::One(s) => (Some(*s), None),
+            Audiences::Many(items) => (None, Some(items.iter().filter_map(Value::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+fn audiences(aud: Option<&Value>) -> Result<Audiences<'_>, AuthError> {
     let bad = AuthError::InvalidClaim {
         claim: "aud",
         why: "must be a string or an array of strings",
     };
     match aud {
-        None => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.as_str()]),
-        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().ok_or(bad.clone())).collect(),
+        None => Ok(Audiences::Many(&[])),
+        Some(Value::String(s)) => Ok(Audiences::One(s.as_str())),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(Audiences::Many(items)),
         Some(_) => Err(bad),
     }
 }
@@ -292,7 +360,7 @@ fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<()
             None => Err(AuthError::MissingAudience),
         };
     }
-    let allowed = |a: &&str| provider.audiences.iter().chain(&provider.client_ids).any(|p| p == a);
+    let allowed = |a: &str| provider.audiences.iter().chain(&provider.client_ids).any(|p| p == a);
     if auds.iter().any(allowed) {
         Ok(())
     } else {
