@@ -22,6 +22,17 @@ fn the_three_listeners_answer_what_the_benchmark_assumes() {
             r.pool,
             r.expected
         );
+        // The proxy's CPU time per request is read for every run, and is plausible: more than
+        // nothing, less than a whole millisecond for a cached or refused token.
+        let cpu = x
+            .proxy_cpu_us
+            .unwrap_or_else(|| panic!("{} {:?}: no proxy CPU time", r.listener, r.pool));
+        assert!(
+            cpu > 0.0 && cpu < 1000.0,
+            "{} {:?}: {cpu} µs/request",
+            r.listener,
+            r.pool
+        );
         seen.push((r.listener, r.pool, r.expected));
     }
     assert_eq!(

@@ -437,9 +437,43 @@ pub struct Rig {
     pub ports: [u16; 3],
     pub keys: BenchKeys,
     pub dir: PathBuf,
+    /// The proxy has CPU 0 to itself; the upstream and wrk share CPU 1 (see [`Rig::pin`]).
+    pub pinned: bool,
+}
+
+/// CPU time (user + system) a process has used so far, in µs, from `/proc/PID/stat`.
+fn process_cpu_us(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces), starting with field 3.
+    let rest = stat.rsplit_once(") ")?.1;
+    let mut fields = rest.split(' ');
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) * 1e6 / ticks as f64)
 }
 
 impl Rig {
+    /// On a machine with at least two CPUs and `taskset`: the proxy (every thread) on CPU 0,
+    /// the upstream on CPU 1, and wrk runs on CPU 1 too. The listeners under test then never
+    /// compete with the load generator for a core, and the proxy's CPU time per request
+    /// measures what each listener's filters cost.
+    fn pin(&mut self) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pin = |pid: Option<u32>, cpu: &str| {
+            pid.is_some_and(|pid| {
+                Command::new("taskset")
+                    .args(["-a", "-c", "-p", cpu, &pid.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+        };
+        self.pinned = cpus >= 2 && pin(self.proxy.pid(), "0") && pin(self.upstream.pid(), "1");
+    }
+
     pub fn start(keys: BenchKeys) -> Result<Rig, String> {
         let mut up = EnvoyOptions::new(&json!({}), 0);
         up.raw_bootstrap = Some(upstream_bootstrap());
@@ -464,13 +498,16 @@ impl Rig {
         let dir = std::env::temp_dir().join(format!("claimguard-bench-{}-{seq}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         fs::write(dir.join("bench.lua"), WRK_SCRIPT).map_err(|e| format!("bench.lua: {e}"))?;
-        Ok(Rig {
+        let mut rig = Rig {
             upstream,
             proxy,
             ports,
             keys,
             dir,
-        })
+            pinned: false,
+        };
+        rig.pin();
+        Ok(rig)
     }
 
     /// Writes a token pool for wrk; returns its path.
@@ -493,7 +530,15 @@ impl Rig {
         seconds: u64,
     ) -> Result<RunResult, String> {
         let port = self.ports.get(index).copied().ok_or("no such listener")?;
-        let mut child = Command::new(&o.wrk)
+        let mut cmd = if self.pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1"]).arg(&o.wrk);
+            c
+        } else {
+            Command::new(&o.wrk)
+        };
+        let cpu_before = self.proxy.pid().and_then(process_cpu_us);
+        let mut child = cmd
             .args(["-t1", &format!("-c{}", o.connections), &format!("-d{seconds}s")])
             .args(["--timeout", "5s", "--latency", "-s"])
             .arg(self.dir.join("bench.lua"))
@@ -534,7 +579,13 @@ impl Rig {
             })?;
         let v: Value = serde_json::from_str(line).map_err(|e| format!("wrk result {line:?}: {e}"))?;
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let cpu_after = self.proxy.pid().and_then(process_cpu_us);
+        let proxy_cpu_us = match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if n("requests") > 0 => Some((a - b) / n("requests") as f64),
+            _ => None,
+        };
         Ok(RunResult {
+            proxy_cpu_us,
             requests: n("requests"),
             duration_us: n("duration_us").max(1),
             p50_us: n("p50_us"),
@@ -605,6 +656,8 @@ impl Drop for Rig {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RunResult {
+    /// The proxy process's CPU time per request (µs), over the run.
+    pub proxy_cpu_us: Option<f64>,
     pub requests: u64,
     pub duration_us: u64,
     pub p50_us: u64,
@@ -641,6 +694,11 @@ impl Series {
     pub fn rps(&self) -> f64 {
         median(self.runs.iter().map(RunResult::rps).collect())
     }
+    /// Median proxy CPU µs per request (None if it could not be read).
+    pub fn cpu_us(&self) -> Option<f64> {
+        let v: Vec<f64> = self.runs.iter().filter_map(|r| r.proxy_cpu_us).collect();
+        (!v.is_empty()).then(|| median(v))
+    }
     pub fn p50_ms(&self) -> f64 {
         median(self.runs.iter().map(|r| r.p50_us as f64 / 1000.0).collect())
     }
@@ -669,6 +727,8 @@ pub struct Report {
     pub vm_memory_end: Option<u64>,
     pub proxy_allocated_warm: Option<u64>,
     pub envoy_version: String,
+    /// See [`Rig::pin`].
+    pub pinned: bool,
 }
 
 /// Runs the whole benchmark, printing progress to stderr.
@@ -772,6 +832,7 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
         vm_memory_end,
         proxy_allocated_warm,
         envoy_version: envoy_version(),
+        pinned: rig.pinned,
     })
 }
 
@@ -841,12 +902,19 @@ impl Report {
              medians over the rounds",
             self.envoy_version, o.connections, o.seconds, o.rounds
         );
+        if self.pinned {
+            let _ = writeln!(
+                s,
+                "* the proxy pinned to CPU 0, the upstream Envoy and wrk to CPU 1 (`taskset`); \
+                 proxy CPU is the proxy process's user + system time per request"
+            );
+        }
         let _ = writeln!(s, "* command: `{command}`\n");
         let _ = writeln!(
             s,
-            "| scenario | listener | req/s | p50 ms | p99 ms | requests | unexpected status |"
+            "| scenario | listener | req/s | p50 ms | p99 ms | proxy CPU µs/req | requests | unexpected status |"
         );
-        let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|");
+        let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|");
         for (sc, series) in &self.scenarios {
             for (name, x) in LISTENERS.iter().zip(series.iter()) {
                 let short = if x.exhausted() > 0 {
@@ -856,12 +924,13 @@ impl Report {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0}{short} | {:.3} | {:.3} | {} | {} |",
+                    "| {} | {} | {:.0}{short} | {:.3} | {:.3} | {} | {} | {} |",
                     sc.name,
                     name,
                     x.rps(),
                     x.p50_ms(),
                     x.p99_ms(),
+                    x.cpu_us().map_or("n/a".into(), |c| format!("{c:.1}")),
                     x.requests(),
                     x.unexpected()
                 );
@@ -869,18 +938,25 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native |"
+            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native | filters' CPU µs/req: native | claimguard |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
         for (sc, [a, b, c]) in &self.scenarios {
             let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}", x / y) } else { "n/a".into() };
+            // What the filters add to the proxy's CPU time per request, over no_auth's.
+            let added = |x: &Series| match (x.cpu_us(), a.cpu_us()) {
+                (Some(x), Some(base)) => format!("{:.1}", x - base),
+                _ => "n/a".into(),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 sc.name,
                 ratio(c.rps(), b.rps()),
                 ratio(c.rps(), a.rps()),
-                ratio(c.p99_ms(), b.p99_ms())
+                ratio(c.p99_ms(), b.p99_ms()),
+                added(b),
+                added(c)
             );
         }
         let _ = writeln!(s, "\n| footprint | |\n|---|--:|");
