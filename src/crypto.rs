@@ -335,15 +335,26 @@ impl Modulus {
         })
     }
 
-    /// `R² mod n` by doubling 1 modulo n, 2·28·k times (once per key).
+    /// `R² mod n`, the Montgomery form of `R` (once per key): `2R mod n`, the Montgomery form
+    /// of 2, by doubling the largest power of 2 below `n` modulo `n`, then raised to the power
+    /// `28k` by `pow`: `(2R)^(28k)·R^(1-28k) = 2^(28k)·R = R²`.
     fn r_squared(&self) -> Limbs {
-        let mut r2 = ZERO;
-        let n = value(&self.n, self.k);
-        let r = value_mut(&mut r2, self.k);
-        if let Some(low) = r.first_mut() {
-            *low = 1;
+        let k = self.k;
+        // n is odd and above 1, so 2^top < n.
+        let top = (0..k)
+            .rev()
+            .find_map(|i| {
+                let l = limb(&self.n, i);
+                (l != 0).then(|| LIMB_BITS as usize * i + 63 - l.leading_zeros() as usize)
+            })
+            .unwrap_or(0);
+        let mut x = ZERO;
+        if let Some(l) = x.get_mut(PAD + top / LIMB_BITS as usize) {
+            *l = 1 << (top % LIMB_BITS as usize);
         }
-        for _ in 0..2 * LIMB_BITS as usize * self.k {
+        let n = value(&self.n, k);
+        let r = value_mut(&mut x, k);
+        for _ in top..LIMB_BITS as usize * k + 1 {
             let mut carry = 0u64;
             for limb in r.iter_mut() {
                 let d = *limb << 1 | carry;
@@ -355,6 +366,13 @@ impl Modulus {
                 sub_assign(r, n);
             }
         }
+        let exponent = LIMB_BITS as usize * k;
+        let bits: Vec<bool> = (0..usize::BITS - exponent.leading_zeros())
+            .rev()
+            .map(|i| exponent >> i & 1 == 1)
+            .collect();
+        let mut r2 = self.pow(&x, &bits);
+        self.reduce(&mut r2);
         r2
     }
 
@@ -639,24 +657,47 @@ mod tests {
             .collect()
     }
 
-    /// A random odd modulus of `len` bytes with its top bit set (the arithmetic does not
-    /// need a prime), or with every bit set (the largest limbs, so the largest column sums).
-    fn modulus(seed: &mut u64, len: usize, all_ones: bool) -> Vec<u8> {
-        if all_ones {
-            return vec![0xff; len];
-        }
+    /// The kinds of modulus tested.
+    #[derive(Clone, Copy, Debug)]
+    enum Shape {
+        /// Random, odd, top bit set (the arithmetic does not need a prime).
+        Random,
+        /// Every bit set: the largest limbs, so the largest column sums.
+        AllOnes,
+        /// Random and odd, but with its top 12 bits clear (FastKey takes any modulus whose top
+        /// 4 bytes are not all zero).
+        Short,
+    }
+    const SHAPES: [Shape; 3] = [Shape::Random, Shape::AllOnes, Shape::Short];
+
+    fn modulus(seed: &mut u64, len: usize, shape: Shape) -> Vec<u8> {
         let mut n = bytes(seed, len);
-        n[0] |= 0x80;
+        match shape {
+            Shape::Random => n[0] |= 0x80,
+            Shape::AllOnes => n.fill(0xff),
+            Shape::Short => {
+                n[0] = 0;
+                n[1] = n[1] & 0x0f | 0x01;
+            }
+        }
         n[len - 1] |= 1;
         n
     }
 
-    fn check_modexp<const L: usize>(seed: &mut u64, e: &[u8], all_ones: bool) {
-        let n = modulus(seed, 4 * L, all_ones);
+    fn check_modexp<const L: usize>(seed: &mut u64, e: &[u8], shape: Shape) {
+        let n = modulus(seed, 4 * L, shape);
         let key = FastKey::<L>::new(&n, e).unwrap();
         let k = key.modulus.k;
         let big_n = BigUint::from_bytes_be(&n);
-        let minus = |d: u32| (&big_n - BigUint::from(d)).to_bytes_be();
+        // Big-endian, 4L bytes (as signatures are).
+        let be = |v: BigUint| {
+            let mut b = v.to_bytes_be();
+            while b.len() < 4 * L {
+                b.insert(0, 0);
+            }
+            b
+        };
+        let minus = |d: u32| be(&big_n - BigUint::from(d));
         let mut cases = vec![
             vec![0u8; 4 * L],
             vec![],
@@ -667,14 +708,13 @@ mod tests {
             minus(2),
         ];
         for _ in 0..8 {
-            let mut s = bytes(seed, 4 * L);
-            s[0] &= 0x7f; // below n
-            cases.push(s);
+            cases.push(be(BigUint::from_bytes_be(&bytes(seed, 4 * L)) % &big_n));
         }
         // Small values and values just below n, of a few limbs' spread.
         for len in [1, 4, 9, 29] {
-            cases.push((BigUint::from_bytes_be(&bytes(seed, len)) % &big_n).to_bytes_be());
-            cases.push((&big_n - 1u32 - BigUint::from_bytes_be(&bytes(seed, len)) % &big_n).to_bytes_be());
+            let v = BigUint::from_bytes_be(&bytes(seed, len)) % &big_n;
+            cases.push(be(v.clone()));
+            cases.push(be(&big_n - 1u32 - v));
         }
         for s in cases {
             let got = key.public_op(&s).unwrap();
@@ -693,14 +733,16 @@ mod tests {
 
     /// `mul` and `sqr` against the general bignum, for operands anywhere below `2n` (the
     /// lazily reduced range they work in): the result is below `2n` and `≡ a·b·R⁻¹ (mod n)`.
-    fn check_montgomery<const L: usize>(seed: &mut u64, all_ones: bool) {
-        let n = modulus(seed, 4 * L, all_ones);
+    fn check_montgomery<const L: usize>(seed: &mut u64, shape: Shape) {
+        let n = modulus(seed, 4 * L, shape);
         let key = FastKey::<L>::new(&n, &[1, 0, 1]).unwrap();
         let m = &key.modulus;
         let k = m.k;
         let big_n = BigUint::from_bytes_be(&n);
         let r = BigUint::from(1u32) << (LIMB_BITS as usize * k);
         assert!(BigUint::from(4u32) * &big_n < r, "4n < R");
+        let r2 = BigUint::from_bytes_be(&limbs_to_be(&m.r_squared(), k, 0));
+        assert_eq!(r2, (&r * &r) % &big_n, "R² mod n");
         let two_n = BigUint::from(2u32) * &big_n;
         let mut cases: Vec<BigUint> = [0u32, 1, 2, 3]
             .into_iter()
@@ -715,7 +757,7 @@ mod tests {
             .collect();
         for _ in 0..12 {
             cases.push(BigUint::from_bytes_be(&bytes(seed, 4 * L + 1)) % &two_n);
-            cases.push(&two_n - 1u32 - BigUint::from_bytes_be(&bytes(seed, 8)));
+            cases.push(&two_n - 1u32 - BigUint::from_bytes_be(&bytes(seed, 8)) % &two_n);
         }
         for (idx, a) in cases.iter().enumerate() {
             let al = to_limbs(a, k);
@@ -739,12 +781,12 @@ mod tests {
     #[test]
     fn montgomery_square_is_multiplication_by_itself() {
         let mut seed = 0x2545_f491_4f6c_dd1d;
-        for all_ones in [false, true] {
-            check_montgomery::<64>(&mut seed, all_ones);
-            check_montgomery::<96>(&mut seed, all_ones);
-            check_montgomery::<128>(&mut seed, all_ones);
-            check_montgomery::<2>(&mut seed, all_ones);
-            check_montgomery::<3>(&mut seed, all_ones);
+        for shape in SHAPES {
+            check_montgomery::<64>(&mut seed, shape);
+            check_montgomery::<96>(&mut seed, shape);
+            check_montgomery::<128>(&mut seed, shape);
+            check_montgomery::<2>(&mut seed, shape);
+            check_montgomery::<3>(&mut seed, shape);
         }
     }
 
@@ -764,12 +806,12 @@ mod tests {
             &[0x00, 0x00, 0x25],
             &rand_e,
         ] {
-            for all_ones in [false, true] {
-                check_modexp::<64>(&mut seed, e, all_ones);
-                check_modexp::<96>(&mut seed, e, all_ones);
-                check_modexp::<128>(&mut seed, e, all_ones);
-                check_modexp::<2>(&mut seed, e, all_ones);
-                check_modexp::<3>(&mut seed, e, all_ones);
+            for shape in SHAPES {
+                check_modexp::<64>(&mut seed, e, shape);
+                check_modexp::<96>(&mut seed, e, shape);
+                check_modexp::<128>(&mut seed, e, shape);
+                check_modexp::<2>(&mut seed, e, shape);
+                check_modexp::<3>(&mut seed, e, shape);
             }
         }
     }
