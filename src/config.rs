@@ -411,7 +411,7 @@ pub struct Config {
     pub jwt_cache_size: usize,
     /// `filterState`: publish `claimguard.provider`, `.issuer`, `.principal`, `.subject` and
     /// `.rule` as filter state on allowed requests (off by default, like `jwt_authn`'s
-    /// `payload_in_metadata`: each entry costs the proxy about 2 µs per request).
+    /// `payload_in_metadata`: the five entries cost the proxy about 7 µs per request, `examples/ab.rs`).
     pub filter_state: bool,
     /// Things worth a log line at configure time that are not errors.
     pub warnings: Vec<String>,
