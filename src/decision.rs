@@ -511,8 +511,6 @@ fn evaluate_request(
     ev
 }
 
-/// `claimAliases`: each alias claim becomes a copy of its target (or is removed when the
-/// target is absent), so a rule on the alias always reads what the provider means by it.
 /// A verified token's claims and payload, ready to cache and to share with its requests.
 fn verified_token(p: &Provider, claims: Map<String, Value>, payload_b64: &str) -> CachedToken {
     let claims = Rc::new(claims);
@@ -531,6 +529,8 @@ fn verified_token(p: &Provider, claims: Map<String, Value>, payload_b64: &str) -
     }
 }
 
+/// `claimAliases`: each alias claim becomes a copy of its target (or is removed when the
+/// target is absent), so a rule on the alias always reads what the provider means by it.
 fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
     for (alias, target) in &p.claim_aliases {
         match claim_at(claims, target).cloned() {
@@ -1086,13 +1086,14 @@ fn verify_found<'c>(
         match result {
             Ok(()) => {
                 let payload_b64 = jwt.signing_input.split('.').nth(1).unwrap_or("");
-                let verified = verified_token(p, jwt.claims.clone(), payload_b64);
+                // The parsed claims move into the cache entry (every path below returns).
+                let verified = verified_token(p, jwt.claims, payload_b64);
                 // The signature holds: remember that, whatever the claims say now.
                 if let Some(c) = cache.as_deref_mut() {
                     notes.cache_hit = Some(false);
                     // Useful until the token expires (claim types were checked: exp is a
                     // non-negative integer if present).
-                    let valid_until = jwt
+                    let valid_until = verified
                         .claims
                         .get("exp")
                         .and_then(Value::as_u64)
@@ -1102,7 +1103,7 @@ fn verify_found<'c>(
                     }
                 }
                 let checked = verified.checks.at(p, now);
-                notes.claim_steps(p, &jwt.claims, now, &checked);
+                notes.claim_steps(p, &verified.claims, now, &checked);
                 return match checked {
                     Ok(()) => Ok(Some(identity(index, p, &verified))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
