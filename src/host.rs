@@ -46,6 +46,28 @@ const MAX_WAITERS: usize = 4096;
 /// How often each VM looks at the shared JWKS state and wakes waiting requests.
 const TICK: Duration = Duration::from_millis(200);
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+}
+
+/// A header map, decoded by [`crate::abi::decode_pairs`] instead of the SDK's `get_map`,
+/// which panics on a header value that is not UTF-8.
+fn header_map(map_type: MapType) -> Result<Vec<(String, String)>, String> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and size it allocated through this module's
+    // `proxy_on_memory_allocate` (the SDK's `Vec::with_capacity(size)` then forgotten), which
+    // is what `Vec::from_raw_parts(data, size, size)` takes back ownership of, exactly once;
+    // the SDK's own `get_map` does the same.
+    let buf = match unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) } {
+        Status::Ok if data.is_null() => return Ok(Vec::new()),
+        Status::Ok => unsafe { Vec::from_raw_parts(data, size, size) },
+        status => return Err(format!("{status:?}")),
+    };
+    crate::abi::decode_pairs(&buf).map_err(str::to_string)
+}
+
 fn log(level: LogLevel, msg: &str) {
     // Nothing sensible is left to do when the host cannot log.
     let _ = hostcalls::log(level, msg);
@@ -298,7 +320,7 @@ impl Context for Root {
 }
 
 fn read_callout_response(body_size: usize, max_bytes: usize) -> FetchResult {
-    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let headers = header_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let header = |name: &str| {
         headers
             .iter()
@@ -665,7 +687,7 @@ impl Root {
             if hostcalls::set_effective_context(w.context_id).is_err() {
                 continue; // the request is gone
             }
-            let Ok(headers) = hostcalls::get_map(MapType::HttpRequestHeaders) else {
+            let Ok(headers) = header_map(MapType::HttpRequestHeaders) else {
                 continue;
             };
             let mut req = HttpRequest::from_headers(&headers);
@@ -785,9 +807,9 @@ impl HttpContext for Filter {
         let Some(vm_rc) = self.vm.clone() else {
             return self.internal_error("no configuration");
         };
-        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+        let headers = match header_map(MapType::HttpRequestHeaders) {
             Ok(h) => h,
-            Err(e) => return self.internal_error(&format!("cannot read request headers: {e:?}")),
+            Err(e) => return self.internal_error(&format!("cannot read request headers: {e}")),
         };
         #[cfg(feature = "fault-injection")]
         if headers.iter().any(|(k, v)| k == "x-claimguard-fault" && v == "trap") {

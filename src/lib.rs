@@ -26,6 +26,7 @@
     )
 )]
 
+pub mod abi;
 pub mod alb;
 pub mod alg;
 pub mod cache;

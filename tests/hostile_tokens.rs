@@ -944,3 +944,61 @@ fn hostile_subset_through_envoy() {
         }
     }
 }
+
+/// Sends raw bytes as one HTTP/1.1 request (`connection: close`); the whole response.
+fn raw_response(port: u16, head: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(head).expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("response");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn raw_status(port: u16, head: &[u8]) -> u16 {
+    raw_response(port, head)
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("status code")
+}
+
+/// HTTP allows header values with bytes that are not UTF-8 (obs-text, e.g. Latin-1). The
+/// proxy-wasm SDK's header decoder panics on them; one such request used to trap the VM and,
+/// failing closed, turn every later request into a 503.
+#[test]
+fn header_bytes_that_are_not_utf8_never_crash_the_vm() {
+    let stack = Stack::start(&fixture().config);
+    let port = stack.envoy.port;
+    let token = fixture().ec.sign(&good_claims());
+    let req = |extra: &[u8], auth: &[u8]| {
+        let mut r = format!("GET /orders HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n").into_bytes();
+        r.extend_from_slice(b"authorization: Bearer ");
+        r.extend_from_slice(auth);
+        r.extend_from_slice(b"\r\n");
+        r.extend_from_slice(extra);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let t = token.as_bytes();
+    // A Latin-1 value on an allowed request: allowed, and passed on as sent.
+    let before = stack.upstream.served();
+    let r = raw_response(port, &req(b"x-latin: caf\xe9\r\n", t));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}\n{}", stack.envoy.log());
+    assert_eq!(stack.upstream.served(), before + 1);
+    // The echo upstream decodes what it received lossily, as claimguard does.
+    assert!(r.contains("\"x-latin\":\"caf\u{fffd}\""), "{r}");
+    // Not UTF-8 inside the token: a bad token, refused as one.
+    let mut bad = t.to_vec();
+    bad.extend_from_slice(b"\xff");
+    assert_eq!(raw_status(port, &req(b"", &bad)), 401);
+    assert_eq!(
+        raw_status(port, &req(b"x-a: \x80\x81\xfe\r\nx-b: \xc3\r\n", b"\xe9")),
+        401
+    );
+    // The VM is alive and still enforcing.
+    assert_eq!(raw_status(port, &req(b"", t)), 200, "{}", stack.envoy.log());
+    assert_eq!(raw_status(port, &req(b"", b"nope")), 401);
+    assert!(!stack.envoy.log().contains("panicked"), "{}", stack.envoy.log());
+}

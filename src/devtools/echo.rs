@@ -62,12 +62,18 @@ pub(crate) struct RequestHead {
     pub close: bool,
 }
 
-/// Reads one request from a keep-alive connection; None at EOF or on error.
-pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RequestHead> {
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).ok()? == 0 {
+/// One line, bytes that are not UTF-8 (HTTP's obs-text) replaced; None at EOF or on error.
+fn read_line_lossy(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut raw = Vec::new();
+    if reader.read_until(b'\n', &mut raw).ok()? == 0 {
         return None;
     }
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// Reads one request from a keep-alive connection; None at EOF or on error.
+pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RequestHead> {
+    let request_line = read_line_lossy(reader)?;
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
@@ -75,10 +81,7 @@ pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RequestH
     let mut content_length = 0usize;
     let mut close = false;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
+        let line = read_line_lossy(reader)?;
         let line = line.trim_end();
         if line.is_empty() {
             break;

@@ -1,0 +1,143 @@
+//! The proxy-wasm ABI's serialized header map, decoded without trusting it.
+//!
+//! `proxy_get_header_map_pairs` hands the VM one buffer: a little-endian `u32` count N, then N
+//! pairs of `u32` sizes (name, value), then each name and value followed by a NUL byte. The
+//! SDK's own decoder (`hostcalls::get_map`) turns every name and value into a `String` with
+//! `unwrap`: one request header carrying a byte that is not UTF-8 (HTTP allows obs-text,
+//! e.g. a Latin-1 `é`) would panic the VM and, failing closed, take the workload's traffic
+//! down. Here a malformed buffer is an error and a value that is not UTF-8 is kept, with each
+//! invalid sequence replaced by U+FFFD: the header stays present (a rule on it cannot be
+//! dodged by such a byte) and its value can match no configured string that a client could
+//! not also send as valid UTF-8.
+
+/// Decodes a serialized header map. An empty buffer is an empty map (what the host gives
+/// when there are no headers).
+pub fn decode_pairs(buf: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let word = |at: usize| -> Result<usize, &'static str> {
+        let end = at.checked_add(4).ok_or("size overflow")?;
+        let b = buf.get(at..end).ok_or("truncated size table")?;
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b);
+        usize::try_from(u32::from_le_bytes(w)).map_err(|_| "size overflow")
+    };
+    let count = word(0)?;
+    // Every pair takes at least 8 bytes of sizes and 2 NULs: a count the buffer cannot
+    // hold is refused before anything is allocated for it.
+    if count > buf.len() / 10 {
+        return Err("pair count larger than the buffer");
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut at = 4 + count * 8;
+    let mut take = |len: usize| -> Result<String, &'static str> {
+        let end = at.checked_add(len).ok_or("size overflow")?;
+        let bytes = buf.get(at..end).ok_or("truncated pair data")?;
+        if buf.get(end) != Some(&0) {
+            return Err("pair data not NUL-terminated");
+        }
+        at = end + 1;
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    };
+    for i in 0..count {
+        let name_len = word(4 + i * 8)?;
+        let value_len = word(8 + i * 8)?;
+        let name = take(name_len)?;
+        let value = take(value_len)?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serializes pairs the way the host does.
+    fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(*k);
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_what_the_host_encodes() {
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b":method", b"GET"),
+            (b":path", b"/orders/42?x=1"),
+            (b"authorization", b"Bearer a.b.c"),
+            (b"x-empty", b""),
+        ];
+        let got = decode_pairs(&encode(&pairs)).unwrap();
+        let want: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(decode_pairs(&[]).unwrap(), vec![]);
+        assert_eq!(decode_pairs(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_kept_lossily() {
+        // obs-text: Latin-1 "café", and a lone continuation byte in a name.
+        let buf = encode(&[
+            (b"x-latin", b"caf\xe9"),
+            (b"x-\x80", b"v"),
+            (b"authorization", b"Bearer \xff"),
+        ]);
+        let got = decode_pairs(&buf).unwrap();
+        assert_eq!(got[0], ("x-latin".to_string(), "caf\u{fffd}".to_string()));
+        assert_eq!(got[1], ("x-\u{fffd}".to_string(), "v".to_string()));
+        assert_eq!(got[2].1, "Bearer \u{fffd}");
+    }
+
+    #[test]
+    fn malformed_buffers_are_errors_never_panics() {
+        let good = encode(&[(b"a", b"bc"), (b"dd", b"")]);
+        // Every truncation of a valid buffer.
+        for n in 1..good.len() {
+            assert!(decode_pairs(&good[..n]).is_err(), "prefix {n}");
+        }
+        // A count far larger than the buffer; sizes that overflow or run past the end.
+        let mut huge = good.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_pairs(&huge), Err("pair count larger than the buffer"));
+        let mut long = good.clone();
+        long[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_pairs(&long).is_err());
+        // A missing NUL terminator.
+        let mut nul = good.clone();
+        let i = 4 + 2 * 8 + 1;
+        nul[i] = b'x';
+        assert_eq!(decode_pairs(&nul), Err("pair data not NUL-terminated"));
+        // Arbitrary bytes: an error or a decoding, but never a panic.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let mut b: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
+            if len >= 4 {
+                b[..4].copy_from_slice(&((seed % 3) as u32).to_le_bytes());
+            }
+            let _ = decode_pairs(&b);
+        }
+    }
+}
