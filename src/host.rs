@@ -12,6 +12,7 @@
 
 use crate::alb::{AlbKeyCache, KeyEvent, KeyFetch};
 use crate::cache::VerifiedTokenCache;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
 use crate::identity::HeaderOps;
@@ -158,6 +159,33 @@ fn incr(id: Option<u32>) {
     }
 }
 
+/// A counter on the request path: counted in the VM and handed to the host on each tick
+/// (every 200 ms) instead of one host call per request.
+#[derive(Clone, Copy, Default)]
+struct Batched {
+    id: Option<u32>,
+    pending: u64,
+}
+
+impl Batched {
+    fn new(id: Option<u32>) -> Batched {
+        Batched { id, pending: 0 }
+    }
+
+    fn add(&mut self) {
+        self.pending = self.pending.saturating_add(1);
+    }
+
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            if let Some(id) = self.id {
+                let _ = hostcalls::increment_metric(id, i64::try_from(self.pending).unwrap_or(i64::MAX));
+            }
+            self.pending = 0;
+        }
+    }
+}
+
 fn gauge(id: Option<u32>, v: u64) {
     if let Some(id) = id {
         let _ = hostcalls::record_metric(id, v);
@@ -182,12 +210,12 @@ struct Vm {
     /// Counts decision lines suppressed by the log budget.
     dropped_metric: Option<u32>,
     /// Request counters by label set (bounded: labels come from fixed sets and the config).
-    request_metrics: HashMap<LabelKey, Option<u32>>,
+    request_metrics: HashMap<LabelKey, Batched>,
     log_budget: LogBudget,
     /// Verified tokens of this VM (bounded; none with `jwtCacheSize: 0`).
     token_cache: Option<VerifiedTokenCache>,
     /// (hit, miss) counters of the verified-token cache.
-    cache_metrics: (Option<u32>, Option<u32>),
+    cache_metrics: (Batched, Batched),
     callouts: HashMap<u32, Callout>,
     /// ALB providers' keys by kid.
     alb: AlbKeyCache,
@@ -205,6 +233,19 @@ struct Vm {
     /// Whether Envoy logs at debug (or trace) for this filter, and when that was last asked
     /// (ms): asked at most once a second, not on every allowed request.
     debug_logs: (bool, u64),
+    /// The time requests read, refreshed by the tick ([`crate::clock`]).
+    clock: Clock,
+}
+
+impl Vm {
+    /// Hands the batched request-path counters to the host.
+    fn flush_counters(&mut self) {
+        for c in self.request_metrics.values_mut() {
+            c.flush();
+        }
+        self.cache_metrics.0.flush();
+        self.cache_metrics.1.flush();
+    }
 }
 
 /// Records this VM's linear memory when it changed (it only grows).
@@ -275,8 +316,8 @@ fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool)
     };
     let ev = evaluate_cached(config, &keys, token_cache.as_mut(), req, now_ms / 1000, final_attempt);
     match ev.token_cache {
-        Some(true) => incr(cache_metrics.0),
-        Some(false) => incr(cache_metrics.1),
+        Some(true) => cache_metrics.0.add(),
+        Some(false) => cache_metrics.1.add(),
         None => {}
     }
     ev
@@ -567,12 +608,17 @@ impl RootContext for Root {
         }
         // Lease holder identity: random per VM (std seeds RandomState from WASI random_get).
         let holder = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
-        let has_remote = !remotes.is_empty() || !alb_sources.is_empty();
-        // Requests paused under the previous config are carried over: they must be answered.
+        // Requests paused under the previous config are carried over: they must be answered;
+        // and what it counted is handed to the host before it goes.
         let waiters = self
             .vm
             .as_ref()
-            .and_then(|old| old.try_borrow_mut().ok().map(|mut o| std::mem::take(&mut o.waiters)))
+            .and_then(|old| {
+                old.try_borrow_mut().ok().map(|mut o| {
+                    o.flush_counters();
+                    std::mem::take(&mut o.waiters)
+                })
+            })
             .unwrap_or_default();
         // The token cache's slot-hash seed: random per VM, like the holder identity.
         let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
@@ -592,8 +638,12 @@ impl RootContext for Root {
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
             token_cache,
             cache_metrics: (
-                hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
-                hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
+                Batched::new(
+                    hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
+                ),
+                Batched::new(
+                    hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
+                ),
             ),
             callouts: HashMap::new(),
             alb: AlbKeyCache::new(alb_sources, holder),
@@ -607,12 +657,12 @@ impl RootContext for Root {
             memory_pages: 0,
             uses_peer,
             debug_logs: (false, 0),
+            clock: Clock::default(),
         })));
-        if has_remote {
-            if let Err(e) = hostcalls::set_tick_period(TICK) {
-                log(LogLevel::Error, &format!("cannot set tick period: {e:?}"));
-                return false;
-            }
+        // The tick drives the JWKS cache, and also the clock and the batched counters.
+        if let Err(e) = hostcalls::set_tick_period(TICK) {
+            log(LogLevel::Error, &format!("cannot set tick period: {e:?}"));
+            return false;
         }
         true
     }
@@ -622,6 +672,8 @@ impl RootContext for Root {
         let Some(now) = now_ms() else { return };
         let (fetches, alb_fetches) = {
             let mut vm = vm_rc.borrow_mut();
+            vm.clock.ticked(now);
+            vm.flush_counters();
             let mut events = Vec::new();
             let fetches = vm.cache.tick(&HostStore, now, &mut events);
             let alb_fetches = vm.alb.tick(&HostStore, now);
@@ -815,7 +867,7 @@ impl HttpContext for Filter {
         if headers.iter().any(|(k, v)| k == "x-claimguard-fault" && v == "trap") {
             core::arch::wasm32::unreachable();
         }
-        let Some(now) = now_ms() else {
+        let Some(now) = vm_rc.borrow_mut().clock.now_ms(now_ms) else {
             return self.internal_error("cannot read the clock");
         };
         // Before anything else, on every request: no client-supplied copy of a header
@@ -929,11 +981,12 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
     };
     let l = labels(&config, ev);
     let key = (l.outcome, l.reason, l.rule, l.provider);
-    let id = *vm
-        .request_metrics
+    vm.request_metrics
         .entry(key)
-        .or_insert_with(|| hostcalls::define_metric(MetricType::Counter, &request_metric(&config, &l)).ok());
-    incr(id);
+        .or_insert_with(|| {
+            Batched::new(hostcalls::define_metric(MetricType::Counter, &request_metric(&config, &l)).ok())
+        })
+        .add();
     if let Some(pd) = &ev.policy {
         for t in &pd.trace {
             let audit = config

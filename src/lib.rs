@@ -30,6 +30,7 @@ pub mod abi;
 pub mod alb;
 pub mod alg;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod decision;

@@ -78,7 +78,6 @@ fn prometheus_series_per_outcome_reason_rule_and_provider() {
             assert_eq!(get(&envoy, path, *t, &[]).status, *status, "{path} {t:?}");
         }
     }
-    let prom = envoy.admin("stats/prometheus");
     let series = [
         r#"claimguard_requests_total{outcome="allowed",reason="none",rule="readers",provider="test-idp"} 3"#,
         r#"claimguard_requests_total{outcome="allowed",reason="none",rule="health",provider="none"} 1"#,
@@ -95,6 +94,7 @@ fn prometheus_series_per_outcome_reason_rule_and_provider() {
         r#"claimguard_token_cache_total{result="hit"} 4"#,
         r#"claimguard_token_cache_total{result="miss"} 4"#,
     ];
+    let prom = envoy.admin_until("stats/prometheus", |p| series.iter().all(|s| p.contains(s)));
     for s in series {
         assert!(
             prom.contains(s),

@@ -8,9 +8,8 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-/// `(hits, misses)` from Envoy's stats (0 when a counter was never touched).
-fn cache_counts(stack: &Stack) -> (u64, u64) {
-    let stats = stack.envoy.admin("stats?filter=token_cache");
+/// `(hits, misses)` in Envoy's stats text (0 when a counter was never touched).
+fn parse_counts(stats: &str) -> (u64, u64) {
     let count = |result: &str| {
         let name = format!("token_cache_total.result.{result}: ");
         stats
@@ -21,6 +20,16 @@ fn cache_counts(stack: &Stack) -> (u64, u64) {
     (count("hit"), count("miss"))
 }
 
+/// `(hits, misses)` once they equal `want` (the counters reach Envoy on the filter's tick),
+/// or what they are after the wait.
+fn cache_counts(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
+    parse_counts(
+        &stack
+            .envoy
+            .admin_until("stats?filter=token_cache", |s| parse_counts(s) == want),
+    )
+}
+
 #[test]
 fn hits_misses_and_remembered_bad_signatures_are_counted() {
     let stack = Stack::start(&plugin_config());
@@ -28,7 +37,7 @@ fn hits_misses_and_remembered_bad_signatures_are_counted() {
     let forged = keys().stranger_rsa.sign(&good_claims());
     assert_eq!(stack.get_with_token(&good).status, 200);
     assert_eq!(stack.get_with_token(&good).status, 200);
-    assert_eq!(cache_counts(&stack), (1, 1));
+    assert_eq!(cache_counts(&stack, (1, 1)), (1, 1));
     // A bad signature is a 401 every time; the second time it is answered from memory.
     assert_eq!(stack.get_with_token(&forged).status, 401);
     let again = stack.get_with_token(&forged);
@@ -40,7 +49,7 @@ fn hits_misses_and_remembered_bad_signatures_are_counted() {
         "{:?}",
         again.headers
     );
-    assert_eq!(cache_counts(&stack), (2, 2));
+    assert_eq!(cache_counts(&stack, (2, 2)), (2, 2));
 }
 
 #[test]
@@ -52,7 +61,12 @@ fn jwt_cache_size_zero_turns_the_cache_off() {
     for _ in 0..3 {
         assert_eq!(stack.get_with_token(&good).status, 200);
     }
-    assert_eq!(cache_counts(&stack), (0, 0));
+    // Once the three requests are counted, the cache counters (flushed with them) are known.
+    let stats = stack.envoy.admin_until("stats?filter=claimguard", |s| {
+        s.contains("claimguard.requests_total.outcome.allowed.reason.none.rule.none.provider.test-idp: 3")
+    });
+    assert!(stats.contains("provider.test-idp: 3"), "{stats}");
+    assert_eq!(parse_counts(&stats), (0, 0));
 }
 
 #[test]

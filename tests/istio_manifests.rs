@@ -720,12 +720,15 @@ fn orders_overlay_in_envoy() {
         ("probes need no token", "GET", "/healthz", None, 200),
     ]);
     assert_eq!(d.upstream.served(), 5, "only the allowed requests reached the workload");
-    let stats = d.envoy.admin("stats/prometheus");
-    for series in [
+    let want = [
         r#"claimguard_jwks_fetches_total{provider="keycloak",result="success"} 1"#,
         r#"claimguard_requests_total{outcome="denied",reason="insufficient_scope",rule="none",provider="keycloak"} 3"#,
         r#"claimguard_requests_total{outcome="allowed",reason="none",rule="orders-write",provider="keycloak"} 2"#,
-    ] {
+    ];
+    let stats = d
+        .envoy
+        .admin_until("stats/prometheus", |p| want.iter().all(|s| p.contains(s)));
+    for series in want {
         assert!(stats.contains(series), "{series} missing:\n{stats}");
     }
     // The decision log says why, per request.

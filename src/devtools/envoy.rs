@@ -517,6 +517,19 @@ impl Envoy {
             .unwrap_or_default()
     }
 
+    /// `admin(path)` once `done` holds for it, or after 10 s (the last body either way). The
+    /// filter's request and token-cache counters reach Envoy on its 200 ms tick, not at once.
+    pub fn admin_until(&self, path: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = self.admin(path);
+            if done(&body) || std::time::Instant::now() > deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Blocks until Envoy exits (for `claimguard demo`).
     pub fn wait(&mut self) {
         if let Some(c) = self.child.as_mut() {
