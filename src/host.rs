@@ -237,6 +237,14 @@ struct Vm {
     clock: Clock,
 }
 
+/// A VM state replaced by a new config lives on while requests that began under it finish
+/// (they hold it): what they count reaches the host when the last of them lets go.
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.flush_counters();
+    }
+}
+
 impl Vm {
     /// Hands the batched request-path counters to the host.
     fn flush_counters(&mut self) {
