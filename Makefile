@@ -12,8 +12,14 @@ WASM_TARGET  := wasm32-wasip1
 RAW_WASM     := $(CURDIR)/target/$(WASM_TARGET)/release/claimguard.wasm
 WASM         := $(CURDIR)/target/claimguard.wasm
 BINARYEN_DEB_VERSION := 108-1
-WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-                  --enable-nontrapping-float-to-int
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+                 --enable-nontrapping-float-to-int
+WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
+# The proxy-wasm callbacks the filter implements (src/host_exports.json). The SDK exports
+# every callback; Envoy enters the VM for each one exported (response headers and body,
+# stream log, ...) and skips those that are not, so wasm-metadce drops the rest.
+# tests/module_exports.rs keeps the list and host.rs in step.
+WASM_EXPORTS := $(CURDIR)/src/host_exports.json
 # Test-only build that can be made to trap (feature fault-injection), in its own target dir.
 FAULTS_WASM  := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
 DEFAULT_ENVOY := $(VENV)/bin/envoy
@@ -37,7 +43,9 @@ wasm-target:
 
 build: wasm-target wasm-opt-tool
 	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	wasm-opt $(WASM_OPT_FLAGS) '$(RAW_WASM)' -o '$(WASM).tmp' && mv '$(WASM).tmp' '$(WASM)'
+	wasm-opt $(WASM_OPT_FLAGS) '$(RAW_WASM)' -o '$(WASM).opt'
+	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(WASM).opt' -o '$(WASM).tmp' > /dev/null
+	rm -f '$(WASM).opt' && mv '$(WASM).tmp' '$(WASM)'
 	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes (cargo's: $$(stat -c %s '$(RAW_WASM)'))"
 
 # binaryen's wasm-opt from Debian, pinned; installed once, then only checked.

@@ -330,3 +330,45 @@ fn inline_keys_bootstrap_until_the_first_fetch() {
     }
     assert_eq!(call(&a), 401, "the bootstrap key is gone once the provider answers");
 }
+
+/// A request paused for keys must stay paused when its body arrives. In Envoy a filter that
+/// stopped at the headers and then answers a body callback with Continue lets the request
+/// through (headers included) before any decision: the proxy-wasm SDK's default body
+/// callback does exactly that.
+#[test]
+fn a_request_body_never_releases_a_request_waiting_for_keys() {
+    use std::io::{Read, Write};
+    let a = key(Alg::ES256, "a");
+    let jwks = JwksServer::start(a.jwks()).expect("jwks");
+    jwks.set_mode(Mode::Hang);
+    let upstream = EchoUpstream::start(0).expect("upstream");
+    let cfg = json!({"providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE],
+        "jwksUri": "http://idp.test/jwks.json", "jwksWaitTimeout": "1s", "timeout": "500ms"}]});
+    let mut opts = EnvoyOptions::new(&cfg, upstream.port);
+    opts.clusters.push((JWKS_CLUSTER.to_string(), jwks.port));
+    let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    // A forged token (right kid, wrong key): it may only pass if the body releases it.
+    let forged = TestKey::generate(Alg::ES256, "a").sign(&good_claims());
+    for (what, body_frames) in [("body with the headers", 1), ("body after the headers", 2)] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let head = format!(
+            "POST /orders HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {forged}\r\ncontent-type: application/json\r\ncontent-length: 13\r\nconnection: close\r\n\r\n"
+        );
+        if body_frames == 1 {
+            s.write_all(format!("{head}{{\"order\": 42}}").as_bytes())
+                .expect("write");
+        } else {
+            s.write_all(head.as_bytes()).expect("write");
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"{\"order\": 4").expect("write");
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"2}").expect("write");
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 503"), "{what}: {out}\n{}", envoy.log());
+        assert_eq!(upstream.served(), 0, "{what}: the request reached the upstream\n{out}");
+    }
+}
