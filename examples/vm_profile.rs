@@ -165,26 +165,30 @@ fn run() -> Result<(), String> {
         row(
             "whole request, cold (no cache)",
             time(&headers, 1000, |h| {
-                let req = HttpRequest::from_headers(h);
+                let h_refs = claimguard::token::header_refs(h);
+                let req = HttpRequest::from_headers(&h_refs);
                 assert!(allowed(&evaluate_cached(&config, &config, None, &req, now, true)));
             }),
         );
         let mut cache = VerifiedTokenCache::new(tokens.len() * 2, 7);
         for h in &headers {
-            let req = HttpRequest::from_headers(h);
+            let h_refs = claimguard::token::header_refs(h);
+            let req = HttpRequest::from_headers(&h_refs);
             evaluate_cached(&config, &config, Some(&mut cache), &req, now, true);
         }
         row(
             "whole request, warm (cache hit)",
             time(&headers, 300, |h| {
-                let req = HttpRequest::from_headers(h);
+                let h_refs = claimguard::token::header_refs(h);
+                let req = HttpRequest::from_headers(&h_refs);
                 let ev = evaluate_cached(&config, &config, Some(&mut cache), &req, now, true);
                 assert!(allowed(&ev) && ev.token_cache == Some(true));
             }),
         );
         let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         for h in &headers {
-            let req = HttpRequest::from_headers(h);
+            let h_refs = claimguard::token::header_refs(h);
+            let req = HttpRequest::from_headers(&h_refs);
             drop(evaluate_cached(&config, &config, Some(&mut cache), &req, now, true));
         }
         let per = (ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / headers.len() as f64;

@@ -403,6 +403,9 @@ pub struct Config {
     pub managed_headers: Vec<String>,
     /// Every distinct place any provider reads a token from, in config order.
     pub token_locations: Vec<crate::token::Location>,
+    /// For each of `token_locations`, the providers (indices, in order) reading it: what a
+    /// request compares instead of the locations themselves.
+    pub location_readers: Vec<Vec<usize>>,
     pub claim_header_max_bytes: usize,
     /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
     pub decision_header: bool,
@@ -532,6 +535,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             token_locations.push(l.clone());
         }
     }
+    let location_readers = token_locations
+        .iter()
+        .map(|l| {
+            (0..providers.len())
+                .filter(|&i| providers.get(i).is_some_and(|p| p.locations.contains(l)))
+                .collect()
+        })
+        .collect();
     Ok(Config {
         providers,
         realm,
@@ -545,6 +556,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         expose_rule_names: raw.expose_rule_names,
         managed_headers,
         token_locations,
+        location_readers,
         claim_header_max_bytes,
         decision_header: raw.decision_header,
         jwt_cache_size,
@@ -1084,7 +1096,7 @@ fn managed_headers(providers: &[Provider], rules: &[crate::policy::Rule]) -> Res
             let read = providers.iter().any(|q| {
                 q.locations
                     .iter()
-                    .any(|l| matches!(l, Location::Header { name, .. } if name == h))
+                    .any(|l| matches!(l, Location::Header { name, .. } if **name == **h))
             });
             if !read && !out.iter().any(|x| x == h) {
                 out.push((*h).to_string());
@@ -1095,7 +1107,7 @@ fn managed_headers(providers: &[Provider], rules: &[crate::policy::Rule]) -> Res
         for p in providers {
             if p.locations
                 .iter()
-                .any(|l| matches!(l, Location::Header { name, .. } if name == h))
+                .any(|l| matches!(l, Location::Header { name, .. } if **name == *h))
             {
                 return Err(err(
                     path,
@@ -1322,7 +1334,10 @@ fn compile_locations(
                 "must not contain control characters",
             ));
         }
-        out.push(Location::Header { name, prefix });
+        out.push(Location::Header {
+            name: name.into(),
+            prefix,
+        });
     }
     for (j, p) in params.unwrap_or_default().into_iter().enumerate() {
         if p.is_empty() || p.contains(['&', '=', '#', '?']) {

@@ -3,7 +3,7 @@
 //! denial), and describe the exact response the client gets (RFC 6750 `WWW-Authenticate`, a
 //! short JSON body). Pure: the host layer only carries out the [`Decision`].
 
-use crate::cache::{CachedToken, VerifiedTokenCache};
+use crate::cache::{CachedToken, TokenOwner, VerifiedTokenCache};
 use crate::config::Config;
 use crate::config::Provider;
 use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
@@ -12,26 +12,30 @@ use crate::path::normalize;
 use crate::policy::claim_at;
 pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
-use crate::token::{extract, parse, Jwt, Location, Request};
+use crate::token::{extract, parse, Header, Jwt, Location, Request};
 use crate::verify::{claimed_issuer, verify_signed, AuthError, ClaimChecks};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// Who the verified token says the caller is.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// Its strings are shared (`Rc`) with the verified-token cache entry they were made for: a
+/// cached request builds its identity without allocating.
 pub struct Identity {
-    pub provider: String,
+    pub provider: Rc<str>,
     pub provider_index: usize,
-    pub issuer: String,
-    pub subject: Option<String>,
+    pub issuer: Rc<str>,
+    pub subject: Option<Rc<str>>,
     /// `iss/sub`, as Istio's `request.auth.principal`.
-    pub principal: String,
+    pub principal: Rc<str>,
     /// Shared with the verified-token cache (`claimAliases` applied).
     pub claims: Rc<Map<String, Value>>,
     /// The verified payload exactly as signed (base64url), for `outputPayloadToHeader`.
     pub payload_b64: Rc<str>,
     /// The header the token came in, when it came in one (removed unless forwarded).
-    pub token_header: Option<String>,
+    pub token_header: Option<Rc<str>>,
 }
 
 /// An HTTP request as the filter sees it: pseudo-headers included, names lower-case.
@@ -41,15 +45,15 @@ pub struct HttpRequest<'a> {
     pub path: &'a str,
     /// `:authority` (or `host`).
     pub host: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [Header<'a>],
     /// The calling workload: mTLS peer identity and downstream IP (none unless the host says).
     pub peer: Peer,
 }
 
 impl<'a> HttpRequest<'a> {
     /// Reads `:method`, `:path` and `:authority` out of Envoy's header map.
-    pub fn from_headers(headers: &'a [(String, String)]) -> HttpRequest<'a> {
-        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    pub fn from_headers(headers: &'a [Header<'a>]) -> HttpRequest<'a> {
+        let get = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
         HttpRequest {
             method: get(":method").unwrap_or("GET"),
             path: get(":path").unwrap_or("/"),
@@ -68,7 +72,7 @@ impl<'a> HttpRequest<'a> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| *v)
     }
 
     /// A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method.
@@ -95,11 +99,11 @@ pub struct Evaluation {
     /// For an allowed request: headers to set and remove, filter state to publish.
     pub header_ops: HeaderOps,
     /// Verified issuer and subject (also for a valid token the policy refused).
-    pub issuer: Option<String>,
-    pub subject: Option<String>,
-    /// The token, if one was sent: only ever used for [`Evaluation::token_fingerprint`]
-    /// (never logged, never stored beyond the request).
-    token: Option<String>,
+    pub issuer: Option<Rc<str>>,
+    pub subject: Option<Rc<str>>,
+    /// Where the token was, if one was sent (an index in `token_locations`): only ever used
+    /// for [`Evaluation::token_fingerprint`]. The token itself is never logged nor kept.
+    token_at: Option<usize>,
     /// With a cache: Some(true) when the token's signature was already verified, Some(false)
     /// when it was verified now.
     pub token_cache: Option<bool>,
@@ -111,8 +115,17 @@ pub struct Evaluation {
 impl Evaluation {
     /// First 16 hex digits of the SHA-256 of the token, if one was sent: lets logs correlate
     /// requests without ever holding the token.
-    pub fn token_fingerprint(&self) -> Option<String> {
-        self.token.as_deref().map(token_fingerprint)
+    pub fn token_fingerprint(&self, config: &Config, req: &HttpRequest) -> Option<String> {
+        self.token_at?;
+        let headers = unmanaged(config, req.headers);
+        let token_req = Request {
+            headers: &headers,
+            path: req.path,
+        };
+        match find_token(config, &token_req) {
+            Ok(Some((at, token))) if Some(at) == self.token_at => Some(token_fingerprint(&token)),
+            _ => None,
+        }
     }
 }
 
@@ -380,7 +393,7 @@ fn evaluate_request(
         header_ops: HeaderOps::default(),
         issuer: None,
         subject: None,
-        token: None,
+        token_at: None,
         token_cache: None,
         auth_steps: Vec::new(),
     };
@@ -395,20 +408,9 @@ fn evaluate_request(
             return ev;
         }
     };
-    // Managed headers never count as the client's: the host removes them from the request,
-    // and evaluation never sees them.
-    let unmanaged;
-    let headers: &[(String, String)] = if managed_present(config, req.headers).is_empty() {
-        req.headers
-    } else {
-        unmanaged = req
-            .headers
-            .iter()
-            .filter(|(k, _)| !config.managed_headers.iter().any(|m| k.eq_ignore_ascii_case(m)))
-            .cloned()
-            .collect::<Vec<_>>();
-        &unmanaged
-    };
+    // Managed headers never count as the client's.
+    let headers = unmanaged(config, req.headers);
+    let headers = &*headers;
     let facts = RequestFacts {
         method: req.method,
         path: &path,
@@ -434,7 +436,7 @@ fn evaluate_request(
         cache,
         &mut notes,
     );
-    ev.token = notes.token;
+    ev.token_at = notes.token_at;
     ev.token_cache = notes.cache_hit;
     ev.auth_steps = notes.steps.unwrap_or_default();
     let identity = match identity {
@@ -493,7 +495,7 @@ fn evaluate_request(
             let rule_name = rule
                 .filter(|_| config.expose_rule_names)
                 .map(|r| config.policy.rule_name(r));
-            let provider = identity.as_ref().map(|i| i.provider.as_str());
+            let provider = identity.as_ref().map(|i| &*i.provider);
             Decision::Deny(Denial::forbidden(
                 &config.realm,
                 insufficient_scope,
@@ -521,11 +523,19 @@ fn verified_token(p: &Provider, claims: Map<String, Value>, payload_b64: &str) -
         apply_aliases(p, &mut aliased);
         Rc::new(aliased)
     };
+    let subject: Option<Rc<str>> = claims.get("sub").and_then(Value::as_str).map(Rc::from);
+    let who = TokenOwner {
+        provider: Rc::from(p.name.as_str()),
+        issuer: Rc::from(p.issuer.as_str()),
+        principal: Rc::from(format!("{}/{}", p.issuer, subject.as_deref().unwrap_or(""))),
+        subject,
+    };
     CachedToken {
         checks: ClaimChecks::new(p, &claims),
         claims,
         identity_claims,
         payload_b64: payload_b64.into(),
+        who,
     }
 }
 
@@ -549,7 +559,7 @@ pub use crate::cache::token_fingerprint;
 
 /// The managed headers (ones claimguard sets) present in a request: the host removes them
 /// before anything else, on every request.
-pub fn managed_present(config: &Config, headers: &[(String, String)]) -> Vec<String> {
+pub fn managed_present(config: &Config, headers: &[Header]) -> Vec<String> {
     let mut out = Vec::new();
     for (k, _) in headers {
         if let Some(m) = config.managed_headers.iter().find(|m| k.eq_ignore_ascii_case(m)) {
@@ -581,11 +591,12 @@ fn header_ops(config: &Config, identity: Option<&Identity>, rule: Option<usize>)
             }
             if config.filter_state {
                 ops.filter_state.push(("claimguard.provider".into(), p.name.clone()));
-                ops.filter_state.push(("claimguard.issuer".into(), id.issuer.clone()));
                 ops.filter_state
-                    .push(("claimguard.principal".into(), id.principal.clone()));
+                    .push(("claimguard.issuer".into(), id.issuer.to_string()));
+                ops.filter_state
+                    .push(("claimguard.principal".into(), id.principal.to_string()));
                 if let Some(sub) = &id.subject {
-                    ops.filter_state.push(("claimguard.subject".into(), sub.clone()));
+                    ops.filter_state.push(("claimguard.subject".into(), sub.to_string()));
                 }
             }
             for (label, path) in &p.filter_state_claims {
@@ -620,7 +631,7 @@ pub fn authenticate(config: &Config, req: &Request, now: u64) -> Decision {
 /// What token handling learned besides the identity.
 #[derive(Default)]
 struct TokenNotes {
-    token: Option<String>,
+    token_at: Option<usize>,
     cache_hit: Option<bool>,
     /// Some: record each step (explain); None: the filter, which never formats them.
     steps: Option<Vec<AuthStep>>,
@@ -814,36 +825,19 @@ fn find_and_verify<'c>(
     cache: Option<&mut VerifiedTokenCache>,
     notes: &mut TokenNotes,
 ) -> Result<Option<Identity>, Failure<'c>> {
-    // Every distinct location any provider reads, and what it holds.
     let locations = &config.token_locations;
     let searched = || locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ");
-    let mut found: Option<(&Location, String)> = None;
-    for loc in locations {
-        for token in extract(loc, req) {
-            // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
-            // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
-            // raw): a value the prefixed entry reads is not a second token.
-            if let Location::Header { name, prefix } = loc {
-                let taken_by_prefixed = prefix.is_empty()
-                    && locations.iter().any(|other| {
-                        matches!(other, Location::Header { name: n, prefix: p }
-                            if n == name && !p.is_empty()
-                                && token.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)))
-                    });
-                if taken_by_prefixed {
-                    continue;
-                }
-            }
-            if let Some((first, _)) = &found {
-                notes.step("token", false, || {
-                    format!("more than one token: in {} and in {}", first.describe(), loc.describe())
-                });
-                return Err(Failure::Auth(AuthError::MultipleTokens, None));
-            }
-            found = Some((loc, token));
+    let found = match find_token(config, req) {
+        Ok(found) => found,
+        Err((first, second)) => {
+            notes.step("token", false, || {
+                let at = |i: usize| locations.get(i).map(Location::describe).unwrap_or_default();
+                format!("more than one token: in {} and in {}", at(first), at(second))
+            });
+            return Err(Failure::Auth(AuthError::MultipleTokens, None));
         }
-    }
-    let Some((loc, raw)) = found else {
+    };
+    let Some((at, raw)) = found else {
         return if token_optional || config.providers.iter().any(|p| p.allow_missing) {
             notes.step("token", true, || {
                 let why = if token_optional {
@@ -860,19 +854,70 @@ fn find_and_verify<'c>(
         };
     };
     notes.step("token", true, || {
-        format!("found in {} ({} bytes)", loc.describe(), raw.len())
+        let loc = locations.get(at).map(Location::describe).unwrap_or_default();
+        format!("found in {loc} ({} bytes)", raw.len())
     });
-    let result = verify_found(config, keys, loc, &raw, now, cache, notes);
-    // Kept for the decision line's fingerprint, hashed only if a line is written.
-    notes.token = Some(raw);
+    let result = verify_found(config, keys, at, &raw, now, cache, notes);
+    // Where it was, for the decision line's fingerprint (found again only if a line is
+    // written: most requests never pay for a copy of the token).
+    notes.token_at = Some(at);
     result
+}
+
+/// A request's one token: where it was (index in `config.token_locations`) and what it is.
+type FoundToken<'a> = (usize, Cow<'a, str>);
+
+/// The one token of the request, or the indices of two locations that both hold one.
+fn find_token<'a>(config: &Config, req: &Request<'a>) -> Result<Option<FoundToken<'a>>, (usize, usize)> {
+    // Every distinct location any provider reads, and what it holds.
+    let locations = &config.token_locations;
+    let mut found: Option<FoundToken> = None;
+    for (at, loc) in locations.iter().enumerate() {
+        for token in extract(loc, req) {
+            // `{"name": "authorization"}` beside `{"name": "authorization", "prefix": "Bearer "}`
+            // accepts raw tokens as well as Bearer ones (API Gateway REST clients send them
+            // raw): a value the prefixed entry reads is not a second token.
+            if let Location::Header { name, prefix } = loc {
+                let taken_by_prefixed = prefix.is_empty()
+                    && locations.iter().any(|other| {
+                        matches!(other, Location::Header { name: n, prefix: p }
+                            if n == name && !p.is_empty()
+                                && token.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)))
+                    });
+                if taken_by_prefixed {
+                    continue;
+                }
+            }
+            if let Some((first, _)) = &found {
+                return Err((*first, at));
+            }
+            found = Some((at, token));
+        }
+    }
+    Ok(found)
+}
+
+/// The request's headers without managed ones: the host removes those before anything else,
+/// so evaluation never sees them.
+fn unmanaged<'h, 'a>(config: &Config, headers: &'h [Header<'a>]) -> Cow<'h, [Header<'a>]> {
+    if managed_present(config, headers).is_empty() {
+        Cow::Borrowed(headers)
+    } else {
+        Cow::Owned(
+            headers
+                .iter()
+                .filter(|(k, _)| !config.managed_headers.iter().any(|m| k.eq_ignore_ascii_case(m)))
+                .copied()
+                .collect(),
+        )
+    }
 }
 
 /// Verifies the one token found at `loc` (with the cache), for the providers reading there.
 fn verify_found<'c>(
     config: &'c Config,
     keys: &dyn KeyLookup,
-    loc: &Location,
+    at: usize,
     raw: &str,
     now: u64,
     mut cache: Option<&mut VerifiedTokenCache>,
@@ -880,28 +925,25 @@ fn verify_found<'c>(
 ) -> Result<Option<Identity>, Failure<'c>> {
     let readers = || {
         config
-            .providers
-            .iter()
-            .enumerate()
-            .filter(move |(_, p)| p.locations.contains(loc))
+            .location_readers
+            .get(at)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| config.providers.get(i).map(|p| (i, p)))
     };
-    let token_header = match loc {
-        Location::Header { name, .. } => Some(name.clone()),
+    let token_header = match config.token_locations.get(at) {
+        Some(Location::Header { name, .. }) => Some(Rc::clone(name)),
         _ => None,
     };
-    let identity = |index: usize, p: &Provider, verified: &CachedToken| {
-        let claims = Rc::clone(&verified.identity_claims);
-        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
-        Identity {
-            provider: p.name.clone(),
-            provider_index: index,
-            issuer: p.issuer.clone(),
-            principal: format!("{}/{}", p.issuer, subject.as_deref().unwrap_or("")),
-            subject,
-            claims,
-            payload_b64: Rc::clone(&verified.payload_b64),
-            token_header: token_header.clone(),
-        }
+    let identity = |index: usize, verified: &CachedToken| Identity {
+        provider: Rc::clone(&verified.who.provider),
+        provider_index: index,
+        issuer: Rc::clone(&verified.who.issuer),
+        subject: verified.who.subject.clone(),
+        principal: Rc::clone(&verified.who.principal),
+        claims: Rc::clone(&verified.identity_claims),
+        payload_b64: Rc::clone(&verified.payload_b64),
+        token_header: token_header.clone(),
     };
 
     // An ALB's user claims token: its own encoding, header checks and keys by kid.
@@ -977,9 +1019,9 @@ fn verify_found<'c>(
             }
         };
         let issuer = crate::alb::issuer_of(&t);
-        let mut id = identity(index, p, &verified);
-        id.principal = format!("{issuer}/{}", id.subject.as_deref().unwrap_or(""));
-        id.issuer = issuer;
+        let mut id = identity(index, &verified);
+        id.principal = format!("{issuer}/{}", id.subject.as_deref().unwrap_or("")).into();
+        id.issuer = issuer.into();
         return Ok(Some(id));
     }
 
@@ -995,7 +1037,7 @@ fn verify_found<'c>(
                 let checked = hit.checks.at(p, now);
                 notes.claim_steps(p, &hit.claims, now, &checked);
                 return match checked {
-                    Ok(()) => Ok(Some(identity(index, p, &hit))),
+                    Ok(()) => Ok(Some(identity(index, &hit))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
             }
@@ -1040,7 +1082,12 @@ fn verify_found<'c>(
         let shown = iss.map(|i| format!("{i:?}")).unwrap_or_else(|| "(none)".into());
         if names.is_empty() {
             notes.step("provider", false, || {
-                format!("iss {shown} matches no provider reading {}", loc.describe())
+                let loc = config
+                    .token_locations
+                    .get(at)
+                    .map(Location::describe)
+                    .unwrap_or_default();
+                format!("iss {shown} matches no provider reading {loc}")
             });
         } else {
             notes.step("provider", true, || format!("iss {shown} selects {}", names.join(", ")));
@@ -1105,7 +1152,7 @@ fn verify_found<'c>(
                 let checked = verified.checks.at(p, now);
                 notes.claim_steps(p, &verified.claims, now, &checked);
                 return match checked {
-                    Ok(()) => Ok(Some(identity(index, p, &verified))),
+                    Ok(()) => Ok(Some(identity(index, &verified))),
                     Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
                 };
             }
@@ -1158,7 +1205,8 @@ mod tests {
 
     fn run(c: &Config, headers: &[(&str, &str)], path: &str) -> Decision {
         let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        authenticate(c, &Request { headers: &h, path }, NOW)
+        let h_refs = crate::token::header_refs(&h);
+        authenticate(c, &Request { headers: &h_refs, path }, NOW)
     }
 
     fn denial(d: Decision) -> Denial {
@@ -1175,13 +1223,13 @@ mod tests {
         let tb = b.sign(&claims("https://b"));
         match run(&c, &[("authorization", &ta)], "/") {
             Decision::Allow { identity: Some(id) } => {
-                assert_eq!(id.provider, "idp-a");
+                assert_eq!(&*id.provider, "idp-a");
                 assert_eq!(id.subject.as_deref(), Some("alice"));
             }
             other => panic!("{other:?}"),
         }
         match run(&c, &[("x-jwt", &tb)], "/") {
-            Decision::Allow { identity: Some(id) } => assert_eq!(id.provider, "idp-b"),
+            Decision::Allow { identity: Some(id) } => assert_eq!(&*id.provider, "idp-b"),
             other => panic!("{other:?}"),
         }
         // idp-a does not read x-jwt, so its token there has no provider.
@@ -1272,7 +1320,8 @@ mod tests {
             (":authority".into(), "api.example.com".into()),
         ];
         h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        evaluate(c, c, &HttpRequest::from_headers(&h), NOW, true)
+        let h_refs = crate::token::header_refs(&h);
+        evaluate(c, c, &HttpRequest::from_headers(&h_refs), NOW, true)
     }
 
     fn policy_config(extra: Value) -> (Config, TestKey) {
@@ -1437,7 +1486,8 @@ mod tests {
             (":path".into(), "/".into()),
             ("authorization".into(), t),
         ];
-        let req = HttpRequest::from_headers(&h);
+        let h_refs = crate::token::header_refs(&h);
+        let req = HttpRequest::from_headers(&h_refs);
         let first = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
         assert_eq!(first.token_cache, Some(false));
         let second = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
@@ -1465,7 +1515,8 @@ mod tests {
             (":path".to_string(), "/".to_string()),
             ("authorization".to_string(), format!("Bearer {}", a.sign(&early))),
         ];
-        let req = HttpRequest::from_headers(&h);
+        let h_refs = crate::token::header_refs(&h);
+        let req = HttpRequest::from_headers(&h_refs);
         let first = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
         assert_eq!(
             (first.token_cache, denial(first.decision).reason),
@@ -1495,7 +1546,8 @@ mod tests {
                 format!("Bearer {}", stranger.sign(&claims("https://a"))),
             ),
         ];
-        let req = HttpRequest::from_headers(&h);
+        let h_refs = crate::token::header_refs(&h);
+        let req = HttpRequest::from_headers(&h_refs);
         let run = |cache: &mut VerifiedTokenCache, at: u64| {
             let ev = evaluate_cached(&c, &c, Some(cache), &req, at, true);
             let d = denial(ev.decision);
@@ -1552,7 +1604,8 @@ mod tests {
         for (extra, last) in cases {
             let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/x".into())];
             h.extend(extra);
-            let req = HttpRequest::from_headers(&h);
+            let h_refs = crate::token::header_refs(&h);
+            let req = HttpRequest::from_headers(&h_refs);
             let plain = evaluate(&c, &c, &req, NOW, true);
             let mut traced = evaluate_traced(&c, &c, &req, NOW);
             let steps = std::mem::take(&mut traced.auth_steps);
@@ -1579,7 +1632,8 @@ mod tests {
             h.push(("authorization".into(), a.into()));
         }
         let peer = Peer::from_connection(peer.is_some(), peer, Some("127.0.0.1:40000"));
-        evaluate(c, c, &HttpRequest::from_headers(&h).with_peer(peer), NOW, true)
+        let h_refs = crate::token::header_refs(&h);
+        evaluate(c, c, &HttpRequest::from_headers(&h_refs).with_peer(peer), NOW, true)
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::config::ConfigError;
 use crate::policy::{claim_at, dotted, RawClaimPath};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -201,7 +202,7 @@ pub fn render(value: Option<&Value>, format: &ArrayFormat, max_bytes: usize) -> 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderOps {
     /// Headers to remove (absent claims; the token header when not forwarded).
-    pub remove: Vec<String>,
+    pub remove: Vec<Rc<str>>,
     /// Headers to set (replacing any value).
     pub set: Vec<(String, String)>,
     /// Headers not set because their value was unsafe: (header, why).
@@ -214,9 +215,9 @@ impl HeaderOps {
     pub fn apply(&mut self, header: &str, r: Rendered) {
         match r {
             Rendered::Value(v) => self.set.push((header.to_string(), v)),
-            Rendered::Absent => self.remove.push(header.to_string()),
+            Rendered::Absent => self.remove.push(header.into()),
             Rendered::Refused(why) => {
-                self.remove.push(header.to_string());
+                self.remove.push(header.into());
                 self.refused.push((header.to_string(), why));
             }
         }

@@ -188,7 +188,7 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "provider": provider,
         "issuer": ev.issuer,
         "subject": ev.subject,
-        "tokenFingerprint": ev.token_fingerprint(),
+        "tokenFingerprint": ev.token_fingerprint(config, req),
         "method": req.method,
         "path": ev.normalized_path.as_deref().unwrap_or("-"),
         // The calling workload: its SPIFFE ID (null without mTLS) and IP.
@@ -312,7 +312,8 @@ mod tests {
                 (":authority".to_string(), "h".to_string()),
             ];
             h.extend(extra);
-            let ev = evaluate(&c, &c, &HttpRequest::from_headers(&h), now, true);
+            let h_refs = crate::token::header_refs(&h);
+            let ev = evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), now, true);
             let name = request_metric(&c, &labels(&c, &ev));
             let parts: Vec<&str> = name
                 .strip_prefix("claimguard.requests_total.")
@@ -361,13 +362,16 @@ mod tests {
             ("authorization".to_string(), format!("Bearer {t}")),
         ];
         let id = "spiffe://cluster.local/ns/legacy/sa/old";
-        let req = HttpRequest::from_headers(&h).with_peer(Peer::from_connection(true, Some(id), Some("[::1]:5000")));
+        let h_refs = crate::token::header_refs(&h);
+        let req =
+            HttpRequest::from_headers(&h_refs).with_peer(Peer::from_connection(true, Some(id), Some("[::1]:5000")));
         let ev = evaluate(&c, &c, &req, now, true);
         let line = decision_line(&c, &req, &ev, &labels(&c, &ev));
         assert_eq!(line["decision"], "deny");
         assert_eq!(line["peerPrincipal"], id);
         assert_eq!(line["sourceIp"], "::1");
-        let plain = HttpRequest::from_headers(&h);
+        let h_refs = crate::token::header_refs(&h);
+        let plain = HttpRequest::from_headers(&h_refs);
         let ev = evaluate(&c, &c, &plain, now, true);
         let line = decision_line(&c, &plain, &ev, &labels(&c, &ev));
         assert_eq!(line["peerPrincipal"], Value::Null);

@@ -775,7 +775,7 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     /// `:authority`, as received.
     pub host: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [crate::token::Header<'a>],
     /// The calling workload (mTLS peer, downstream IP).
     pub peer: &'a Peer,
 }
@@ -918,7 +918,7 @@ impl WhenCondition {
                     .headers
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| Value::String(v.clone()));
+                    .map(|(_, v)| Value::String((*v).to_string()));
                 (header_value.as_ref(), false)
             }
         };
@@ -1265,11 +1265,12 @@ mod tests {
             return "reject".into();
         };
         let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let h_refs = crate::token::header_refs(&h);
         let facts = RequestFacts {
             method,
             path: &path,
             host,
-            headers: &h,
+            headers: &h_refs,
             peer: &Peer::NONE,
         };
         let principal;

@@ -111,7 +111,8 @@ fn run(cfg: &Value, token: &str) -> (u16, &'static str) {
         (":path".into(), "/orders".into()),
         ("authorization".into(), format!("Bearer {token}")),
     ];
-    match evaluate(&c, &c, &HttpRequest::from_headers(&h), now(), true).decision {
+    let h_refs = claimguard::token::header_refs(&h);
+    match evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), now(), true).decision {
         Decision::Allow { .. } => (200, ""),
         Decision::Deny(d) => (d.status as u16, d.reason),
         Decision::NeedKeys { .. } => (0, "need_keys"),
@@ -313,7 +314,8 @@ fn api_gateway_setups() {
         let c = Config::from_json(cfg.to_string().as_bytes()).expect("config");
         let mut h: Vec<(String, String)> = vec![(":method".into(), "GET".into()), (":path".into(), "/orders".into())];
         h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        match evaluate(&c, &c, &HttpRequest::from_headers(&h), now(), true).decision {
+        let h_refs = claimguard::token::header_refs(&h);
+        match evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), now(), true).decision {
             Decision::Allow { .. } => (200, ""),
             Decision::Deny(d) => (d.status as u16, d.reason),
             Decision::NeedKeys { .. } => (0, "need_keys"),

@@ -823,7 +823,8 @@ fn run(config: &Config, headers: &[(String, String)], query: &str) -> (u16, &'st
         (":authority".into(), "api.example.com".into()),
     ];
     h.extend(headers.iter().cloned());
-    let ev = evaluate(config, config, &HttpRequest::from_headers(&h), now(), true);
+    let h_refs = claimguard::token::header_refs(&h);
+    let ev = evaluate(config, config, &HttpRequest::from_headers(&h_refs), now(), true);
     match ev.decision {
         Decision::Allow { .. } => (200, ""),
         Decision::Deny(d) => (u16::try_from(d.status).unwrap_or(0), d.reason),

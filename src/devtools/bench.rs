@@ -1073,7 +1073,8 @@ mod tests {
                     (":path".to_string(), "/orders".to_string()),
                     ("authorization".to_string(), format!("Bearer {t}")),
                 ];
-                let status = match evaluate(&config, &config, &HttpRequest::from_headers(&h), now, true).decision {
+                let h_refs = crate::token::header_refs(&h);
+                let status = match evaluate(&config, &config, &HttpRequest::from_headers(&h_refs), now, true).decision {
                     Decision::Allow { .. } => 200,
                     Decision::Deny(d) => d.status,
                     Decision::NeedKeys { .. } => 503,

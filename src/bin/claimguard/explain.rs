@@ -233,7 +233,13 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     };
     let peer_principal = peer.uri_san.clone();
     let source_ip = peer.ip.map(|ip| ip.to_string());
-    let ev = evaluate_traced(&cfg, &cfg, &HttpRequest::from_headers(&headers).with_peer(peer), at);
+    let headers_refs = claimguard::token::header_refs(&headers);
+    let ev = evaluate_traced(
+        &cfg,
+        &cfg,
+        &HttpRequest::from_headers(&headers_refs).with_peer(peer),
+        at,
+    );
 
     let rules: Vec<String> = ev
         .policy
@@ -254,7 +260,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             "allow",
             "none".to_string(),
             String::new(),
-            identity.as_ref().map(|i| i.provider.clone()),
+            identity.as_ref().map(|i| i.provider.to_string()),
             Vec::new(),
             None,
         ),
