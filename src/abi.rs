@@ -11,57 +11,132 @@
 //! not also send as valid UTF-8.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// A decoded (name, value): borrowed from the buffer when valid UTF-8.
 pub type DecodedPair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
-/// Decodes a serialized header map. An empty buffer is an empty map (what the host gives
-/// when there are no headers). Names and values are borrowed from `buf` (nothing is copied
-/// for valid UTF-8, which every well-behaved request is); only an invalid one is replaced.
-pub fn decode_pairs(buf: &[u8]) -> Result<Vec<DecodedPair<'_>>, &'static str> {
+/// Where one pair's name and value lie in the buffer (NUL terminators excluded).
+pub type PairSpan = (Range<usize>, Range<usize>);
+
+/// The pairs of a serialized header map, as byte ranges of `buf`, checked against its
+/// bounds; the one parser both decoders share. An empty buffer is an empty map (what the host
+/// gives when there are no headers).
+pub fn pair_spans(buf: &[u8]) -> Result<PairSpans<'_>, &'static str> {
     if buf.is_empty() {
-        return Ok(Vec::new());
+        return Ok(PairSpans {
+            buf,
+            count: 0,
+            next: 0,
+            at: 0,
+        });
     }
-    let word = |at: usize| -> Result<usize, &'static str> {
-        let end = at.checked_add(4).ok_or("size overflow")?;
-        let b = buf.get(at..end).ok_or("truncated size table")?;
-        let mut w = [0u8; 4];
-        w.copy_from_slice(b);
-        usize::try_from(u32::from_le_bytes(w)).map_err(|_| "size overflow")
-    };
-    let count = word(0)?;
+    let count = word(buf, 0)?;
     // Every pair takes at least 8 bytes of sizes and 2 NULs: a count the buffer cannot
     // hold is refused before anything is allocated for it.
     if count > buf.len() / 10 {
         return Err("pair count larger than the buffer");
     }
-    let mut out = Vec::with_capacity(count);
-    let data_start = 4 + count * 8;
+    Ok(PairSpans {
+        buf,
+        count,
+        next: 0,
+        at: 4 + count * 8,
+    })
+}
+
+/// See [`pair_spans`].
+pub struct PairSpans<'a> {
+    buf: &'a [u8],
+    count: usize,
+    next: usize,
+    /// Where the next name starts.
+    at: usize,
+}
+
+impl PairSpans<'_> {
+    /// Where the names and values start (after the size table).
+    pub fn data_start(&self) -> usize {
+        4 + self.count * 8
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn field(&mut self, len: usize) -> Result<Range<usize>, &'static str> {
+        let end = self.at.checked_add(len).ok_or("size overflow")?;
+        if end > self.buf.len() {
+            return Err("truncated pair data");
+        }
+        if self.buf.get(end) != Some(&0) {
+            return Err("pair data not NUL-terminated");
+        }
+        let r = self.at..end;
+        self.at = end + 1;
+        Ok(r)
+    }
+}
+
+impl Iterator for PairSpans<'_> {
+    type Item = Result<PairSpan, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let spans = (|| {
+            let name_len = word(self.buf, 4 + i * 8)?;
+            let value_len = word(self.buf, 8 + i * 8)?;
+            let name = self.field(name_len)?;
+            let value = self.field(value_len)?;
+            Ok((name, value))
+        })();
+        if spans.is_err() {
+            self.next = self.count; // nothing after a malformed pair is trusted
+        }
+        Some(spans)
+    }
+}
+
+/// The little-endian `u32` at `at`.
+fn word(buf: &[u8], at: usize) -> Result<usize, &'static str> {
+    let end = at.checked_add(4).ok_or("size overflow")?;
+    let b = buf.get(at..end).ok_or("truncated size table")?;
+    let mut w = [0u8; 4];
+    w.copy_from_slice(b);
+    usize::try_from(u32::from_le_bytes(w)).map_err(|_| "size overflow")
+}
+
+/// Decodes a serialized header map. Names and values are borrowed from `buf` (nothing is
+/// copied for valid UTF-8, which every well-behaved request is); only an invalid one is
+/// replaced.
+pub fn decode_pairs(buf: &[u8]) -> Result<Vec<DecodedPair<'_>>, &'static str> {
+    let spans = pair_spans(buf)?;
+    let mut out = Vec::with_capacity(spans.len());
+    let data_start = spans.data_start();
     // All names and values are validated in one pass over the data (a run of long ASCII goes
     // a word at a time; 14 short strings one by one cost V8 three times as much): in valid
     // data each one is then just a slice. Only if some are not valid UTF-8 are they looked at
     // one by one, and only the invalid ones are replaced (`from_utf8_lossy` goes byte by byte).
     let whole = buf.get(data_start..).and_then(|d| std::str::from_utf8(d).ok());
-    let mut at = data_start;
-    let mut take = |len: usize| -> Result<Cow<'_, str>, &'static str> {
-        let end = at.checked_add(len).ok_or("size overflow")?;
-        let bytes = buf.get(at..end).ok_or("truncated pair data")?;
-        if buf.get(end) != Some(&0) {
-            return Err("pair data not NUL-terminated");
-        }
-        let valid = whole.and_then(|w| w.get(at - data_start..end - data_start));
-        at = end + 1;
-        Ok(match valid.map_or_else(|| std::str::from_utf8(bytes), Ok) {
+    let text = |r: Range<usize>| -> Cow<'_, str> {
+        let valid = whole.and_then(|w| w.get(r.start.checked_sub(data_start)?..r.end.checked_sub(data_start)?));
+        let bytes = buf.get(r).unwrap_or_default();
+        match valid.map_or_else(|| std::str::from_utf8(bytes), Ok) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
-        })
+        }
     };
-    for i in 0..count {
-        let name_len = word(4 + i * 8)?;
-        let value_len = word(8 + i * 8)?;
-        let name = take(name_len)?;
-        let value = take(value_len)?;
-        out.push((name, value));
+    for pair in spans {
+        let (name, value) = pair?;
+        out.push((text(name), text(value)));
     }
     Ok(out)
 }

@@ -96,17 +96,18 @@ const NIL: u32 = u32::MAX;
 #[derive(Debug)]
 struct Node<V> {
     hash: u64,
-    token: Box<str>,
+    key: Box<[u8]>,
     value: V,
     prev: u32,
     next: u32,
 }
 
-/// A bounded map from tokens to values that forgets the least recently used first: a slab of
-/// nodes in a doubly linked recency list, found through their [`slot_hash`]. Every operation
-/// is O(1). Two tokens with the same hash share a slot: the later one replaces the earlier.
+/// A bounded map from byte strings (tokens; the decision memo's request keys) to values that
+/// forgets the least recently used first: a slab of nodes in a doubly linked recency list,
+/// found through their [`slot_hash`]. Every operation is O(1). Two keys with the same hash
+/// share a slot: the later one replaces the earlier.
 #[derive(Debug)]
-struct Lru<V> {
+pub(crate) struct Lru<V> {
     slots: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
     nodes: Vec<Node<V>>,
     /// Most and least recently used.
@@ -118,7 +119,7 @@ struct Lru<V> {
 }
 
 impl<V> Lru<V> {
-    fn new(capacity: usize) -> Lru<V> {
+    pub(crate) fn new(capacity: usize) -> Lru<V> {
         Lru {
             slots: HashMap::default(),
             nodes: Vec::new(),
@@ -155,18 +156,29 @@ impl<V> Lru<V> {
         self.head = i;
     }
 
-    /// The node holding exactly `token`.
-    fn find(&self, hash: u64, token: &str) -> Option<u32> {
+    /// The node in `hash`'s slot whose key `is_key` accepts.
+    fn find_by(&self, hash: u64, is_key: impl FnOnce(&[u8]) -> bool) -> Option<u32> {
         let i = *self.slots.get(&hash)?;
         self.nodes
             .get(i as usize)
-            .filter(|n| n.hash == hash && same_bytes(n.token.as_bytes(), token.as_bytes()))
+            .filter(|n| n.hash == hash && is_key(&n.key))
             .map(|_| i)
     }
 
+    /// The node holding exactly `key`.
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        self.find_by(hash, |k| same_bytes(k, key))
+    }
+
     /// The value, marked as just used.
-    fn get(&mut self, hash: u64, token: &str) -> Option<&V> {
-        let i = self.find(hash, token)?;
+    fn get(&mut self, hash: u64, key: &[u8]) -> Option<&V> {
+        self.get_by(hash, |k| same_bytes(k, key))
+    }
+
+    /// The value of the key in `hash`'s slot that `is_key` accepts (a caller comparing a key
+    /// it holds in pieces), marked as just used.
+    pub(crate) fn get_by(&mut self, hash: u64, is_key: impl FnOnce(&[u8]) -> bool) -> Option<&V> {
+        let i = self.find_by(hash, is_key)?;
         if self.head != i {
             self.unlink(i);
             self.push_front(i);
@@ -185,13 +197,13 @@ impl<V> Lru<V> {
         self.free.push(i);
     }
 
-    fn remove(&mut self, hash: u64, token: &str) {
-        if let Some(i) = self.find(hash, token) {
+    pub(crate) fn remove(&mut self, hash: u64, key: &[u8]) {
+        if let Some(i) = self.find(hash, key) {
             self.remove_node(i);
         }
     }
 
-    fn insert(&mut self, hash: u64, token: &str, value: V) {
+    pub(crate) fn insert(&mut self, hash: u64, key: &[u8], value: V) {
         // Whatever holds the slot (this token again, or another with the same hash) goes.
         if let Some(&i) = self.slots.get(&hash) {
             self.remove_node(i);
@@ -201,7 +213,7 @@ impl<V> Lru<V> {
         }
         let node = Node {
             hash,
-            token: token.into(),
+            key: key.into(),
             value,
             prev: NIL,
             next: NIL,
@@ -222,7 +234,7 @@ impl<V> Lru<V> {
         self.push_front(i);
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 }
@@ -319,10 +331,10 @@ impl VerifiedTokenCache {
     /// generation `generation` and can still be valid at `now`.
     pub fn get(&mut self, token: &str, provider: usize, generation: u64, now: u64) -> Option<CachedToken> {
         let h = self.hash(token);
-        let e = self.verified.get(h, token)?;
+        let e = self.verified.get(h, token.as_bytes())?;
         if now > e.valid_until || e.generation != generation {
             // Past its exp (or verified under keys that are gone): it can never hit again.
-            self.verified.remove(h, token);
+            self.verified.remove(h, token.as_bytes());
             return None;
         }
         if e.provider != provider {
@@ -336,10 +348,10 @@ impl VerifiedTokenCache {
     /// used entry goes first when full.
     pub fn insert(&mut self, token: &str, provider: usize, generation: u64, verified: CachedToken, valid_until: u64) {
         let h = self.hash(token);
-        self.rejected.remove(h, token);
+        self.rejected.remove(h, token.as_bytes());
         self.verified.insert(
             h,
-            token,
+            token.as_bytes(),
             Entry {
                 provider,
                 generation,
@@ -353,9 +365,9 @@ impl VerifiedTokenCache {
     /// [`NEGATIVE_TTL_SECONDS`], if the keys of every provider are still those it failed with.
     pub fn rejected(&mut self, token: &str, generations: &[u64], now: u64) -> Option<usize> {
         let h = self.hash(token);
-        let r = self.rejected.get(h, token)?;
+        let r = self.rejected.get(h, token.as_bytes())?;
         if now >= r.until || r.generations != generations {
-            self.rejected.remove(h, token);
+            self.rejected.remove(h, token.as_bytes());
             return None;
         }
         Some(r.provider)
@@ -366,7 +378,7 @@ impl VerifiedTokenCache {
         let h = self.hash(token);
         self.rejected.insert(
             h,
-            token,
+            token.as_bytes(),
             Rejected {
                 provider,
                 generations,
@@ -514,12 +526,12 @@ mod tests {
     fn a_shared_slot_is_never_a_hit_for_the_other_token() {
         // Two tokens forced into one slot (same hash): each lookup still compares the bytes.
         let mut l: Lru<u32> = Lru::new(8);
-        l.insert(7, "token-a", 1);
-        assert_eq!(l.get(7, "token-b"), None);
-        assert_eq!(l.get(7, "token-a"), Some(&1));
-        l.insert(7, "token-b", 2);
-        assert_eq!(l.get(7, "token-a"), None, "the later token took the slot");
-        assert_eq!(l.get(7, "token-b"), Some(&2));
+        l.insert(7, b"token-a", 1);
+        assert_eq!(l.get(7, b"token-b"), None);
+        assert_eq!(l.get(7, b"token-a"), Some(&1));
+        l.insert(7, b"token-b", 2);
+        assert_eq!(l.get(7, b"token-a"), None, "the later token took the slot");
+        assert_eq!(l.get(7, b"token-b"), Some(&2));
         assert_eq!(l.len(), 1);
     }
 
@@ -537,21 +549,21 @@ mod tests {
             let h = slot_hash(SEED, key.as_bytes());
             match (x >> 8) % 3 {
                 0 => {
-                    l.insert(h, &key, step);
+                    l.insert(h, key.as_bytes(), step);
                     model.retain(|(k, _)| *k != key);
                     model.insert(0, (key, step));
                     model.truncate(5);
                 }
                 1 => {
                     let want = model.iter().position(|(k, _)| *k == key).map(|i| model.remove(i));
-                    let got = l.get(h, &key).copied();
+                    let got = l.get(h, key.as_bytes()).copied();
                     assert_eq!(got, want.as_ref().map(|(_, v)| *v), "step {step}");
                     if let Some(e) = want {
                         model.insert(0, e);
                     }
                 }
                 _ => {
-                    l.remove(h, &key);
+                    l.remove(h, key.as_bytes());
                     model.retain(|(k, _)| *k != key);
                 }
             }
