@@ -36,6 +36,9 @@ pub struct Identity {
     pub payload_b64: Rc<str>,
     /// The header the token came in, when it came in one (removed unless forwarded).
     pub token_header: Option<Rc<str>>,
+    /// The token's time checks, as the verified-token cache holds them (what the decision
+    /// memo re-checks on every hit).
+    pub checks: crate::verify::ClaimChecks,
 }
 
 /// An HTTP request as the filter sees it: pseudo-headers included, names lower-case.
@@ -944,6 +947,7 @@ fn verify_found<'c>(
         claims: Rc::clone(&verified.identity_claims),
         payload_b64: Rc::clone(&verified.payload_b64),
         token_header: token_header.clone(),
+        checks: verified.checks.clone(),
     };
 
     // An ALB's user claims token: its own encoding, header checks and keys by kid.

@@ -18,7 +18,8 @@ use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, Ht
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
-use crate::metrics::{decision_line, jwks_metric, labels, request_metric, LogBudget};
+use crate::memo::{DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
+use crate::metrics::{decision_line, jwks_metric, labels, request_metric, Labels, LogBudget};
 use crate::policy::RuleAction;
 use crate::token::Header;
 use proxy_wasm::hostcalls;
@@ -240,7 +241,9 @@ struct Vm {
     /// Counts decision lines suppressed by the log budget.
     dropped_metric: Option<u32>,
     /// Request counters by label set (bounded: labels come from fixed sets and the config).
-    request_metrics: HashMap<LabelKey, Batched, BuildHasherDefault<FxHasher>>,
+    /// Each label set's slot in `request_counters`.
+    request_metrics: HashMap<LabelKey, usize, BuildHasherDefault<FxHasher>>,
+    request_counters: Vec<Batched>,
     log_budget: LogBudget,
     /// Verified tokens of this VM (bounded; none with `jwtCacheSize: 0`).
     token_cache: Option<VerifiedTokenCache>,
@@ -265,6 +268,18 @@ struct Vm {
     debug_logs: (bool, u64),
     /// The time requests read, refreshed by the tick ([`crate::clock`]).
     clock: Clock,
+    /// Allowed requests' outcomes by request (none with `jwtCacheSize: 0` or when the config
+    /// reads more than the memo keys; see [`crate::memo`]).
+    memo: Option<VmMemo>,
+}
+
+struct VmMemo {
+    spec: MemoSpec,
+    memo: DecisionMemo,
+    /// Keys the request hash, like the token cache's seed.
+    seed: u64,
+    hits: Batched,
+    misses: Batched,
 }
 
 /// A VM state replaced by a new config lives on while requests that began under it finish
@@ -278,11 +293,15 @@ impl Drop for Vm {
 impl Vm {
     /// Hands the batched request-path counters to the host.
     fn flush_counters(&mut self) {
-        for c in self.request_metrics.values_mut() {
+        for c in &mut self.request_counters {
             c.flush();
         }
         self.cache_metrics.0.flush();
         self.cache_metrics.1.flush();
+        if let Some(m) = &mut self.memo {
+            m.hits.flush();
+            m.misses.flush();
+        }
     }
 }
 
@@ -663,6 +682,21 @@ impl RootContext for Root {
         let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let uses_peer = cfg.uses_peer();
         let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size, seed));
+        let spec = MemoSpec::new(&cfg);
+        if let Some(why) = spec.off() {
+            log(LogLevel::Info, &format!("decision memo off: {why}"));
+        }
+        let memo = spec.off().is_none().then(|| VmMemo {
+            spec,
+            memo: DecisionMemo::new(cfg.jwt_cache_size),
+            seed: seed.rotate_left(32) ^ 0x6d65_6d6f,
+            hits: Batched::new(
+                hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.hit").ok(),
+            ),
+            misses: Batched::new(
+                hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.miss").ok(),
+            ),
+        });
         self.vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
             cache: JwksCache::new(remotes, holder),
@@ -674,6 +708,7 @@ impl RootContext for Root {
             dropped_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.decision_logs_dropped_total")
                 .ok(),
             request_metrics: HashMap::default(),
+            request_counters: Vec::new(),
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
             token_cache,
             cache_metrics: (
@@ -697,6 +732,7 @@ impl RootContext for Root {
             uses_peer,
             debug_logs: (false, 0),
             clock: Clock::default(),
+            memo,
         })));
         // The tick drives the JWKS cache, and also the clock and the batched counters.
         if let Err(e) = hostcalls::set_tick_period(TICK) {
@@ -906,18 +942,37 @@ impl HttpContext for Filter {
             Ok(b) => b,
             Err(e) => return self.internal_error(&format!("cannot read request headers: {e}")),
         };
-        let decoded = match crate::abi::decode_pairs(&buf) {
-            Ok(d) => d,
-            Err(e) => return self.internal_error(&format!("cannot read request headers: {e}")),
-        };
-        let headers = borrowed(&decoded);
         #[cfg(feature = "fault-injection")]
-        if headers.iter().any(|(k, v)| *k == "x-claimguard-fault" && *v == "trap") {
+        if crate::abi::pair_spans(&buf).is_ok_and(|mut s| {
+            s.any(|p| p.is_ok_and(|(k, v)| buf.get(k) == Some(b"x-claimguard-fault") && buf.get(v) == Some(b"trap")))
+        }) {
             core::arch::wasm32::unreachable();
         }
         let Some(now) = vm_rc.borrow_mut().clock.now_ms(now_ms) else {
             return self.internal_error("cannot read the clock");
         };
+        // A request exactly like one allowed before (crate::memo): its outcome, replayed.
+        let memo_key = {
+            let mut guard = vm_rc.borrow_mut();
+            let vm = &mut *guard;
+            let key = vm.memo.as_ref().and_then(|m| m.spec.key(&buf, m.seed));
+            if let Some(k) = &key {
+                if !debug_lines(vm, now) {
+                    if let Some(outcome) = memo_hit(vm, k, now) {
+                        let refused_metric = vm.refused_metric;
+                        drop(guard);
+                        apply_header_ops(&outcome.header_ops, refused_metric);
+                        return Action::Continue;
+                    }
+                }
+            }
+            key
+        };
+        let decoded = match crate::abi::decode_pairs(&buf) {
+            Ok(d) => d,
+            Err(e) => return self.internal_error(&format!("cannot read request headers: {e}")),
+        };
+        let headers = borrowed(&decoded);
         // Before anything else, on every request: no client-supplied copy of a header
         // claimguard sets ever reaches the upstream.
         {
@@ -995,7 +1050,10 @@ impl HttpContext for Filter {
                 }
             }
         }
-        report(&mut vm, &req, &ev, now);
+        let labels = report(&mut vm, &req, &ev, now);
+        if let Some(k) = &memo_key {
+            memo_offer(&mut vm, k, &ev, &labels, now);
+        }
         record_memory(&mut vm);
         let refused_metric = vm.refused_metric;
         drop(vm);
@@ -1014,8 +1072,8 @@ impl HttpContext for Filter {
 }
 
 /// Counts the request and writes its decision line (denials and dry-run denials at info,
-/// within the log budget; allows at debug), plus AUDIT lines.
-fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
+/// within the log budget; allows at debug), plus AUDIT lines. Returns its labels.
+fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) -> Labels {
     let config = vm.config.clone();
     // The peer is named in every decision line: read it for one if evaluation did not.
     let uses_peer = vm.uses_peer;
@@ -1028,13 +1086,10 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
         }
     };
     let l = labels(&config, ev);
-    let key = (l.outcome, l.reason, l.rule, l.provider);
-    vm.request_metrics
-        .entry(key)
-        .or_insert_with(|| {
-            Batched::new(hostcalls::define_metric(MetricType::Counter, &request_metric(&config, &l)).ok())
-        })
-        .add();
+    let slot = request_counter(vm, &l);
+    if let Some(c) = vm.request_counters.get_mut(slot) {
+        c.add();
+    }
     if let Some(pd) = &ev.policy {
         for t in &pd.trace {
             let audit = config
@@ -1050,18 +1105,14 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
         }
     }
     if l.outcome == "allowed" {
-        if now_ms >= vm.debug_logs.1.saturating_add(1000) || now_ms < vm.debug_logs.1 {
-            let debug = hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug));
-            vm.debug_logs = (debug, now_ms);
-        }
-        if vm.debug_logs.0 {
+        if debug_lines(vm, now_ms) {
             log(LogLevel::Debug, &line(ev, &l).to_string());
         }
-        return;
+        return l;
     }
     if !vm.log_budget.take(now_ms) {
         incr(vm.dropped_metric);
-        return;
+        return l;
     }
     let mut line = line(ev, &l);
     if l.outcome == "dry_run_denied" {
@@ -1071,4 +1122,100 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) {
         }
     }
     log(LogLevel::Info, &line.to_string());
+    l
+}
+
+/// The slot in `vm.request_counters` of the counter for these labels (defined on first use).
+fn request_counter(vm: &mut Vm, l: &Labels) -> usize {
+    let Vm {
+        config,
+        request_metrics,
+        request_counters,
+        ..
+    } = vm;
+    *request_metrics
+        .entry((l.outcome, l.reason, l.rule, l.provider))
+        .or_insert_with(|| {
+            request_counters.push(Batched::new(
+                hostcalls::define_metric(MetricType::Counter, &request_metric(config, l)).ok(),
+            ));
+            request_counters.len() - 1
+        })
+}
+
+/// Whether allowed requests get a debug decision line: Envoy logs this filter at debug or
+/// trace. Asked at most once a second, not on every request.
+fn debug_lines(vm: &mut Vm, now_ms: u64) -> bool {
+    if now_ms >= vm.debug_logs.1.saturating_add(1000) || now_ms < vm.debug_logs.1 {
+        let debug = hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug));
+        vm.debug_logs = (debug, now_ms);
+    }
+    vm.debug_logs.0
+}
+
+/// The remembered outcome of a request with this key, counted as the full evaluation would
+/// count it (a token-cache hit, the request's labels), or None (counted as a memo miss).
+fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome>> {
+    let Vm {
+        config,
+        cache,
+        slot_of,
+        alb,
+        alb_of,
+        memo,
+        cache_metrics,
+        ..
+    } = vm;
+    let memo = memo.as_mut()?;
+    let keys = VmKeys {
+        config,
+        jwks: cache,
+        slot_of,
+        alb,
+        alb_of,
+        now_ms,
+    };
+    let Some(outcome) = memo.memo.get(config, &keys, key, now_ms / 1000) else {
+        memo.misses.add();
+        return None;
+    };
+    memo.hits.add();
+    cache_metrics.0.add();
+    // The labels' counter slot, found once per remembered outcome.
+    let slot = match outcome.counter.get() {
+        Some(slot) => slot,
+        None => {
+            let slot = request_counter(vm, &outcome.labels);
+            outcome.counter.set(Some(slot));
+            slot
+        }
+    };
+    if let Some(c) = vm.request_counters.get_mut(slot) {
+        c.add();
+    }
+    record_memory(vm);
+    Some(outcome)
+}
+
+/// Offers a fully evaluated request to the memo.
+fn memo_offer(vm: &mut Vm, key: &RequestKey, ev: &Evaluation, labels: &Labels, now_ms: u64) {
+    let Vm {
+        config,
+        cache,
+        slot_of,
+        alb,
+        alb_of,
+        memo,
+        ..
+    } = vm;
+    let Some(memo) = memo.as_mut() else { return };
+    let keys = VmKeys {
+        config,
+        jwks: cache,
+        slot_of,
+        alb,
+        alb_of,
+        now_ms,
+    };
+    memo.memo.offer(&keys, key, ev, labels);
 }

@@ -38,6 +38,7 @@ pub mod identity;
 pub mod json;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod memo;
 pub mod metrics;
 pub mod path;
 pub mod policy;

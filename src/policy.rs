@@ -1083,6 +1083,24 @@ impl Rule {
 impl Policy {
     /// Whether any rule looks at the calling workload (principals, namespaces, IP blocks):
     /// the host reads the connection's properties only then (and for decision lines).
+    /// The request headers any rule reads (`request.headers[name]`), as written.
+    pub fn header_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for w in self.rules.iter().flat_map(|r| &r.when) {
+            if let Source::Header(name) = &w.source {
+                if !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether an AUDIT rule exists (its matches are logged on every request).
+    pub fn has_audit_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.action == RuleAction::Audit)
+    }
+
     pub fn uses_peer(&self) -> bool {
         self.rules.iter().any(|r| {
             !(r.principals.is_empty()
