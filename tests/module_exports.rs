@@ -1,7 +1,7 @@
 //! The shipped module exports exactly the proxy-wasm callbacks claimguard implements
 //! (`src/host_exports.json`, applied by `make build` with binaryen's wasm-metadce). Envoy
 //! enters the VM for every callback a module exports; the SDK exports all of them, so the
-//! unused ones (response headers and body, stream log, network and gRPC callbacks) are
+//! unused ones (response headers and body, stream log and done, network and gRPC callbacks) are
 //! dropped. A callback `host.rs` implements but the list leaves out would silently never run:
 //! this test fails instead.
 
