@@ -34,7 +34,7 @@ export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
 .PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools cli
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
-.PHONY: bench bench-tools vm-profile wasm-opt-tool
+.PHONY: bench bench-tools vm-profile host-profile wasm-opt-tool
 
 all: build
 
@@ -182,7 +182,7 @@ bench-tools:
 bench: build envoy bench-tools
 	$(CARGO) build --quiet --release --bin claimguard-bench
 	target/release/claimguard-bench --out BENCHMARKS.md \
-	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)'
+	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)$(if $(strip $(BENCH_SCENARIOS)), BENCH_SCENARIOS="$(strip $(BENCH_SCENARIOS))")'
 
 # Where a request's time goes inside V8, stage by stage (examples/vm_profile.rs under
 # Node's WASI, the engine Envoy embeds). Needs Node.js >= 18 (Debian: apt-get install nodejs).
@@ -191,6 +191,13 @@ vm-profile: wasm-target
 	$(CARGO) build --quiet --release --target $(WASM_TARGET) --example vm_profile
 	$(CARGO) run --quiet --release --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
 	node --no-warnings examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
+
+# The shipped module's whole cached-request path in Node's V8 behind a minimal proxy-wasm host
+# (examples/host_profile.mjs): µs per request on the VM side and the host calls it makes.
+host-profile: build
+	@command -v node >/dev/null || { echo "host-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
+	$(CARGO) run --quiet --release --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
+	for alg in rs256 es256; do HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
 
 unit:
 	$(CARGO) test --lib

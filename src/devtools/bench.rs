@@ -797,7 +797,11 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
                 (None, Some(p)) => (p, true),
                 (None, None) => return Err("no token pool".into()),
             };
-            for (i, name) in LISTENERS.iter().enumerate() {
+            // Each round starts at the next listener, so that over the rounds no listener is
+            // always the one run after the other two (when the machine has warmed, or drifted).
+            for k in 0..LISTENERS.len() {
+                let i = (k + round as usize) % LISTENERS.len();
+                let Some(name) = LISTENERS.get(i) else { continue };
                 let expected = s.pool.expected_status(name);
                 let r = rig.run(o, i, path, expected, once, o.seconds)?;
                 eprintln!(
@@ -898,8 +902,9 @@ impl Report {
         let _ = writeln!(
             s,
             "* Envoy {} `--concurrency 1`, wrk 1 thread × {} connections, {} s × {} rounds per \
-             listener and scenario, interleaved (no_auth, native, claimguard, …); figures are \
-             medians over the rounds",
+             listener and scenario, interleaved, each round starting at the next listener \
+             (no_auth, native, claimguard; native, claimguard, no_auth; …); figures are medians \
+             over the rounds",
             self.envoy_version, o.connections, o.seconds, o.rounds
         );
         if self.pinned {
