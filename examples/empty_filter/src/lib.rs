@@ -52,6 +52,12 @@ impl HttpContext for Pass {
         }
         #[allow(unused_mut)]
         let mut ok = 0usize;
+        #[cfg(feature = "raw-header-map")]
+        {
+            // The header map as claimguard reads it: the host's buffer, taken back and dropped
+            // (no decoding), so only what Envoy does for the call is priced.
+            ok += raw_header_map_len().min(1);
+        }
         #[cfg(feature = "clock-and-counters")]
         {
             // Once per request, what claimguard did before the tick took them over.
@@ -61,6 +67,10 @@ impl HttpContext for Pass {
         }
         #[allow(unused_variables)]
         for _ in 0..20 {
+            #[cfg(feature = "x20-raw-header-map")]
+            {
+                ok += raw_header_map_len().min(1);
+            }
             #[cfg(feature = "x20-header-map")]
             {
                 ok += hostcalls::get_map(MapType::HttpRequestHeaders).map_or(0, |h| h.len().min(1));
@@ -95,5 +105,26 @@ impl HttpContext for Pass {
             return Action::Pause;
         }
         Action::Continue
+    }
+}
+
+#[cfg(any(feature = "raw-header-map", feature = "x20-raw-header-map"))]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> proxy_wasm::types::Status;
+}
+
+/// Calls `proxy_get_header_map_pairs` and frees the buffer; returns its length.
+#[cfg(any(feature = "raw-header-map", feature = "x20-raw-header-map"))]
+fn raw_header_map_len() -> usize {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in claimguard's host.rs: the host allocated `size` bytes at `data` through
+    // this module's proxy_on_memory_allocate.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            proxy_wasm::types::Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size).len(),
+            _ => 0,
+        }
     }
 }
