@@ -1,6 +1,5 @@
 // Shared by the fuzz targets: one config with real keys, rules and claim headers, built once.
 use claimguard::config::Config;
-use std::sync::OnceLock;
 
 // A fixed P-256 public key (the private half is not needed: fuzzing looks for crashes and
 // for acceptance of tokens nobody signed, which must never happen).
@@ -34,10 +33,13 @@ pub const CONFIG: &str = r#"{
   ]
 }"#;
 
+/// Built once per thread and leaked (a `Config` shares strings with `Rc`, so it is not `Sync`).
 pub fn config() -> &'static Config {
-    static C: OnceLock<Config> = OnceLock::new();
-    C.get_or_init(|| match Config::from_json(CONFIG.as_bytes()) {
-        Ok(c) => c,
-        Err(e) => panic!("fuzz config: {e}"),
-    })
+    thread_local! {
+        static C: &'static Config = Box::leak(Box::new(match Config::from_json(CONFIG.as_bytes()) {
+            Ok(c) => c,
+            Err(e) => panic!("fuzz config: {e}"),
+        }));
+    }
+    C.with(|c| *c)
 }
