@@ -15,12 +15,10 @@
 //! proxy to CPU 0 and the upstream and wrk to CPU 1 (as `make bench` does); `AB_ONLY_CG=1`
 //! skips the two reference listeners (e.g. to `perf record -p` the proxy on one module).
 use claimguard::devtools::bench::{
-    claimguard_config, listener, loopback, native_filters, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL,
-    WRK_SCRIPT,
+    modules_bootstrap, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL, WRK_SCRIPT,
 };
-use claimguard::devtools::envoy::{self, Envoy, EnvoyOptions};
+use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -67,35 +65,7 @@ fn run() -> Result<(), String> {
     up.log_level = "warn".into();
     let upstream = Envoy::start(&up, Duration::from_secs(60)).map_err(|e| format!("upstream: {e}"))?;
     let jwks = keys.jwks();
-    let to_app = json!({"route": {"cluster": "app"}});
-    let mut listeners = Vec::new();
-    let mut names = Vec::new();
-    if !only_cg {
-        listeners.push(listener("no_auth", to_app.clone(), vec![]));
-        listeners.push(listener("native", to_app.clone(), native_filters(&jwks)));
-        names.extend(["no_auth".to_string(), "native".to_string()]);
-    }
-    for (i, m) in modules.iter().enumerate() {
-        let (path, filter_state) = match m.strip_suffix("+filterState") {
-            Some(p) => (p, true),
-            None => (m.as_str(), false),
-        };
-        let mut config = claimguard_config(&jwks);
-        config["filterState"] = json!(filter_state);
-        let mut f = envoy::wasm_filter(Path::new(path), &config.to_string());
-        f["typed_config"]["config"]["vm_config"]["vm_id"] = json!(format!("m{i}"));
-        let name = format!("m{i}");
-        listeners.push(listener(&name, to_app.clone(), vec![f]));
-        names.push(name);
-    }
-    let boot = json!({
-        "node": {"id": "ab", "cluster": "bench"},
-        "admin": {"address": loopback(0)},
-        "static_resources": {"listeners": listeners, "clusters": [{
-            "name": "app", "connect_timeout": "1s", "type": "STATIC",
-            "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": loopback(upstream.port)}}]}]}}]}
-    });
+    let (boot, names) = modules_bootstrap("ab", &jwks, modules, !only_cg, upstream.port);
     let mut o = EnvoyOptions::new(&json!({}), 0);
     o.raw_bootstrap = Some(boot);
     o.log_level = "warn".into();

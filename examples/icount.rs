@@ -17,9 +17,7 @@
 //! Each gets WARMUP requests first (V8 tiers hot functions up to TurboFan in the background;
 //! the JWT caches fill), then REQUESTS counted ones, sequentially on one keep-alive
 //! connection. Prints instructions per request, and the difference to `no_auth`.
-use claimguard::devtools::bench::{
-    claimguard_config, listener, loopback, native_filters, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL,
-};
+use claimguard::devtools::bench::{modules_bootstrap, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL};
 use claimguard::devtools::envoy::{self, Envoy, EnvoyOptions};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -168,35 +166,10 @@ fn run() -> Result<(), String> {
     let upstream = Envoy::start(&up, Duration::from_secs(60)).map_err(|e| format!("upstream: {e}"))?;
 
     let jwks = keys.jwks();
-    let to_app = json!({"route": {"cluster": "app"}});
-    let mut listeners = vec![
-        listener("no_auth", to_app.clone(), vec![]),
-        listener("native", to_app.clone(), native_filters(&jwks)),
-    ];
-    let mut names = vec!["no_auth".to_string(), "native".to_string()];
-    for (i, m) in modules.iter().enumerate() {
-        let (path, filter_state) = match m.strip_suffix("+filterState") {
-            Some(p) => (p, true),
-            None => (m.as_str(), false),
-        };
-        let mut config = claimguard_config(&jwks);
-        config["filterState"] = json!(filter_state);
-        let mut f = envoy::wasm_filter(Path::new(path), &config.to_string());
-        f["typed_config"]["config"]["vm_config"]["vm_id"] = json!(format!("m{i}"));
-        listeners.push(listener(&format!("m{i}"), to_app.clone(), vec![f]));
-        names.push(format!("m{i}"));
-    }
-    let boot = json!({
-        "node": {"id": "icount", "cluster": "bench"},
-        // Stats are flushed every 5 s by default: under callgrind one flush costs as much as
-        // thousands of requests, and whether one falls in a listener's window is luck.
-        "stats_flush_interval": "299s",
-        "admin": {"address": loopback(0)},
-        "static_resources": {"listeners": listeners, "clusters": [{
-            "name": "app", "connect_timeout": "1s", "type": "STATIC",
-            "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": loopback(upstream.port)}}]}]}}]}
-    });
+    let (mut boot, names) = modules_bootstrap("icount", &jwks, modules, true, upstream.port);
+    // Stats are flushed every 5 s by default: under callgrind one flush costs as much as
+    // thousands of requests, and whether one falls in a listener's window is luck.
+    boot["stats_flush_interval"] = json!("299s");
 
     let dir = std::env::temp_dir().join(format!("claimguard-icount-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -197,7 +197,7 @@ impl<V> Lru<V> {
         self.free.push(i);
     }
 
-    pub(crate) fn remove(&mut self, hash: u64, key: &[u8]) {
+    fn remove(&mut self, hash: u64, key: &[u8]) {
         if let Some(i) = self.find(hash, key) {
             self.remove_node(i);
         }

@@ -1153,9 +1153,8 @@ fn debug_lines(vm: &mut Vm, now_ms: u64) -> bool {
     vm.debug_logs.0
 }
 
-/// The remembered outcome of a request with this key, counted as the full evaluation would
-/// count it (a token-cache hit, the request's labels), or None (counted as a memo miss).
-fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome>> {
+/// `f` on this VM's memo with its key lookup, or None when the memo is off.
+fn with_memo<R>(vm: &mut Vm, now_ms: u64, f: impl FnOnce(&mut VmMemo, &Config, &dyn KeyLookup) -> R) -> Option<R> {
     let Vm {
         config,
         cache,
@@ -1163,7 +1162,6 @@ fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome
         alb,
         alb_of,
         memo,
-        cache_metrics,
         ..
     } = vm;
     let memo = memo.as_mut()?;
@@ -1175,12 +1173,22 @@ fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome
         alb_of,
         now_ms,
     };
-    let Some(outcome) = memo.memo.get(config, &keys, key, now_ms / 1000) else {
-        memo.misses.add();
-        return None;
-    };
-    memo.hits.add();
-    cache_metrics.0.add();
+    Some(f(memo, config, &keys))
+}
+
+/// The remembered outcome of a request with this key, counted as the full evaluation would
+/// count it (a token-cache hit, the request's labels), or None (counted as a memo miss).
+fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome>> {
+    let outcome = with_memo(vm, now_ms, |m, config, keys| {
+        let got = m.memo.get(config, keys, key, now_ms / 1000);
+        if got.is_some() {
+            m.hits.add();
+        } else {
+            m.misses.add();
+        }
+        got
+    })??;
+    vm.cache_metrics.0.add();
     // The labels' counter slot, found once per remembered outcome.
     let slot = match outcome.counter.get() {
         Some(slot) => slot,
@@ -1199,23 +1207,5 @@ fn memo_hit(vm: &mut Vm, key: &RequestKey, now_ms: u64) -> Option<Rc<MemoOutcome
 
 /// Offers a fully evaluated request to the memo.
 fn memo_offer(vm: &mut Vm, key: &RequestKey, ev: &Evaluation, labels: &Labels, now_ms: u64) {
-    let Vm {
-        config,
-        cache,
-        slot_of,
-        alb,
-        alb_of,
-        memo,
-        ..
-    } = vm;
-    let Some(memo) = memo.as_mut() else { return };
-    let keys = VmKeys {
-        config,
-        jwks: cache,
-        slot_of,
-        alb,
-        alb_of,
-        now_ms,
-    };
-    memo.memo.offer(&keys, key, ev, labels);
+    with_memo(vm, now_ms, |m, _, keys| m.memo.offer(keys, key, ev, labels));
 }

@@ -1,9 +1,10 @@
 //! The decision memo: an allowed request answered with the outcome of an identical one.
 //!
 //! On a cached token the filter still decodes and validates every header, finds the token,
-//! normalises the path, evaluates the policy and builds the header operations: about 11k
-//! instructions in V8, as much as Envoy spends on everything else a Wasm filter costs
-//! (`examples/icount.rs`). Most traffic repeats: the same caller on the same route. So the
+//! normalises the path, evaluates the policy and builds the header operations: the VM side of
+//! a cached request was about 15k instructions (callgrind on `node --no-liftoff
+//! examples/host_profile.mjs`, commit 367bde3), more than Envoy spends on entering an empty
+//! Wasm filter (`examples/icount.rs`). Most traffic repeats: the same caller on the same route. So the
 //! outcome of an allowed request is remembered (once the memo is half full, only for a shape
 //! allowed before, so that one-off URLs cannot push out the repeated ones), keyed by every
 //! input evaluation reads:
@@ -450,18 +451,23 @@ mod tests {
         h
     }
 
+    /// A bearer request for `GET /orders/1` that the rules allow (alice, a reader).
+    fn alice(w: &World, exp: u64) -> Vec<(String, String)> {
+        let bearer = format!("Bearer {}", token(&w.key, "alice", &["readers"], exp));
+        request("GET", "/orders/1", &[("authorization", &bearer)])
+    }
+
+    fn keys_at(config: &Config, generation: u64) -> Keys<'_> {
+        Keys { config, generation }
+    }
+
     #[test]
     fn past_half_full_a_shape_is_remembered_on_its_second_allow() {
         let w = world(json!({}));
         // Capacity 1: half full from the start.
         let (mut cache, mut memo) = (VerifiedTokenCache::new(64, SEED), DecisionMemo::new(1));
-        let keys = Keys {
-            config: &w.config,
-            generation: 0,
-        };
-        let t = token(&w.key, "alice", &["readers"], NOW + 3600);
-        let bearer = format!("Bearer {t}");
-        let h = request("GET", "/orders/1", &[("authorization", &bearer)]);
+        let keys = keys_at(&w.config, 0);
+        let h = alice(&w, NOW + 3600);
         assert!(both(&w, &mut cache, &mut memo, &keys, &h, NOW).1.is_none());
         assert!(memo.is_empty(), "seen once: only noted");
         assert!(both(&w, &mut cache, &mut memo, &keys, &h, NOW).1.is_none());
@@ -477,13 +483,8 @@ mod tests {
     fn below_half_full_the_first_allow_is_remembered() {
         let w = world(json!({}));
         let (mut cache, mut memo) = (VerifiedTokenCache::new(64, SEED), DecisionMemo::new(64));
-        let keys = Keys {
-            config: &w.config,
-            generation: 0,
-        };
-        let t = token(&w.key, "alice", &["readers"], NOW + 3600);
-        let bearer = format!("Bearer {t}");
-        let h = request("GET", "/orders/1", &[("authorization", &bearer)]);
+        let keys = keys_at(&w.config, 0);
+        let h = alice(&w, NOW + 3600);
         assert!(both(&w, &mut cache, &mut memo, &keys, &h, NOW).1.is_none());
         assert_eq!(memo.len(), 1);
         assert!(both(&w, &mut cache, &mut memo, &keys, &h, NOW).1.is_some());
@@ -501,21 +502,13 @@ mod tests {
     fn a_hit_needs_the_same_keys_and_a_token_still_in_date() {
         let w = world(json!({}));
         let (mut cache, mut memo) = (VerifiedTokenCache::new(64, SEED), DecisionMemo::new(64));
-        let keys = Keys {
-            config: &w.config,
-            generation: 3,
-        };
-        let t = token(&w.key, "alice", &["readers"], NOW + 100);
-        let bearer = format!("Bearer {t}");
-        let h = request("GET", "/orders/1", &[("authorization", &bearer)]);
+        let keys = keys_at(&w.config, 3);
+        let h = alice(&w, NOW + 100);
         for _ in 0..2 {
             both(&w, &mut cache, &mut memo, &keys, &h, NOW);
         }
         assert!(both(&w, &mut cache, &mut memo, &keys, &h, NOW).1.is_some());
-        let rotated = Keys {
-            config: &w.config,
-            generation: 4,
-        };
+        let rotated = keys_at(&w.config, 4);
         let spec = MemoSpec::new(&w.config);
         let buf = encode(&h);
         let key = spec.key(&buf, SEED).unwrap();
@@ -580,10 +573,7 @@ mod tests {
     fn memo_matches_evaluation() {
         let w = world(json!({"allowCorsPreflight": true}));
         let (mut cache, mut memo) = (VerifiedTokenCache::new(256, SEED), DecisionMemo::new(1024));
-        let keys = Keys {
-            config: &w.config,
-            generation: 0,
-        };
+        let keys = keys_at(&w.config, 0);
         let tokens = [
             token(&w.key, "alice", &["readers"], NOW + 3600),
             token(&w.key, "bob", &["writers"], NOW + 3600),

@@ -1081,19 +1081,12 @@ impl Rule {
 }
 
 impl Policy {
-    /// Whether any rule looks at the calling workload (principals, namespaces, IP blocks):
-    /// the host reads the connection's properties only then (and for decision lines).
-    /// The request headers any rule reads (`request.headers[name]`), as written.
-    pub fn header_names(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for w in self.rules.iter().flat_map(|r| &r.when) {
-            if let Source::Header(name) = &w.source {
-                if !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-                    out.push(name);
-                }
-            }
-        }
-        out
+    /// The request headers rules read (`request.headers[name]`), as written (repeats included).
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().flat_map(|r| &r.when).filter_map(|w| match &w.source {
+            Source::Header(name) => Some(name.as_str()),
+            _ => None,
+        })
     }
 
     /// Whether an AUDIT rule exists (its matches are logged on every request).
@@ -1101,6 +1094,8 @@ impl Policy {
         self.rules.iter().any(|r| r.action == RuleAction::Audit)
     }
 
+    /// Whether any rule looks at the calling workload (principals, namespaces, IP blocks):
+    /// the host reads the connection's properties only then (and for decision lines).
     pub fn uses_peer(&self) -> bool {
         self.rules.iter().any(|r| {
             !(r.principals.is_empty()

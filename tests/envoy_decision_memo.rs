@@ -8,25 +8,8 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// `(hits, misses)` of `claimguard.decision_memo_total` in Envoy's stats text.
-fn parse_counts(stats: &str) -> (u64, u64) {
-    let count = |result: &str| {
-        let name = format!("decision_memo_total.result.{result}: ");
-        stats
-            .lines()
-            .find_map(|l| l.split_once(&name).and_then(|(_, v)| v.trim().parse().ok()))
-            .unwrap_or(0)
-    };
-    (count("hit"), count("miss"))
-}
-
-/// The counts once they equal `want` (they reach Envoy on the filter's tick), or after the wait.
 fn memo_counts(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
-    parse_counts(
-        &stack
-            .envoy
-            .admin_until("stats?filter=decision_memo", |s| parse_counts(s) == want),
-    )
+    hit_miss_once(stack, "decision_memo", want)
 }
 
 fn config() -> Value {
@@ -160,7 +143,7 @@ fn a_config_the_memo_cannot_key_turns_it_off_and_says_why() {
         s.contains("claimguard.requests_total.outcome.allowed.reason.none.rule.orders-allow.provider.test-idp: 3")
     });
     assert!(stats.contains("rule.orders-allow.provider.test-idp: 3"), "{stats}");
-    assert_eq!(parse_counts(&stats), (0, 0));
+    assert_eq!(hit_miss(&stats, "decision_memo"), (0, 0));
     assert!(
         stack
             .envoy

@@ -8,26 +8,8 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
-/// `(hits, misses)` in Envoy's stats text (0 when a counter was never touched).
-fn parse_counts(stats: &str) -> (u64, u64) {
-    let count = |result: &str| {
-        let name = format!("token_cache_total.result.{result}: ");
-        stats
-            .lines()
-            .find_map(|l| l.split_once(&name).and_then(|(_, v)| v.trim().parse().ok()))
-            .unwrap_or(0)
-    };
-    (count("hit"), count("miss"))
-}
-
-/// `(hits, misses)` once they equal `want` (the counters reach Envoy on the filter's tick),
-/// or what they are after the wait.
 fn cache_counts(stack: &Stack, want: (u64, u64)) -> (u64, u64) {
-    parse_counts(
-        &stack
-            .envoy
-            .admin_until("stats?filter=token_cache", |s| parse_counts(s) == want),
-    )
+    hit_miss_once(stack, "token_cache", want)
 }
 
 #[test]
@@ -66,7 +48,7 @@ fn jwt_cache_size_zero_turns_the_cache_off() {
         s.contains("claimguard.requests_total.outcome.allowed.reason.none.rule.none.provider.test-idp: 3")
     });
     assert!(stats.contains("provider.test-idp: 3"), "{stats}");
-    assert_eq!(parse_counts(&stats), (0, 0));
+    assert_eq!(hit_miss(&stats, "token_cache"), (0, 0));
 }
 
 #[test]

@@ -417,16 +417,60 @@ pub fn proxy_bootstrap(wasm: &Path, jwks: &Value, upstream_port: u16) -> Value {
                 listener("native", to_app.clone(), native_filters(jwks)),
                 listener("claimguard", to_app, vec![cg]),
             ],
-            "clusters": [{
-                "name": "app",
-                "connect_timeout": "1s",
-                "type": "STATIC",
-                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": loopback(upstream_port)}}
-                ]}]}
-            }]
+            "clusters": [app_cluster(upstream_port)]
         }
     })
+}
+
+/// The one upstream cluster every listener routes to.
+pub fn app_cluster(upstream_port: u16) -> Value {
+    json!({
+        "name": "app",
+        "connect_timeout": "1s",
+        "type": "STATIC",
+        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": loopback(upstream_port)}}
+        ]}]}
+    })
+}
+
+/// A proxy for comparing modules (`examples/ab.rs`, `examples/icount.rs`): `no_auth` and
+/// `native` first when `baselines`, then one listener and VM per module (`m0`, `m1`, ...),
+/// each with the benchmark's claimguard config (a path ending in `+filterState` sets
+/// `filterState`). Returns the bootstrap and the listener names in order.
+pub fn modules_bootstrap(
+    node_id: &str,
+    jwks: &Value,
+    modules: &[String],
+    baselines: bool,
+    upstream_port: u16,
+) -> (Value, Vec<String>) {
+    let to_app = json!({"route": {"cluster": "app"}});
+    let (mut listeners, mut names) = (Vec::new(), Vec::new());
+    if baselines {
+        listeners.push(listener("no_auth", to_app.clone(), vec![]));
+        listeners.push(listener("native", to_app.clone(), native_filters(jwks)));
+        names.extend(["no_auth".to_string(), "native".to_string()]);
+    }
+    for (i, m) in modules.iter().enumerate() {
+        let (path, filter_state) = match m.strip_suffix("+filterState") {
+            Some(p) => (p, true),
+            None => (m.as_str(), false),
+        };
+        let mut config = claimguard_config(jwks);
+        config["filterState"] = json!(filter_state);
+        let mut f = envoy::wasm_filter(Path::new(path), &config.to_string());
+        f["typed_config"]["config"]["vm_config"]["vm_id"] = json!(format!("m{i}"));
+        let name = format!("m{i}");
+        listeners.push(listener(&name, to_app.clone(), vec![f]));
+        names.push(name);
+    }
+    let boot = json!({
+        "node": {"id": node_id, "cluster": "bench"},
+        "admin": {"address": loopback(0)},
+        "static_resources": {"listeners": listeners, "clusters": [app_cluster(upstream_port)]}
+    });
+    (boot, names)
 }
 
 /// The running rig: upstream Envoy, proxy Envoy, listener ports.

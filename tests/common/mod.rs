@@ -85,3 +85,25 @@ impl Stack {
         self.get("/orders", &[("authorization", &format!("Bearer {token}"))])
     }
 }
+
+/// `(hits, misses)` of the counter `METRIC_total.result.{hit,miss}` in Envoy's stats text
+/// (0 when a counter was never touched).
+pub fn hit_miss(stats: &str, metric: &str) -> (u64, u64) {
+    let count = |result: &str| {
+        let name = format!("{metric}_total.result.{result}: ");
+        stats
+            .lines()
+            .find_map(|l| l.split_once(&name).and_then(|(_, v)| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    (count("hit"), count("miss"))
+}
+
+/// `hit_miss` once it equals `want` (these counters reach Envoy on the filter's tick), or
+/// what it is after the wait.
+pub fn hit_miss_once(stack: &Stack, metric: &str, want: (u64, u64)) -> (u64, u64) {
+    let stats = stack
+        .envoy
+        .admin_until(&format!("stats?filter={metric}"), |s| hit_miss(s, metric) == want);
+    hit_miss(&stats, metric)
+}
