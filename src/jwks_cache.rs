@@ -281,9 +281,14 @@ impl JwksCache {
         if m.version == 0 || now_ms >= m.fresh_until {
             return true;
         }
-        // An early refetch asked for (unknown kid), at most once per cooldown.
+        // An early refetch asked for (unknown kid), at most once per cooldown. A request
+        // that asked while a fetch was in flight was answered by that fetch when it
+        // succeeded after the asking: the set it brought is the one that request (and the
+        // VM's negative cache) judged; a kid still missing asks again after the cooldown.
         let asked = want.max(slot.wanted_since.unwrap_or(0));
-        asked > m.last_attempt && now_ms >= m.last_attempt.saturating_add(slot.remote.cooldown_ms)
+        asked > m.last_attempt
+            && asked > m.fetched_at
+            && now_ms >= m.last_attempt.saturating_add(slot.remote.cooldown_ms)
     }
 
     fn maybe_fetch(&mut self, store: &dyn SharedStore, i: usize, now_ms: u64) -> Option<FetchRequest> {
@@ -723,6 +728,41 @@ mod tests {
         // Refresh after the 10 min default: one fetch again (lease now exists: CAS, no confirm tick).
         let fetches = first_fetch(&mut vms, &store, 1_500 + 600_000);
         assert_eq!(fetches.len(), 1);
+    }
+
+    #[test]
+    fn asking_during_a_fetch_is_answered_by_it() {
+        let store = FakeStore::default();
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let mut vms: Vec<JwksCache> = (1..=2).map(|h| JwksCache::new(vec![remote(json!({}))], h)).collect();
+        assert!(first_fetch(&mut vms, &store, 1_000).is_empty());
+        let fetches = first_fetch(&mut vms, &store, 1_200);
+        assert_eq!(fetches.len(), 1, "{fetches:?}");
+        let who = fetches[0].0;
+        let other = 1 - who;
+        // A request on the other VM needs a key while the first fetch is in flight.
+        assert!(matches!(
+            vms[other].on_missing_key(&store, 0, Some("k1"), 1_300),
+            KeyWait::Wait { .. }
+        ));
+        let mut ev = Vec::new();
+        vms[who].on_fetch_done(&store, 0, 1_500, false, ok(&key.jwks(), None), &mut ev);
+        assert!(first_fetch(&mut vms, &store, 1_600).is_empty());
+        assert!(vms[other]
+            .usable_keys(0, 1_600)
+            .is_some_and(|k| k.find_by_kid("k1").next().is_some()));
+        // That ask was answered: no fetch once the cooldown has passed, nor later, until the
+        // refresh is due.
+        for t in [1_200 + 30_000, 1_200 + 31_000, 1_200 + 300_000] {
+            assert!(first_fetch(&mut vms, &store, t).is_empty(), "refetch at {t}");
+        }
+        // A kid still missing after the cooldown asks again, and gets one fetch.
+        let t = 1_200 + 300_000;
+        assert!(matches!(
+            vms[other].on_missing_key(&store, 0, Some("k2"), t),
+            KeyWait::Wait { .. }
+        ));
+        assert_eq!(first_fetch(&mut vms, &store, t + 50).len(), 1);
     }
 
     #[test]
