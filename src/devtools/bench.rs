@@ -990,9 +990,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native | filters' CPU µs/req: native | claimguard |"
+            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native | filters' CPU µs/req: native | claimguard | rounds claimguard ≥ native: req/s | p99 |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
         for (sc, [a, b, c]) in &self.scenarios {
             let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}", x / y) } else { "n/a".into() };
             // What the filters add to the proxy's CPU time per request, over no_auth's.
@@ -1000,9 +1000,15 @@ impl Report {
                 (Some(x), Some(base)) => format!("{:.1}", x - base),
                 _ => "n/a".into(),
             };
+            // Round by round (each round runs the listeners back to back), how often claimguard
+            // kept up: the medians alone hide whether a ratio near 1 is a lead or noise.
+            let rounds = b.runs.len().min(c.runs.len());
+            let pairs = || b.runs.iter().zip(c.runs.iter());
+            let ahead = pairs().filter(|(n, g)| g.rps() >= n.rps()).count();
+            let tail = pairs().filter(|(n, g)| g.p99_us <= n.p99_us).count();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {ahead} of {rounds} | {tail} of {rounds} |",
                 sc.name,
                 ratio(c.rps(), b.rps()),
                 ratio(c.rps(), a.rps()),
