@@ -131,14 +131,16 @@ fn rotation_is_accepted_within_one_request() {
     // The identity provider rotates: B appears. The first B token triggers one refetch and
     // passes, without a single 401.
     r.jwks.set_jwks(json!({"keys": [a.public_jwk(), b.public_jwk()]}));
-    sleep(Duration::from_millis(1_100)); // past the refetch cooldown
+    // Past the 1 s refetch cooldown as the VM sees it: a request reads the clock its VM took on
+    // the last 200 ms tick (src/clock.rs), so 1.1 s after the last fetch it may still be inside.
+    sleep(Duration::from_millis(1_500));
     let before = r.jwks.hits();
     r.expect(&b.sign(&good_claims()), 200, "first token with the new kid");
     assert_eq!(r.jwks.hits(), before + 1);
     r.expect(&a.sign(&good_claims()), 200, "old key still listed");
     // A kid the provider never published: one more refetch at most, then 401 unknown kid.
     let c = key(Alg::ES256, "never-published");
-    sleep(Duration::from_millis(1_100));
+    sleep(Duration::from_millis(1_500));
     let resp = r.expect(&c.sign(&good_claims()), 401, "unknown kid after refetch");
     assert_eq!(resp.json()["message"], "token is signed with an unknown key (kid)");
     assert_eq!(
