@@ -694,17 +694,22 @@ mod tests {
         out
     }
 
+    /// `vms` at cold start, ticked until the first fetch is sent: tick 1 (the lease key does
+    /// not exist yet; every VM may claim, none fetches yet), tick 2 (exactly one VM's claim
+    /// survived and it fetches). Returns (that VM's index, its request).
+    fn first_fetch_in_flight(vms: &mut [JwksCache], store: &FakeStore) -> (usize, FetchRequest) {
+        assert!(first_fetch(vms, store, 1_000).is_empty());
+        let fetches = first_fetch(vms, store, 1_200);
+        assert_eq!(fetches.len(), 1, "{fetches:?}");
+        fetches[0].clone()
+    }
+
     #[test]
     fn one_fetch_for_many_vms_and_everyone_loads_it() {
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
         let mut vms: Vec<JwksCache> = (1..=4).map(|h| JwksCache::new(vec![remote(json!({}))], h)).collect();
-        // Tick 1: the lease key does not exist yet; every VM may claim, none fetches yet.
-        assert!(first_fetch(&mut vms, &store, 1_000).is_empty());
-        // Tick 2: exactly one VM's claim survived.
-        let fetches = first_fetch(&mut vms, &store, 1_200);
-        assert_eq!(fetches.len(), 1, "{fetches:?}");
-        let (who, req) = fetches[0].clone();
+        let (who, req) = first_fetch_in_flight(&mut vms, &store);
         assert_eq!(req.cluster, "outbound|443||idp.test");
         assert_eq!((req.authority.as_str(), req.path.as_str()), ("idp.test", "/jwks.json"));
         // Nobody else fetches while it is in flight.
@@ -735,10 +740,7 @@ mod tests {
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
         let mut vms: Vec<JwksCache> = (1..=2).map(|h| JwksCache::new(vec![remote(json!({}))], h)).collect();
-        assert!(first_fetch(&mut vms, &store, 1_000).is_empty());
-        let fetches = first_fetch(&mut vms, &store, 1_200);
-        assert_eq!(fetches.len(), 1, "{fetches:?}");
-        let who = fetches[0].0;
+        let (who, _) = first_fetch_in_flight(&mut vms, &store);
         let other = 1 - who;
         // A request on the other VM needs a key while the first fetch is in flight.
         assert!(matches!(

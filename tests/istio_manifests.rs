@@ -18,7 +18,7 @@ use claimguard::devtools::http::{self, Response};
 use claimguard::devtools::jwks_server::JwksServer;
 use claimguard::devtools::keys::TestKey;
 use claimguard::devtools::oci::{self, read_layout, WasmImage, MODULE_SHA256_ANNOTATION};
-use common::{keys, now};
+use common::{keys, now, prom_value};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fs;
@@ -736,7 +736,7 @@ fn orders_overlay_in_envoy() {
         ),
     ];
     let stats = d.envoy.admin_until("stats/prometheus", |p| {
-        prom(p, fetched).is_some_and(|n| n >= 1) && want.iter().all(|(s, n)| prom(p, s) == Some(*n))
+        prom_value(p, fetched).is_some_and(|n| n >= 1) && want.iter().all(|(s, n)| prom_value(p, s) == Some(*n))
     });
     let ours: Vec<&str> = stats.lines().filter(|l| l.starts_with("claimguard_")).collect();
     let why = || {
@@ -747,12 +747,12 @@ fn orders_overlay_in_envoy() {
         )
     };
     assert!(
-        prom(&stats, fetched).is_some_and(|n| n >= 1),
+        prom_value(&stats, fetched).is_some_and(|n| n >= 1),
         "no successful JWKS fetch; {}",
         why()
     );
     for (series, n) in want {
-        assert_eq!(prom(&stats, series), Some(n), "{series}; {}", why());
+        assert_eq!(prom_value(&stats, series), Some(n), "{series}; {}", why());
     }
     // The decision log says why, per request.
     let line = d.wait_for_log(
@@ -814,11 +814,4 @@ fn ingress_gateway_overlay_in_envoy() {
         ("health check", "GET", "/healthz", None, 200),
     ]);
     assert_eq!(d.upstream.served(), 3);
-}
-
-/// The value of one exact Prometheus series (`name{labels}`), if Envoy exports it.
-fn prom(stats: &str, series: &str) -> Option<u64> {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }

@@ -86,6 +86,14 @@ impl Stack {
     }
 }
 
+/// The value of one exact series (`name{labels}`) in Envoy's `stats/prometheus` output, if
+/// it is exported. (A substring match on "series N" would also accept N0, N1, ...)
+pub fn prom_value(stats: &str, series: &str) -> Option<u64> {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
 /// `(hits, misses)` of the counter `METRIC_total.result.{hit,miss}` in Envoy's stats text
 /// (0 when a counter was never touched).
 pub fn hit_miss(stats: &str, metric: &str) -> (u64, u64) {
