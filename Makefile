@@ -15,13 +15,17 @@ BINARYEN_DEB_VERSION := 108-1
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int
 WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
-# The proxy-wasm callbacks the filter implements (src/host_exports.json). The SDK exports
-# every callback; Envoy enters the VM for each one exported (response headers and body,
-# stream log, ...) and skips those that are not, so wasm-metadce drops the rest.
+# The proxy-wasm callbacks the filter implements (src/host_exports.json). Envoy enters the VM
+# for each one exported (response headers and body, stream log, ...) and skips those that are
+# not, so wasm-metadce drops the rest. The SDK's dispatcher exports every `proxy_on_*` name;
+# claimguard dispatches itself (src/roots.rs), links its callbacks as `claimguard_on_*`, and
+# they are renamed `proxy_on_*` here (binaryen's text form, wasm-dis | sed | wasm-as): so
+# the module cargo builds is not a working filter until `make build` has done this.
 # tests/module_exports.rs keeps the list and host.rs in step.
 WASM_EXPORTS := $(CURDIR)/src/host_exports.json
 # Test-only build that can be made to trap (feature fault-injection), in its own target dir.
-FAULTS_WASM  := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
+RAW_FAULTS_WASM := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
+FAULTS_WASM  := $(CURDIR)/target/faults/claimguard.wasm
 DEFAULT_ENVOY := $(VENV)/bin/envoy
 # Override with an istio-proxy or other Envoy build: make test ENVOY=/path/to/envoy
 ENVOY        ?= $(DEFAULT_ENVOY)
@@ -41,11 +45,18 @@ all: build
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
+# $(call finish,CARGO_OUTPUT,MODULE): optimise, keep only the callbacks, rename them.
+define finish
+	wasm-opt $(WASM_OPT_FLAGS) '$(1)' -o '$(2).opt'
+	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(2).opt' -o '$(2).tmp' > /dev/null
+	wasm-dis '$(2).tmp' | sed -E 's/^( *\(export )"claimguard_on_/\1"proxy_on_/' > '$(2).wat'
+	wasm-as $(WASM_FEATURES) '$(2).wat' -o '$(2)'
+	rm -f '$(2).opt' '$(2).tmp' '$(2).wat'
+endef
+
 build: wasm-target wasm-opt-tool
 	$(CARGO) build --release --target $(WASM_TARGET) --lib
-	wasm-opt $(WASM_OPT_FLAGS) '$(RAW_WASM)' -o '$(WASM).opt'
-	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(WASM).opt' -o '$(WASM).tmp' > /dev/null
-	rm -f '$(WASM).opt' && mv '$(WASM).tmp' '$(WASM)'
+	$(call finish,$(RAW_WASM),$(WASM))
 	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes (cargo's: $$(stat -c %s '$(RAW_WASM)'))"
 
 # binaryen's wasm-opt from Debian, pinned; installed once, then only checked.
@@ -54,8 +65,9 @@ wasm-opt-tool:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'binaryen=$(BINARYEN_DEB_VERSION)'; }
 
-build-faults: wasm-target
+build-faults: wasm-target wasm-opt-tool
 	$(CARGO) build --release --target $(WASM_TARGET) --lib --features fault-injection --target-dir target/faults
+	$(call finish,$(RAW_FAULTS_WASM),$(FAULTS_WASM))
 
 $(DEFAULT_ENVOY): tests/requirements.txt
 	@test -x '$(VENV)/bin/pip' || $(PYTHON) -m venv '$(VENV)'

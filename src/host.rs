@@ -21,10 +21,10 @@ use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, Sh
 use crate::memo::{DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
 use crate::metrics::{decision_line, jwks_metric, labels, request_metric, Labels, LogBudget};
 use crate::policy::RuleAction;
+use crate::roots::Roots;
 use crate::token::Header;
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,12 +32,105 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, vm: None })
-    });
-}}
+// `_initialize` (WASI reactor start: runs static constructors). The SDK's dispatcher is not
+// used: see the exports below.
+proxy_wasm::main! {{}}
+
+// The proxy-wasm callbacks, dispatched here instead of by the SDK (src/roots.rs says why).
+// The SDK defines every `proxy_on_*` symbol itself, so these are linked under a
+// `claimguard_on_*` name; `make build` keeps only them (src/host_exports.json, wasm-metadce)
+// and renames them to `proxy_on_*`. The SDK still provides `proxy_abi_version_0_2_1`,
+// `proxy_on_memory_allocate` and the host calls.
+
+thread_local! {
+    static ROOTS: RefCell<Roots<Rc<Root>>> = RefCell::new(Roots::default());
+}
+
+/// The root context `id`, created on first sight (`proxy_on_vm_start` or `_configure`).
+fn root(id: u32) -> Rc<Root> {
+    let now = now_ms().unwrap_or(0);
+    ROOTS.with(|r| {
+        r.borrow_mut().get_or_add(id, now, || {
+            Rc::new(Root {
+                context_id: id,
+                vm: RefCell::new(None),
+            })
+        })
+    })
+}
+
+fn known_root(id: u32) -> Option<Rc<Root>> {
+    ROOTS.with(|r| r.borrow().get(id))
+}
+
+#[export_name = "claimguard_on_context_create"]
+pub extern "C" fn on_context_create(context_id: u32, root_context_id: u32) {
+    if root_context_id == 0 {
+        root(context_id);
+    } else {
+        ROOTS.with(|r| r.borrow_mut().created(context_id, root_context_id));
+    }
+}
+
+#[export_name = "claimguard_on_vm_start"]
+pub extern "C" fn on_vm_start(root_context_id: u32, _vm_configuration_size: usize) -> bool {
+    root(root_context_id);
+    true
+}
+
+#[export_name = "claimguard_on_configure"]
+pub extern "C" fn on_configure(root_context_id: u32, _plugin_configuration_size: usize) -> bool {
+    let ok = root(root_context_id).on_configure();
+    if !ok && known_root(root_context_id).is_some_and(|r| r.vm.borrow().is_none()) {
+        // Refused at its first configuration: the host discards this root.
+        ROOTS.with(|r| r.borrow_mut().remove(root_context_id));
+    }
+    ok
+}
+
+#[export_name = "claimguard_on_tick"]
+pub extern "C" fn on_tick(root_context_id: u32) {
+    let Some(root) = known_root(root_context_id) else {
+        return;
+    };
+    if let Some(now) = now_ms() {
+        // Roots the host deleted (they stopped ticking) go, with their caches; dropped here,
+        // outside the registry's borrow (a Vm flushes its counters when it goes).
+        let gone = ROOTS.with(|r| r.borrow_mut().tick(root_context_id, now));
+        for g in &gone {
+            log(
+                LogLevel::Info,
+                &format!("root context {} stopped ticking: dropped its state", g.context_id),
+            );
+        }
+        drop(gone);
+    }
+    root.on_tick();
+}
+
+#[export_name = "claimguard_on_http_call_response"]
+pub extern "C" fn on_http_call_response(
+    root_context_id: u32,
+    token_id: u32,
+    num_headers: usize,
+    body_size: usize,
+    num_trailers: usize,
+) {
+    if let Some(root) = known_root(root_context_id) {
+        root.on_http_call_response(token_id, num_headers, body_size, num_trailers);
+    }
+}
+
+#[export_name = "claimguard_on_request_headers"]
+pub extern "C" fn on_request_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> Action {
+    let Some(root) = ROOTS.with(|r| r.borrow().root_of_stream(context_id)) else {
+        // Fail closed: with several plugins in this VM, a stream the host did not announce
+        // could be any of theirs.
+        return Filter { context_id, vm: None }.internal_error("the host did not say which plugin this stream is for");
+    };
+    let vm = root.vm.borrow().clone();
+    Filter { context_id, vm }.on_http_request_headers()
+}
 
 /// Decision lines per second (and burst) each VM may write; the rest are counted.
 const DECISION_LOG_PER_SECOND: u32 = 50;
@@ -382,12 +475,15 @@ fn evaluate_in(vm: &mut Vm, req: &HttpRequest, now_ms: u64, final_attempt: bool)
 
 struct Root {
     context_id: u32,
-    vm: Option<Rc<RefCell<Vm>>>,
+    /// Set by a configuration the filter accepted. Behind a RefCell, not `&mut self`: a
+    /// root's callback can re-enter the VM (waking a paused request continues its filter
+    /// chain), and the streams of this root must still find its Vm then.
+    vm: RefCell<Option<Rc<RefCell<Vm>>>>,
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(vm_rc) = self.vm.clone() else { return };
+impl Root {
+    fn on_http_call_response(&self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(vm_rc) = self.vm.borrow().clone() else { return };
         let now = now_ms().unwrap_or(0);
         let follow_up = {
             let mut vm = vm_rc.borrow_mut();
@@ -612,8 +708,8 @@ fn report_events(vm: &Vm, events: &[Event]) {
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
+impl Root {
+    fn on_configure(&self) -> bool {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
@@ -670,6 +766,7 @@ impl RootContext for Root {
         // and what it counted is handed to the host before it goes.
         let waiters = self
             .vm
+            .borrow()
             .as_ref()
             .and_then(|old| {
                 old.try_borrow_mut().ok().map(|mut o| {
@@ -697,7 +794,7 @@ impl RootContext for Root {
                 hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.miss").ok(),
             ),
         });
-        self.vm = Some(Rc::new(RefCell::new(Vm {
+        let vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
             cache: JwksCache::new(remotes, holder),
             slot_of,
@@ -734,6 +831,7 @@ impl RootContext for Root {
             clock: Clock::default(),
             memo,
         })));
+        *self.vm.borrow_mut() = vm;
         // The tick drives the JWKS cache, and also the clock and the batched counters.
         if let Err(e) = hostcalls::set_tick_period(TICK) {
             log(LogLevel::Error, &format!("cannot set tick period: {e:?}"));
@@ -742,8 +840,8 @@ impl RootContext for Root {
         true
     }
 
-    fn on_tick(&mut self) {
-        let Some(vm_rc) = self.vm.clone() else { return };
+    fn on_tick(&self) {
+        let Some(vm_rc) = self.vm.borrow().clone() else { return };
         let Some(now) = now_ms() else { return };
         let (fetches, alb_fetches) = {
             let mut vm = vm_rc.borrow_mut();
@@ -772,17 +870,6 @@ impl RootContext for Root {
             dispatch_alb(&vm_rc, f, now);
         }
         self.wake_waiters(&vm_rc, now);
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter {
-            context_id,
-            vm: self.vm.clone(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
@@ -906,19 +993,6 @@ struct Filter {
     vm: Option<Rc<RefCell<Vm>>>,
 }
 
-impl Context for Filter {}
-
-impl Drop for Filter {
-    fn drop(&mut self) {
-        // A request that ends while waiting for keys leaves the wait list.
-        if let Some(vm) = &self.vm {
-            if let Ok(mut vm) = vm.try_borrow_mut() {
-                vm.waiters.retain(|w| w.context_id != self.context_id);
-            }
-        }
-    }
-}
-
 impl Filter {
     fn internal_error(&self, what: &str) -> Action {
         // Fail closed: never let a request through that was not checked.
@@ -933,8 +1007,8 @@ impl Filter {
     }
 }
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Filter {
+    fn on_http_request_headers(&self) -> Action {
         let Some(vm_rc) = self.vm.clone() else {
             return self.internal_error("no configuration");
         };

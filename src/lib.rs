@@ -42,6 +42,7 @@ pub mod memo;
 pub mod metrics;
 pub mod path;
 pub mod policy;
+pub mod roots;
 pub mod token;
 pub mod verify;
 

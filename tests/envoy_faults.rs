@@ -63,7 +63,7 @@ fn broken_config_push_is_refused_and_the_old_config_keeps_enforcing() {
 fn faults_wasm() -> PathBuf {
     match std::env::var_os("CLAIMGUARD_FAULTS_WASM") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/faults/wasm32-wasip1/release/claimguard.wasm"),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/faults/claimguard.wasm"),
     }
 }
 

@@ -1,9 +1,10 @@
 //! The shipped module exports exactly the proxy-wasm callbacks claimguard implements
 //! (`src/host_exports.json`, applied by `make build` with binaryen's wasm-metadce). Envoy
-//! enters the VM for every callback a module exports; the SDK exports all of them, so the
-//! unused ones (response headers and body, stream log and done, network and gRPC callbacks) are
-//! dropped. A callback `host.rs` implements but the list leaves out would silently never run:
-//! this test fails instead.
+//! enters the VM for every callback a module exports; the SDK's dispatcher exports all of them,
+//! and claimguard dispatches itself (`src/roots.rs`): its callbacks are linked as
+//! `claimguard_on_*` and renamed `proxy_on_*` by `make build`. A callback `host.rs` implements
+//! but the list leaves out would silently never run, and one left under its link name would
+//! never be called: these tests fail instead.
 
 use claimguard::devtools::envoy::wasm_path;
 
@@ -43,15 +44,26 @@ fn exports(wasm: &[u8]) -> Vec<String> {
     out
 }
 
-/// The list `make build` keeps.
-fn kept() -> Vec<String> {
+/// The link names `make build` keeps (`claimguard_on_*` for claimguard's own callbacks).
+fn kept_link_names() -> Vec<String> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host_exports.json")).expect("list");
     let graph: serde_json::Value = serde_json::from_str(&text).expect("the list is JSON");
-    let mut out: Vec<String> = graph
+    graph
         .as_array()
         .expect("an array")
         .iter()
         .filter_map(|n| n["export"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The exports `make build` leaves: the kept names, claimguard's renamed to `proxy_on_*`.
+fn kept() -> Vec<String> {
+    let mut out: Vec<String> = kept_link_names()
+        .iter()
+        .map(|n| match n.strip_prefix("claimguard_on_") {
+            Some(rest) => format!("proxy_on_{rest}"),
+            None => n.clone(),
+        })
         .collect();
     out.sort();
     out
@@ -69,36 +81,49 @@ fn the_module_exports_what_the_list_keeps() {
 #[test]
 fn every_callback_host_rs_implements_is_kept() {
     let host = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host.rs")).expect("host.rs");
-    let kept = kept();
-    // proxy-wasm Rust SDK trait method → the export through which Envoy calls it.
-    let callbacks = [
-        ("on_vm_start", "proxy_on_vm_start"),
-        ("on_configure", "proxy_on_configure"),
-        ("create_http_context", "proxy_on_context_create"),
-        ("on_tick", "proxy_on_tick"),
-        ("on_queue_ready", "proxy_on_queue_ready"),
-        ("on_http_call_response", "proxy_on_http_call_response"),
-        ("on_grpc_call_response", "proxy_on_grpc_receive"),
-        ("on_grpc_stream_message", "proxy_on_grpc_receive"),
-        ("on_grpc_stream_close", "proxy_on_grpc_close"),
-        ("on_http_request_headers", "proxy_on_request_headers"),
-        ("on_http_request_body", "proxy_on_request_body"),
-        ("on_http_request_trailers", "proxy_on_request_trailers"),
-        ("on_http_response_headers", "proxy_on_response_headers"),
-        ("on_http_response_body", "proxy_on_response_body"),
-        ("on_http_response_trailers", "proxy_on_response_trailers"),
-        ("on_log", "proxy_on_log"),
-        ("on_done", "proxy_on_done"),
-    ];
-    let mut implemented = 0;
-    for (method, export) in callbacks {
-        if host.contains(&format!("fn {method}(")) {
-            implemented += 1;
-            assert!(
-                kept.iter().any(|k| k == export),
-                "host.rs implements {method}: keep {export}"
-            );
-        }
+    let mut implemented: Vec<String> = host
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("#[export_name = \"")?.strip_suffix("\"]"))
+        .map(str::to_string)
+        .collect();
+    implemented.sort();
+    let mut kept: Vec<String> = kept_link_names()
+        .into_iter()
+        .filter(|n| n.starts_with("claimguard_on_"))
+        .collect();
+    kept.sort();
+    assert!(implemented.len() >= 6, "found only {implemented:?} in host.rs");
+    assert_eq!(
+        implemented, kept,
+        "host.rs's #[export_name]s and src/host_exports.json differ"
+    );
+}
+
+#[test]
+fn no_callback_a_stream_does_not_need_is_exported() {
+    let path = wasm_path();
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run make build)", path.display()));
+    let got = exports(&wasm);
+    for name in [
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_memory_allocate",
+    ] {
+        assert!(got.iter().any(|g| g == name), "{name} missing: {got:?}");
     }
-    assert!(implemented >= 5, "found only {implemented} callbacks in host.rs");
+    for name in [
+        "proxy_on_delete",
+        "proxy_on_done",
+        "proxy_on_log",
+        "proxy_on_response_headers",
+    ] {
+        assert!(
+            !got.iter().any(|g| g == name),
+            "{name} is exported: Envoy would enter the VM for it"
+        );
+    }
+    assert!(
+        !got.iter().any(|g| g.starts_with("claimguard_on_")),
+        "a callback kept its link name (no host calls it): {got:?}"
+    );
 }
