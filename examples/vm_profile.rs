@@ -138,6 +138,42 @@ fn run() -> Result<(), String> {
                 }),
             );
         }
+        if alg == "es256" {
+            // The same key through the `ecdsa` crate's own verify (a wNAF ladder), and what
+            // building the key's fixed-base table costs (once per key and VM).
+            let jwk = provider_jwk(&v, "EC")?;
+            let b = |k: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(jwk[k].as_str().unwrap_or(""))
+                    .map_err(|e| e.to_string())
+            };
+            let sec1 = [vec![4u8], b("x")?, b("y")?].concat();
+            let fast = PublicKey::p256(&sec1).map_err(|e| format!("{e:?}"))?;
+            let PublicKey::P256(vk, _) = &fast else {
+                return Err("an EC P-256 key".into());
+            };
+            row(
+                "  ECDSA verify, fixed-base tables",
+                time(&parsed, 1000, |j| {
+                    assert!(fast.verify(Alg::ES256, j.signing_input.as_bytes(), &j.signature))
+                }),
+            );
+            row(
+                "  ECDSA verify, ecdsa crate (wNAF ladder)",
+                time(&parsed, 1000, |j| {
+                    use p256::ecdsa::signature::Verifier as _;
+                    let sig = p256::ecdsa::Signature::from_slice(&j.signature).expect("signature");
+                    assert!(vk.verify(j.signing_input.as_bytes(), &sig).is_ok())
+                }),
+            );
+            let point = *vk.as_affine();
+            row(
+                "  P-256 key table (once per key)",
+                time(&[()], 300, |_| {
+                    drop(std::hint::black_box(claimguard::p256_fast::Table::new(&point)))
+                }),
+            );
+        }
         row(
             "verify_signed (types, alg, signature)",
             time(&parsed, 1000, |j| assert!(verify_signed(provider, keys, j).is_ok())),

@@ -40,6 +40,7 @@ pub mod jwks;
 pub mod jwks_cache;
 pub mod memo;
 pub mod metrics;
+pub mod p256_fast;
 pub mod path;
 pub mod policy;
 pub mod roots;
