@@ -14,9 +14,9 @@ use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
 #[derive(Clone)]
 pub enum PublicKey {
     Rsa(RsaPublicKey, Option<FastRsa>),
-    /// The key, and the same point with its fixed-base table for verification
-    /// ([`crate::p256_fast`]), shared by the key's clones.
-    P256(p256::ecdsa::VerifyingKey, std::sync::Arc<crate::p256_fast::Key>),
+    /// The point with its fixed-base table for verification ([`crate::p256_fast`]), shared
+    /// by the key's clones.
+    P256(std::sync::Arc<crate::p256_fast::Key>),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_compact::PublicKey),
     /// A shared secret (`hmacSecret`), never from a JWKS.
@@ -27,7 +27,7 @@ impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PublicKey::Rsa(..) => "Rsa",
-            PublicKey::P256(..) => "P256",
+            PublicKey::P256(_) => "P256",
             PublicKey::P384(_) => "P384",
             PublicKey::Ed25519(_) => "Ed25519",
             PublicKey::Hmac(_) => "Hmac",
@@ -53,10 +53,7 @@ impl PublicKey {
     /// An uncompressed SEC1 point (`04 || x || y`), checked to lie on P-256.
     pub fn p256(sec1: &[u8]) -> Result<PublicKey, KeyError> {
         p256::ecdsa::VerifyingKey::from_sec1_bytes(sec1)
-            .map(|k| {
-                let fast = crate::p256_fast::Key::new(*k.as_affine());
-                PublicKey::P256(k, std::sync::Arc::new(fast))
-            })
+            .map(|k| PublicKey::P256(std::sync::Arc::new(crate::p256_fast::Key::new(*k.as_affine()))))
             .map_err(|_| KeyError::Point)
     }
 
@@ -84,7 +81,7 @@ impl PublicKey {
     pub fn fits(&self, alg: Alg) -> bool {
         match self {
             PublicKey::Rsa(..) => alg.is_rsa(),
-            PublicKey::P256(..) => alg == Alg::ES256,
+            PublicKey::P256(_) => alg == Alg::ES256,
             PublicKey::P384(_) => alg == Alg::ES384,
             PublicKey::Ed25519(_) => alg == Alg::EdDSA,
             PublicKey::Hmac(_) => alg.is_hmac(),
@@ -110,7 +107,7 @@ impl PublicKey {
             (PublicKey::Rsa(k, _), Alg::PS256) => rsa_pss(k, Pss::new::<Sha256>(), &Sha256::digest(msg), sig),
             (PublicKey::Rsa(k, _), Alg::PS384) => rsa_pss(k, Pss::new::<Sha384>(), &Sha384::digest(msg), sig),
             (PublicKey::Rsa(k, _), Alg::PS512) => rsa_pss(k, Pss::new::<Sha512>(), &Sha512::digest(msg), sig),
-            (PublicKey::P256(_, fast), Alg::ES256) => fast.verify_prehashed(&Sha256::digest(msg).into(), sig),
+            (PublicKey::P256(k), Alg::ES256) => k.verify_prehashed(&Sha256::digest(msg).into(), sig),
             (PublicKey::P384(k), Alg::ES384) => p384::ecdsa::Signature::from_slice(sig)
                 .map(|s| k.verify(msg, &s).is_ok())
                 .unwrap_or(false),

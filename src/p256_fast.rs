@@ -9,8 +9,9 @@
 //! base-64 digits `d_i ∈ [-31, 32]` is then `Σ d_i·2^(6i)`, and its multiple of `P` is the sum
 //! of one table entry (negated for a negative digit) per non-zero digit: at most 43 mixed
 //! additions and no doublings, 86 for the whole verify. Measured in V8 (`make vm-profile`):
-//! 740 µs a verify with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 180–195 µs with
-//! six (`jwt_authn` with BoringSSL: about 120 µs of filter CPU a cold ES256 request in `make bench`).
+//! 720–840 µs a verify with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 183–217 µs
+//! with six, about 3.9× faster than the ladder in each of three runs (`jwt_authn` with
+//! BoringSSL: about 120 µs of filter CPU a cold ES256 request in `make bench`).
 
 //! Everything here is public (signature, message, key), so lookups are variable time. The
 //! field and point arithmetic (complete formulas) is still the `p256` crate's; only the
@@ -21,7 +22,7 @@
 //!
 //! Memory: a table is 1376 affine points (about 97 KiB). The generator's is built once per
 //! process (per VM) on first use; a key's on its first verification: about 1400 point
-//! additions and one batched inversion (3.3 ms inside V8), once per key and VM (a key set replaced by a JWKS
+//! additions and one batched inversion (3.3–4.3 ms inside V8), once per key and VM (a key set replaced by a JWKS
 //! refresh gets new tables as its keys are used).
 
 use p256::elliptic_curve::group::{Curve, Group};
@@ -142,6 +143,10 @@ impl Key {
             point,
             table: OnceLock::new(),
         }
+    }
+
+    pub fn point(&self) -> &AffinePoint {
+        &self.point
     }
 
     /// Whether the key's table has been built (for the tests).
