@@ -22,8 +22,8 @@
 //!
 //! Memory: a table is 1376 affine points (about 97 KiB). The generator's is built once per
 //! process (per VM) on first use; a key's on its first verification: about 1400 point
-//! additions and one batched inversion (3.3–4.3 ms inside V8), once per key and VM (a key set replaced by a JWKS
-//! refresh gets new tables as its keys are used).
+//! additions and one batched inversion (3.3–4.3 ms inside V8), once per key and VM (a key
+//! set replaced by a JWKS refresh gets new tables as its keys are used).
 
 use p256::elliptic_curve::group::{Curve, Group};
 use p256::elliptic_curve::ops::Reduce;
@@ -39,7 +39,7 @@ const HALF: usize = 1 << (W - 1);
 /// Windows of a 256-bit scalar; the top one takes the last bit and the carry into it.
 const WINDOWS: usize = 256usize.div_ceil(W);
 
-/// The multiples `j·2^(5i)·P`, `i < WINDOWS`, `1 ≤ j ≤ HALF`, at `i·HALF + j - 1`.
+/// The multiples `j·2^(W·i)·P`, `i < WINDOWS`, `1 ≤ j ≤ HALF`, at `i·HALF + j - 1`.
 pub struct Table {
     points: Box<[AffinePoint]>,
 }
@@ -120,8 +120,8 @@ fn signed_digits(k: &Scalar) -> [i8; WINDOWS] {
             carry = 0;
         }
     }
-    // A scalar is below n < 2^256, so the top window (bits 255..259) is at most 1 + carry and
-    // never carries further.
+    // A scalar is below n < 2^256, so the top window (bits 252..257, of which 256 and 257 are
+    // zero) is at most 15 + carry ≤ HALF and never carries further.
     debug_assert_eq!(carry, 0);
     digits
 }
@@ -149,8 +149,9 @@ impl Key {
         &self.point
     }
 
-    /// Whether the key's table has been built (for the tests).
-    pub fn table_built(&self) -> bool {
+    /// Whether the key's table has been built.
+    #[cfg(test)]
+    fn table_built(&self) -> bool {
         self.table.get().is_some()
     }
 
