@@ -7,7 +7,7 @@
 use crate::alg::Alg;
 use crate::identity::{compile_claim_header, managed_header_name, ClaimHeader, RawClaimHeader};
 use crate::jwks::{parse_jwks, KeySet, VerificationKey, MIN_HMAC_SECRET_BYTES};
-use crate::path::EscapedSlashes;
+use crate::path::{Backslashes, EscapedSlashes, PathOptions, PathParameters};
 use crate::policy::{compile_rules, Mode, Policy, ProviderInfo, RawRule};
 use crate::policy::{dotted, RawClaimPath};
 use crate::token::Location;
@@ -60,6 +60,12 @@ struct RawConfig {
     mode: Option<String>,
     #[serde(default)]
     path_with_escaped_slashes_action: Option<String>,
+    #[serde(default)]
+    path_with_backslash_action: Option<String>,
+    #[serde(default)]
+    path_with_parameters_action: Option<String>,
+    #[serde(default)]
+    malformed_token_header_action: Option<String>,
     #[serde(default)]
     case_insensitive_paths: bool,
     #[serde(default)]
@@ -387,13 +393,26 @@ pub struct Provider {
     pub trusted_principals: Vec<crate::policy::StrPattern>,
 }
 
+/// What to do with a token header that is present but not in the configured form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedTokenHeader {
+    /// 401 `invalid_token`, on every route: a sent token is always verified or refused.
+    RejectRequest,
+    /// Remove the header and treat the request as carrying no token.
+    RemoveHeader,
+}
+
 /// The compiled configuration the request path runs on.
 #[derive(Debug)]
 pub struct Config {
     pub providers: Vec<Provider>,
     pub realm: String,
     pub policy: Policy,
-    pub escaped_slashes: EscapedSlashes,
+    /// How request paths are canonicalised (`pathWith*Action`, `caseInsensitivePaths`).
+    pub path: PathOptions,
+    /// `malformedTokenHeaderAction`: what happens to a token header that is present but not
+    /// in the configured form (`Bearer<TAB>…`, no scheme, `Basic …`).
+    pub malformed_token_header: MalformedTokenHeader,
     /// Let CORS preflights (OPTIONS + Origin + Access-Control-Request-Method) through
     /// without a token or policy: browsers never send credentials on them.
     pub allow_cors_preflight: bool,
@@ -506,6 +525,34 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             )
         })?,
     };
+    let backslashes = match raw.path_with_backslash_action.as_deref() {
+        None => Backslashes::RejectRequest,
+        Some(name) => Backslashes::from_name(name).ok_or_else(|| {
+            err(
+                "pathWithBackslashAction",
+                format!("{name:?} is not one of REJECT_REQUEST, CONVERT_TO_SLASH"),
+            )
+        })?,
+    };
+    let parameters = match raw.path_with_parameters_action.as_deref() {
+        None => PathParameters::RejectRequest,
+        Some(name) => PathParameters::from_name(name).ok_or_else(|| {
+            err(
+                "pathWithParametersAction",
+                format!("{name:?} is not one of REJECT_REQUEST, MATCH_WITHOUT_PARAMETERS"),
+            )
+        })?,
+    };
+    let malformed_token_header = match raw.malformed_token_header_action.as_deref() {
+        None | Some("REJECT_REQUEST") => MalformedTokenHeader::RejectRequest,
+        Some("REMOVE_HEADER") => MalformedTokenHeader::RemoveHeader,
+        Some(name) => {
+            return Err(err(
+                "malformedTokenHeaderAction",
+                format!("{name:?} is not one of REJECT_REQUEST, REMOVE_HEADER"),
+            ))
+        }
+    };
     let infos: Vec<ProviderInfo> = providers
         .iter()
         .map(|p| ProviderInfo {
@@ -551,7 +598,13 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             mode,
             case_insensitive_paths: raw.case_insensitive_paths,
         },
-        escaped_slashes,
+        path: PathOptions {
+            escaped_slashes,
+            backslashes,
+            parameters,
+            case_insensitive: raw.case_insensitive_paths,
+        },
+        malformed_token_header,
         allow_cors_preflight: raw.allow_cors_preflight,
         expose_rule_names: raw.expose_rule_names,
         managed_headers,

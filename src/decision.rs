@@ -5,10 +5,10 @@
 
 use crate::cache::{CachedToken, TokenOwner, VerifiedTokenCache};
 use crate::config::Config;
-use crate::config::Provider;
+use crate::config::{MalformedTokenHeader, Provider};
 use crate::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::jwks::KeySet;
-use crate::path::normalize;
+use crate::path::{canonical_host, canonicalize, is_canonical_method};
 use crate::policy::claim_at;
 pub use crate::policy::Peer;
 use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
@@ -93,6 +93,9 @@ pub struct Evaluation {
     pub decision: Decision,
     /// The path policy was evaluated on (None when the path itself was refused).
     pub normalized_path: Option<String>,
+    /// The canonical path (no query) when it differs from the one received: an allowed
+    /// request goes upstream with `:path` rewritten to it (query kept).
+    pub canonical_path: Option<String>,
     /// Let through as a CORS preflight (`allowCorsPreflight`).
     pub cors_preflight: bool,
     /// The public rule that made a token optional.
@@ -276,14 +279,13 @@ impl Denial {
 
     /// 400: a request path that cannot be evaluated safely.
     pub fn bad_path(description: &str) -> Denial {
-        Denial::json(
-            400,
-            Vec::new(),
-            "bad_request",
-            description.to_string(),
-            "bad_path",
-            None,
-        )
+        Denial::bad_request(description, "bad_path")
+    }
+
+    /// 400 for a request claimguard cannot judge as its upstream would serve it (`reason`:
+    /// `bad_path`, `bad_method`, `repeated_header`).
+    pub fn bad_request(description: &str, reason: &'static str) -> Denial {
+        Denial::json(400, Vec::new(), "bad_request", description.to_string(), reason, None)
     }
 
     pub fn unauthenticated(realm: &str, error: &AuthError, provider: Option<&str>) -> Denial {
@@ -390,6 +392,7 @@ fn evaluate_request(
     let mut ev = Evaluation {
         decision: Decision::Allow { identity: None },
         normalized_path: None,
+        canonical_path: None,
         cors_preflight: false,
         public_rule: None,
         policy: None,
@@ -400,28 +403,107 @@ fn evaluate_request(
         token_cache: None,
         auth_steps: Vec::new(),
     };
-    if config.allow_cors_preflight && req.is_cors_preflight() {
-        ev.cors_preflight = true;
+    // The request is judged as its upstream will serve it: one canonical method, path and
+    // host, or a 400 for spellings that mean different things to different servers.
+    if !is_canonical_method(req.method) {
+        ev.decision = Decision::Deny(Denial::bad_request(
+            "request method must be an upper-case token",
+            "bad_method",
+        ));
         return ev;
     }
-    let path = match normalize(req.path, config.escaped_slashes, config.policy.case_insensitive_paths) {
-        Ok(p) => p,
+    let canonical = match canonicalize(req.path, &config.path) {
+        Ok(c) => c,
         Err(e) => {
             ev.decision = Decision::Deny(Denial::bad_path(e.description()));
             return ev;
         }
     };
+    let path = canonical.matched;
+    ev.canonical_path = canonical.canonical;
+    let path_rewrite = canonical.rewrite;
+    if config.allow_cors_preflight && req.is_cors_preflight() {
+        ev.cors_preflight = true;
+        if let Some(p) = path_rewrite {
+            ev.header_ops.set.push((":path".into(), p));
+        }
+        ev.normalized_path = Some(path);
+        return ev;
+    }
     // Managed headers never count as the client's.
     let headers = unmanaged(config, req.headers);
     let headers = &*headers;
+    // A header a rule reads, sent twice: servers disagree on which copy they read (first,
+    // last, or both joined), so no copy can be the one the rule judged.
+    if let Some(name) = config.policy.header_names().find(|n| {
+        headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .nth(1)
+            .is_some()
+    }) {
+        ev.decision = Decision::Deny(Denial::bad_request(
+            &header_safe(&format!("request repeats the {name} header, which a rule reads")),
+            "repeated_header",
+        ));
+        ev.normalized_path = Some(path);
+        return ev;
+    }
+    let host = canonical_host(req.host);
     let facts = RequestFacts {
         method: req.method,
         path: &path,
-        host: req.host,
+        host: &host,
         headers,
         peer: &req.peer,
     };
     ev.public_rule = config.policy.public_rule(&facts);
+    // A token header in a form no provider reads is never passed on as "no token".
+    let unreadable = crate::token::unreadable_token_header(
+        &config.token_locations,
+        &Request {
+            headers,
+            path: req.path,
+        },
+    );
+    let mut removed_header: Option<Rc<str>> = None;
+    let kept: Vec<Header>;
+    let headers = match unreadable {
+        None => headers,
+        Some((name, kind)) => match config.malformed_token_header {
+            MalformedTokenHeader::RejectRequest => {
+                let e = match kind {
+                    // Another scheme (`Basic …`) or nothing: as a request without a token.
+                    crate::token::Unreadable::NotBearer => AuthError::Missing,
+                    crate::token::Unreadable::Malformed => AuthError::UnreadableHeader {
+                        header: name.to_string(),
+                        prefix: config
+                            .token_locations
+                            .iter()
+                            .find_map(|l| match l {
+                                Location::Header { name: n, prefix } if n == name && !prefix.is_empty() => {
+                                    Some(format!("{} ", prefix.trim_end()))
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or_default(),
+                    },
+                };
+                ev.decision = Decision::Deny(Denial::unauthenticated(&config.realm, &e, None));
+                ev.normalized_path = Some(path);
+                return ev;
+            }
+            MalformedTokenHeader::RemoveHeader => {
+                removed_header = Some(Rc::clone(name));
+                kept = headers
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+                    .copied()
+                    .collect();
+                &kept
+            }
+        },
+    };
     let token_req = Request {
         headers,
         path: req.path,
@@ -508,6 +590,12 @@ fn evaluate_request(
         }
         Effect::Allow { rule } => {
             ev.header_ops = header_ops(config, identity.as_ref(), rule.or(ev.public_rule));
+            if let Some(name) = removed_header {
+                ev.header_ops.remove.push(name);
+            }
+            if let Some(p) = path_rewrite {
+                ev.header_ops.set.push((":path".into(), p));
+            }
             Decision::Allow { identity }
         }
     };
@@ -1361,6 +1449,160 @@ mod tests {
         let d = denial(http(&c, "GET", "/healthz", &[("authorization", "Bearer a.b.c")]).decision);
         assert_eq!(d.status, 401);
         assert_eq!(denial(http(&c, "GET", "/orders", &[]).decision).reason, "missing_token");
+    }
+
+    /// Issue 20's classes at the decision level: each spelling of a request is judged as its
+    /// upstream will serve it, or refused. (status, reason, :path sent upstream when allowed).
+    /// name, method, `:path`, headers, status, reason, `:path` rewritten upstream.
+    type SpellingCase<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, String)>,
+        u32,
+        &'a str,
+        Option<&'a str>,
+    );
+
+    #[test]
+    fn spellings_are_judged_as_served() {
+        let rules = json!({"rules": [
+            {"name": "health", "public": true, "methods": ["GET"], "paths": ["/healthz", "/docs/*"]},
+            {"name": "probe", "public": true, "paths": ["/status/*"], "when": [{"key": "request.headers[x-probe]", "values": ["yes"]}]},
+            {"name": "no-admin", "action": "DENY", "paths": ["/admin/*"]},
+            {"name": "no-internal", "action": "DENY", "hosts": ["internal.example.com"]},
+            {"name": "no-get-secret", "action": "DENY", "methods": ["GET"], "paths": ["/secret"]},
+            {"name": "no-prod", "action": "DENY", "paths": ["/env/*"], "when": [{"key": "request.headers[x-env]", "values": ["prod"]}]},
+            {"name": "env", "paths": ["/env/*"]},
+            {"name": "readers", "paths": ["/orders*", "/secret", "/admin/*"], "when": [{"claim": "scope", "values": ["read"]}]}
+        ]});
+        let (c, k) = policy_config(rules.clone());
+        let tok = bearer(&k, json!({"scope": "read"}));
+        let raw_jwt = tok.trim_start_matches("Bearer ").to_string();
+        let tab = format!("Bearer\t{raw_jwt}");
+        let lower = format!("bearer {raw_jwt}");
+        let t = |v: &str| ("authorization", v.to_string());
+        #[rustfmt::skip]
+        let cases: Vec<SpellingCase> = vec![
+            // name, method, :path, headers, status, reason, :path rewritten upstream
+            ("public as sent", "GET", "/docs/a", vec![], 200, "", None),
+            ("public, dots resolved, rewritten", "GET", "/docs/./a/../b", vec![], 200, "", Some("/docs/b")),
+            ("rfc: // then .. stays under docs", "GET", "/docs//../orders/1", vec![], 200, "", Some("/docs/orders/1")),
+            ("encoded dots out of docs need a token", "GET", "/docs/%2e%2e/orders/1", vec![], 401, "missing_token", None),
+            ("dots out of docs, with token, rewritten", "GET", "/docs/../orders/1", vec![t(&tok)], 200, "", Some("/orders/1")),
+            ("tomcat ..; refused", "GET", "/docs/..;/orders/1", vec![], 400, "bad_path", None),
+            ("backslash refused", "GET", "/docs/x\\..\\..\\orders\\1", vec![], 400, "bad_path", None),
+            ("matrix parameter on a denied prefix refused", "GET", "/admin;x=1/users", vec![t(&tok)], 400, "bad_path", None),
+            ("double-encoded dots refused", "GET", "/docs/%252e%252e/orders", vec![], 400, "bad_path", None),
+            ("fragment refused", "GET", "/docs/a#/../../admin", vec![], 400, "bad_path", None),
+            ("dots into admin denied", "GET", "/orders/../admin/x", vec![t(&tok)], 403, "policy_denied", None),
+            ("merged slashes into admin denied", "GET", "//admin//x", vec![t(&tok)], 403, "policy_denied", None),
+            ("query kept, not resolved", "GET", "/docs/./a?next=/../admin", vec![], 200, "", Some("/docs/a?next=/../admin")),
+            ("lower-case method refused", "get", "/docs/a", vec![], 400, "bad_method", None),
+            ("mixed-case method refused", "Delete", "/orders/1", vec![t(&tok)], 400, "bad_method", None),
+            ("HEAD is GET to a DENY", "HEAD", "/secret", vec![t(&tok)], 403, "policy_denied", None),
+            ("GET denied", "GET", "/secret", vec![t(&tok)], 403, "policy_denied", None),
+            ("POST not denied", "POST", "/secret", vec![t(&tok)], 200, "", None),
+            ("public needs its header condition", "GET", "/status/a", vec![], 401, "missing_token", None),
+            ("public with its header", "GET", "/status/a", vec![("x-probe", "yes".into())], 200, "", None),
+            ("repeated header a rule reads", "GET", "/env/a", vec![t(&tok), ("x-env", "dev".into()), ("x-env", "prod".into())], 400, "repeated_header", None),
+            ("repeated header, other case", "GET", "/env/a", vec![t(&tok), ("x-env", "dev".into()), ("X-Env", "prod".into())], 400, "repeated_header", None),
+            ("one header, denied", "GET", "/env/a", vec![t(&tok), ("x-env", "prod".into())], 403, "policy_denied", None),
+            ("one header, allowed", "GET", "/env/a", vec![t(&tok), ("x-env", "dev".into())], 200, "", None),
+            ("repeats of other headers are fine", "GET", "/env/a", vec![t(&tok), ("x-other", "1".into()), ("x-other", "2".into())], 200, "", None),
+            ("tab after scheme on a public route", "GET", "/healthz", vec![t(&tab)], 401, "malformed_header", None),
+            ("raw token on a public route", "GET", "/healthz", vec![t(&raw_jwt)], 401, "malformed_header", None),
+            // Another scheme, or nothing: RFC 6750 §3.1's answer to a request without a token.
+            ("basic on a public route", "GET", "/healthz", vec![t("Basic dXNlcjpwYXNz")], 401, "missing_token", None),
+            ("empty token header on a public route", "GET", "/healthz", vec![t("")], 401, "missing_token", None),
+            ("basic on a protected route", "GET", "/orders/1", vec![t("Basic dXNlcjpwYXNz")], 401, "missing_token", None),
+            ("a good token and junk folded into one header", "GET", "/orders/1", vec![t(&format!("{tok}, junk"))], 401, "malformed_header", None),
+            ("bearer with nothing after it", "GET", "/healthz", vec![t("Bearer ")], 401, "malformed_header", None),
+            ("raw token on a protected route", "GET", "/orders/1", vec![t(&raw_jwt)], 401, "malformed_header", None),
+            ("lower-case scheme is the same scheme", "GET", "/orders/1", vec![t(&lower)], 200, "", None),
+        ];
+        for (name, method, path, headers, status, reason, rewrite) in &cases {
+            let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let ev = http(&c, method, path, &hs);
+            match &ev.decision {
+                Decision::Allow { .. } => {
+                    assert_eq!(*status, 200, "{name}: allowed");
+                    let set = ev
+                        .header_ops
+                        .set
+                        .iter()
+                        .find(|(h, _)| h == ":path")
+                        .map(|(_, v)| v.as_str());
+                    assert_eq!(set, *rewrite, "{name}: :path upstream");
+                }
+                Decision::Deny(d) => {
+                    assert_eq!((d.status, d.reason), (*status, *reason), "{name}: {d:?}");
+                    if d.status == 401 {
+                        assert!(
+                            d.headers
+                                .iter()
+                                .any(|(h, v)| h == "www-authenticate" && v.starts_with("Bearer realm=")),
+                            "{name}"
+                        );
+                    }
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+
+        // Hosts: case, trailing dots and ports are one host.
+        for host in [
+            "internal.example.com",
+            "INTERNAL.example.com",
+            "internal.example.com.",
+            "internal.example.com:8080",
+            "internal.example.com.:443",
+        ] {
+            let h: Vec<(String, String)> = vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), "/orders/1".into()),
+                (":authority".into(), host.into()),
+                ("authorization".into(), tok.clone()),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            let ev = evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), NOW, true);
+            assert_eq!(denial(ev.decision).reason, "policy_denied", "{host}");
+        }
+
+        // malformedTokenHeaderAction: REMOVE_HEADER drops the header and goes on without it.
+        let mut removing = rules.clone();
+        removing["malformedTokenHeaderAction"] = json!("REMOVE_HEADER");
+        let (c, _) = policy_config(removing);
+        let ev = http(&c, "GET", "/healthz", &[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(ev.decision, Decision::Allow { identity: None });
+        assert!(
+            ev.header_ops.remove.iter().any(|h| &**h == "authorization"),
+            "{:?}",
+            ev.header_ops
+        );
+        assert_eq!(
+            denial(http(&c, "GET", "/orders/1", &[("authorization", &raw_jwt)]).decision).reason,
+            "missing_token"
+        );
+
+        // allowMissing routes: no token passes, a token header in another form does not.
+        let k = TestKey::generate(Alg::ES256, "k2");
+        let c = Config::from_json(
+            json!({"providers": [{"issuer": "https://a", "jwks": k.jwks(), "allowMissing": true}]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(http(&c, "GET", "/x", &[]).decision, Decision::Allow { identity: None });
+        for (v, reason) in [
+            ("Basic dXNlcjpwYXNz", "missing_token"),
+            ("", "missing_token"),
+            ("Bearer\tabc", "malformed_header"),
+            ("abc.def.ghi", "malformed_header"),
+        ] {
+            let d = denial(http(&c, "GET", "/x", &[("authorization", v)]).decision);
+            assert_eq!((d.status, d.reason), (401, reason), "{v:?}");
+        }
     }
 
     #[test]

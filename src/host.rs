@@ -921,8 +921,19 @@ impl Root {
             match ev.decision {
                 Decision::Allow { .. } => {
                     let refused_metric = vm_rc.borrow().refused_metric;
-                    apply_header_ops(&ev.header_ops, refused_metric);
-                    let _ = hostcalls::resume_http_request();
+                    match apply_header_ops(&ev.header_ops, refused_metric) {
+                        Ok(()) => {
+                            let _ = hostcalls::resume_http_request();
+                        }
+                        Err(e) => {
+                            log(LogLevel::Error, &format!("{e}; refusing the request"));
+                            send_reply(
+                                500,
+                                &[],
+                                r#"{"error":"internal_error","message":"authentication could not be performed"}"#,
+                            );
+                        }
+                    }
                 }
                 Decision::Deny(d) => send_reply(d.status, &d.headers, &d.body),
                 Decision::NeedKeys { .. } => {
@@ -939,18 +950,17 @@ impl Root {
     }
 }
 
-/// Sets and removes the identity headers of an allowed request and publishes filter state.
-/// A header that cannot be changed is a failure to protect the upstream: it is logged.
-fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) {
+/// Sets and removes the identity headers of an allowed request (and rewrites `:path` to the
+/// canonical path it was judged on), and publishes filter state. A header that cannot be
+/// changed is a failure to protect the upstream: the caller refuses the request (500).
+fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) -> Result<(), String> {
     for name in &ops.remove {
-        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name) {
-            log(LogLevel::Error, &format!("cannot remove header {name}: {e:?}"));
-        }
+        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+            .map_err(|e| format!("cannot remove header {name}: {e:?}"))?;
     }
     for (name, value) in &ops.set {
-        if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
-            log(LogLevel::Error, &format!("cannot set header {name}: {e:?}"));
-        }
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+            .map_err(|e| format!("cannot set header {name}: {e:?}"))?;
     }
     for (name, why) in &ops.refused {
         incr(refused_metric);
@@ -962,6 +972,7 @@ fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) {
     for (key, value) in &ops.filter_state {
         let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
     }
+    Ok(())
 }
 
 fn summary(cfg: &Config) -> String {
@@ -1035,8 +1046,10 @@ impl Filter {
                     if let Some(outcome) = memo_hit(vm, k, now) {
                         let refused_metric = vm.refused_metric;
                         drop(guard);
-                        apply_header_ops(&outcome.header_ops, refused_metric);
-                        return Action::Continue;
+                        return match apply_header_ops(&outcome.header_ops, refused_metric) {
+                            Ok(()) => Action::Continue,
+                            Err(e) => self.internal_error(&e),
+                        };
                     }
                 }
             }
@@ -1132,10 +1145,10 @@ impl Filter {
         let refused_metric = vm.refused_metric;
         drop(vm);
         match ev.decision {
-            Decision::Allow { .. } => {
-                apply_header_ops(&ev.header_ops, refused_metric);
-                Action::Continue
-            }
+            Decision::Allow { .. } => match apply_header_ops(&ev.header_ops, refused_metric) {
+                Ok(()) => Action::Continue,
+                Err(e) => self.internal_error(&e),
+            },
             Decision::Deny(d) => {
                 send_reply(d.status, &d.headers, &d.body);
                 Action::Pause

@@ -598,7 +598,11 @@ mod tests {
                 "/health",
                 "/orders/1?access_token=z",
                 "/%2e%2e/orders/1",
-            ][pick(6) as usize];
+                // Spellings the filter rewrites upstream: the memo must replay the rewrite.
+                "//orders/./1?y=/../x",
+                "/x/../orders/%31",
+                "/orders;a/1",
+            ][pick(9) as usize];
             let mut extra: Vec<(String, String)> = Vec::new();
             match pick(5) {
                 0 => extra.push(("authorization".into(), format!("Bearer {t}"))),

@@ -191,6 +191,9 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "tokenFingerprint": ev.token_fingerprint(config, req),
         "method": req.method,
         "path": ev.normalized_path.as_deref().unwrap_or("-"),
+        // As received (without the query, which may carry a token), and as sent upstream.
+        "receivedPath": req.path.split('?').next().unwrap_or(req.path),
+        "canonicalPath": ev.canonical_path,
         // The calling workload: its SPIFFE ID (null without mTLS) and IP.
         "peerPrincipal": req.peer.uri_san,
         "sourceIp": req.peer.ip.map(|ip| ip.to_string()),

@@ -14,7 +14,14 @@ use serde_json::{Map, Value};
 pub enum AuthError {
     Missing,
     MultipleTokens,
-    TooLarge { limit: usize },
+    /// A token header is present but not in the configured form (`malformedTokenHeaderAction`).
+    UnreadableHeader {
+        header: String,
+        prefix: String,
+    },
+    TooLarge {
+        limit: usize,
+    },
     Malformed(String),
     AlgNone,
     AlgNotAllowed(Alg),
@@ -32,7 +39,10 @@ pub enum AuthError {
     MissingExpiration,
     NotYetValid,
     IssuedInFuture,
-    InvalidClaim { claim: &'static str, why: &'static str },
+    InvalidClaim {
+        claim: &'static str,
+        why: &'static str,
+    },
     MissingAudience,
     WrongAudience,
 }
@@ -43,6 +53,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing_token",
             AuthError::MultipleTokens => "multiple_tokens",
+            AuthError::UnreadableHeader { .. } => "malformed_header",
             AuthError::TooLarge { .. } => "token_too_large",
             AuthError::Malformed(_) => "malformed",
             AuthError::AlgNone => "alg_none",
@@ -71,6 +82,12 @@ impl AuthError {
         match self {
             AuthError::Missing => "a bearer token is required".into(),
             AuthError::MultipleTokens => "the request carries more than one token".into(),
+            AuthError::UnreadableHeader { header, prefix } if prefix.is_empty() => {
+                format!("the {header} header is empty")
+            }
+            AuthError::UnreadableHeader { header, prefix } => {
+                format!("the {header} header is not in the form '{}<token>'", prefix)
+            }
             AuthError::TooLarge { limit } => format!("token is larger than {limit} bytes"),
             AuthError::Malformed(why) => format!("token is malformed: {why}"),
             AuthError::AlgNone => "unsigned tokens (alg none) are not accepted".into(),

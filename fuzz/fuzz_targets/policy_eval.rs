@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    let Ok(path) = normalize(raw_path, c.escaped_slashes, c.policy.case_insensitive_paths) else { return };
+    let Ok(path) = normalize(raw_path, &c.path) else { return };
     let headers = [("x-env", host)];
     // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
     let peer = Peer::from_connection(true, Some(host), Some(host));

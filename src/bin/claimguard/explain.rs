@@ -287,6 +287,13 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     let allowed = status == 200;
     let upstream_headers = if allowed { ev.header_ops.set.clone() } else { Vec::new() };
     let removed = ev.header_ops.remove.clone();
+    // The `:path` an allowed request goes upstream with, when claimguard rewrote it.
+    let upstream_path: Option<String> = ev
+        .header_ops
+        .set
+        .iter()
+        .find(|(h, _)| h == ":path")
+        .map(|(_, v)| v.clone());
     if a.json.json {
         let steps: Vec<Value> = ev
             .auth_steps
@@ -300,7 +307,8 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             "provider": provider, "issuer": ev.issuer, "subject": ev.subject, "at": at,
             "peerPrincipal": peer_principal, "sourceIp": source_ip,
             "request": {"method": a.method, "path": a.path, "host": a.host},
-            "path": ev.normalized_path, "corsPreflight": ev.cors_preflight,
+            "path": ev.normalized_path, "canonicalPath": ev.canonical_path,
+            "upstreamPath": upstream_path, "corsPreflight": ev.cors_preflight,
             "publicRule": ev.public_rule.map(|r| cfg.policy.rule_name(r)),
             "steps": steps, "rules": rules, "policy": policy, "shadow": shadow,
             "upstreamHeaders": upstream_headers, "removedHeaders": removed,
@@ -311,9 +319,21 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     } else {
         println!("request:  {} {} (host {}) at {at}", a.method, a.path, a.host);
         println!(
-            "path:     {}",
-            ev.normalized_path.as_deref().unwrap_or("- (refused before policy)")
+            "path:     {}{}",
+            ev.normalized_path.as_deref().unwrap_or("- (refused before policy)"),
+            if ev
+                .normalized_path
+                .as_deref()
+                .is_some_and(|p| Some(p) != a.path.split('?').next())
+            {
+                " (as rules see it)"
+            } else {
+                ""
+            }
         );
+        if let Some(p) = &upstream_path {
+            println!("upstream: :path rewritten to {p} (the canonical form rules judged)");
+        }
         if ev.cors_preflight {
             println!("cors:     CORS preflight let through (allowCorsPreflight)");
         }
