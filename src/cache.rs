@@ -31,9 +31,9 @@ pub const MAX_CAPACITY: usize = 100_000;
 /// Bytes of verified tokens per VM unless the config's `jwtCacheBytes` says otherwise.
 /// Parsed claims cost more than their JSON (every JSON object is a B-tree node of eleven slots):
 /// in the VM (wasm32) an entry weighs about 7.5 KiB for a Keycloak access token (1.4 KiB, 21
-/// claims, nested roles; `typical_entries_weigh_a_few_kib`) and about 2 KiB for a minimal one,
-/// so this holds some 550 to 2000 tokens: more distinct tokens than one worker usually sees
-/// within a token's lifetime, and a token pushed out costs one signature check. With the
+/// claims, nested roles; `typical_entries_weigh_a_few_kib`) and about 1.3 KiB for a minimal
+/// ES256 one, so this holds some 550 to 3100 tokens: more distinct tokens than one worker
+/// usually sees within a token's lifetime, and a token pushed out costs one signature check. With the
 /// rejected cache (an eighth) and the decision memo (half, [`crate::memo::memo_bytes`]) a VM
 /// holds at most 6.5 MiB of cached state, 13 MiB for a sidecar's two workers: a tenth of
 /// Istio's default sidecar memory request (128 MiB).
@@ -933,6 +933,20 @@ mod tests {
         // it about 7.5 KiB (its claims map: 4.3 KiB measured, 4.7 KiB estimated).
         assert!((1300..1500).contains(&token_len), "{token_len}");
         assert!((9 << 10..12 << 10).contains(&weight), "{weight}");
+        // A minimal ES256 token: five claims, 0.25 KiB (about 1.3 KiB in wasm32).
+        let claims =
+            json!({"iss": "https://idp.example.com", "aud": "api", "sub": "alice", "exp": NOW + 300, "iat": NOW});
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims.to_string());
+        let token = format!("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.{payload}.{}", "s".repeat(86));
+        let entry = Entry {
+            provider: 0,
+            generation: 0,
+            valid_until: u64::MAX,
+            token: cached(claims, &payload),
+        };
+        l.insert(2, token.as_bytes(), entry);
+        let weight = l.bytes() - weight;
+        assert!((1 << 10..2 << 10).contains(&weight), "{weight}");
     }
 
     #[test]
