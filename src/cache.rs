@@ -10,17 +10,39 @@
 //! [`NEGATIVE_TTL_SECONDS`] and in a separate, smaller LRU: a client retrying a bad token is
 //! answered without another public-key operation, and a flood of distinct bad tokens can
 //! never evict the good ones.
+//!
+//! Both are bounded twice: by entries (`jwtCacheSize`) and by bytes (`jwtCacheBytes`; the
+//! rejected cache gets an eighth). A byte is counted as an entry's weight ([`Weigh`]): its key,
+//! an estimate of the heap its value owns, and a fixed overhead. Without the byte bound, 4096
+//! tokens of the largest `maxTokenBytes` with their parsed claims could hold hundreds of MiB in
+//! one VM, and a Wasm VM's memory never shrinks.
 
 use rsa::sha2::{Digest, Sha256};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
 use std::rc::Rc;
 
 /// Entries per VM unless the config's `jwtCacheSize` says otherwise.
 pub const DEFAULT_CAPACITY: usize = 4096;
-/// The largest `jwtCacheSize` accepted (an entry holds a token's claims: about 1 KiB).
+/// The largest `jwtCacheSize` accepted (what the entries weigh is bounded by `jwtCacheBytes`).
 pub const MAX_CAPACITY: usize = 100_000;
+/// Bytes of verified tokens per VM unless the config's `jwtCacheBytes` says otherwise.
+/// Parsed claims cost more than their JSON (every JSON object is a B-tree node of eleven slots):
+/// in the VM (wasm32) an entry weighs about 7.5 KiB for a Keycloak access token (1.4 KiB, 21
+/// claims, nested roles; `typical_entries_weigh_a_few_kib`) and about 1.3 KiB for a minimal
+/// ES256 one, so this holds some 550 to 3100 tokens: more distinct tokens than one worker
+/// usually sees within a token's lifetime, and a token pushed out costs one signature check. With the
+/// rejected cache (an eighth) and the decision memo (half, [`crate::memo::memo_bytes`]) a VM
+/// holds at most 6.5 MiB of cached state, 13 MiB for a sidecar's two workers: a tenth of
+/// Istio's default sidecar memory request (128 MiB).
+pub const DEFAULT_BYTES: usize = 4 << 20;
+/// The smallest `jwtCacheBytes` accepted: the rejected cache (an eighth) still holds about 16
+/// tokens of the default `maxTokenBytes` (8 KiB), the floor its entry count has.
+pub const MIN_BYTES: usize = 1 << 20;
+/// The largest `jwtCacheBytes` accepted.
+pub const MAX_BYTES: usize = 256 << 20;
 /// How long a failed signature check is remembered.
 pub const NEGATIVE_TTL_SECONDS: u64 = 5;
 
@@ -96,16 +118,90 @@ const NIL: u32 = u32::MAX;
 #[derive(Debug)]
 struct Node<V> {
     hash: u64,
+    /// Empty (no allocation) once the entry is removed.
     key: Box<[u8]>,
-    value: V,
+    /// None once the entry is removed: a free node must not keep its old value's heap alive,
+    /// or the byte count would not be what the VM holds.
+    value: Option<V>,
+    /// What the entry counts against the byte budget.
+    weight: usize,
     prev: u32,
     next: u32,
 }
 
+/// What a cached value owns on the heap, as this target lays it out (its inline size is
+/// counted with the node): an honest estimate, so that a byte budget bounds what a VM holds.
+pub(crate) trait Weigh {
+    fn heap_bytes(&self) -> usize;
+}
+
+/// What one entry costs besides its key and its value's heap: the node in the slab, its slot in
+/// the map (a `u64` and a `u32`, at a load factor of 7/8) and the allocator's header on the key.
+fn overhead<V>() -> usize {
+    size_of::<Node<V>>() + 2 * size_of::<(u64, u32)>() + ALLOC_HEADER
+}
+
+/// What an allocator adds to each block: dlmalloc's chunk header on wasm32, rounded up.
+pub(crate) const ALLOC_HEADER: usize = 8;
+
+/// A `B` of Rust's `BTreeMap` (a node has room for `2B - 1` pairs) and the pairs a node
+/// holds on average once a map has split: serde_json's `Map` is a `BTreeMap`.
+const BTREE_CAPACITY: usize = 11;
+const BTREE_FILL: usize = 6;
+const BTREE_NODE: usize =
+    BTREE_CAPACITY * (size_of::<String>() + size_of::<Value>()) + 2 * size_of::<usize>() + 8 + ALLOC_HEADER;
+
+/// Heap bytes of a parsed claims map: string and vector capacities and B-tree nodes, with
+/// the target's sizes. Against a counting allocator (x86_64 and wasm32, maps of 5 to 3000
+/// claims, nested ones included) it was never below the truth and at most 30% above it.
+fn claims_heap_bytes(m: &Map<String, Value>) -> usize {
+    let nodes = match m.len() {
+        0 => 0,
+        1..=BTREE_CAPACITY => BTREE_NODE,
+        // Leaves about half full, and a root with its edges.
+        n => (n.div_ceil(BTREE_FILL) + 1) * BTREE_NODE + (BTREE_CAPACITY + 1) * size_of::<usize>(),
+    };
+    nodes
+        + m.iter()
+            .map(|(k, v)| string_heap_bytes(k) + json_heap_bytes(v))
+            .sum::<usize>()
+}
+
+pub(crate) fn string_heap_bytes(s: &String) -> usize {
+    match s.capacity() {
+        0 => 0,
+        c => c + ALLOC_HEADER,
+    }
+}
+
+fn json_heap_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => string_heap_bytes(s),
+        Value::Array(a) => {
+            let own = match a.capacity() {
+                0 => 0,
+                c => c * size_of::<Value>() + ALLOC_HEADER,
+            };
+            own + a.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) => claims_heap_bytes(m),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// Heap bytes of an `Rc<str>`: its two counts and the bytes.
+pub(crate) fn rc_str_heap_bytes(s: &str) -> usize {
+    2 * size_of::<usize>() + s.len() + ALLOC_HEADER
+}
+
 /// A bounded map from byte strings (tokens; the decision memo's request keys) to values that
 /// forgets the least recently used first: a slab of nodes in a doubly linked recency list,
-/// found through their [`slot_hash`]. Every operation is O(1). Two keys with the same hash
-/// share a slot: the later one replaces the earlier.
+/// found through their [`slot_hash`]. Every operation is O(1) but an insertion, which evicts
+/// as many entries as it takes to keep within both bounds. Two keys with the same hash share
+/// a slot: the later one replaces the earlier.
+///
+/// The byte bound covers the live entries (each node counts in its entry's weight); the slab
+/// and the slot map never shrink, but their size is bounded by the entry count.
 #[derive(Debug)]
 pub(crate) struct Lru<V> {
     slots: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
@@ -113,13 +209,19 @@ pub(crate) struct Lru<V> {
     /// Most and least recently used.
     head: u32,
     tail: u32,
-    /// Nodes of removed entries, for reuse (their values are stale until overwritten).
+    /// Nodes of removed entries, for reuse (emptied: they hold no heap).
     free: Vec<u32>,
     capacity: usize,
+    /// The weight of the entries held, and its bound.
+    bytes: usize,
+    max_bytes: usize,
+    /// Entries dropped for room (see [`Lru::take_evictions`]).
+    evictions: u64,
 }
 
 impl<V> Lru<V> {
-    pub(crate) fn new(capacity: usize) -> Lru<V> {
+    /// At most `capacity` entries weighing at most `max_bytes` in all.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Lru<V> {
         Lru {
             slots: HashMap::default(),
             nodes: Vec::new(),
@@ -127,6 +229,9 @@ impl<V> Lru<V> {
             tail: NIL,
             free: Vec::new(),
             capacity: capacity.clamp(1, NIL as usize - 1),
+            bytes: 0,
+            max_bytes,
+            evictions: 0,
         }
     }
 
@@ -183,18 +288,48 @@ impl<V> Lru<V> {
             self.unlink(i);
             self.push_front(i);
         }
-        self.nodes.get(i as usize).map(|n| &n.value)
+        self.nodes.get(i as usize).and_then(|n| n.value.as_ref())
     }
 
-    fn remove_node(&mut self, i: u32) {
-        let Some(hash) = self.nodes.get(i as usize).map(|n| n.hash) else {
-            return;
+    /// Removes a live entry; false if `i` is not one.
+    fn remove_node(&mut self, i: u32) -> bool {
+        let Some(n) = self.nodes.get_mut(i as usize) else {
+            return false;
         };
+        if n.value.is_none() {
+            return false;
+        }
+        let hash = n.hash;
+        // Free the key's and the value's heap now, not when the node is reused.
+        n.key = Box::default();
+        n.value = None;
+        self.bytes = self.bytes.saturating_sub(std::mem::take(&mut n.weight));
         self.unlink(i);
         if self.slots.get(&hash) == Some(&i) {
             self.slots.remove(&hash);
         }
         self.free.push(i);
+        true
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The weight of the entries held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Entries dropped for room since the last call: pushed out by an insertion, or too heavy
+    /// to be stored at all. (An entry removed because it went stale, or replaced by its own
+    /// key, is not counted.)
+    pub(crate) fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.evictions)
     }
 
     fn remove(&mut self, hash: u64, key: &[u8]) {
@@ -202,19 +337,35 @@ impl<V> Lru<V> {
             self.remove_node(i);
         }
     }
+}
 
+impl<V: Weigh> Lru<V> {
     pub(crate) fn insert(&mut self, hash: u64, key: &[u8], value: V) {
         // Whatever holds the slot (this token again, or another with the same hash) goes.
         if let Some(&i) = self.slots.get(&hash) {
             self.remove_node(i);
         }
-        while self.slots.len() >= self.capacity && self.tail != NIL {
-            self.remove_node(self.tail);
+        let weight = (key.len() + ALLOC_HEADER)
+            .saturating_add(value.heap_bytes())
+            .saturating_add(overhead::<V>());
+        if weight > self.max_bytes {
+            // It would push out everything and still not fit (what held its slot is gone all
+            // the same: that was this key's older value, or a stranger).
+            self.evictions += 1;
+            return;
         }
+        while self.slots.len() >= self.capacity || self.bytes.saturating_add(weight) > self.max_bytes {
+            if !self.remove_node(self.tail) {
+                break;
+            }
+            self.evictions += 1;
+        }
+        self.bytes = self.bytes.saturating_add(weight);
         let node = Node {
             hash,
             key: key.into(),
-            value,
+            value: Some(value),
+            weight,
             prev: NIL,
             next: NIL,
         };
@@ -232,10 +383,6 @@ impl<V> Lru<V> {
         };
         self.slots.insert(hash, i);
         self.push_front(i);
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
     }
 }
 
@@ -283,6 +430,40 @@ pub struct TokenOwner {
     pub principal: Rc<str>,
 }
 
+impl Weigh for CachedToken {
+    /// The claims (twice when aliases made a second map), the payload and the owner's names,
+    /// each in its `Rc`. Counted in full by every entry holding them, shared or not.
+    fn heap_bytes(&self) -> usize {
+        let map =
+            |m: &Map<String, Value>| 2 * size_of::<usize>() + size_of::<Map<String, Value>>() + claims_heap_bytes(m);
+        let identity = if Rc::ptr_eq(&self.claims, &self.identity_claims) {
+            0
+        } else {
+            map(&self.identity_claims)
+        };
+        let who = &self.who;
+        map(&self.claims)
+            + identity
+            + rc_str_heap_bytes(&self.payload_b64)
+            + rc_str_heap_bytes(&who.provider)
+            + rc_str_heap_bytes(&who.issuer)
+            + who.subject.as_deref().map_or(0, rc_str_heap_bytes)
+            + rc_str_heap_bytes(&who.principal)
+    }
+}
+
+impl Weigh for Entry {
+    fn heap_bytes(&self) -> usize {
+        self.token.heap_bytes()
+    }
+}
+
+impl Weigh for Rejected {
+    fn heap_bytes(&self) -> usize {
+        self.generations.capacity() * size_of::<u64>() + ALLOC_HEADER
+    }
+}
+
 #[derive(Debug)]
 pub struct VerifiedTokenCache {
     verified: Lru<Entry>,
@@ -304,14 +485,26 @@ pub fn token_fingerprint(token: &str) -> String {
 }
 
 impl VerifiedTokenCache {
-    /// At most `capacity` verified tokens, plus an eighth of that (at least 16) rejected ones.
-    /// `seed` keys the slot hash: random per VM (the host passes it in).
+    /// [`VerifiedTokenCache::with_budget`] with the default byte budget.
     pub fn new(capacity: usize, seed: u64) -> VerifiedTokenCache {
+        VerifiedTokenCache::with_budget(capacity, DEFAULT_BYTES, seed)
+    }
+
+    /// At most `capacity` verified tokens weighing at most `max_bytes`, plus an eighth of
+    /// both (at least 16 entries) for rejected ones. `seed` keys the slot hash: random per VM
+    /// (the host passes it in).
+    pub fn with_budget(capacity: usize, max_bytes: usize, seed: u64) -> VerifiedTokenCache {
         VerifiedTokenCache {
-            verified: Lru::new(capacity),
-            rejected: Lru::new((capacity / 8).max(16)),
+            verified: Lru::new(capacity, max_bytes),
+            rejected: Lru::new((capacity / 8).max(16), max_bytes / 8),
             seed,
         }
+    }
+
+    /// Entries dropped for room since the last call, (verified, rejected): pushed out by an
+    /// insertion or too heavy to store (not those that expired or went stale).
+    pub fn take_evictions(&mut self) -> (u64, u64) {
+        (self.verified.take_evictions(), self.rejected.take_evictions())
     }
 
     /// Verified tokens held.
@@ -411,21 +604,39 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
     const SEED: u64 = 0x0123_4567_89ab_cdef;
 
+    impl Weigh for u32 {
+        fn heap_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    impl Weigh for u64 {
+        fn heap_bytes(&self) -> usize {
+            0
+        }
+    }
+
     fn claims(sub: &str) -> CachedToken {
-        let m = Rc::new(json!({"sub": sub}).as_object().cloned().unwrap());
+        cached(json!({"sub": sub}), "")
+    }
+
+    /// A cached token with these claims and payload segment.
+    fn cached(claims: Value, payload_b64: &str) -> CachedToken {
+        let m = Rc::new(claims.as_object().cloned().unwrap());
         let key = crate::devtools::keys::TestKey::generate(crate::alg::Alg::ES256, "k");
         let cfg = json!({"providers": [{"issuer": "i", "jwks": key.jwks().to_string()}]});
         let c = crate::config::Config::from_json(cfg.to_string().as_bytes()).unwrap();
         let checks = crate::verify::ClaimChecks::new(&c.providers[0], &m);
+        let sub = m.get("sub").and_then(Value::as_str).unwrap_or("").to_string();
         CachedToken {
             claims: m.clone(),
             identity_claims: m,
-            payload_b64: "".into(),
+            payload_b64: payload_b64.into(),
             checks,
             who: TokenOwner {
                 provider: "p".into(),
                 issuer: "i".into(),
-                subject: Some(sub.into()),
+                subject: Some(sub.as_str().into()),
                 principal: format!("i/{sub}").into(),
             },
         }
@@ -525,7 +736,7 @@ mod tests {
     #[test]
     fn a_shared_slot_is_never_a_hit_for_the_other_token() {
         // Two tokens forced into one slot (same hash): each lookup still compares the bytes.
-        let mut l: Lru<u32> = Lru::new(8);
+        let mut l: Lru<u32> = Lru::new(8, usize::MAX);
         l.insert(7, b"token-a", 1);
         assert_eq!(l.get(7, b"token-b"), None);
         assert_eq!(l.get(7, b"token-a"), Some(&1));
@@ -538,7 +749,7 @@ mod tests {
     #[test]
     fn lru_matches_a_reference_model() {
         // Random inserts, lookups and removals against a plain Vec kept in recency order.
-        let mut l: Lru<u64> = Lru::new(5);
+        let mut l: Lru<u64> = Lru::new(5, usize::MAX);
         let mut model: Vec<(String, u64)> = Vec::new(); // most recent first
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for step in 0..20_000u64 {
@@ -570,6 +781,192 @@ mod tests {
             assert_eq!(l.len(), model.len());
             assert!(l.nodes.len() <= 6, "the slab stays bounded");
         }
+    }
+
+    /// Key `n`: its length depends only on `n`, from 2 to about 600 bytes.
+    fn weighted_key(n: u64) -> String {
+        format!("t{n}{}", "x".repeat((n * 97 % 600) as usize))
+    }
+
+    #[test]
+    fn lru_with_a_byte_budget_matches_a_reference_model() {
+        // As above, with keys of many lengths and a budget of a few of them: an insertion
+        // evicts from the least recently used end until both bounds hold, and counts each.
+        let per_entry = ALLOC_HEADER + overhead::<u64>();
+        let max_bytes = 1500 + 4 * per_entry;
+        let mut l: Lru<u64> = Lru::new(6, max_bytes);
+        let mut model: Vec<(String, u64)> = Vec::new(); // most recent first
+        let weight = |k: &str| k.len() + per_entry;
+        let mut evicted = 0u64;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = weighted_key(x % 13);
+            let h = slot_hash(SEED, key.as_bytes());
+            match (x >> 8) % 3 {
+                0 => {
+                    l.insert(h, key.as_bytes(), step);
+                    model.retain(|(k, _)| *k != key);
+                    model.insert(0, (key, step));
+                    while model.len() > 6 || model.iter().map(|(k, _)| weight(k)).sum::<usize>() > max_bytes {
+                        model.pop();
+                        evicted += 1;
+                    }
+                }
+                1 => {
+                    let want = model.iter().position(|(k, _)| *k == key).map(|i| model.remove(i));
+                    let got = l.get(h, key.as_bytes()).copied();
+                    assert_eq!(got, want.as_ref().map(|(_, v)| *v), "step {step}");
+                    if let Some(e) = want {
+                        model.insert(0, e);
+                    }
+                }
+                _ => {
+                    l.remove(h, key.as_bytes());
+                    model.retain(|(k, _)| *k != key);
+                }
+            }
+            assert_eq!(l.len(), model.len(), "step {step}");
+            assert_eq!(
+                l.bytes(),
+                model.iter().map(|(k, _)| weight(k)).sum::<usize>(),
+                "step {step}"
+            );
+            assert!(l.bytes() <= max_bytes);
+        }
+        assert_eq!(l.take_evictions(), evicted);
+        assert!(evicted > 1000, "the byte bound was exercised: {evicted}");
+        assert_eq!(l.take_evictions(), 0, "taken");
+    }
+
+    #[test]
+    fn an_entry_heavier_than_the_budget_is_not_stored() {
+        let mut l: Lru<u64> = Lru::new(8, 4096);
+        l.insert(1, b"small", 1);
+        let big = vec![b'x'; 4096];
+        l.insert(2, &big, 2);
+        assert_eq!(l.get(2, &big), None);
+        assert_eq!(l.get(1, b"small"), Some(&1), "nothing was pushed out for it");
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.take_evictions(), 1, "counted as dropped");
+        // The same through the token cache: a token above the rejected cache's budget (an
+        // eighth) is verified again next time, one below the main budget is kept.
+        let mut c = VerifiedTokenCache::with_budget(64, 64 << 10, SEED);
+        let token = "t".repeat(9 << 10);
+        c.insert_rejected(&token, 0, vec![0], NOW);
+        assert_eq!(c.rejected(&token, &[0], NOW), None);
+        put(&mut c, &token);
+        assert!(has(&mut c, &token));
+        assert_eq!(c.take_evictions(), (0, 1));
+        let huge = "t".repeat(64 << 10);
+        put(&mut c, &huge);
+        assert!(!has(&mut c, &huge));
+        assert!(has(&mut c, &token));
+        assert_eq!(c.take_evictions(), (1, 0));
+    }
+
+    #[test]
+    fn a_flood_of_long_tokens_stays_within_the_byte_budgets() {
+        // 10k distinct 6 KiB tokens, each verified (with a 4.5 KiB payload) and rejected, under
+        // the default budgets: far more than fit, far fewer than the entry bound.
+        let mut c = VerifiedTokenCache::new(DEFAULT_CAPACITY, SEED);
+        let verified = cached(json!({"sub": "s", "groups": ["a", "b"]}), &"p".repeat(4608));
+        let hot = "hot".repeat(2048);
+        c.insert(&hot, 0, 0, verified.clone(), u64::MAX);
+        let token = |i: usize| format!("{i:06}{}", "t".repeat(6 << 10));
+        let n = 10_000;
+        for i in 0..n {
+            c.insert(&token(i), 0, 0, verified.clone(), u64::MAX);
+            c.insert_rejected(&format!("bad{}", token(i)), 0, vec![0], NOW);
+            assert!(c.verified.bytes() <= DEFAULT_BYTES, "step {i}");
+            assert!(c.rejected.bytes() <= DEFAULT_BYTES / 8, "step {i}");
+            // Used on every request: never the least recently used.
+            assert!(has(&mut c, &hot), "step {i}");
+        }
+        let (kept, kept_bad) = (c.len(), c.rejected.len());
+        assert!((300..DEFAULT_CAPACITY / 4).contains(&kept), "{kept}");
+        assert!(kept_bad > 50 && kept_bad < kept, "{kept_bad}");
+        assert!(c.verified.bytes() > DEFAULT_BYTES * 9 / 10, "the budget is used");
+        // Every entry that went was counted, and the ones kept are the most recent.
+        assert_eq!(c.take_evictions(), ((n + 1 - kept) as u64, (n - kept_bad) as u64));
+        assert!((n + 1 - kept..n).all(|i| has(&mut c, &token(i))));
+        assert!(!has(&mut c, &token(n - kept)));
+        assert!((n - kept_bad..n).all(|i| c.rejected(&format!("bad{}", token(i)), &[0], NOW).is_some()));
+        assert!(c
+            .rejected(&format!("bad{}", token(n - kept_bad - 1)), &[0], NOW)
+            .is_none());
+    }
+
+    #[test]
+    fn typical_entries_weigh_a_few_kib() {
+        // A Keycloak access token: 21 claims, 1 KiB of payload, RS256 (a 342-byte signature).
+        let claims = json!({
+            "exp": NOW + 300, "iat": NOW, "auth_time": NOW, "jti": "0b8e5e6c-3a3b-4e0f-9a3e-0e4b6c0a7b7e",
+            "iss": "https://keycloak.example.com/realms/prod", "aud": ["orders", "account"],
+            "sub": "f2d4a1c6-7c1e-4bd6-9f8e-3f0d1b2a9c55", "typ": "Bearer", "azp": "web-frontend",
+            "sid": "5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b", "acr": "1",
+            "allowed-origins": ["https://app.example.com"],
+            "realm_access": {"roles": ["offline_access", "uma_authorization", "default-roles-prod", "reader"]},
+            "resource_access": {"account": {"roles": ["manage-account", "view-profile"]},
+                                "orders": {"roles": ["orders:read", "orders:write"]}},
+            "scope": "openid email profile orders", "email_verified": true, "name": "Alice Example",
+            "preferred_username": "alice", "given_name": "Alice", "family_name": "Example",
+            "email": "alice@example.com"
+        });
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims.to_string());
+        let token = format!(
+            "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImsxIn0.{payload}.{}",
+            "s".repeat(342)
+        );
+        let mut l: Lru<Entry> = Lru::new(8, usize::MAX);
+        let entry = Entry {
+            provider: 0,
+            generation: 0,
+            valid_until: u64::MAX,
+            token: cached(claims, &payload),
+        };
+        l.insert(1, token.as_bytes(), entry);
+        let (token_len, weight) = (token.len(), l.bytes());
+        // On a 64-bit target (where the tests run); wasm32's smaller pointers and values make
+        // it about 7.5 KiB (its claims map: 4.3 KiB measured, 4.7 KiB estimated).
+        assert!((1300..1500).contains(&token_len), "{token_len}");
+        assert!((9 << 10..12 << 10).contains(&weight), "{weight}");
+        // A minimal ES256 token: five claims, 0.25 KiB (about 1.3 KiB in wasm32).
+        let claims =
+            json!({"iss": "https://idp.example.com", "aud": "api", "sub": "alice", "exp": NOW + 300, "iat": NOW});
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims.to_string());
+        let token = format!("eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.{payload}.{}", "s".repeat(86));
+        let entry = Entry {
+            provider: 0,
+            generation: 0,
+            valid_until: u64::MAX,
+            token: cached(claims, &payload),
+        };
+        l.insert(2, token.as_bytes(), entry);
+        let weight = l.bytes() - weight;
+        assert!((1 << 10..2 << 10).contains(&weight), "{weight}");
+    }
+
+    #[test]
+    fn removed_entries_keep_no_heap() {
+        let mut c = VerifiedTokenCache::with_budget(4, 1 << 20, SEED);
+        for t in ["a", "b", "c"] {
+            put(&mut c, t);
+        }
+        c.insert(&"d".repeat(1000), 0, 0, claims("d"), NOW);
+        let before = c.verified.bytes();
+        // Expired: dropped when met, its node emptied for reuse.
+        assert!(c.get(&"d".repeat(1000), 0, 0, NOW + 1).is_none());
+        assert!(c.verified.bytes() < before - 1000);
+        assert!(c
+            .verified
+            .nodes
+            .iter()
+            .filter(|n| n.value.is_none())
+            .all(|n| n.key.is_empty()));
+        assert_eq!(c.take_evictions(), (0, 0), "going stale is not an eviction");
     }
 
     #[test]

@@ -79,6 +79,8 @@ struct RawConfig {
     #[serde(default)]
     jwt_cache_size: Option<usize>,
     #[serde(default)]
+    jwt_cache_bytes: Option<usize>,
+    #[serde(default)]
     filter_state: bool,
 }
 
@@ -431,6 +433,10 @@ pub struct Config {
     /// `jwtCacheSize` (Envoy's `jwt_cache_config.jwt_cache_size`): verified tokens each VM
     /// remembers; 0 turns the cache off.
     pub jwt_cache_size: usize,
+    /// `jwtCacheBytes`: what the verified tokens each VM remembers may weigh in all (key,
+    /// claims, payload and overhead, see [`crate::cache`]). The rejected-token cache gets an
+    /// eighth of it and the decision memo half ([`crate::memo::memo_bytes`]).
+    pub jwt_cache_bytes: usize,
     /// `filterState`: publish `claimguard.provider`, `.issuer`, `.principal`, `.subject` and
     /// `.rule` as filter state on allowed requests (off by default, like `jwt_authn`'s
     /// `payload_in_metadata`: the five entries cost the proxy about 7 µs per request, `examples/ab.rs`).
@@ -575,6 +581,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("must be at most {} (0 turns the cache off)", crate::cache::MAX_CAPACITY),
         ));
     }
+    let jwt_cache_bytes = raw.jwt_cache_bytes.unwrap_or(crate::cache::DEFAULT_BYTES);
+    if !(crate::cache::MIN_BYTES..=crate::cache::MAX_BYTES).contains(&jwt_cache_bytes) {
+        return Err(err(
+            "jwtCacheBytes",
+            format!(
+                "must be between {} and {} (jwtCacheSize: 0 turns the caches off)",
+                crate::cache::MIN_BYTES,
+                crate::cache::MAX_BYTES
+            ),
+        ));
+    }
     let managed_headers = managed_headers(&providers, &rules)?;
     let mut token_locations: Vec<crate::token::Location> = Vec::new();
     for l in providers.iter().flat_map(|p| &p.locations) {
@@ -613,6 +630,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_header_max_bytes,
         decision_header: raw.decision_header,
         jwt_cache_size,
+        jwt_cache_bytes,
         filter_state: raw.filter_state,
         warnings,
     })
@@ -1463,6 +1481,7 @@ mod tests {
         );
         assert_eq!(c.realm, "claimguard");
         assert_eq!(c.jwt_cache_size, crate::cache::DEFAULT_CAPACITY);
+        assert_eq!(c.jwt_cache_bytes, crate::cache::DEFAULT_BYTES);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     }
 
@@ -1578,10 +1597,42 @@ mod tests {
                 json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheSize": -1}),
                 "jwtCacheSize: invalid value",
             ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheBytes": 65_536}),
+                "jwtCacheBytes: must be between 1048576 and 268435456 (jwtCacheSize: 0 turns the caches off)",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheBytes": 0}),
+                "jwtCacheBytes: must be between 1048576 and 268435456",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheBytes": 268_435_457}),
+                "jwtCacheBytes: must be between 1048576 and 268435456",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheBytes": -1}),
+                "jwtCacheBytes: invalid value",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheBytes": "4Mi"}),
+                "jwtCacheBytes: invalid type",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "jwtCacheByte": 1_048_576}),
+                "jwtCacheByte: unknown field",
+            ),
         ];
         for (cfg, want) in cases {
             let got = error_of(cfg.clone());
             assert!(got.contains(want), "config {cfg}\n  error {got:?}\n  wanted {want:?}");
+        }
+    }
+
+    #[test]
+    fn jwt_cache_bytes_takes_its_bounds() {
+        for bytes in [crate::cache::MIN_BYTES, 8 << 20, crate::cache::MAX_BYTES] {
+            let c = check(json!({"providers": [{"issuer": "i", "jwks": jwks()}], "jwtCacheBytes": bytes})).unwrap();
+            assert_eq!(c.jwt_cache_bytes, bytes);
         }
     }
 

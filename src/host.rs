@@ -18,8 +18,11 @@ use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, Ht
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
-use crate::memo::{DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
-use crate::metrics::{decision_line, jwks_metric, labels, request_metric, Labels, LogBudget};
+use crate::memo::{memo_bytes, DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
+use crate::metrics::{
+    decision_line, jwks_metric, labels, request_metric, Labels, LogBudget, MEMO_EVICTIONS, REJECTED_CACHE_EVICTIONS,
+    TOKEN_CACHE_EVICTIONS,
+};
 use crate::policy::RuleAction;
 use crate::roots::Roots;
 use crate::token::Header;
@@ -287,6 +290,11 @@ impl Batched {
     }
 }
 
+/// Adds `n`, counted elsewhere in the VM, to a counter (no host call for 0).
+fn increment(id: Option<u32>, n: u64) {
+    Batched { id, pending: n }.flush();
+}
+
 fn gauge(id: Option<u32>, v: u64) {
     if let Some(id) = id {
         let _ = hostcalls::record_metric(id, v);
@@ -342,6 +350,9 @@ struct Vm {
     token_cache: Option<VerifiedTokenCache>,
     /// (hit, miss) counters of the verified-token cache.
     cache_metrics: (Batched, Batched),
+    /// Evictions of the verified-token and rejected-token caches: counted by the caches,
+    /// handed to the host with the batched counters.
+    eviction_metrics: (Option<u32>, Option<u32>),
     callouts: HashMap<u32, Callout>,
     /// ALB providers' keys by kid.
     alb: AlbKeyCache,
@@ -373,6 +384,8 @@ struct VmMemo {
     seed: u64,
     hits: Batched,
     misses: Batched,
+    /// Counted by the memo, handed to the host with the batched counters.
+    evictions: Option<u32>,
 }
 
 /// A VM state replaced by a new config lives on while requests that began under it finish
@@ -391,9 +404,15 @@ impl Vm {
         }
         self.cache_metrics.0.flush();
         self.cache_metrics.1.flush();
+        if let Some(c) = &mut self.token_cache {
+            let (verified, rejected) = c.take_evictions();
+            increment(self.eviction_metrics.0, verified);
+            increment(self.eviction_metrics.1, rejected);
+        }
         if let Some(m) = &mut self.memo {
             m.hits.flush();
             m.misses.flush();
+            increment(m.evictions, m.memo.take_evictions());
         }
     }
 }
@@ -778,14 +797,15 @@ impl Root {
         // The token cache's slot-hash seed: random per VM, like the holder identity.
         let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
         let uses_peer = cfg.uses_peer();
-        let token_cache = (cfg.jwt_cache_size > 0).then(|| VerifiedTokenCache::new(cfg.jwt_cache_size, seed));
+        let token_cache = (cfg.jwt_cache_size > 0)
+            .then(|| VerifiedTokenCache::with_budget(cfg.jwt_cache_size, cfg.jwt_cache_bytes, seed));
         let spec = MemoSpec::new(&cfg);
         if let Some(why) = spec.off() {
             log(LogLevel::Info, &format!("decision memo off: {why}"));
         }
         let memo = spec.off().is_none().then(|| VmMemo {
             spec,
-            memo: DecisionMemo::new(cfg.jwt_cache_size),
+            memo: DecisionMemo::with_budget(cfg.jwt_cache_size, memo_bytes(cfg.jwt_cache_bytes)),
             seed: seed.rotate_left(32) ^ 0x6d65_6d6f,
             hits: Batched::new(
                 hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.hit").ok(),
@@ -793,6 +813,7 @@ impl Root {
             misses: Batched::new(
                 hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.miss").ok(),
             ),
+            evictions: hostcalls::define_metric(MetricType::Counter, MEMO_EVICTIONS).ok(),
         });
         let vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
@@ -815,6 +836,10 @@ impl Root {
                 Batched::new(
                     hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
                 ),
+            ),
+            eviction_metrics: (
+                hostcalls::define_metric(MetricType::Counter, TOKEN_CACHE_EVICTIONS).ok(),
+                hostcalls::define_metric(MetricType::Counter, REJECTED_CACHE_EVICTIONS).ok(),
             ),
             callouts: HashMap::new(),
             alb: AlbKeyCache::new(alb_sources, holder),

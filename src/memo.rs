@@ -24,11 +24,14 @@
 //! debug decision lines are on (they need the whole evaluation). `jwtCacheSize: 0` turns the
 //! memo off with the cache.
 //!
+//! A key holds the whole `:path`, so one-off long URLs would make entries of tens of KiB: the
+//! memo is bounded in bytes as well as in entries ([`memo_bytes`]), and counts what it evicts.
+//!
 //! Nothing here decides: a hit replays what evaluation decided. The tests replay randomised
 //! requests through both and require the same outcome.
 
 use crate::abi::pair_spans;
-use crate::cache::{same_bytes, slot_hash, Lru};
+use crate::cache::{rc_str_heap_bytes, same_bytes, slot_hash, string_heap_bytes, Lru, Weigh, ALLOC_HEADER};
 use crate::config::Config;
 use crate::decision::{Decision, Evaluation, KeyLookup};
 use crate::identity::HeaderOps;
@@ -36,10 +39,19 @@ use crate::metrics::Labels;
 use crate::token::Location;
 use crate::verify::ClaimChecks;
 use std::cell::Cell;
+use std::mem::size_of;
 use std::rc::Rc;
 
 /// The most header names a key may have: a config reading more is never memoized.
 pub const MAX_KEYED: usize = 16;
+
+/// The memo's byte budget for a given `jwtCacheBytes`: half the token cache's. An entry holds
+/// the request's keyed headers (its token and path among them) and the header operations,
+/// about 2 KiB with a Keycloak token and a short path: less than the token's own entry, which
+/// also holds its parsed claims. A miss costs an evaluation, not a signature check.
+pub const fn memo_bytes(jwt_cache_bytes: usize) -> usize {
+    jwt_cache_bytes / 2
+}
 
 /// Request shapes noted once (by hash), direct-mapped: a shape is remembered on its second
 /// allowed request.
@@ -241,7 +253,31 @@ struct Remembered {
     outcome: Rc<MemoOutcome>,
 }
 
-/// One VM's memo: at most `capacity` request shapes, least recently used out first.
+impl Weigh for Remembered {
+    /// The outcome in its `Rc` and its header operations' strings.
+    fn heap_bytes(&self) -> usize {
+        let vec = |cap: usize, item: usize| if cap == 0 { 0 } else { cap * item + ALLOC_HEADER };
+        let pairs = |v: &Vec<(String, String)>| {
+            vec(v.capacity(), size_of::<(String, String)>())
+                + v.iter()
+                    .map(|(a, b)| string_heap_bytes(a) + string_heap_bytes(b))
+                    .sum::<usize>()
+        };
+        let ops = &self.outcome.header_ops;
+        2 * size_of::<usize>()
+            + size_of::<MemoOutcome>()
+            + ALLOC_HEADER
+            + vec(ops.remove.capacity(), size_of::<Rc<str>>())
+            + ops.remove.iter().map(|r| rc_str_heap_bytes(r)).sum::<usize>()
+            + pairs(&ops.set)
+            + vec(ops.refused.capacity(), size_of::<(String, &str)>())
+            + ops.refused.iter().map(|(h, _)| string_heap_bytes(h)).sum::<usize>()
+            + pairs(&ops.filter_state)
+    }
+}
+
+/// One VM's memo: at most `capacity` request shapes weighing at most its byte budget, least
+/// recently used out first.
 #[derive(Debug)]
 pub struct DecisionMemo {
     entries: Lru<Remembered>,
@@ -250,12 +286,24 @@ pub struct DecisionMemo {
 }
 
 impl DecisionMemo {
+    /// [`DecisionMemo::with_budget`] with the byte budget of the default `jwtCacheBytes`.
     pub fn new(capacity: usize) -> DecisionMemo {
+        DecisionMemo::with_budget(capacity, memo_bytes(crate::cache::DEFAULT_BYTES))
+    }
+
+    /// At most `capacity` request shapes weighing at most `max_bytes` (key, outcome and a
+    /// fixed overhead each).
+    pub fn with_budget(capacity: usize, max_bytes: usize) -> DecisionMemo {
         DecisionMemo {
-            entries: Lru::new(capacity),
+            entries: Lru::new(capacity, max_bytes),
             capacity,
             seen: vec![0; SEEN_SLOTS],
         }
+    }
+
+    /// Entries dropped for room since the last call.
+    pub fn take_evictions(&mut self) -> u64 {
+        self.entries.take_evictions()
     }
 
     /// Request shapes remembered.
@@ -294,9 +342,10 @@ impl DecisionMemo {
         if labels.outcome != "allowed" || ev.cors_preflight || ev.token_cache.is_none() {
             return;
         }
-        // While half the memo is free every allowed shape goes in; past that only one seen
-        // before, so that a stream of one-off URLs cannot push out the repeated ones.
-        if self.entries.len() >= self.capacity / 2 {
+        // While half the memo (in entries and in bytes) is free every allowed shape goes in;
+        // past that only one seen before, so that a stream of one-off URLs cannot push out the
+        // repeated ones.
+        if self.entries.len() >= self.capacity / 2 || self.entries.bytes() >= self.entries.max_bytes() / 2 {
             let Some(seen) = self.seen.get_mut((key.hash % SEEN_SLOTS as u64) as usize) else {
                 return;
             };
@@ -564,6 +613,75 @@ mod tests {
                 .key(&encode(&request("GET", "/", &[("authorization", t)])), SEED)
                 .is_none());
         }
+    }
+
+    #[test]
+    fn a_flood_of_long_urls_stays_within_the_byte_budget() {
+        // 10k one-off 8 KiB URLs, each allowed twice (past half full a shape needs two),
+        // under the default budget; one repeated request is asked for on every step.
+        let w = world(json!({}));
+        let max_bytes = memo_bytes(crate::cache::DEFAULT_BYTES);
+        let (mut cache, mut memo) = (
+            VerifiedTokenCache::new(64, SEED),
+            DecisionMemo::with_budget(crate::cache::DEFAULT_CAPACITY, max_bytes),
+        );
+        let keys = keys_at(&w.config, 0);
+        let spec = MemoSpec::new(&w.config);
+        let hot = alice(&w, NOW + 3600);
+        let (ev, _) = both(&w, &mut cache, &mut memo, &keys, &hot, NOW);
+        let l = labels(&w.config, &ev);
+        let hot_buf = encode(&hot);
+        let hot_key = spec.key(&hot_buf, SEED).unwrap();
+        assert_eq!(memo.len(), 1);
+        let bearer = hot.iter().find(|(k, _)| k == "authorization").unwrap().1.clone();
+        let url = |i: usize| format!("/orders/1?q={i:06}&pad={}", "p".repeat(8 << 10));
+        let n = 10_000;
+        for i in 0..n {
+            let buf = encode(&request("GET", &url(i), &[("authorization", &bearer)]));
+            let key = spec.key(&buf, SEED).unwrap();
+            memo.offer(&keys, &key, &ev, &l);
+            memo.offer(&keys, &key, &ev, &l);
+            assert!(memo.entries.bytes() <= max_bytes, "step {i}");
+            assert!(memo.get(&w.config, &keys, &hot_key, NOW).is_some(), "step {i}");
+        }
+        let kept = memo.len();
+        assert!((100..1000).contains(&kept), "{kept}");
+        assert!(memo.entries.bytes() > max_bytes * 9 / 10, "the budget is used");
+        // Every shape that went was counted, and the ones kept are the most recent.
+        assert_eq!(memo.take_evictions(), (n + 1 - kept) as u64);
+        let lookup = |memo: &mut DecisionMemo, i: usize| {
+            let buf = encode(&request("GET", &url(i), &[("authorization", &bearer)]));
+            let key = spec.key(&buf, SEED).unwrap();
+            memo.get(&w.config, &keys, &key, NOW).is_some()
+        };
+        assert!((n + 1 - kept..n).all(|i| lookup(&mut memo, i)));
+        assert!(!lookup(&mut memo, n - kept));
+        assert_eq!(memo.take_evictions(), 0, "taken");
+    }
+
+    #[test]
+    fn a_shape_heavier_than_the_budget_is_not_remembered() {
+        let w = world(json!({}));
+        let (mut cache, mut memo) = (
+            VerifiedTokenCache::new(64, SEED),
+            DecisionMemo::with_budget(64, 16 << 10),
+        );
+        let keys = keys_at(&w.config, 0);
+        let t = format!("Bearer {}", token(&w.key, "alice", &["readers"], NOW + 3600));
+        let small = request("GET", "/orders/1", &[("authorization", &t)]);
+        let long = request(
+            "GET",
+            &format!("/orders/1?pad={}", "p".repeat(16 << 10)),
+            &[("authorization", &t)],
+        );
+        both(&w, &mut cache, &mut memo, &keys, &small, NOW);
+        for _ in 0..3 {
+            let (ev, hit) = both(&w, &mut cache, &mut memo, &keys, &long, NOW);
+            assert!(hit.is_none() && matches!(ev.decision, Decision::Allow { .. }));
+        }
+        assert_eq!(memo.len(), 1, "the small shape stays");
+        assert!(both(&w, &mut cache, &mut memo, &keys, &small, NOW).1.is_some());
+        assert_eq!(memo.take_evictions(), 3, "each refusal counts");
     }
 
     /// Random requests over a small alphabet of every input evaluation reads, each evaluated

@@ -15,6 +15,13 @@ use serde_json::{json, Value};
 /// The request counter's base name.
 pub const REQUESTS: &str = "claimguard.requests_total";
 
+/// Entries each per-VM store dropped for room (pushed out by an insertion, or too heavy to
+/// store at all; see `jwtCacheBytes`): `claimguard_cache_evictions_total{cache="token"}`, and
+/// `rejected` and `memo`. Counted in the VM and handed to the host on the tick.
+pub const TOKEN_CACHE_EVICTIONS: &str = "claimguard.cache_evictions_total.cache.token";
+pub const REJECTED_CACHE_EVICTIONS: &str = "claimguard.cache_evictions_total.cache.rejected";
+pub const MEMO_EVICTIONS: &str = "claimguard.cache_evictions_total.cache.memo";
+
 /// `(tag name, regex)` for Envoy's `stats_config.stats_tags`: the first capture group is cut
 /// from the name, the second is the label value. Envoy files metrics a Wasm plugin defines
 /// under `wasmcustom.`, which the Prometheus output then leaves out.
@@ -35,6 +42,10 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     (
         "result",
         r"^wasmcustom\.claimguard\.[a-z_]+_total.*?(\.result\.([a-z_]+))",
+    ),
+    (
+        "cache",
+        r"^wasmcustom\.claimguard\.[a-z_]+_total.*?(\.cache\.([a-z_]+))",
     ),
 ];
 
@@ -379,6 +390,20 @@ mod tests {
         let line = decision_line(&c, &plain, &ev, &labels(&c, &ev));
         assert_eq!(line["peerPrincipal"], Value::Null);
         assert_eq!(line["sourceIp"], Value::Null);
+    }
+
+    #[test]
+    fn eviction_counters_carry_one_cache_label() {
+        for (name, cache) in [
+            (TOKEN_CACHE_EVICTIONS, "token"),
+            (REJECTED_CACHE_EVICTIONS, "rejected"),
+            (MEMO_EVICTIONS, "memo"),
+        ] {
+            assert_eq!(name, format!("claimguard.cache_evictions_total.cache.{cache}"));
+        }
+        // The tag that cuts `.cache.<name>` out exists and reads only `_total` counters.
+        let (_, regex) = STATS_TAGS.iter().find(|(tag, _)| *tag == "cache").unwrap();
+        assert!(regex.starts_with(r"^wasmcustom\.claimguard\.") && regex.ends_with(r"(\.cache\.([a-z_]+))"));
     }
 
     /// Reason codes are static snake_case words.
