@@ -73,6 +73,97 @@ pub struct EnvoyOptions {
     /// (`source.address`) is the TCP peer whatever `X-Forwarded-For` says; when false (Envoy's
     /// default) Envoy takes it from `X-Forwarded-For` if present.
     pub use_remote_address: bool,
+    /// The connection manager's path settings (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`): Envoy's defaults, or what istiod renders for a
+    /// mesh `pathNormalization`.
+    pub path_normalization: PathNormalization,
+}
+
+/// How the HTTP connection manager rewrites `:path` before any filter sees it. Apart from
+/// [`PathNormalization::EnvoyDefaults`] (none of the fields set), each is what istiod renders
+/// into a sidecar's connection manager for meshConfig `pathNormalization.normalization` of
+/// the same name (pilot's listener builder): it always sets
+/// `path_with_escaped_slashes_action: KEEP_UNCHANGED`, then `NONE` sets `normalize_path:
+/// false`; `BASE` (and `DEFAULT`, the mesh default) `normalize_path: true`; `MERGE_SLASHES`
+/// adds `merge_slashes: true`; `DECODE_AND_MERGE_SLASHES` adds `UNESCAPE_AND_FORWARD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathNormalization {
+    /// Nothing set: no normalisation, no slash merging, escaped slashes kept.
+    #[default]
+    EnvoyDefaults,
+    IstioNone,
+    /// Istio's default (`DEFAULT` is `BASE`): RFC 3986 normalisation, `\` becomes `/`.
+    IstioBase,
+    IstioMergeSlashes,
+    IstioDecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    pub const ALL: [PathNormalization; 5] = [
+        PathNormalization::EnvoyDefaults,
+        PathNormalization::IstioNone,
+        PathNormalization::IstioBase,
+        PathNormalization::IstioMergeSlashes,
+        PathNormalization::IstioDecodeAndMergeSlashes,
+    ];
+
+    /// Istio's name for the setting (`None` for Envoy's defaults).
+    pub fn istio_name(self) -> Option<&'static str> {
+        match self {
+            PathNormalization::EnvoyDefaults => None,
+            PathNormalization::IstioNone => Some("NONE"),
+            PathNormalization::IstioBase => Some("BASE"),
+            PathNormalization::IstioMergeSlashes => Some("MERGE_SLASHES"),
+            PathNormalization::IstioDecodeAndMergeSlashes => Some("DECODE_AND_MERGE_SLASHES"),
+        }
+    }
+
+    /// Whether Envoy resolves dot-segments (and turns `\` into `/`) before the filters run.
+    pub fn normalizes(self) -> bool {
+        !matches!(self, PathNormalization::EnvoyDefaults | PathNormalization::IstioNone)
+    }
+
+    /// Whether Envoy merges runs of `/` before the filters run.
+    pub fn merges_slashes(self) -> bool {
+        matches!(
+            self,
+            PathNormalization::IstioMergeSlashes | PathNormalization::IstioDecodeAndMergeSlashes
+        )
+    }
+
+    /// Whether Envoy decodes `%2F` / `%5C` before the filters run.
+    pub fn decodes_slashes(self) -> bool {
+        self == PathNormalization::IstioDecodeAndMergeSlashes
+    }
+
+    /// The connection manager fields this setting sets.
+    pub fn hcm_fields(self) -> Vec<(&'static str, Value)> {
+        if self == PathNormalization::EnvoyDefaults {
+            return Vec::new();
+        }
+        let escaped = if self.decodes_slashes() {
+            "UNESCAPE_AND_FORWARD"
+        } else {
+            "KEEP_UNCHANGED"
+        };
+        let mut fields = vec![
+            ("path_with_escaped_slashes_action", json!(escaped)),
+            ("normalize_path", json!(self.normalizes())),
+        ];
+        if self.merges_slashes() {
+            fields.push(("merge_slashes", json!(true)));
+        }
+        fields
+    }
+}
+
+impl std::fmt::Display for PathNormalization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.istio_name() {
+            Some(name) => write!(f, "Istio pathNormalization {name}"),
+            None => f.write_str("Envoy defaults"),
+        }
+    }
 }
 
 /// A further listener: `address` is a loopback IP (`127.0.0.1`, `::1`), the port is Envoy's
@@ -132,6 +223,7 @@ impl EnvoyOptions {
             extra_listeners: Vec::new(),
             raw_bootstrap: None,
             use_remote_address: false,
+            path_normalization: PathNormalization::EnvoyDefaults,
         }
     }
 }
@@ -248,6 +340,9 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
     }]});
     if o.use_remote_address {
         filter_chain["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
+    }
+    for (field, value) in o.path_normalization.hcm_fields() {
+        filter_chain["filters"][0]["typed_config"][field] = value;
     }
     let mut listeners = vec![json!({
         "name": "ingress",

@@ -23,26 +23,49 @@ impl Response {
     }
 }
 
-/// Sends one request to `port` on 127.0.0.1 and reads the whole response.
+/// Sends one request to `port` on 127.0.0.1 and reads the whole response. `path` is the
+/// request target and goes out byte for byte (backslashes, `;`, `%`, `..`, `#` and all), after a
+/// `host: 127.0.0.1:PORT` and a `connection: close` header.
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    send_raw(port, req.as_bytes())
+}
+
+/// Sends `request_line` and then `header_lines` exactly as given, each ended with CRLF, then
+/// the blank line: no header is added, so the caller writes its own `host` (or none), can
+/// repeat a header, put a tab in a value or name a header in any case.
+pub fn request_lines(port: u16, request_line: &str, header_lines: &[&str]) -> Result<Response, String> {
+    let mut req = format!("{request_line}\r\n");
+    for line in header_lines {
+        req.push_str(line);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    send_raw(port, req.as_bytes())
+}
+
+/// Writes `raw` (a complete request head, and body if any) to `port` on 127.0.0.1 as is,
+/// for bytes a `&str` cannot carry, and reads the whole response.
+pub fn send_raw(port: u16, raw: &[u8]) -> Result<Response, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(raw).map_err(|e| e.to_string())?;
     // Read until the response is complete (Content-Length or the last chunk), not until EOF:
     // Envoy holds a connection open for up to its delayed-close timeout (1 s) after a local
     // reply, and waiting for that would make every denial look slow.
+    // A response to HEAD has no body whatever its Content-Length says.
+    let head_only = raw.starts_with(b"HEAD ");
     let mut raw = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
-        if response_complete(&raw) {
+        if response_complete(&raw, head_only) {
             break;
         }
         match s.read(&mut buf) {
@@ -54,10 +77,13 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) ->
     parse_response(&raw)
 }
 
-fn response_complete(raw: &[u8]) -> bool {
+fn response_complete(raw: &[u8], head_only: bool) -> bool {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };
+    if head_only {
+        return true;
+    }
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
     let body = &raw[end + 4..];
     if let Some(len) = head
