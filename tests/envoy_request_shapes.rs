@@ -213,6 +213,9 @@ enum Want {
     Refused(u16),
     /// 401 `invalid_token` with an RFC 6750 challenge, the upstream never reached.
     InvalidToken,
+    /// 401 as for a request without a token (RFC 6750 §3.1: another scheme, or no
+    /// credentials, get a challenge with no error code), the upstream never reached.
+    NoBearer,
     /// Served; the upstream received exactly this request target.
     Served(&'static str),
 }
@@ -467,6 +470,21 @@ fn check(
                 return Err(format!("no RFC 6750 invalid_token challenge: {challenge:?}"));
             }
         }
+        Want::NoBearer => {
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            if r.status != 401 || arrived != 0 || r.json()["error"] != "missing_token" {
+                return Err(format!(
+                    "want 401 missing_token, upstream not reached; got {} ({}), upstream reached {arrived}x",
+                    r.status,
+                    body()
+                ));
+            }
+            if !(challenge.starts_with("Bearer realm=") && !challenge.contains("error=")) {
+                return Err(format!(
+                    "want an RFC 6750 challenge without an error code: {challenge:?}"
+                ));
+            }
+        }
         Want::Served(path) => {
             let Some(got) = last.filter(|_| r.status == 200 && arrived == 1) else {
                 return Err(format!(
@@ -666,12 +684,12 @@ fn shape_cases() -> Vec<Case> {
         get("tab after Bearer, normal route", "/orders/1").header("authorization: Bearer\t{reader}").want(Want::InvalidToken),
         get("raw JWT without a scheme, public route", "/docs/x").header("authorization: {reader}").want(Want::InvalidToken),
         get("raw JWT without a scheme, normal route", "/orders/1").header("authorization: {reader}").want(Want::InvalidToken),
-        get("Basic credentials, public route", "/docs/x").header("authorization: Basic YWxpY2U6cHc=").want(Want::InvalidToken),
-        get("Basic credentials, normal route", "/orders/1").header("authorization: Basic YWxpY2U6cHc=").want(Want::InvalidToken),
-        get("empty authorization, public route", "/docs/x").header("authorization:").want(Want::InvalidToken),
-        get("empty authorization, normal route", "/orders/1").header("authorization:").want(Want::InvalidToken),
+        get("Basic credentials, public route", "/docs/x").header("authorization: Basic YWxpY2U6cHc=").want(Want::NoBearer),
+        get("Basic credentials, normal route", "/orders/1").header("authorization: Basic YWxpY2U6cHc=").want(Want::NoBearer),
+        get("empty authorization, public route", "/docs/x").header("authorization:").want(Want::NoBearer),
+        get("empty authorization, normal route", "/orders/1").header("authorization:").want(Want::NoBearer),
         get("Basic credentials, public-if-header route", "/status/a").header("x-probe: yes")
-            .header("authorization: Basic YWxpY2U6cHc=").want(Want::InvalidToken),
+            .header("authorization: Basic YWxpY2U6cHc=").want(Want::NoBearer),
         get("lower-case scheme accepted", "/orders/1").header("authorization: bearer {reader}").want(served("/orders/1"))
             .upstream_header("x-user-sub", &["alice"]),
         get("upper-case scheme accepted on a public route", "/docs/x").header("authorization: BEARER {plain}")
@@ -696,8 +714,8 @@ fn allow_missing_cases() -> Vec<Case> {
             .want(served("/catalog/x")).upstream_header("x-user-sub", &["alice"]),
         get("allowMissing route, tab after Bearer", "/catalog/x").header("authorization: Bearer\t{reader}").want(Want::InvalidToken),
         get("allowMissing route, raw JWT", "/catalog/x").header("authorization: {reader}").want(Want::InvalidToken),
-        get("allowMissing route, Basic credentials", "/catalog/x").header("authorization: Basic YWxpY2U6cHc=").want(Want::InvalidToken),
-        get("allowMissing route, empty authorization", "/catalog/x").header("authorization:").want(Want::InvalidToken),
+        get("allowMissing route, Basic credentials", "/catalog/x").header("authorization: Basic YWxpY2U6cHc=").want(Want::NoBearer),
+        get("allowMissing route, empty authorization", "/catalog/x").header("authorization:").want(Want::NoBearer),
         get("allowMissing route, spoofed claim header", "/catalog/x").header("x-user-sub: admin").header("x-user-sub: root")
             .want(served("/catalog/x")).upstream_header("x-user-sub", &[]),
         get("allowMissing route, encoded dots into admin", "/catalog/%2e%2e/admin/users").want(refused(403)),
