@@ -479,7 +479,7 @@ fn check(
                     body()
                 ));
             }
-            if !(challenge.starts_with("Bearer realm=") && !challenge.contains("error=")) {
+            if !challenge.starts_with("Bearer realm=") || challenge.contains("error=") {
                 return Err(format!(
                     "want an RFC 6750 challenge without an error code: {challenge:?}"
                 ));
