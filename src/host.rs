@@ -1183,8 +1183,8 @@ impl Filter {
     }
 }
 
-/// Counts the request and writes its decision line (denials and dry-run denials at info,
-/// within the log budget; allows at debug), plus AUDIT lines. Returns its labels.
+/// Counts the request and writes its decision line within the log budget (see
+/// [`decision_level`]; allows at debug), plus AUDIT lines. Returns its labels.
 fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) -> Labels {
     let config = vm.config.clone();
     // The peer is named in every decision line: read it for one if evaluation did not.
@@ -1210,9 +1210,14 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) -> Label
                 .get(t.rule)
                 .is_some_and(|r| r.action == RuleAction::Audit);
             if audit && t.outcome.is_ok() {
+                // Asked for by the rule's author: visible at Istio's default level, bounded.
+                if !vm.log_budget.take(now_ms) {
+                    incr(vm.dropped_metric);
+                    continue;
+                }
                 let line = json!({"claimguard": "audit", "rule": config.policy.rule_name(t.rule),
                     "method": req.method, "path": ev.normalized_path, "subject": ev.subject});
-                log(LogLevel::Info, &line.to_string());
+                log(LogLevel::Warn, &line.to_string());
             }
         }
     }
@@ -1233,8 +1238,22 @@ fn report(vm: &mut Vm, req: &HttpRequest, ev: &Evaluation, now_ms: u64) -> Label
             m.insert("trace".into(), json!(why));
         }
     }
-    log(LogLevel::Info, &line.to_string());
+    log(decision_level(ev, &l), &line.to_string());
     l
+}
+
+/// The level of a decision line. Istio's sidecars log at `warning` by default, so what an
+/// operator acts on is logged at warn: dry-run denials (the rollout reads them), policy
+/// denials (403), and the proxy failing requests itself (5xx: keys unavailable, a host call
+/// failed). Refused credentials (401) and unparseable requests (400) are routine on any
+/// exposed API and stay at info (`sidecar.istio.io/componentLogLevel: "wasm:info"` shows them).
+fn decision_level(ev: &Evaluation, l: &Labels) -> LogLevel {
+    match &ev.decision {
+        _ if l.outcome == "dry_run_denied" => LogLevel::Warn,
+        Decision::Deny(d) if d.status == 403 || d.status >= 500 => LogLevel::Warn,
+        Decision::NeedKeys { .. } => LogLevel::Warn,
+        _ => LogLevel::Info,
+    }
 }
 
 /// The slot in `vm.request_counters` of the counter for these labels (defined on first use).
