@@ -148,6 +148,8 @@ struct RawProvider {
     #[serde(default)]
     max_stale: Option<String>,
     #[serde(default)]
+    bootstrap_jwks_fallback: bool,
+    #[serde(default)]
     jwks_wait_timeout: Option<String>,
     #[serde(default)]
     output_claim_to_headers: Option<Vec<RawClaimHeader>>,
@@ -178,6 +180,10 @@ pub struct RemoteJwks {
     pub max_refresh_ms: u64,
     pub cooldown_ms: u64,
     pub max_stale_ms: u64,
+    /// `bootstrapJwksFallback`: once fetched keys are past `maxStale`, verify with the inline
+    /// `jwks` again instead of answering 503. Off by default: a set that was once replaced is
+    /// not trusted again just because the issuer cannot be reached.
+    pub bootstrap_fallback: bool,
     pub wait_ms: u64,
     /// Shared-data key prefix: one fetched set per URL per proxy, whichever VM fetched it.
     pub shared_key: String,
@@ -1234,6 +1240,7 @@ fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<R
                 ("jwksRefreshInterval", rp.jwks_refresh_interval.is_some()),
                 ("jwksRefetchCooldown", rp.jwks_refetch_cooldown.is_some()),
                 ("maxStale", rp.max_stale.is_some()),
+                ("bootstrapJwksFallback", rp.bootstrap_jwks_fallback),
                 ("jwksWaitTimeout", rp.jwks_wait_timeout.is_some()),
             ] {
                 if set {
@@ -1280,6 +1287,12 @@ fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<R
     if max_stale_ms < refresh_ms {
         return Err(err(format!("{path}.maxStale"), "must be at least jwksRefreshInterval"));
     }
+    if rp.bootstrap_jwks_fallback && rp.jwks.is_none() {
+        return Err(err(
+            format!("{path}.bootstrapJwksFallback"),
+            "needs jwks (the bootstrap keys it falls back to) beside jwksUri or oidcDiscovery",
+        ));
+    }
     let max_bytes = rp.jwks_max_bytes.unwrap_or(256 * 1024);
     if !(1024..=4 * 1024 * 1024).contains(&max_bytes) {
         return Err(err(format!("{path}.jwksMaxBytes"), "must be between 1024 and 4194304"));
@@ -1305,6 +1318,7 @@ fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<R
         max_refresh_ms,
         cooldown_ms,
         max_stale_ms,
+        bootstrap_fallback: rp.bootstrap_jwks_fallback,
         wait_ms,
         shared_key,
     }))
@@ -1695,7 +1709,18 @@ mod tests {
         let r = c.providers[0].remote.as_ref().unwrap();
         assert_eq!(r.url.path, "/realms/a/.well-known/openid-configuration");
         assert_eq!((r.timeout_ms, r.max_stale_ms), (750, 7_200_000));
+        assert!(!r.bootstrap_fallback, "off unless asked for");
         let j = jwks();
+        // Bootstrap keys beside a remote source, and the opt-in to fall back to them.
+        for (fallback, want) in [(json!(null), false), (json!(false), false), (json!(true), true)] {
+            let mut p = json!({"issuer": "https://i", "jwks": j, "jwksUri": "https://i/k"});
+            if !fallback.is_null() {
+                p["bootstrapJwksFallback"] = fallback;
+            }
+            let c = check(json!({"providers": [p]})).unwrap();
+            assert_eq!(c.providers[0].remote.as_ref().unwrap().bootstrap_fallback, want);
+            assert!(!c.providers[0].keys.is_empty());
+        }
         let cases = vec![
             (
                 json!({"issuer": "i", "jwksUri": "ftp://x/keys"}),
@@ -1748,6 +1773,22 @@ mod tests {
             (
                 json!({"issuer": "i", "jwksUri": "https://i/k", "algorithms": ["HS256"], "hmacSecret": URL_SAFE_NO_PAD.encode([1u8; 32])}),
                 "providers[0].hmacSecret: cannot be combined",
+            ),
+            (
+                json!({"issuer": "i", "jwks": j, "bootstrapJwksFallback": true}),
+                "providers[0].bootstrapJwksFallback: only applies with jwksUri",
+            ),
+            (
+                json!({"issuer": "i", "jwksUri": "https://i/k", "bootstrapJwksFallback": true}),
+                "providers[0].bootstrapJwksFallback: needs jwks",
+            ),
+            (
+                json!({"issuer": "https://i", "oidcDiscovery": true, "bootstrapJwksFallback": true}),
+                "providers[0].bootstrapJwksFallback: needs jwks",
+            ),
+            (
+                json!({"issuer": "i", "jwks": j, "jwksUri": "https://i/k", "bootstrapJwksFallback": "yes"}),
+                "bootstrapJwksFallback",
             ),
         ];
         for (p, want) in cases {

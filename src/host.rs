@@ -241,6 +241,7 @@ struct SourceMetrics {
     keys: Option<u32>,
     age_seconds: Option<u32>,
     key_miss: Option<u32>,
+    expired: Option<u32>,
 }
 
 impl SourceMetrics {
@@ -253,6 +254,7 @@ impl SourceMetrics {
             keys: m(MetricType::Gauge, "keys"),
             age_seconds: m(MetricType::Gauge, "age_seconds"),
             key_miss: m(MetricType::Counter, "key_miss_total"),
+            expired: m(MetricType::Counter, "expired_total"),
         }
     }
 }
@@ -427,7 +429,8 @@ fn record_memory(vm: &mut Vm) {
 }
 
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
-/// inline `jwks` (bootstrap), else none.
+/// inline `jwks` (bootstrap) until a set was published or with `bootstrapJwksFallback`, else
+/// none ([`JwksCache::key_set`]).
 struct VmKeys<'a> {
     config: &'a Config,
     jwks: &'a JwksCache,
@@ -449,7 +452,7 @@ impl KeyLookup for VmKeys<'_> {
             .map(|p| &p.keys)
             .filter(|k| !k.is_empty());
         match self.slot_of.get(provider).copied().flatten() {
-            Some(slot) => self.jwks.usable_keys(slot, self.now_ms).or(inline),
+            Some(slot) => self.jwks.key_set(slot, self.now_ms, inline),
             None => inline,
         }
     }
@@ -674,7 +677,9 @@ fn report_events(vm: &Vm, events: &[Event]) {
             | Event::Discovered { source, .. }
             | Event::FetchFailed { source, .. }
             | Event::Loaded { source, .. }
-            | Event::LoadFailed { source, .. } => *source,
+            | Event::LoadFailed { source, .. }
+            | Event::Superseded { source, .. }
+            | Event::Expired { source, .. } => *source,
         };
         let provider = vm
             .provider_of
@@ -718,10 +723,28 @@ fn report_events(vm: &Vm, events: &[Event]) {
                 LogLevel::Debug,
                 json!({"claimguard": "jwks_loaded", "provider": provider, "keys": keys, "version": version}),
             ),
-            Event::LoadFailed { error, .. } => (
+            Event::LoadFailed { error, version, .. } => (
                 LogLevel::Error,
-                json!({"claimguard": "jwks_load_failed", "provider": provider, "error": error}),
+                json!({"claimguard": "jwks_load_failed", "provider": provider, "version": version, "error": error}),
             ),
+            Event::Superseded { version, .. } => (
+                LogLevel::Info,
+                json!({"claimguard": "jwks_publish_superseded", "provider": provider, "version": version}),
+            ),
+            Event::Expired {
+                version,
+                age_ms,
+                bootstrap_fallback,
+                ..
+            } => {
+                incr(m.and_then(|m| m.expired));
+                (
+                    LogLevel::Warn,
+                    json!({"claimguard": "jwks_expired", "provider": provider, "version": version,
+                           "ageSeconds": age_ms / 1000,
+                           "serving": if *bootstrap_fallback { "bootstrap_keys" } else { "jwks_unavailable" }}),
+                )
+            }
         };
         log(level, &line.to_string());
     }
@@ -856,6 +879,14 @@ impl Root {
             clock: Clock::default(),
             memo,
         })));
+        // Keys the proxy already fetched (a new config, or a VM started late) serve from the
+        // first request, and so does their expiry: not the bootstrap keys until the first tick.
+        if let Some(vm) = &vm {
+            let mut vm = vm.borrow_mut();
+            let mut events = Vec::new();
+            vm.cache.load(&HostStore, &mut events);
+            report_events(&vm, &events);
+        }
         *self.vm.borrow_mut() = vm;
         // The tick drives the JWKS cache, and also the clock and the batched counters.
         if let Err(e) = hostcalls::set_tick_period(TICK) {

@@ -186,6 +186,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
                     "jwksMaxRefreshInterval",
                     "jwksRefetchCooldown",
                     "maxStale",
+                    "bootstrapJwksFallback",
                     "jwksWaitTimeout",
                 ] {
                     m.remove(k);
