@@ -393,6 +393,44 @@ mod tests {
     }
 
     #[test]
+    fn decision_lines_show_the_path_received_judged_and_sent() {
+        use crate::alg::Alg;
+        use crate::decision::evaluate;
+        use crate::devtools::keys::TestKey;
+        let k = TestKey::generate(Alg::ES256, "k");
+        let cfg = serde_json::json!({
+            "providers": [{"name": "idp", "issuer": "https://i", "jwks": k.jwks()}],
+            "rules": [{"name": "no-admin", "action": "DENY", "paths": ["/admin/*"]}],
+            "caseInsensitivePaths": true
+        });
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let t = k.sign(&serde_json::json!({"iss": "https://i", "sub": "u", "exp": now + 60}));
+        let line_for = |path: &str| {
+            let h = vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), path.to_string()),
+                ("authorization".to_string(), format!("Bearer {t}")),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            let req = HttpRequest::from_headers(&h_refs);
+            let ev = evaluate(&c, &c, &req, now, true);
+            decision_line(&c, &req, &ev, &labels(&c, &ev))
+        };
+        let line = line_for("/x/../ADMIN/%75sers?access_token=secret");
+        assert_eq!(line["decision"], "deny");
+        // As received (never the query: it may hold a token), as judged, as it would be sent.
+        assert_eq!(line["receivedPath"], "/x/../ADMIN/%75sers");
+        assert_eq!(line["path"], "/admin/users");
+        assert_eq!(line["canonicalPath"], "/ADMIN/users");
+        let line = line_for("/orders");
+        assert_eq!(
+            (&line["receivedPath"], &line["path"], &line["canonicalPath"]),
+            (&Value::from("/orders"), &Value::from("/orders"), &Value::Null)
+        );
+    }
+
+    #[test]
     fn eviction_counters_carry_one_cache_label() {
         for (name, cache) in [
             (TOKEN_CACHE_EVICTIONS, "token"),
