@@ -1570,10 +1570,13 @@ mod tests {
 
     // ---- One version, one key set, on every VM ----
 
+    /// What the rest of the proxy does between two store operations of one VM.
+    type Between<'a> = RefCell<Box<dyn FnMut(&FakeStore) + 'a>>;
+
     /// A store that lets the rest of the proxy run after every read and write of one VM.
     struct Interleaved<'a> {
         inner: &'a FakeStore,
-        between: RefCell<Box<dyn FnMut(&FakeStore) + 'a>>,
+        between: Between<'a>,
     }
 
     impl SharedStore for Interleaved<'_> {
