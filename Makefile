@@ -129,6 +129,8 @@ ISTIO_SCHEMA    := tests/istio-schema
 ISTIO_OVERLAYS  := $(sort $(notdir $(wildcard istio/overlays/*)))
 # Istio examples outside the overlays (Cognito, ALB): rendered and checked the same way.
 ISTIO_EXAMPLES  := $(sort $(notdir $(wildcard examples/istio/*)))
+# The TrafficExtension rendering of each overlay (Istio 1.30+, docs/istio.md).
+ISTIO_TRAFFIC_EXTENSIONS := $(sort $(notdir $(wildcard istio/traffic-extension/*)))
 
 oci: build
 	$(CARGO) run --quiet --bin claimguard-oci -- --wasm '$(WASM)' --out '$(OCI_DIR)' --tag '$(OCI_TAG)' \
@@ -162,16 +164,26 @@ $(ISTIO_SCHEMA)/node_modules/.package-lock.json: $(ISTIO_SCHEMA)/package-lock.js
 
 istio-schema: $(ISTIO_SCHEMA)/node_modules/.package-lock.json
 
-# Renders every overlay, validates it against Istio's schemas, and checks each WasmPlugin's
-# pluginConfig with `claimguard check` (the filter's own config code). tests/istio_manifests.rs
-# does all this too, and runs each overlay's plugin config in Envoy.
+# Renders every overlay and example, as WasmPlugins and as TrafficExtensions (the shipped
+# istio/traffic-extension/* for the overlays, the same component over each example), validates
+# them against Istio's schemas, and checks each pluginConfig with `claimguard check` (the
+# filter's own config code). tests/istio_manifests.rs does all this too, and runs the plugin
+# configs in Envoy.
 istio-check: istio-schema
 	@rm -rf target/istio && mkdir -p target/istio
 	@for o in $(ISTIO_OVERLAYS); do kubectl kustomize istio/overlays/$$o > target/istio/$$o.yaml || exit 1; done
 	@for o in $(ISTIO_EXAMPLES); do kubectl kustomize examples/istio/$$o > target/istio/example-$$o.yaml || exit 1; done
+	@for o in $(ISTIO_TRAFFIC_EXTENSIONS); do \
+	  kubectl kustomize istio/traffic-extension/$$o > target/istio/traffic-extension-$$o.yaml || exit 1; done
+	@for o in $(ISTIO_EXAMPLES); do d=target/istio/wrap/example-$$o; mkdir -p $$d && \
+	  printf 'resources:\n  - ../../../../examples/istio/%s\ncomponents:\n  - ../../../../istio/components/traffic-extension\n' \
+	    $$o > $$d/kustomization.yaml && \
+	  kubectl kustomize $$d > target/istio/traffic-extension-example-$$o.yaml || exit 1; done
 	node $(ISTIO_SCHEMA)/validate.mjs --plugin-configs target/istio/plugin-configs \
 	  $(addprefix target/istio/,$(addsuffix .yaml,$(ISTIO_OVERLAYS))) \
-	  $(addprefix target/istio/example-,$(addsuffix .yaml,$(ISTIO_EXAMPLES)))
+	  $(addprefix target/istio/example-,$(addsuffix .yaml,$(ISTIO_EXAMPLES))) \
+	  $(addprefix target/istio/traffic-extension-,$(addsuffix .yaml,$(ISTIO_TRAFFIC_EXTENSIONS))) \
+	  $(addprefix target/istio/traffic-extension-example-,$(addsuffix .yaml,$(ISTIO_EXAMPLES)))
 	@for f in target/istio/plugin-configs/*.json; do \
 	  printf '%s: ' "$$f"; $(CARGO) run --quiet --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
 	done

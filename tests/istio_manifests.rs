@@ -1,9 +1,12 @@
-//! What we ship for Istio is what we test: every `istio/overlays/*` is rendered with
-//! `kubectl kustomize`, validated against Istio's CRD schemas (tests/istio-schema) and
-//! claimguard's own config code, and run in a real Envoy with the wasm filter configured the
-//! way istiod configures it from that WasmPlugin. The pinned image digest is checked
-//! against the module `make build` produced, and the OCI image makes a round trip through
-//! a local registry.
+//! What we ship for Istio is what we test: every `istio/overlays/*` (and `examples/istio/*`)
+//! is rendered with `kubectl kustomize`, as a WasmPlugin and as a TrafficExtension
+//! (`istio/components/traffic-extension`), validated against Istio's CRD schemas
+//! (tests/istio-schema) and claimguard's own config code, and run in a real Envoy configured
+//! the way istiod configures a sidecar from it: an inbound listener with the filter and an
+//! outbound listener without it (`match: [{mode: SERVER}]`), or a gateway listener with it.
+//! The stats-tags ConfigMap is run the way istio-agent hands it to Envoy, over Istio's own
+//! stats configuration. The pinned image digest is checked against the module `make build`
+//! produced, and the OCI image makes a round trip through a local registry.
 //!
 //! Needs `kubectl`, `node` with `make istio-schema`, and for the registry test `skopeo` and
 //! `docker-registry` (`make oci-tools`); `make test` provides them all.
@@ -12,8 +15,8 @@ mod common;
 
 use claimguard::alg::Alg;
 use claimguard::config::{Config, HttpUrl};
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{wasm_path, Envoy, EnvoyOptions};
+use claimguard::devtools::echo::{EchoUpstream, Received};
+use claimguard::devtools::envoy::{wasm_path, Envoy, EnvoyOptions, OutboundListener};
 use claimguard::devtools::http::{self, Response};
 use claimguard::devtools::jwks_server::JwksServer;
 use claimguard::devtools::keys::TestKey;
@@ -59,12 +62,15 @@ fn manifests() -> Vec<String> {
     names
 }
 
-/// `kubectl kustomize istio/overlays/NAME` (or `examples/istio/NAME`), as YAML text.
-fn kustomize(overlay: &str) -> String {
-    let dir = match overlay.strip_prefix("examples/") {
+/// The directory of an overlay (`NAME`) or example (`examples/istio/NAME`).
+fn manifest_dir(overlay: &str) -> PathBuf {
+    match overlay.strip_prefix("examples/") {
         Some(_) => root().join(overlay),
         None => root().join("istio/overlays").join(overlay),
-    };
+    }
+}
+
+fn kustomize_dir(dir: &Path) -> String {
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(dir)
@@ -72,10 +78,48 @@ fn kustomize(overlay: &str) -> String {
         .expect("kubectl (on the machine image) must be installed");
     assert!(
         out.status.success(),
-        "kubectl kustomize istio/overlays/{overlay}: {}",
+        "kubectl kustomize {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kubectl kustomize istio/overlays/NAME` (or `examples/istio/NAME`), as YAML text.
+fn kustomize(overlay: &str) -> String {
+    kustomize_dir(&manifest_dir(overlay))
+}
+
+/// `path` relative to `from` (kustomize takes no absolute paths): up to `/`, then down.
+fn relative(from: &Path, path: &Path) -> String {
+    let up = from.components().count().saturating_sub(1);
+    let down = path.strip_prefix("/").unwrap_or(path);
+    format!("{}{}", "../".repeat(up), down.display())
+}
+
+/// An overlay or example with more of `istio/components/*` on top (e.g. `traffic-extension`,
+/// `fail-reload`), the way a user adds them: a kustomization whose resource is the overlay.
+fn kustomize_with(overlay: &str, components: &[&str]) -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = scratch(&format!("wrap-{n}"));
+    let mut text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n",
+        relative(&dir, &manifest_dir(overlay))
+    );
+    for c in components {
+        let component = root().join("istio/components").join(c);
+        text.push_str(&format!("  - {}\n", relative(&dir, &component)));
+    }
+    fs::write(dir.join("kustomization.yaml"), text).unwrap();
+    let yaml = kustomize_dir(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    yaml
+}
+
+/// An overlay or example rendered as a TrafficExtension.
+fn render_traffic_extension(overlay: &str) -> Vec<Value> {
+    parse_docs(&kustomize_with(overlay, &["traffic-extension"]))
 }
 
 fn parse_docs(yaml: &str) -> Vec<Value> {
@@ -95,9 +139,63 @@ fn wasm_plugin(docs: &[Value]) -> &Value {
     plugins[0]
 }
 
+/// The claimguard extension of a rendering: its WasmPlugin, or its TrafficExtension.
+fn extension(docs: &[Value]) -> &Value {
+    let found: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "WasmPlugin" || d["kind"] == "TrafficExtension")
+        .collect();
+    assert_eq!(found.len(), 1, "one WasmPlugin or TrafficExtension per rendering");
+    found[0]
+}
+
+/// The Wasm fields (url, pluginName, failStrategy, pluginConfig, ...): `spec` in a
+/// WasmPlugin, `spec.wasm` in a TrafficExtension.
+fn wasm_fields(ext: &Value) -> &Value {
+    match ext["kind"].as_str() {
+        Some("TrafficExtension") => &ext["spec"]["wasm"],
+        _ => &ext["spec"],
+    }
+}
+
 /// The plugin config exactly as istiod hands it to Envoy: `pluginConfig` as JSON text.
-fn plugin_config_text(wp: &Value) -> String {
-    serde_json::to_string(&wp["spec"]["pluginConfig"]).unwrap()
+fn plugin_config_text(ext: &Value) -> String {
+    serde_json::to_string(&wasm_fields(ext)["pluginConfig"]).unwrap()
+}
+
+/// A gateway's plugin (targetRefs to a Gateway) rather than a sidecar's (selector).
+fn is_gateway(ext: &Value) -> bool {
+    ext["spec"]["targetRefs"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|r| r["kind"] == "Gateway"))
+}
+
+/// Istio's listener classes (pilot/pkg/networking ListenerClass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListenerClass {
+    SidecarInbound,
+    SidecarOutbound,
+    Gateway,
+}
+
+/// Whether istiod puts the plugin on a listener of this class: its `match` selectors against
+/// the class's mode, as pilot/pkg/model/extensions.go does (matchTrafficExtensionSelectors,
+/// matchMode, workloadModeForListenerClass: sidecar inbound is SERVER, sidecar outbound and
+/// every gateway listener CLIENT; no `match`, UNDEFINED or CLIENT_AND_SERVER select all).
+/// The same code runs for WasmPlugins, which Istio 1.30 translates into TrafficExtensions.
+fn istiod_attaches(ext: &Value, class: ListenerClass) -> bool {
+    let Some(selectors) = ext["spec"]["match"].as_array().filter(|m| !m.is_empty()) else {
+        return true;
+    };
+    let listener_mode = match class {
+        ListenerClass::SidecarInbound => "SERVER",
+        ListenerClass::SidecarOutbound | ListenerClass::Gateway => "CLIENT",
+    };
+    selectors.iter().any(|m| {
+        assert!(m.get("ports").is_none(), "port selectors are not modelled: {m}");
+        let mode = m["mode"].as_str().unwrap_or("UNDEFINED");
+        matches!(mode, "UNDEFINED" | "CLIENT_AND_SERVER") || mode == listener_mode
+    })
 }
 
 /// Runs tests/istio-schema/validate.mjs on `files`: (success, output).
@@ -137,16 +235,33 @@ fn every_overlay_renders_and_validates_against_istio_schemas() {
     }
     let dir = scratch("rendered");
     let mut files = Vec::new();
-    for name in &names {
-        let path = dir.join(format!("{}.yaml", name.replace('/', "-")));
-        fs::write(&path, kustomize(name)).unwrap();
+    let mut documents = 0;
+    let mut write = |file: String, yaml: String| {
+        documents += parse_docs(&yaml).len();
+        let path = dir.join(format!("{}.yaml", file.replace('/', "-")));
+        fs::write(&path, yaml).unwrap();
         files.push(path);
+    };
+    for name in &names {
+        write(name.clone(), kustomize(name));
+        // The alternative rendering of each (Istio 1.30+), and the optional components.
+        write(
+            format!("{name}-traffic-extension"),
+            kustomize_with(name, &["traffic-extension"]),
+        );
     }
+    write("orders-fail-reload".into(), kustomize_with("orders", &["fail-reload"]));
+    write(
+        "orders-traffic-extension-fail-reload".into(),
+        kustomize_with("orders", &["traffic-extension", "fail-reload"]),
+    );
     let (ok, out) = schema_validate(&files);
     assert!(ok, "{out}");
-    let kinds: usize = names.iter().map(|n| render(n).len()).sum();
     assert!(
-        out.contains(&format!("{kinds} documents valid against Istio 1.29.2 schemas")),
+        out.contains(&format!(
+            "{documents} documents valid against Istio 1.29.2 schemas \
+             (ConfigMap: core/v1; TrafficExtension: Istio 1.30.3's CRD)"
+        )),
         "{out}"
     );
     fs::remove_dir_all(&dir).unwrap();
@@ -155,34 +270,45 @@ fn every_overlay_renders_and_validates_against_istio_schemas() {
 #[test]
 fn every_plugin_config_is_accepted_by_the_filter_config_code() {
     for name in manifests() {
-        let docs = render(&name);
-        let wp = wasm_plugin(&docs);
-        let spec = &wp["spec"];
-        if let Err(e) = Config::from_json(plugin_config_text(wp).as_bytes()) {
-            panic!("istio/overlays/{name}: spec.pluginConfig.{e}");
-        }
-        assert_eq!(spec["phase"], "AUTHN", "{name}");
-        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{name}");
-        assert_eq!(
-            spec["pluginName"],
-            oci::ROOT_ID,
-            "{name}: pluginName must be the module's root id"
-        );
-        assert_eq!(spec["imagePullPolicy"], "IfNotPresent", "{name}");
-        assert!(spec["priority"].is_i64(), "{name}");
-        assert!(spec["url"].as_str().unwrap().starts_with("oci://"), "{name}");
-        let namespace = wp["metadata"]["namespace"].as_str().unwrap_or("");
-        assert!(!namespace.is_empty(), "{name}: overlays set a namespace");
-        let labels = spec["selector"]["matchLabels"].as_object();
-        let targets = spec["targetRefs"].as_array();
-        match (labels, targets) {
-            (Some(l), None) => assert!(!l.is_empty(), "{name}"),
-            (None, Some(t)) => {
-                assert_eq!(t.len(), 1, "{name}");
-                assert_eq!(t[0]["kind"], "Gateway", "{name}");
-                assert_eq!(t[0]["group"], "gateway.networking.k8s.io", "{name}");
+        for docs in [render(&name), render_traffic_extension(&name)] {
+            let ext = extension(&docs);
+            let name = format!("{name} ({})", ext["kind"].as_str().unwrap());
+            let spec = &ext["spec"];
+            let wasm = wasm_fields(ext);
+            if let Err(e) = Config::from_json(plugin_config_text(ext).as_bytes()) {
+                panic!("{name}: pluginConfig.{e}");
             }
-            other => panic!("{name}: exactly one of selector.matchLabels and targetRefs: {other:?}"),
+            assert_eq!(spec["phase"], "AUTHN", "{name}");
+            assert_eq!(wasm["failStrategy"], "FAIL_CLOSE", "{name}");
+            assert_eq!(
+                wasm["pluginName"],
+                oci::ROOT_ID,
+                "{name}: pluginName must be the module's root id"
+            );
+            assert_eq!(wasm["imagePullPolicy"], "IfNotPresent", "{name}");
+            assert!(spec["priority"].is_i64(), "{name}");
+            assert!(wasm["url"].as_str().unwrap().starts_with("oci://"), "{name}");
+            let namespace = ext["metadata"]["namespace"].as_str().unwrap_or("");
+            assert!(!namespace.is_empty(), "{name}: overlays set a namespace");
+            let labels = spec["selector"]["matchLabels"].as_object();
+            let targets = spec["targetRefs"].as_array();
+            match (labels, targets) {
+                (Some(l), None) => {
+                    assert!(!l.is_empty(), "{name}");
+                    // A sidecar's plugin is for the traffic it serves, not what it sends.
+                    assert_eq!(spec["match"], json!([{"mode": "SERVER"}]), "{name}");
+                }
+                (None, Some(t)) => {
+                    assert_eq!(t.len(), 1, "{name}");
+                    assert_eq!(t[0]["kind"], "Gateway", "{name}");
+                    assert_eq!(t[0]["group"], "gateway.networking.k8s.io", "{name}");
+                    assert!(
+                        spec.get("match").is_none(),
+                        "{name}: a gateway's listeners are all CLIENT"
+                    );
+                }
+                other => panic!("{name}: exactly one of selector.matchLabels and targetRefs: {other:?}"),
+            }
         }
     }
     let orders = render("orders");
@@ -316,6 +442,22 @@ fn broken_manifests_are_rejected_with_the_field_path() {
             "service-entry-bad-enum.yaml",
             "ServiceEntry/jwks-keycloak: spec.resolution: must be one of: NONE, STATIC, DNS",
         ),
+        (
+            "sidecar-without-match.yaml",
+            "WasmPlugin/claimguard: spec.match: missing: set match: [{mode: SERVER}]",
+        ),
+        (
+            "gateway-server-mode.yaml",
+            "WasmPlugin/claimguard: spec.match: mode SERVER on a gateway: Istio treats every gateway listener as CLIENT",
+        ),
+        (
+            "traffic-extension-typo.yaml",
+            "TrafficExtension/claimguard: spec.wasm.pluginNmae: unknown field (not in Istio 1.30.3's TrafficExtension schema)",
+        ),
+        (
+            "traffic-extension-fail-open.yaml",
+            "TrafficExtension/claimguard: spec.wasm.failStrategy: must be FAIL_CLOSE (or FAIL_RELOAD, Istio 1.27+)",
+        ),
     ];
     for (file, message) in cases {
         let (ok, out) = schema_validate(&[fixture(file)]);
@@ -340,6 +482,140 @@ fn broken_manifests_are_rejected_with_the_field_path() {
         let e = Config::from_json(plugin_config_text(wasm_plugin(&docs)).as_bytes()).unwrap_err();
         assert_eq!(e.path, path, "{file}: {e}");
         assert!(e.message.contains(message), "{file}: {e}");
+    }
+}
+
+/// The documents of a rendering other than the claimguard extension, in order.
+fn others(docs: &[Value]) -> Vec<&Value> {
+    docs.iter()
+        .filter(|d| d["kind"] != "WasmPlugin" && d["kind"] != "TrafficExtension")
+        .collect()
+}
+
+#[test]
+fn traffic_extension_rendering_is_the_wasm_plugin_with_its_wasm_fields_under_spec_wasm() {
+    const WASM_FIELDS: [&str; 6] = [
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "pluginName",
+        "failStrategy",
+        "pluginConfig",
+    ];
+    for name in manifests() {
+        let (wp_docs, te_docs) = (render(&name), render_traffic_extension(&name));
+        let (wp, te) = (extension(&wp_docs), extension(&te_docs));
+        assert_eq!(
+            (wp["kind"].as_str(), te["kind"].as_str()),
+            (Some("WasmPlugin"), Some("TrafficExtension"))
+        );
+        assert_eq!(te["apiVersion"], "extensions.istio.io/v1alpha1", "{name}");
+        assert_eq!(te["metadata"], wp["metadata"], "{name}");
+        // Targeting, match, phase and priority stay in spec; the Wasm fields, and only
+        // they, move under spec.wasm.
+        let mut expected = wp["spec"].as_object().unwrap().clone();
+        let mut wasm = serde_json::Map::new();
+        for field in WASM_FIELDS {
+            let v = expected
+                .remove(field)
+                .unwrap_or_else(|| panic!("{name}: WasmPlugin without {field}"));
+            wasm.insert(field.to_string(), v);
+        }
+        expected.insert("wasm".into(), Value::Object(wasm));
+        assert_eq!(te["spec"], Value::Object(expected), "{name}");
+        // Everything else in the rendering is unchanged.
+        let key = |d: &&Value| format!("{}/{}", d["kind"], d["metadata"]["name"]);
+        let (mut a, mut b) = (others(&wp_docs), others(&te_docs));
+        a.sort_by_key(key);
+        b.sort_by_key(key);
+        assert_eq!(a, b, "{name}");
+        // And istiod makes the same filter of both (Istio 1.30 turns a WasmPlugin into a
+        // TrafficExtension before building it): only the names differ.
+        let module = Path::new("/claimguard.wasm");
+        let (mut fw, mut ft) = (istiod_filter(wp, module), istiod_filter(te, module));
+        for f in [&mut fw, &mut ft] {
+            f["name"] = json!("-");
+            f["typed_config"]["config"]["name"] = json!("-");
+        }
+        assert_eq!(fw, ft, "{name}");
+    }
+}
+
+#[test]
+fn every_overlay_has_a_shipped_traffic_extension_rendering() {
+    let dir = root().join("istio/traffic-extension");
+    let mut shipped: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(
+        shipped,
+        overlays(),
+        "one istio/traffic-extension/NAME per istio/overlays/NAME"
+    );
+    for name in overlays() {
+        assert_eq!(
+            parse_docs(&kustomize_dir(&dir.join(&name))),
+            render_traffic_extension(&name),
+            "istio/traffic-extension/{name} is not overlay {name} with the traffic-extension component"
+        );
+    }
+}
+
+#[test]
+fn istiod_puts_the_filter_on_inbound_listeners_only_and_on_gateways() {
+    use ListenerClass::*;
+    for name in manifests() {
+        for docs in [render(&name), render_traffic_extension(&name)] {
+            let ext = extension(&docs);
+            let attaches = |c| istiod_attaches(ext, c);
+            if is_gateway(ext) {
+                assert!(attaches(Gateway), "{name}: not on the gateway's listeners");
+            } else {
+                assert!(attaches(SidecarInbound), "{name}: not on the inbound listener");
+                assert!(!attaches(SidecarOutbound), "{name}: on the outbound listeners too");
+            }
+        }
+    }
+    // What the validator refuses, and why: `mode: SERVER` would leave a gateway unguarded,
+    // and no `match` puts the filter on a sidecar's outbound listeners.
+    let docs = parse_docs(&fs::read_to_string(fixture("gateway-server-mode.yaml")).unwrap());
+    assert!(!istiod_attaches(extension(&docs), Gateway));
+    let docs = parse_docs(&fs::read_to_string(fixture("sidecar-without-match.yaml")).unwrap());
+    assert!(istiod_attaches(extension(&docs), SidecarOutbound));
+}
+
+/// The `claimguard-stats-tags` ConfigMap of a rendering: its `custom_bootstrap.json`.
+fn stats_tags_bootstrap(docs: &[Value]) -> String {
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "claimguard-stats-tags")
+        .expect("the claimguard-stats-tags ConfigMap (istio/components/stats-tags)");
+    cm["data"]["custom_bootstrap.json"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn every_rendering_carries_the_stats_tags_of_src_metrics() {
+    let want: Vec<Value> = claimguard::metrics::STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect();
+    for name in manifests() {
+        let docs = render(&name);
+        let boot: Value = serde_json::from_str(&stats_tags_bootstrap(&docs)).unwrap();
+        assert_eq!(
+            boot,
+            json!({"stats_config": {"stats_tags": want}}),
+            "{name}: istio/components/stats-tags/custom_bootstrap.json differs from src/metrics.rs STATS_TAGS"
+        );
+        // In the namespace of the pods that name it.
+        let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+        assert_eq!(
+            cm["metadata"]["namespace"],
+            extension(&docs)["metadata"]["namespace"],
+            "{name}"
+        );
     }
 }
 
@@ -564,41 +840,48 @@ fn oci_image_round_trips_through_a_local_registry() {
     fs::remove_dir_all(&work).unwrap();
 }
 
-// --- The rendered WasmPlugins in Envoy -----------------------------------------------------
+// --- The rendered WasmPlugins and TrafficExtensions in Envoy --------------------------------
 
-/// The HTTP filter istiod generates for a WasmPlugin (pilot/pkg/model/extensions.go): named
-/// `namespace.name`, `root_id` from `pluginName`, the plugin config as a JSON string, the V8
-/// runtime, and the failure policy from `failStrategy`. The module is the local file the
-/// istio-agent would have fetched from the image (istio-agent rewrites the remote code
-/// source to that file).
-fn istiod_filter(wp: &Value, module: &Path) -> Value {
-    let name = format!(
+/// The HTTP filter istiod generates for a WasmPlugin or TrafficExtension
+/// (pilot/pkg/model/extensions.go, Istio 1.30): the plugin named `namespace.name`, `root_id`
+/// from `pluginName`, the plugin config as a JSON string, the V8 runtime, and the failure
+/// policy from `failStrategy`. Istio 1.30 builds a WasmPlugin's filter from the
+/// TrafficExtension it translates it into, named `NAME~istio-translated-wasmplugin`
+/// (pilot/pkg/config/kube/extensions/translate.go; up to 1.29 the filter was
+/// `extensions.istio.io/wasmplugin/namespace.name`). istiod sends the filter by ECDS; here it
+/// is inline. The module is the local file the istio-agent would have fetched from the image
+/// (istio-agent rewrites the remote code source to that file).
+fn istiod_filter(ext: &Value, module: &Path) -> Value {
+    let mut name = format!(
         "{}.{}",
-        wp["metadata"]["namespace"].as_str().unwrap(),
-        wp["metadata"]["name"].as_str().unwrap()
+        ext["metadata"]["namespace"].as_str().unwrap(),
+        ext["metadata"]["name"].as_str().unwrap()
     );
-    let spec = &wp["spec"];
+    if ext["kind"] == "WasmPlugin" {
+        name.push_str("~istio-translated-wasmplugin");
+    }
+    let wasm = wasm_fields(ext);
     // Istio 1.25+ proxies get `failure_policy` (older ones the deprecated `fail_open`).
-    let failure_policy = match spec["failStrategy"].as_str() {
+    let failure_policy = match wasm["failStrategy"].as_str() {
         Some("FAIL_OPEN") => "FAIL_OPEN",
         Some("FAIL_CLOSE") | None => "FAIL_CLOSED",
         Some("FAIL_RELOAD") => "FAIL_RELOAD",
         Some(other) => panic!("unknown failStrategy {other}"),
     };
     json!({
-        "name": name,
+        "name": format!("extensions.istio.io/trafficextension/{name}"),
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": name,
-                "root_id": spec["pluginName"],
+                "root_id": wasm["pluginName"],
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": module.display().to_string()}}
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": plugin_config_text(wp)
+                    "value": plugin_config_text(ext)
                 },
                 "failure_policy": failure_policy
             }
@@ -606,39 +889,75 @@ fn istiod_filter(wp: &Value, module: &Path) -> Value {
     })
 }
 
-/// One overlay's WasmPlugin in Envoy, with its JWKS host served from 127.0.0.1 through a
-/// cluster named as istiod names the ServiceEntry's (TLS origination is the sidecar's job
+/// The cluster istiod gives a service the application calls (the outbound listener's route).
+const ELSEWHERE_CLUSTER: &str = "outbound|8080||inventory.shop.svc.cluster.local";
+
+/// One rendering's plugin in Envoy, on the listeners istiod would put it on: for a sidecar an
+/// inbound listener (the main one) and an outbound listener to another service
+/// (`elsewhere`), for a gateway its listener. The JWKS host is served from 127.0.0.1 through
+/// a cluster named as istiod names the ServiceEntry's (TLS origination is the sidecar's job
 /// and not modelled: the test cluster is plain HTTP).
 struct Deployed {
-    _jwks: JwksServer,
+    jwks: JwksServer,
     upstream: EchoUpstream,
+    /// The service behind the outbound listener (sidecars only).
+    elsewhere: Option<EchoUpstream>,
     envoy: Envoy,
     key: TestKey,
     issuer: String,
     audience: String,
     realm: String,
+    jwks_cluster: String,
+    /// Headers the filter sets or removes on the traffic it judges (`managed` headers).
+    managed: Vec<String>,
 }
 
 fn deploy(overlay: &str) -> Deployed {
-    let docs = render(overlay);
-    let wp = wasm_plugin(&docs).clone();
-    let provider = &wp["spec"]["pluginConfig"]["providers"][0];
-    let (cluster, _) = jwks_cluster(provider).expect("remote JWKS provider");
+    deploy_docs(overlay, render(overlay), |_| {})
+}
+
+/// Deploys a rendering; `tweak` adjusts the Envoy options before the start.
+fn deploy_docs(what: &str, docs: Vec<Value>, tweak: impl FnOnce(&mut EnvoyOptions)) -> Deployed {
+    let ext = extension(&docs).clone();
+    let provider = &wasm_fields(&ext)["pluginConfig"]["providers"][0];
+    let (jwks_cluster, _) = jwks_cluster(provider)
+        .or_else(|| alb_keys_cluster(provider))
+        .or_else(|| preset_jwks_cluster(provider))
+        .expect("remote keys");
+    let config = Config::from_json(plugin_config_text(&ext).as_bytes()).unwrap();
     let key = TestKey::from_rsa(&keys().rsa, Alg::RS256, "shop-2026");
     let jwks = JwksServer::start(key.jwks()).unwrap();
     let upstream = EchoUpstream::start(0).unwrap();
     let mut opts = EnvoyOptions::new(&json!({}), upstream.port);
-    opts.filter = Some(istiod_filter(&wp, &opts.wasm));
-    opts.clusters.push((cluster, jwks.port));
-    let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{overlay}: {e}"));
+    opts.clusters.push((jwks_cluster.clone(), jwks.port));
+    let mut elsewhere = None;
+    if is_gateway(&ext) {
+        opts.without_claimguard = !istiod_attaches(&ext, ListenerClass::Gateway);
+    } else {
+        opts.without_claimguard = !istiod_attaches(&ext, ListenerClass::SidecarInbound);
+        let other = EchoUpstream::start(0).unwrap();
+        opts.outbound = Some(OutboundListener {
+            name: "outbound".into(),
+            cluster: ELSEWHERE_CLUSTER.into(),
+            port: other.port,
+            claimguard: istiod_attaches(&ext, ListenerClass::SidecarOutbound),
+        });
+        elsewhere = Some(other);
+    }
+    tweak(&mut opts);
+    opts.filter = Some(istiod_filter(&ext, &opts.wasm));
+    let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{what}: {e}"));
     Deployed {
-        _jwks: jwks,
+        jwks,
         upstream,
+        elsewhere,
         envoy,
         key,
-        issuer: provider["issuer"].as_str().unwrap().to_string(),
-        audience: provider["audiences"][0].as_str().unwrap().to_string(),
-        realm: wp["spec"]["pluginConfig"]["realm"].as_str().unwrap().to_string(),
+        issuer: provider["issuer"].as_str().unwrap_or_default().to_string(),
+        audience: provider["audiences"][0].as_str().unwrap_or_default().to_string(),
+        realm: wasm_fields(&ext)["pluginConfig"]["realm"].as_str().unwrap().to_string(),
+        jwks_cluster,
+        managed: config.managed_headers.clone(),
     }
 }
 
@@ -678,6 +997,29 @@ impl Deployed {
         }
     }
 
+    /// A call the application makes to another service, through the sidecar's outbound
+    /// listener, with `headers`: the answer, and the request as that service received it.
+    fn call_out(&self, headers: &[(&str, &str)]) -> (Response, Option<Received>) {
+        let elsewhere = self.elsewhere.as_ref().expect("a sidecar rendering");
+        let port = self
+            .envoy
+            .listener_port_named("outbound")
+            .expect("the outbound listener");
+        let before = elsewhere.served();
+        let r = http::request(port, "POST", "/inventory/reserve", headers)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.envoy.log()));
+        let received = (elsewhere.served() > before)
+            .then(|| elsewhere.last_received())
+            .flatten();
+        (r, received)
+    }
+
+    /// Whether Envoy has a cluster of that name (`/clusters`).
+    fn has_cluster(&self, name: &str) -> bool {
+        let prefix = format!("{name}::");
+        self.envoy.admin("clusters").lines().any(|l| l.starts_with(&prefix))
+    }
+
     fn wait_for_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -693,7 +1035,20 @@ impl Deployed {
 
 #[test]
 fn orders_overlay_in_envoy() {
-    let d = deploy("orders");
+    orders_in_envoy(deploy("orders"));
+}
+
+/// The same overlay as a TrafficExtension: the same filter, the same answers.
+#[test]
+fn orders_traffic_extension_in_envoy() {
+    orders_in_envoy(deploy_docs(
+        "orders (TrafficExtension)",
+        render_traffic_extension("orders"),
+        |_| {},
+    ));
+}
+
+fn orders_in_envoy(d: Deployed) {
     let reader = d.token(json!({"scope": "orders:read"}));
     let writer = d.token(json!({"scope": "orders:read orders:write"}));
     let write_only = d.token(json!({"scope": "orders:write"}));
@@ -760,6 +1115,29 @@ fn orders_overlay_in_envoy() {
     );
     assert!(line.contains(r#""claimguard":"decision","decision":"deny""#), "{line}");
     assert!(line.contains(r#""status":403"#), "{line}");
+
+    // The application's own calls leave through the outbound listener, where istiod put no
+    // claimguard (`match: [{mode: SERVER}]`): a token for another service keeps its
+    // Authorization header and is not asked for this workload's audience.
+    let for_inventory = d
+        .key
+        .sign(&json!({"iss": d.issuer, "aud": "inventory-api", "sub": "orders", "exp": now() + 600}));
+    let auth = format!("Bearer {for_inventory}");
+    let (r, received) = d.call_out(&[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", d.envoy.log());
+    let received = received.expect("the call reached the other service");
+    assert_eq!(received.header("authorization"), Some(auth.as_str()), "{received:?}");
+    // The same token inbound is judged: not for this workload.
+    d.expect_all(&[("inventory's token, inbound", "GET", "/orders", Some(for_inventory), 401)]);
+    // Inbound, the token is consumed: the workload gets no Authorization header.
+    let served = d.upstream.served();
+    d.expect_all(&[("reader again", "GET", "/orders", Some(reader.clone()), 200)]);
+    assert_eq!(d.upstream.served(), served + 1);
+    assert_eq!(d.upstream.last_received().unwrap().header("authorization"), None);
+    // SERVER mode changes listeners, not clusters: istiod builds the ServiceEntry's cluster
+    // for every sidecar that sees the service, and the callout reaches it (the fetches above).
+    assert!(d.has_cluster(&d.jwks_cluster), "no cluster {}", d.jwks_cluster);
+    assert!(d.jwks.hits() >= 1, "no JWKS fetch reached the key server");
 }
 
 #[test]
@@ -814,4 +1192,257 @@ fn ingress_gateway_overlay_in_envoy() {
         ("health check", "GET", "/healthz", None, 200),
     ]);
     assert_eq!(d.upstream.served(), 3);
+}
+
+/// Migrating a workload from the WasmPlugin to the TrafficExtension: while both exist istiod
+/// gives its listeners two claimguard filters (same phase and priority, the older first), and
+/// the second sees a request without the token the first consumed. docs/istio.md says to
+/// apply the TrafficExtension, then delete the WasmPlugin: a short window that refuses, never
+/// one that lets requests through unchecked.
+#[test]
+fn a_wasm_plugin_and_a_traffic_extension_on_one_workload_refuse_valid_tokens() {
+    let wp_docs = render("orders");
+    let te_docs = render_traffic_extension("orders");
+    let wp = extension(&wp_docs).clone();
+    let d = deploy_docs("orders, WasmPlugin and TrafficExtension", te_docs, |o| {
+        o.filters_before.push(istiod_filter(&wp, &o.wasm));
+    });
+    let reader = d.token(json!({"scope": "orders:read"}));
+    d.expect_all(&[
+        ("valid token, judged twice", "GET", "/orders", Some(reader), 401),
+        ("no token", "GET", "/orders", None, 401),
+        ("public route", "GET", "/healthz", None, 200),
+    ]);
+    assert_eq!(d.upstream.served(), 1, "only the public route got through");
+    // The first filter admitted the token; the second found none (one VM, both counted).
+    let admitted =
+        r#"claimguard_requests_total{outcome="allowed",reason="none",rule="orders-read",provider="keycloak"}"#;
+    let missing =
+        r#"claimguard_requests_total{outcome="unauthenticated",reason="missing_token",rule="none",provider="none"}"#;
+    let stats = d.envoy.admin_until("stats/prometheus", |p| {
+        prom_value(p, admitted) == Some(1) && prom_value(p, missing) == Some(2)
+    });
+    assert_eq!(prom_value(&stats, admitted), Some(1), "{stats}");
+    assert_eq!(prom_value(&stats, missing), Some(2), "{stats}");
+}
+
+// --- Inbound only ------------------------------------------------------------------------
+
+/// Headers an application might send on its own calls: a token for the service it calls, and
+/// every header the filter manages on the traffic it judges (claim headers it would strip
+/// and set).
+fn app_headers(d: &Deployed) -> Vec<(String, String)> {
+    let token = d
+        .key
+        .sign(&json!({"iss": "https://idp.elsewhere.test", "aud": "inventory-api", "exp": now() + 600}));
+    let mut headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    for h in &d.managed {
+        headers.push((h.clone(), format!("set by the application ({h})")));
+    }
+    headers
+}
+
+#[test]
+fn every_sidecar_leaves_the_applications_outbound_calls_untouched() {
+    let sidecars: Vec<String> = manifests()
+        .into_iter()
+        .filter(|n| !is_gateway(extension(&render(n))))
+        .collect();
+    assert!(sidecars.len() >= 4, "{sidecars:?}");
+    for name in sidecars {
+        let d = deploy(&name);
+        let owned = app_headers(&d);
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if name.starts_with("examples/") {
+            assert!(headers.len() > 1, "{name}: expected claim headers to show: {headers:?}");
+        }
+        // Outbound: nothing judged, nothing stripped, nothing added.
+        let (r, received) = d.call_out(&headers);
+        assert_eq!(r.status, 200, "{name}: {r:?}\n{}", d.envoy.log());
+        let received = received.unwrap_or_else(|| panic!("{name}: the call never left"));
+        for (k, v) in &headers {
+            assert_eq!(received.header_values(k), vec![*v], "{name}: {k} on the way out");
+        }
+        let ours: Vec<&(String, String)> = received
+            .header_list
+            .iter()
+            .filter(|(k, _)| d.managed.contains(k) || k.starts_with("x-claimguard"))
+            .collect();
+        assert_eq!(
+            ours.len(),
+            d.managed.len(),
+            "{name}: headers added on the way out: {ours:?}"
+        );
+        // Inbound, the same request is judged: no token for this workload.
+        let r = http::request(d.envoy.port, "POST", "/inventory/reserve", &headers).unwrap();
+        assert_eq!(r.status, 401, "{name}: inbound: {r:?}");
+        assert_eq!(d.upstream.served(), 0, "{name}: inbound request reached the workload");
+    }
+}
+
+/// Why the sidecar overlays say `match: [{mode: SERVER}]`: Istio's default
+/// (CLIENT_AND_SERVER) also puts the filter on the outbound listener, where it judges the
+/// application's own calls by this workload's rules.
+#[test]
+fn without_match_the_filter_would_judge_the_applications_own_calls() {
+    let mut docs = render("orders");
+    for d in docs.iter_mut().filter(|d| d["kind"] == "WasmPlugin") {
+        d["spec"].as_object_mut().unwrap().remove("match");
+    }
+    let d = deploy_docs("orders without match", docs, |_| {});
+    let for_inventory = d
+        .key
+        .sign(&json!({"iss": d.issuer, "aud": "inventory-api", "sub": "orders", "exp": now() + 600}));
+    let auth = format!("Bearer {for_inventory}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let (r, received) = d.call_out(&[("authorization", &auth)]);
+        // 503 while the keys are still being fetched; then the verdict.
+        if r.status != 503 || Instant::now() > deadline {
+            assert!(received.is_none(), "{received:?}");
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 401, "{r:?}\n{}", d.envoy.log());
+    assert_eq!(d.elsewhere.as_ref().unwrap().served(), 0);
+}
+
+// --- Metrics in a default mesh -------------------------------------------------------------
+
+/// The `stats_config` istio-agent writes into a sidecar's bootstrap by default (Istio 1.30.3;
+/// the fixture names its source): Istio's own tags, and a stats matcher that lets through
+/// only some prefixes, `wasm` (so `wasmcustom.claimguard.*`) among them.
+fn istio_sidecar_stats_config() -> Value {
+    let text = fs::read_to_string(fixture("istio-1.30.3-sidecar-stats-config.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()["stats_config"].clone()
+}
+
+#[test]
+fn stats_tags_configmap_labels_the_series_over_istios_own_stats_config() {
+    let docs = render("orders");
+    let fragment = stats_tags_bootstrap(&docs);
+    // As istio-agent runs Envoy for a pod annotated
+    // sidecar.istio.io/bootstrapOverride: claimguard-stats-tags (pkg/envoy/proxy.go): its
+    // bootstrap, plus the ConfigMap's file with --config-yaml.
+    let d = deploy_docs("orders with the stats-tags ConfigMap", docs.clone(), |o| {
+        o.stats_config = Some(istio_sidecar_stats_config());
+        o.config_yaml = Some(fragment);
+    });
+    let reader = d.token(json!({"scope": "orders:read"}));
+    d.expect_all(&[
+        ("reader", "GET", "/orders", Some(reader.clone()), 200),
+        ("reader cannot create", "POST", "/orders", Some(reader), 403),
+        ("no token", "GET", "/orders", None, 401),
+    ]);
+    let want = [
+        r#"claimguard_requests_total{outcome="allowed",reason="none",rule="orders-read",provider="keycloak"}"#,
+        r#"claimguard_requests_total{outcome="denied",reason="insufficient_scope",rule="none",provider="keycloak"}"#,
+        r#"claimguard_requests_total{outcome="unauthenticated",reason="missing_token",rule="none",provider="none"}"#,
+    ];
+    let fetched = r#"claimguard_jwks_fetches_total{provider="keycloak",result="success"}"#;
+    let stats = d.envoy.admin_until("stats/prometheus", |p| {
+        want.iter().all(|s| prom_value(p, s) == Some(1)) && prom_value(p, fetched).is_some_and(|n| n >= 1)
+    });
+    let ours: Vec<&str> = stats.lines().filter(|l| l.starts_with("claimguard_")).collect();
+    for series in want {
+        assert_eq!(prom_value(&stats, series), Some(1), "{series} in:\n{}", ours.join("\n"));
+    }
+    assert!(
+        prom_value(&stats, fetched).is_some_and(|n| n >= 1),
+        "{}",
+        ours.join("\n")
+    );
+    // Istio's stats matcher is in force: Envoy's per-cluster series are not exported, and
+    // claimguard's are only because Istio always lets the `wasm` prefix through.
+    assert!(!stats.contains("envoy_cluster_upstream_cx_total"), "{stats}");
+    drop(d);
+
+    // Without the annotation the default mesh still exports the series (Istio always lets
+    // the `wasm` prefix through), with the labels folded into the names.
+    let d = deploy_docs("orders in a default sidecar", docs, |o| {
+        o.stats_config = Some(istio_sidecar_stats_config());
+    });
+    d.expect_all(&[("no token", "GET", "/orders", None, 401)]);
+    let folded = "claimguard_requests_total_outcome_unauthenticated_reason_missing_token_rule_none_provider_none{}";
+    let stats = d
+        .envoy
+        .admin_until("stats/prometheus", |p| prom_value(p, folded) == Some(1));
+    let ours: Vec<&str> = stats.lines().filter(|l| l.starts_with("claimguard_")).collect();
+    assert_eq!(prom_value(&stats, folded), Some(1), "{}", ours.join("\n"));
+    assert!(!stats.contains("claimguard_requests_total{"), "{}", ours.join("\n"));
+}
+
+// --- FAIL_RELOAD or FAIL_CLOSE -------------------------------------------------------------
+
+/// The test-only module that traps on `x-claimguard-fault: trap` (`make build-faults`).
+fn faults_wasm() -> PathBuf {
+    let path = match std::env::var_os("CLAIMGUARD_FAULTS_WASM") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => root().join("target/faults/claimguard.wasm"),
+    };
+    assert!(
+        path.exists(),
+        "{} is missing: `make build-faults` builds it",
+        path.display()
+    );
+    path
+}
+
+/// After a VM trap, FAIL_CLOSE leaves the plugin failed: every later request is refused
+/// until the plugin is pushed again or the pod restarts. FAIL_RELOAD (istio/components/
+/// fail-reload) refuses the request that trapped just the same, refuses the next ones for
+/// Envoy's reload backoff (`reload_config`, which istiod leaves at its 1 s base), and then
+/// serves from a fresh VM that enforces the same rules.
+#[test]
+fn after_a_trap_fail_reload_serves_and_enforces_again_fail_close_refuses_everything() {
+    for (strategy, docs) in [
+        ("FAIL_CLOSE", render("orders")),
+        ("FAIL_RELOAD", parse_docs(&kustomize_with("orders", &["fail-reload"]))),
+    ] {
+        assert_eq!(extension(&docs)["spec"]["failStrategy"], strategy);
+        let d = deploy_docs(strategy, docs, |o| o.wasm = faults_wasm());
+        let reader = d.token(json!({"scope": "orders:read"}));
+        let auth = format!("Bearer {reader}");
+        d.expect_all(&[("before the trap", "GET", "/orders", Some(reader.clone()), 200)]);
+        let served = d.upstream.served();
+        let get = |headers: &[(&str, &str)]| http::get(d.envoy.port, "/orders", headers).unwrap().status;
+        let trap = get(&[("authorization", &auth), ("x-claimguard-fault", "trap")]);
+        assert!(trap >= 500, "{strategy}: the trapping request must fail closed: {trap}");
+        let trapped = Instant::now();
+        // Well past the reload backoff: FAIL_CLOSE must still refuse, FAIL_RELOAD serve.
+        let mut statuses = Vec::new();
+        while trapped.elapsed() < Duration::from_secs(4) {
+            let status = get(&[("authorization", &auth)]);
+            statuses.push(status);
+            if status == 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match strategy {
+            "FAIL_CLOSE" => {
+                assert!(statuses.iter().all(|s| *s >= 500), "{strategy}: {statuses:?}");
+                assert!(get(&[]) >= 500, "{strategy}");
+                assert_eq!(d.upstream.served(), served, "{strategy}: nothing gets through");
+            }
+            _ => {
+                let recovered = trapped.elapsed();
+                assert_eq!(
+                    statuses.last(),
+                    Some(&200),
+                    "{strategy}: {statuses:?}\n{}",
+                    d.envoy.log()
+                );
+                assert!(
+                    statuses.iter().rev().skip(1).all(|s| *s >= 500),
+                    "{strategy}: only refusals until the reload: {statuses:?}"
+                );
+                println!("{strategy}: a fresh VM served {recovered:?} after the trap ({statuses:?})");
+                assert_eq!(get(&[]), 401, "{strategy}: the fresh VM enforces");
+                assert_eq!(get(&[("authorization", &auth)]), 200);
+                assert_eq!(d.upstream.served(), served + 2);
+            }
+        }
+    }
 }

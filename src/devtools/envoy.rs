@@ -77,6 +77,28 @@ pub struct EnvoyOptions {
     /// `path_with_escaped_slashes_action`): Envoy's defaults, or what istiod renders for a
     /// mesh `pathNormalization`.
     pub path_normalization: PathNormalization,
+    /// A second listener for the application's own calls, as a sidecar has beside its inbound
+    /// one (tests/istio_manifests.rs); its port: [`Envoy::listener_port_named`].
+    pub outbound: Option<OutboundListener>,
+    /// The bootstrap's `stats_config` instead of claimguard's tags alone (`stats_tags` from
+    /// [`crate::metrics::STATS_TAGS`]), e.g. the one istio-agent writes for a sidecar.
+    pub stats_config: Option<Value>,
+    /// A bootstrap fragment Envoy merges into the config (`--config-yaml`: repeated fields
+    /// appended, others replaced), as istio-agent passes the ConfigMap a pod names in
+    /// `sidecar.istio.io/bootstrapOverride`.
+    pub config_yaml: Option<String>,
+}
+
+/// A sidecar's outbound listener: what the application's calls to other services go through,
+/// with the same connection manager as the inbound listener routing to `cluster` (a STATIC
+/// cluster to 127.0.0.1:`port`). istiod puts a WasmPlugin or TrafficExtension on it only when
+/// the plugin's `match` allows CLIENT traffic (the default, CLIENT_AND_SERVER, does;
+/// `mode: SERVER` does not): `claimguard` says whether it did.
+pub struct OutboundListener {
+    pub name: String,
+    pub cluster: String,
+    pub port: u16,
+    pub claimguard: bool,
 }
 
 /// How the HTTP connection manager rewrites `:path` before any filter sees it. Apart from
@@ -224,6 +246,9 @@ impl EnvoyOptions {
             raw_bootstrap: None,
             use_remote_address: false,
             path_normalization: PathNormalization::EnvoyDefaults,
+            outbound: None,
+            stats_config: None,
+            config_yaml: None,
         }
     }
 }
@@ -299,6 +324,9 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
     };
     let mut clusters = vec![cluster("app", o.upstream_port)];
     clusters.extend(o.clusters.iter().map(|(name, port)| cluster(name, *port)));
+    if let Some(out) = &o.outbound {
+        clusters.push(cluster(&out.cluster, out.port));
+    }
     let access_log = match &o.access_log_format {
         Some(format) => json!([{
             "name": "envoy.access_loggers.file",
@@ -315,35 +343,42 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         .iter()
         .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
         .collect();
+    let claimguard = || match (&o.filter, o.ecds) {
+        (_, true) => ecds_filter(dir),
+        (Some(filter), false) => filter.clone(),
+        (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
+    };
+    let router = json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
     let mut http_filters = o.filters_before.clone();
     if !o.without_claimguard {
-        http_filters.push(match (&o.filter, o.ecds) {
-            (_, true) => ecds_filter(dir),
-            (Some(filter), false) => filter.clone(),
-            (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
-        });
+        http_filters.push(claimguard());
     }
-    http_filters.push(json!({"name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    let mut filter_chain = json!({"filters": [{
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "ingress_http",
-            "access_log": access_log,
-            "route_config": {"virtual_hosts": [{
-                "name": "app", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
-            }]},
-            "http_filters": http_filters
+    http_filters.push(router.clone());
+    // One connection manager (stat prefix, route target and filters aside) for every listener.
+    let chain = |stat_prefix: &str, cluster: &str, http_filters: Vec<Value>| {
+        let mut chain = json!({"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": stat_prefix,
+                "access_log": access_log,
+                "route_config": {"virtual_hosts": [{
+                    "name": cluster, "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]
+                }]},
+                "http_filters": http_filters
+            }
+        }]});
+        if o.use_remote_address {
+            chain["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
         }
-    }]});
-    if o.use_remote_address {
-        filter_chain["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
-    }
-    for (field, value) in o.path_normalization.hcm_fields() {
-        filter_chain["filters"][0]["typed_config"][field] = value;
-    }
+        for (field, value) in o.path_normalization.hcm_fields() {
+            chain["filters"][0]["typed_config"][field] = value;
+        }
+        chain
+    };
+    let filter_chain = chain("ingress_http", "app", http_filters);
     let mut listeners = vec![json!({
         "name": "ingress",
         "address": loopback(o.listener_port),
@@ -360,9 +395,25 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
             "filter_chains": [chain]
         }));
     }
+    if let Some(out) = &o.outbound {
+        let mut http_filters = Vec::new();
+        if out.claimguard {
+            http_filters.push(claimguard());
+        }
+        http_filters.push(router);
+        listeners.push(json!({
+            "name": out.name,
+            "address": loopback(0),
+            "filter_chains": [chain("outbound_http", &out.cluster, http_filters)]
+        }));
+    }
+    let stats_config = o
+        .stats_config
+        .clone()
+        .unwrap_or_else(|| json!({"stats_tags": stats_tags}));
     json!({
         "node": {"id": "claimguard-test", "cluster": "claimguard"},
-        "stats_config": {"stats_tags": stats_tags},
+        "stats_config": stats_config,
         "admin": {"address": loopback(o.admin_port)},
         "static_resources": {
             "listeners": listeners,
@@ -475,6 +526,9 @@ impl Envoy {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
+        }
+        if let Some(fragment) = &o.config_yaml {
+            cmd.arg("--config-yaml").arg(fragment);
         }
         let child = cmd
             .arg("-c")
