@@ -258,6 +258,11 @@ metadata:
   name: orders-auth
   namespace: shop
 spec:
+  selector:
+    matchLabels:
+      app: orders
+  match:
+  - mode: SERVER
   url: oci://registry.example.com/claimguard/claimguard:0.1.0
   phase: AUTHN
   failStrategy: FAIL_CLOSE
@@ -446,6 +451,115 @@ spec:
         root().join("examples/config.json").to_str().expect("p"),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+/// A claimguard plugin manifest: `kind` WasmPlugin or TrafficExtension, `outer` the spec
+/// fields beside the module (selector, match, phase, ...), `module` url/failStrategy/... and
+/// `plugin_config` (the module fields sit under spec.wasm in a TrafficExtension).
+fn plugin_manifest(kind: &str, name: &str, outer: Value, module: Value, plugin_config: Value) -> Value {
+    let mut module = module;
+    module["pluginConfig"] = plugin_config;
+    let mut spec = outer;
+    if kind == "TrafficExtension" {
+        spec["wasm"] = module;
+    } else {
+        for (k, v) in module.as_object().expect("object") {
+            spec[k] = v.clone();
+        }
+    }
+    json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": kind,
+           "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+}
+
+fn yaml_stream(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| serde_yaml_ng::to_string(d).expect("yaml"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn careful_config(forward: bool) -> Value {
+    json!({"providers": [{"name": "idp", "issuer": "https://idp.example.com", "audiences": ["orders-api"],
+                          "jwksUri": "https://idp.example.com/keys", "forwardOriginalToken": forward}]})
+}
+
+/// Every warning of every plugin document in a `check --json` report.
+fn check_warnings(v: &Value) -> Vec<String> {
+    v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .flat_map(|f| f["documents"].as_array().cloned().unwrap_or_default())
+        .flat_map(|d| d["warnings"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn check_accepts_traffic_extensions_like_wasmplugins() {
+    let t = Tmp::new("traffic-extension");
+    let sidecar =
+        json!({"selector": {"matchLabels": {"app": "orders"}}, "match": [{"mode": "SERVER"}], "phase": "AUTHN"});
+    let oci = json!({"url": "oci://registry.example.com/claimguard/claimguard:0.1.0", "failStrategy": "FAIL_CLOSE"});
+    let good = plugin_manifest(
+        "TrafficExtension",
+        "orders-auth",
+        sidecar.clone(),
+        oci.clone(),
+        careful_config(false),
+    );
+    let mut typo = careful_config(false);
+    typo["rules"] = json!([{"name": "r", "when": [{"values": ["x"]}]}]);
+    let bad = plugin_manifest("TrafficExtension", "bad-rule", sidecar.clone(), oci.clone(), typo);
+    let mut no_config = good.clone();
+    no_config["metadata"]["name"] = json!("no-config");
+    no_config["spec"]["wasm"]
+        .as_object_mut()
+        .expect("wasm")
+        .remove("pluginConfig");
+    let lua = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+                     "metadata": {"name": "headers"}, "spec": {"lua": {"inlineCode": "function envoy_on_request(h) end"}}});
+    let neither = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+                         "metadata": {"name": "empty"}, "spec": {"phase": "AUTHN"}});
+    let stream = t.write("te.yaml", &yaml_stream(&[good.clone(), bad, no_config, lua, neither]));
+    let o = run(&["check", "-v", &stream]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(
+        out.contains("te.yaml: document 1 (TrafficExtension \"orders-auth\"): OK"),
+        "{out}"
+    );
+    assert!(
+        out.contains("te.yaml: document 4 (TrafficExtension \"headers\"): skipped: TrafficExtension with a Lua filter, not WebAssembly"),
+        "{out}"
+    );
+    for want in [
+        "te.yaml: document 2 (TrafficExtension \"bad-rule\"): rules[0].when[0].claim: is required",
+        "te.yaml: document 3 (TrafficExtension \"no-config\"): spec.wasm.pluginConfig: is missing",
+        "te.yaml: document 5 (TrafficExtension \"empty\"): spec.wasm: is missing: a TrafficExtension needs exactly one of wasm or lua",
+    ] {
+        assert!(err.contains(want), "wanted {want:?} in:\n{err}");
+    }
+    // A careful TrafficExtension has no warnings; the module's own settings are read (and
+    // named) under spec.wasm.
+    let o = run_stdin(&["check", "--deny-warnings", "-"], &yaml_stream(&[good]));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let risky = plugin_manifest(
+        "TrafficExtension",
+        "risky",
+        sidecar,
+        json!({"url": "https://example.com/claimguard.wasm", "failStrategy": "FAIL_OPEN"}),
+        careful_config(false),
+    );
+    let v = json_out(&run_stdin(&["check", "--json", "-"], &yaml_stream(&[risky])));
+    assert_eq!(
+        check_warnings(&v),
+        vec![
+            "spec.wasm.failStrategy: FAIL_OPEN lets every request through, unauthenticated, when the filter fails to load or crashes",
+            "spec.wasm.sha256: not set, so the module downloaded from spec.wasm.url is not pinned",
+        ],
+        "{v:#}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,7 +964,7 @@ fn explain_fetches_jwks_from_a_url_with_a_timeout() {
 #[test]
 fn import_istio_matches_golden_files() {
     let dir = root().join("tests/fixtures/istio-import");
-    let expected_exit = |name: &str| if name == "untranslatable" { 1 } else { 0 };
+    let expected_exit = |name: &str| if name.contains("untranslatable") { 1 } else { 0 };
     let mut inputs: Vec<String> = std::fs::read_dir(&dir)
         .expect("fixtures")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -2,6 +2,7 @@
 //! found in the given files, plus warnings for settings that are valid but risky.
 
 use crate::input::{load, Content, Doc};
+use crate::istio::Manifest;
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use claimguard::policy::{Mode, RuleAction};
@@ -10,7 +11,8 @@ use std::path::PathBuf;
 
 pub const AFTER_HELP: &str = "\
 Inputs: a bare plugin config (JSON), or Kubernetes YAML/JSON with one or more documents; the
-spec.pluginConfig of every WasmPlugin is checked, other kinds are skipped (listed with
+spec.pluginConfig of every WasmPlugin and the spec.wasm.pluginConfig of every TrafficExtension
+are checked (a Lua TrafficExtension is skipped), other kinds are skipped (listed with
 --verbose and in --json). `-` reads standard input, e.g.
   kustomize build istio/ | claimguard check -
 
@@ -35,7 +37,7 @@ pub struct CheckArgs {
     files: Vec<PathBuf>,
     #[command(flatten)]
     json: JsonFlag,
-    /// Also list skipped (non-WasmPlugin) documents.
+    /// Also list skipped documents (neither WasmPlugin nor TrafficExtension).
     #[arg(short, long)]
     verbose: bool,
     /// Exit 1 when there is any warning.
@@ -44,18 +46,23 @@ pub struct CheckArgs {
 }
 
 /// A warning about a valid config: where, and why it is risky.
-pub fn risk_warnings(cfg: &Config, plugin: &Value, spec: Option<&Value>) -> Vec<String> {
+pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) -> Vec<String> {
     let mut out: Vec<String> = cfg.warnings.clone();
-    if let Some(spec) = spec {
-        if spec.get("failStrategy").and_then(Value::as_str) == Some("FAIL_OPEN") {
-            out.push(
-                "spec.failStrategy: FAIL_OPEN lets every request through, unauthenticated, when the filter fails to load or crashes"
-                    .into(),
-            );
+    if let Some(m) = manifest {
+        let module = m.module();
+        if module.get("failStrategy").and_then(Value::as_str) == Some("FAIL_OPEN") {
+            out.push(format!(
+                "{}: FAIL_OPEN lets every request through, unauthenticated, when the filter fails to load or crashes",
+                m.module_field("failStrategy")
+            ));
         }
-        let url = spec.get("url").and_then(Value::as_str).unwrap_or("");
-        if (url.starts_with("http://") || url.starts_with("https://")) && spec.get("sha256").is_none() {
-            out.push("spec.sha256: not set, so the module downloaded from spec.url is not pinned".into());
+        let url = module.get("url").and_then(Value::as_str).unwrap_or("");
+        if (url.starts_with("http://") || url.starts_with("https://")) && module.get("sha256").is_none() {
+            out.push(format!(
+                "{}: not set, so the module downloaded from {} is not pinned",
+                m.module_field("sha256"),
+                m.module_field("url")
+            ));
         }
     }
     for (i, p) in cfg.providers.iter().enumerate() {
@@ -194,7 +201,7 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 eprintln!("{where_}: {}", join_path(path, message));
             }
         }
-        Content::Plugin { json: text, spec } => {
+        Content::Plugin { json: text, manifest } => {
             out.plugin = true;
             match Config::from_json(text.as_bytes()) {
                 Err(e) => {
@@ -207,7 +214,7 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 }
                 Ok(cfg) => {
                     let plugin: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                    let warnings = risk_warnings(&cfg, &plugin, spec.as_ref());
+                    let warnings = risk_warnings(&cfg, &plugin, manifest.as_ref());
                     out.warnings = warnings.len();
                     let providers: Vec<String> = cfg.providers.iter().map(describe_provider).collect();
                     j["status"] = json!("ok");
@@ -241,10 +248,17 @@ fn join_path(path: &str, message: &str) -> String {
 
 pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
     let (mut configs, mut invalid, mut warnings, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    let loaded: Vec<(String, Result<Vec<Doc>, String>)> = a
+        .files
+        .iter()
+        .map(|path| {
+            let name = display_name(path);
+            let docs = read_input(path).and_then(|text| load(&text).map_err(|e| format!("{name}: {e}")));
+            (name, docs)
+        })
+        .collect();
     let mut files = Vec::new();
-    for path in &a.files {
-        let name = display_name(path);
-        let docs = read_input(path).and_then(|text| load(&text).map_err(|e| format!("{name}: {e}")));
+    for (name, docs) in &loaded {
         let docs = match docs {
             Ok(d) => d,
             Err(e) => {
@@ -259,8 +273,8 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
         let bare = docs.len() == 1 && docs.iter().all(|d| d.kind.is_none());
         let mut doc_json = Vec::new();
         let mut plugins = 0;
-        for d in &docs {
-            let c = check_doc(&name, d, bare, a);
+        for d in docs {
+            let c = check_doc(name, d, bare, a);
             plugins += usize::from(c.plugin);
             invalid += usize::from(c.invalid);
             warnings += c.warnings;
@@ -272,7 +286,10 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
         if plugins == 0 {
             // A kustomization.yaml or a ServiceEntry next to the WasmPlugins: fine, unless no
             // file at all holds a plugin config (checked below).
-            let note = format!("no plugin config ({} document(s), none a WasmPlugin)", docs.len());
+            let note = format!(
+                "no plugin config ({} document(s), none a WasmPlugin or TrafficExtension)",
+                docs.len()
+            );
             f["note"] = json!(note);
         }
         files.push(f);

@@ -10,6 +10,7 @@
 
 use crate::check::risk_warnings;
 use crate::input::documents;
+use crate::istio::{Manifest, PluginKind};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use serde_json::{json, Map, Value};
@@ -542,9 +543,13 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     }
     let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
                         "metadata": metadata, "spec": spec});
+    let manifest = Manifest {
+        kind: PluginKind::WasmPlugin,
+        spec: spec.clone(),
+    };
     // What `claimguard check` would say about the result: the filter's own validation.
     let (valid, check_warnings) = match Config::from_json(plugin_config.to_string().as_bytes()) {
-        Ok(cfg) => (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&spec))),
+        Ok(cfg) => (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&manifest))),
         Err(e) => (Err(e.to_string()), Vec::new()),
     };
     let yaml = serde_yaml_ng::to_string(&plugin).map_err(|e| e.to_string())?;

@@ -11,6 +11,7 @@ mod check;
 mod explain;
 mod import_istio;
 mod input;
+mod istio;
 mod run;
 mod tokens;
 
@@ -36,8 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate plugin configs (JSON, or WasmPlugin YAML) exactly as the filter does, and warn
-    /// about risky settings.
+    /// Validate plugin configs (JSON, or WasmPlugin / TrafficExtension YAML) exactly as the
+    /// filter does, and warn about risky settings.
     #[command(after_help = check::AFTER_HELP)]
     Check(check::CheckArgs),
     /// Run the filter's whole decision on one request offline and print why: each token
