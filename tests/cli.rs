@@ -435,6 +435,7 @@ spec:
         "warning: providers[0].allowMissing: requests without a token pass, and no enforced ALLOW rule requires one",
         "warning: mode: dryRun: no rule is enforced",
         "warning: decisionHeader: tells every client why it was refused",
+        "warning: spec.match: no match, so Istio's default mode CLIENT_AND_SERVER applies: the filter also runs on the outbound listeners of every sidecar of the namespace (no selector)",
     ] {
         assert!(text.contains(want), "wanted {want:?} in:\n{text}");
     }
@@ -442,7 +443,7 @@ spec:
     assert_eq!(o.status.code(), Some(1));
     let v = json_out(&run(&["check", "--json", &p]));
     assert_eq!(v["ok"], true);
-    assert_eq!(v["summary"]["warnings"], 11, "{v:#}");
+    assert_eq!(v["summary"]["warnings"], 12, "{v:#}");
 
     // The shipped example with a plain, careful config has no warnings.
     let o = run(&[
@@ -560,6 +561,59 @@ fn check_accepts_traffic_extensions_like_wasmplugins() {
         ],
         "{v:#}"
     );
+}
+
+#[test]
+fn check_warns_about_a_sidecar_plugin_without_match_server() {
+    let oci = json!({"url": "oci://registry.example.com/claimguard/claimguard:0.1.0", "failStrategy": "FAIL_CLOSE"});
+    let orders = json!({"matchLabels": {"app": "orders"}});
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        ("selector, no match", json!({"selector": orders}),
+         Some("spec.match: no match, so Istio's default mode CLIENT_AND_SERVER applies: the filter also runs on the outbound listeners of the sidecar it selects (selector app=orders), demanding a token for this workload's audience on every call the application makes and removing their Authorization header; add match: [{mode: SERVER}]")),
+        ("no selector", json!({}), Some("outbound listeners of every sidecar of the namespace (no selector)")),
+        ("CLIENT_AND_SERVER", json!({"selector": orders, "match": [{"mode": "CLIENT_AND_SERVER"}]}),
+         Some("spec.match: a match that is not only mode SERVER")),
+        ("SERVER and CLIENT", json!({"selector": orders, "match": [{"mode": "SERVER"}, {"mode": "CLIENT"}]}),
+         Some("spec.match: a match that is not only mode SERVER")),
+        ("ports only", json!({"selector": orders, "match": [{"ports": [{"number": 8080}]}]}),
+         Some("spec.match: a match that is not only mode SERVER")),
+        ("SERVER", json!({"selector": orders, "match": [{"mode": "SERVER"}]}), None),
+        ("SERVER with ports", json!({"selector": orders, "match": [{"mode": "SERVER", "ports": [{"number": 8080}]}]}), None),
+        ("gateway targetRefs", json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "shop"}]}), None),
+        ("gateway selector", json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}}), None),
+    ];
+    for kind in ["WasmPlugin", "TrafficExtension"] {
+        for (what, outer, want) in &cases {
+            let m = plugin_manifest(kind, "p", outer.clone(), oci.clone(), careful_config(false));
+            let o = run_stdin(&["check", "--json", "-"], &yaml_stream(&[m]));
+            assert_eq!(o.status.code(), Some(0), "{kind} {what}: {}", stderr(&o));
+            let ws = check_warnings(&json_out(&o));
+            match want {
+                Some(w) => assert!(
+                    ws.len() == 1 && ws[0].contains(w),
+                    "{kind} {what}: wanted {w:?} in {ws:?}"
+                ),
+                None => assert!(ws.is_empty(), "{kind} {what}: {ws:?}"),
+            }
+            // As every warning: exit 1 with --deny-warnings.
+            let o = run_stdin(
+                &["check", "--deny-warnings", "-"],
+                &yaml_stream(&[plugin_manifest(
+                    kind,
+                    "p",
+                    outer.clone(),
+                    oci.clone(),
+                    careful_config(false),
+                )]),
+            );
+            assert_eq!(
+                o.status.code(),
+                Some(if want.is_some() { 1 } else { 0 }),
+                "{kind} {what}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! `claimguard check`: the filter's own validation (`Config::from_json`) on every plugin config
-//! found in the given files, plus warnings for settings that are valid but risky.
+//! found in the given files, plus warnings for settings that are valid but risky, and for a
+//! sidecar plugin that would also run on outbound traffic.
 
 use crate::input::{load, Content, Doc};
-use crate::istio::Manifest;
+use crate::istio::{outbound_warning, Manifest};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use claimguard::policy::{Mode, RuleAction};
@@ -23,6 +24,12 @@ Warnings (valid but risky): no audiences/clientIds, failStrategy FAIL_OPEN, maxS
 HMAC secrets in the config, mode dryRun, every rule dry-run, allowMissing with no rule that
 requires a token, requireExpiration false, keys fetched over plain http, large clock skew,
 decisionHeader / exposeRuleNames, KEEP_UNCHANGED escaped slashes, an unpinned module URL.
+
+Sidecars: a plugin with a selector (or none: every sidecar of the namespace) and no
+match: [{mode: SERVER}] also runs on the pod's outbound listeners (Istio's default mode is
+CLIENT_AND_SERVER): calls the application makes would need a token for this workload's
+audience and lose their Authorization header. Gateways (targetRefs, or a selector such as
+istio: ingressgateway) are not warned about.
 
 Files without a plugin config (kustomization.yaml, a ServiceEntry) are fine as long as at
 least one plugin config is found overall.
@@ -64,6 +71,7 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
                 m.module_field("url")
             ));
         }
+        out.extend(outbound_warning(m));
     }
     for (i, p) in cfg.providers.iter().enumerate() {
         let raw = plugin.get("providers").and_then(|ps| ps.get(i));

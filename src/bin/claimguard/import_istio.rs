@@ -10,7 +10,7 @@
 
 use crate::check::risk_warnings;
 use crate::input::documents;
-use crate::istio::{Manifest, PluginKind};
+use crate::istio::{Manifest, PluginKind, Target};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use serde_json::{json, Map, Value};
@@ -24,7 +24,11 @@ AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, princ
 namespaces, ipBlocks (and their not* forms),
 to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
 (nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
-request.headers[..], values/notValues; selector.matchLabels becomes the WasmPlugin selector.
+request.headers[..], values/notValues; selector.matchLabels becomes the selector.
+
+Output: a WasmPlugin in phase AUTHN with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}]
+on sidecars (not on a gateway selector), as an AuthorizationPolicy governs a sidecar's inbound
+traffic only.
 
 Not translated, and reported (stderr, or \"untranslated\" in --json): remoteIpBlocks, ports,
 CUSTOM actions, when keys other than request.auth.* and request.headers[..], targetRefs,
@@ -537,15 +541,35 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     if let Some(ns) = &namespace {
         metadata["namespace"] = json!(ns);
     }
-    let mut spec = json!({"url": a.url, "phase": "AUTHN", "failStrategy": "FAIL_CLOSE", "pluginConfig": plugin_config});
+    let target = Target {
+        selector: selector.as_ref().and_then(Value::as_object).cloned(),
+        target_refs: None,
+    };
+    let mut outer = Map::new();
+    outer.insert("phase".into(), json!("AUTHN"));
     if let Some(s) = &selector {
-        spec["selector"] = json!({"matchLabels": s});
+        outer.insert("selector".into(), json!({"matchLabels": s}));
     }
-    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+    if target.sidecars() {
+        // An AuthorizationPolicy on a sidecar governs inbound requests only; without a match
+        // the plugin would also run on the pod's outbound listeners.
+        outer.insert("match".into(), json!([{"mode": "SERVER"}]));
+    } else {
+        im.notes.push(json!({"path": "spec.match", "message": format!(
+            "not set: the selector ({}) picks a gateway, whose traffic Istio treats as CLIENT (mode SERVER would take the filter off it)",
+            target.describe())}));
+    }
+    let mut module = Map::new();
+    module.insert("url".into(), json!(a.url));
+    module.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    module.insert("pluginConfig".into(), plugin_config.clone());
+    let spec = PluginKind::WasmPlugin.spec(outer, module);
+    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": PluginKind::WasmPlugin.name(),
                         "metadata": metadata, "spec": spec});
     let manifest = Manifest {
         kind: PluginKind::WasmPlugin,
-        spec: spec.clone(),
+        spec,
+        target,
     };
     // What `claimguard check` would say about the result: the filter's own validation.
     let (valid, check_warnings) = match Config::from_json(plugin_config.to_string().as_bytes()) {

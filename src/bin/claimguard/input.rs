@@ -3,7 +3,7 @@
 //! WasmPlugins (`spec.pluginConfig`) or TrafficExtensions (`spec.wasm.pluginConfig`) whose
 //! plugin config is the filter's.
 
-use crate::istio::{Manifest, PluginKind};
+use crate::istio::{Manifest, PluginKind, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -110,7 +110,11 @@ fn classify(index: usize, v: Value, original_json: Option<&str>, out: &mut Vec<D
                 PluginKind::TrafficExtension
             };
             let spec = v.get("spec").cloned().unwrap_or(Value::Null);
-            let manifest = Manifest { kind, spec };
+            let manifest = Manifest {
+                kind,
+                target: Target::of(&v),
+                spec,
+            };
             if kind == PluginKind::TrafficExtension && manifest.spec.get("wasm").is_none() {
                 let content = if manifest.spec.get("lua").is_some() {
                     Content::Skipped("TrafficExtension with a Lua filter, not WebAssembly".into())
