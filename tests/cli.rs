@@ -616,6 +616,105 @@ fn check_warns_about_a_sidecar_plugin_without_match_server() {
     }
 }
 
+#[test]
+fn check_says_what_to_change_beside_istio_security() {
+    let t = Tmp::new("coexist");
+    let oci = json!({"url": "oci://registry.example.com/claimguard/claimguard:0.1.0", "failStrategy": "FAIL_CLOSE"});
+    let sidecar = |phase: &str| json!({"selector": {"matchLabels": {"app": "orders"}}, "match": [{"mode": "SERVER"}], "phase": phase});
+    let plugin = |forward: bool, phase: &str| {
+        plugin_manifest(
+            "WasmPlugin",
+            "orders-auth",
+            sidecar(phase),
+            oci.clone(),
+            careful_config(forward),
+        )
+    };
+    let policy = |name: &str, ns: &str, app: &str, extra: Value| {
+        let mut p = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                           "metadata": {"name": name, "namespace": ns},
+                           "spec": {"selector": {"matchLabels": {"app": app}},
+                                    "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}});
+        if let Some(m) = extra.as_object() {
+            for (k, v) in m {
+                p[k] = v.clone();
+            }
+        }
+        p
+    };
+    let require_jwt = policy("require-jwt", "shop", "orders", json!({}));
+    let ra = json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                    "metadata": {"name": "jwt", "namespace": "shop"},
+                    "spec": {"jwtRules": [{"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/keys"}]}});
+    let advice = "Set forwardOriginalToken: true on those providers while both run, or remove these Istio policies once claimguard alone enforces";
+    let denies = "AuthorizationPolicy \"shop/require-jwt\" (spec.rules[0].from[0].source.requestPrincipals) never matches, so the requests it admitted get 403, because claimguard runs first (phase AUTHN, before Istio's jwt_authn) and removes the token of provider(s) \"idp\"";
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<Value>, Option<&str>)> = vec![
+        ("requestPrincipals beside a stripping provider", vec![plugin(false, "AUTHN"), require_jwt.clone()], Some(denies)),
+        ("a RequestAuthentication (namespace-wide)", vec![plugin(false, "AUTHN"), ra.clone()],
+         Some("Istio's own security for this workload: RequestAuthentication \"shop/jwt\" verifies nothing")),
+        ("a DENY on notRequestPrincipals",
+         vec![plugin(false, "AUTHN"), json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "deny-anon", "namespace": "shop"},
+                 "spec": {"action": "DENY", "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}], "to": [{"operation": {"paths": ["/admin/*"]}}]}]}})],
+         Some("DENY AuthorizationPolicy \"shop/deny-anon\" (spec.rules[0].from[0].source.notRequestPrincipals) sees every request as anonymous")),
+        ("a when on request.auth.claims",
+         vec![plugin(false, "AUTHN"), policy("admins", "istio-system", "orders",
+             json!({"spec": {"selector": {"matchLabels": {"app": "orders"}}, "rules": [{"when": [{"key": "request.auth.claims[groups]", "values": ["admin"]}]}]}}))],
+         Some("ALLOW AuthorizationPolicy \"istio-system/admins\" (spec.rules[0].when[0] request.auth.claims[groups]) sees every request as anonymous")),
+        ("providers forward the token", vec![plugin(true, "AUTHN"), require_jwt.clone(), ra.clone()], None),
+        ("another workload", vec![plugin(false, "AUTHN"), policy("p", "shop", "reports", json!({}))], None),
+        ("another namespace", vec![plugin(false, "AUTHN"), policy("p", "web", "orders", json!({}))], None),
+        ("a dry-run policy", vec![plugin(false, "AUTHN"),
+             policy("p", "shop", "orders", json!({"metadata": {"name": "p", "namespace": "shop", "annotations": {"istio.io/dry-run": "true"}}}))], None),
+        ("claimguard after Istio's authentication (phase AUTHZ)", vec![plugin(false, "AUTHZ"), require_jwt.clone(), ra.clone()], None),
+        ("a policy that does not read the token", vec![plugin(false, "AUTHN"),
+             policy("p", "shop", "orders", json!({"spec": {"selector": {"matchLabels": {"app": "orders"}}, "rules": [{"from": [{"source": {"namespaces": ["web"]}}]}]}}))], None),
+    ];
+    for (what, docs, want) in &cases {
+        let o = run_stdin(&["check", "--json", "-"], &yaml_stream(docs));
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        let v = json_out(&o);
+        let ws = check_warnings(&v);
+        match want {
+            Some(w) => {
+                assert_eq!(ws.len(), 1, "{what}: {ws:?}");
+                assert!(
+                    ws[0].contains(w) && ws[0].ends_with(advice),
+                    "{what}: wanted {w:?} in {ws:?}"
+                );
+            }
+            None => assert!(ws.is_empty(), "{what}: {ws:?}"),
+        }
+    }
+
+    // Across files (the plugin in one, Istio's policies in another), in text, and as a warning
+    // for --deny-warnings.
+    let plugin_file = t.write("plugin.yaml", &yaml_stream(&[plugin(false, "AUTHN")]));
+    let policy_file = t.write("policies.yaml", &yaml_stream(std::slice::from_ref(&require_jwt)));
+    let o = run(&["check", "-v", &plugin_file, &policy_file]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("  warning: Istio's own security for this workload: {denies}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("policies.yaml: document 1 (AuthorizationPolicy \"require-jwt\"): skipped: AuthorizationPolicy, Istio's own security (selector app=orders)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("checked 1 plugin config(s): 0 invalid, 1 warning(s), 1 document(s) skipped"),
+        "{out}"
+    );
+    let o = run(&["check", "--deny-warnings", &plugin_file, &policy_file]);
+    assert_eq!(o.status.code(), Some(1));
+    // A file of Istio policies alone has no plugin config to check.
+    let o = run(&["check", &policy_file]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no plugin config found"), "{}", stderr(&o));
+}
+
 // ---------------------------------------------------------------------------------------------
 // explain against a real Envoy
 

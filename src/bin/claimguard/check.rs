@@ -1,9 +1,10 @@
 //! `claimguard check`: the filter's own validation (`Config::from_json`) on every plugin config
-//! found in the given files, plus warnings for settings that are valid but risky, and for a
-//! sidecar plugin that would also run on outbound traffic.
+//! found in the given files, plus warnings for settings that are valid but risky, for a sidecar
+//! plugin that would also run on outbound traffic, and for Istio security policies beside it
+//! that it would break.
 
 use crate::input::{load, Content, Doc};
-use crate::istio::{outbound_warning, Manifest};
+use crate::istio::{coexistence_advice, outbound_warning, Manifest, Security};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use claimguard::policy::{Mode, RuleAction};
@@ -30,6 +31,14 @@ match: [{mode: SERVER}] also runs on the pod's outbound listeners (Istio's defau
 CLIENT_AND_SERVER): calls the application makes would need a token for this workload's
 audience and lose their Authorization header. Gateways (targetRefs, or a selector such as
 istio: ingressgateway) are not warned about.
+
+Istio's own security: when the inputs also hold a RequestAuthentication or an enforced
+AuthorizationPolicy for the same workload (same namespace or istio-system, overlapping
+selector), a plugin in phase AUTHN runs before Istio's jwt_authn and removes the token unless
+its provider sets forwardOriginalToken: true, so Istio sees none and a policy on
+requestPrincipals or request.auth.* denies every request. The warning says what to change:
+forwardOriginalToken: true while both run, or remove the Istio policies once claimguard alone
+enforces.
 
 Files without a plugin config (kustomization.yaml, a ServiceEntry) are fine as long as at
 least one plugin config is found overall.
@@ -179,7 +188,25 @@ struct Checked {
     plugin: bool,
 }
 
-fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
+/// The advice for Istio RequestAuthentication / AuthorizationPolicy objects (from any input
+/// file) that may select the same workload as this plugin, when it runs in phase AUTHN, ahead
+/// of Istio's jwt_authn. In a later phase Istio has verified the token before claimguard
+/// removes it, and nothing conflicts.
+pub fn coexistence_warning(cfg: &Config, m: &Manifest, istio: &[Security]) -> Option<String> {
+    if m.spec.get("phase").and_then(Value::as_str) != Some("AUTHN") {
+        return None;
+    }
+    let near: Vec<&Security> = istio.iter().filter(|s| s.target.may_overlap(&m.target)).collect();
+    let stripping: Vec<String> = cfg
+        .providers
+        .iter()
+        .filter(|p| !p.forward_original_token)
+        .map(|p| p.name.clone())
+        .collect();
+    coexistence_advice(&stripping, &near)
+}
+
+fn check_doc(file: &str, doc: &Doc, bare: bool, istio: &[Security], a: &CheckArgs) -> Checked {
     let where_ = if bare {
         file.to_string()
     } else {
@@ -194,6 +221,18 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
     };
     match &doc.content {
         Content::Skipped(why) => {
+            j["status"] = json!("skipped");
+            j["reason"] = json!(why);
+            if a.verbose && !a.json.json {
+                println!("{where_}: skipped: {why}");
+            }
+        }
+        Content::Security(s) => {
+            let why = format!(
+                "{}, Istio's own security ({}): weighed against the claimguard plugins for the same workload",
+                s.kind,
+                s.target.describe()
+            );
             j["status"] = json!("skipped");
             j["reason"] = json!(why);
             if a.verbose && !a.json.json {
@@ -222,7 +261,10 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 }
                 Ok(cfg) => {
                     let plugin: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                    let warnings = risk_warnings(&cfg, &plugin, manifest.as_ref());
+                    let mut warnings = risk_warnings(&cfg, &plugin, manifest.as_ref());
+                    if let Some(m) = manifest {
+                        warnings.extend(coexistence_warning(&cfg, m, istio));
+                    }
                     out.warnings = warnings.len();
                     let providers: Vec<String> = cfg.providers.iter().map(describe_provider).collect();
                     j["status"] = json!("ok");
@@ -256,6 +298,7 @@ fn join_path(path: &str, message: &str) -> String {
 
 pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
     let (mut configs, mut invalid, mut warnings, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    // Every file first: a RequestAuthentication in one file concerns a plugin in another.
     let loaded: Vec<(String, Result<Vec<Doc>, String>)> = a
         .files
         .iter()
@@ -263,6 +306,15 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
             let name = display_name(path);
             let docs = read_input(path).and_then(|text| load(&text).map_err(|e| format!("{name}: {e}")));
             (name, docs)
+        })
+        .collect();
+    let istio: Vec<Security> = loaded
+        .iter()
+        .filter_map(|(_, docs)| docs.as_ref().ok())
+        .flatten()
+        .filter_map(|d| match &d.content {
+            Content::Security(s) => Some(s.clone()),
+            _ => None,
         })
         .collect();
     let mut files = Vec::new();
@@ -282,7 +334,7 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
         let mut doc_json = Vec::new();
         let mut plugins = 0;
         for d in docs {
-            let c = check_doc(name, d, bare, a);
+            let c = check_doc(name, d, bare, &istio, a);
             plugins += usize::from(c.plugin);
             invalid += usize::from(c.invalid);
             warnings += c.warnings;

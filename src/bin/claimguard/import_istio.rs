@@ -542,6 +542,7 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
         metadata["namespace"] = json!(ns);
     }
     let target = Target {
+        namespace: namespace.clone(),
         selector: selector.as_ref().and_then(Value::as_object).cloned(),
         target_refs: None,
     };

@@ -1,9 +1,9 @@
 //! Reading what operators have: a bare plugin config (JSON), or Kubernetes YAML (one or many
 //! documents, `kubectl -o json` / `kind: List`, a kustomize-rendered stream) holding
 //! WasmPlugins (`spec.pluginConfig`) or TrafficExtensions (`spec.wasm.pluginConfig`) whose
-//! plugin config is the filter's.
+//! plugin config is the filter's, and the Istio security policies beside them.
 
-use crate::istio::{Manifest, PluginKind, Target};
+use crate::istio::{security, Manifest, PluginKind, Security, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,6 +22,9 @@ pub enum Content {
     /// A plugin config to validate: the JSON text the filter would receive, and the
     /// WasmPlugin / TrafficExtension it came from (None for a bare JSON config).
     Plugin { json: String, manifest: Option<Manifest> },
+    /// An Istio RequestAuthentication / AuthorizationPolicy: not checked itself, but it
+    /// changes what a claimguard plugin for the same workload must do.
+    Security(Security),
     /// Not a plugin config, and why (an empty document, a Service, ...).
     Skipped(String),
     /// A WasmPlugin / TrafficExtension without a usable plugin config: the field path and the
@@ -144,9 +147,12 @@ fn classify(index: usize, v: Value, original_json: Option<&str>, out: &mut Vec<D
             };
             out.push(doc(content))
         }
-        (Value::Object(_), Some(k)) => out.push(doc(Content::Skipped(format!(
-            "{k}, not a WasmPlugin or TrafficExtension"
-        )))),
+        (Value::Object(_), Some(k)) => match security(&v) {
+            Some(s) => out.push(doc(Content::Security(s))),
+            None => out.push(doc(Content::Skipped(format!(
+                "{k}, not a WasmPlugin or TrafficExtension"
+            )))),
+        },
         (Value::Object(_), None) => out.push(doc(Content::Skipped(
             "no kind, not a WasmPlugin or TrafficExtension".into(),
         ))),

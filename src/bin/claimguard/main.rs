@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate plugin configs (JSON, or WasmPlugin / TrafficExtension YAML) exactly as the
-    /// filter does, and warn about risky settings.
+    /// filter does, and warn about risky settings and Istio policies it would break.
     #[command(after_help = check::AFTER_HELP)]
     Check(check::CheckArgs),
     /// Run the filter's whole decision on one request offline and print why: each token
