@@ -1293,3 +1293,133 @@ fn imported_policy_decides_like_istio() {
         }
     }
 }
+
+/// The rules of an `import-istio --json` report's plugin config, by name.
+fn imported_rules(v: &Value) -> Vec<Value> {
+    let plugin = v
+        .get("wasmPlugin")
+        .or_else(|| v.get("trafficExtension"))
+        .expect("plugin");
+    plugin
+        .pointer("/spec/pluginConfig/rules")
+        .or_else(|| plugin.pointer("/spec/wasm/pluginConfig/rules"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rule<'a>(rules: &'a [Value], name: &str) -> &'a Value {
+    rules
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no rule {name} in {rules:#?}"))
+}
+
+/// An `istio.io/dry-run: "true"` policy stays dry-run: each of its rules gets `dryRun: true`,
+/// so claimguard only reports what it would refuse, while the enforced policy beside it keeps
+/// deciding. The shadow allow-nothing follows the same rule.
+#[test]
+fn import_istio_keeps_dry_run_policies_dry_run() {
+    let dir = root().join("tests/fixtures/istio-import");
+    let input = dir.join("dry-run.yaml");
+    let input = input.to_str().expect("p");
+    let o = run(&["import-istio", "--json", input]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json_out(&o);
+    let rules = imported_rules(&v);
+    for name in ["refunds-deny-blocked.0", "payments-staff-only.0"] {
+        assert_eq!(rule(&rules, name)["dryRun"], true, "{name}");
+    }
+    for name in ["payments-allow.0", "payments-allow.1"] {
+        assert!(rule(&rules, name).get("dryRun").is_none(), "{name}");
+    }
+    assert_eq!(rules.len(), 4, "{rules:#?}");
+
+    // What the imported plugin does with a token of the blocked tenant: the enforced policy
+    // admits it, the dry-run DENY only shows in the shadow decision.
+    let plugin = dir.join("dry-run.expected.yaml");
+    let plugin = plugin.to_str().expect("p");
+    let key = TestKey::generate(Alg::ES256, "login-1");
+    let t = Tmp::new("import-dry-run");
+    let jwks = t.write("jwks.json", &key.jwks().to_string());
+    let token = key.sign(
+        &json!({"iss": "https://login.example.net", "sub": "u-1", "aud": "payments",
+                                  "exp": now() + 300, "tenant": "blocked-co"}),
+    );
+    let explain = |config: &str| {
+        json_out(&run(&[
+            "explain",
+            "--json",
+            "--config",
+            config,
+            "--jwks",
+            &jwks,
+            "--token",
+            &token,
+            "--path",
+            "/refunds/1",
+        ]))
+    };
+    let ex = explain(plugin);
+    assert_eq!(ex["status"], 200, "{ex:#}");
+    assert_eq!(ex["shadow"], "deny (DENY rule \"refunds-deny-blocked.0\")", "{ex:#}");
+    // Without the annotation the same policy refuses.
+    let enforced = std::fs::read_to_string(input)
+        .expect("fixture")
+        .replace("\"istio.io/dry-run\": \"true\"", "\"istio.io/dry-run\": \"false\"");
+    let enforced_in = t.write("enforced.yaml", &enforced);
+    let out = t.path("enforced-plugin.yaml");
+    assert_eq!(run(&["import-istio", &enforced_in, "-o", &out]).status.code(), Some(0));
+    assert_eq!(explain(&out)["status"], 403);
+
+    // Istio's allow-nothing logic per decision: an enforced ALLOW policy whose rules could not
+    // be carried over still refuses everything even though dry-run ALLOW rules exist, and a
+    // dry-run allow-nothing policy refuses everything in the shadow decision only.
+    let ra = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: p\nspec:\n  jwtRules:\n  - issuer: https://i.example\n    jwksUri: https://i.example/keys\n    audiences: [p]\n";
+    let policy = |name: &str, dry_run: &str, spec: &str| {
+        format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: p\n  annotations:\n    istio.io/dry-run: \"{dry_run}\"\nspec:\n{spec}")
+    };
+    let only_ports = "  rules:\n  - to:\n    - operation:\n        ports: [\"8443\"]\n";
+    let readers = "  rules:\n  - to:\n    - operation:\n        methods: [GET]\n";
+    let o = run_stdin(
+        &["import-istio", "--json", "-"],
+        &format!(
+            "{ra}{}{}",
+            policy("ports", "false", only_ports),
+            policy("readers", "true", readers)
+        ),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let rules = imported_rules(&json_out(&o));
+    assert_eq!(
+        rules,
+        vec![
+            json!({"name": "readers.0", "dryRun": true, "methods": ["GET"]}),
+            json!({"name": "istio-allow-nothing", "action": "DENY"})
+        ]
+    );
+    let o = run_stdin(
+        &["import-istio", "--json", "-"],
+        &format!("{ra}{}", policy("nothing", "1", "  {}\n")),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        imported_rules(&json_out(&o)),
+        vec![json!({"name": "istio-allow-nothing-dry-run", "action": "DENY", "dryRun": true})]
+    );
+    // A value Istio refuses is reported, and the policy is not made enforcing.
+    let o = run_stdin(
+        &["import-istio", "--json", "-"],
+        &format!("{ra}{}", policy("maybe", "yes", readers)),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_out(&o);
+    assert_eq!(
+        v["untranslated"][0]["path"], "metadata.annotations[istio.io/dry-run]",
+        "{v:#}"
+    );
+    assert_eq!(
+        imported_rules(&v),
+        vec![json!({"name": "maybe.0", "dryRun": true, "methods": ["GET"]})]
+    );
+}

@@ -10,7 +10,7 @@
 
 use crate::check::risk_warnings;
 use crate::input::documents;
-use crate::istio::{Manifest, PluginKind, Target};
+use crate::istio::{dry_run_annotation, Manifest, PluginKind, Target};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use serde_json::{json, Map, Value};
@@ -24,7 +24,8 @@ AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, princ
 namespaces, ipBlocks (and their not* forms),
 to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
 (nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
-request.headers[..], values/notValues; selector.matchLabels becomes the selector.
+request.headers[..], values/notValues; selector.matchLabels becomes the selector. A policy
+annotated istio.io/dry-run: \"true\" stays dry-run: each of its rules gets dryRun: true.
 
 Output: a WasmPlugin in phase AUTHN with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}]
 on sidecars (not on a gateway selector), as an AuthorizationPolicy governs a sidecar's inbound
@@ -99,8 +100,11 @@ struct Import {
     /// (selector, where it came from) of every input object.
     selectors: Vec<(Option<Value>, String)>,
     namespaces: Vec<String>,
-    /// An ALLOW policy was seen: in Istio, requests must then match an ALLOW rule.
+    /// An enforced ALLOW policy was seen: in Istio, requests must then match an ALLOW rule.
     allow_policy: bool,
+    /// A dry-run ALLOW policy was seen: Istio's shadow decision then requires a match of a
+    /// dry-run ALLOW rule.
+    allow_policy_dry_run: bool,
 }
 
 const JWT_RULE_FIELDS: &[&str] = &[
@@ -238,7 +242,28 @@ impl Import {
             self.untranslated(o, "spec.action", format!("{action}: {what}; the policy was left out"));
             return;
         }
-        self.allow_policy |= action == "ALLOW";
+        let dry_run = match dry_run_annotation(doc) {
+            Some(d) => d,
+            None => {
+                self.untranslated(
+                    o,
+                    "metadata.annotations[istio.io/dry-run]",
+                    "not a boolean (true/false), which Istio's validation refuses; imported as dry-run, so the policy enforces nothing until you decide",
+                );
+                true
+            }
+        };
+        if dry_run {
+            let what = if action == "AUDIT" {
+                "istio.io/dry-run on an AUDIT policy, which Istio's validation refuses (only ALLOW and DENY); its rules were imported with dryRun: true"
+            } else {
+                "istio.io/dry-run: every rule from this policy has dryRun: true, so claimguard logs what it would decide and enforces none of them"
+            };
+            self.notes.push(o.at("metadata.annotations", what));
+            self.allow_policy_dry_run |= action == "ALLOW";
+        } else {
+            self.allow_policy |= action == "ALLOW";
+        }
         let Some(rules) = spec.get("rules").and_then(Value::as_array) else {
             let what = if action == "ALLOW" {
                 "an ALLOW policy without rules (allow-nothing) admits nothing by itself"
@@ -295,6 +320,9 @@ impl Import {
                     r.insert("name".into(), json!(name));
                     if action != "ALLOW" {
                         r.insert("action".into(), json!(action));
+                    }
+                    if dry_run {
+                        r.insert("dryRun".into(), json!(true));
                     }
                     r.extend(s.clone());
                     r.extend(op.clone());
@@ -525,13 +553,23 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
             None
         }
     };
-    if im.allow_policy && !im.rules.iter().any(|r| r.get("action").is_none()) {
+    // An ALLOW rule that counts for the enforced (dry_run false) or the shadow decision.
+    let allow_rule = |r: &Value, dry_run: bool| r.get("action").is_none() && r.get("dryRun").is_some() == dry_run;
+    if im.allow_policy && !im.rules.iter().any(|r| allow_rule(r, false)) {
         // Istio: with an ALLOW policy present, a request no ALLOW rule matches is denied. None
         // survived translation (or the policy allows nothing): deny everything explicitly, or
         // claimguard, having no ALLOW rule, would admit every request.
         im.rules.push(json!({"name": "istio-allow-nothing", "action": "DENY"}));
         im.notes.push(json!({"path": "rules", "message":
             "an ALLOW policy exists but no ALLOW rule could be carried over: added DENY rule istio-allow-nothing, which refuses every request as Istio would"}));
+    }
+    if im.allow_policy_dry_run && !im.rules.iter().any(|r| allow_rule(r, true)) {
+        // The same for Istio's shadow decision: a dry-run ALLOW policy nothing of which
+        // survived would log every request as denied.
+        im.rules
+            .push(json!({"name": "istio-allow-nothing-dry-run", "action": "DENY", "dryRun": true}));
+        im.notes.push(json!({"path": "rules", "message":
+            "a dry-run ALLOW policy exists but none of its rules could be carried over: added dry-run DENY rule istio-allow-nothing-dry-run, which logs every request as denied, as Istio's shadow rules would"}));
     }
     let mut plugin_config = json!({"providers": im.providers});
     if !im.rules.is_empty() {
