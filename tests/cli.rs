@@ -1423,3 +1423,128 @@ fn import_istio_keeps_dry_run_policies_dry_run() {
         vec![json!({"name": "maybe.0", "dryRun": true, "methods": ["GET"]})]
     );
 }
+
+/// (method, path, peer SPIFFE ID without `spiffe://`, with a token, status, deciding rule)
+type PeerCase<'a> = (&'a str, &'a str, Option<&'a str>, bool, u64, &'a str);
+
+/// `serviceAccounts` and `trustDomains` (and their `not` forms) decide like Istio's matchers
+/// for the identities Istio issues (`spiffe://TD/ns/NS/sa/SA`): the imported golden plugin,
+/// run through `explain` with each peer.
+#[test]
+fn imported_peer_identities_decide_like_istio() {
+    let dir = root().join("tests/fixtures/istio-import");
+    let plugin = dir.join("peer-identities.expected.yaml");
+    let plugin = plugin.to_str().expect("p");
+    let key = TestKey::generate(Alg::ES256, "idp-1");
+    let t = Tmp::new("peer-ids");
+    let jwks = t.write("jwks.json", &key.jwks().to_string());
+    let token =
+        key.sign(&json!({"iss": "https://idp.example.com", "sub": "u-1", "aud": "orders-api", "exp": now() + 300}));
+    #[rustfmt::skip]
+    let cases: Vec<PeerCase> = vec![
+        // serviceAccounts: any trust domain; a bare name is in the policy's namespace (shop).
+        ("POST", "/orders", Some("cluster.local/ns/checkout/sa/checkout"), false, 200, "orders-callers.0"),
+        ("POST", "/orders", Some("other.example/ns/shop/sa/cart"), false, 200, "orders-callers.0"),
+        ("POST", "/orders", Some("cluster.local/ns/web/sa/checkout"), false, 403, ""),
+        ("POST", "/orders", Some("cluster.local/ns/checkout/sa/checkout-v2"), false, 403, ""),
+        ("POST", "/orders", None, false, 403, ""),
+        // serviceAccounts AND trustDomains.
+        ("GET", "/catalog", Some("east.example.com/ns/web/sa/frontend"), false, 200, "orders-callers.1"),
+        ("GET", "/catalog", Some("cluster.local/ns/web/sa/frontend"), false, 200, "orders-callers.1"),
+        ("GET", "/catalog", Some("west.example.com/ns/web/sa/frontend"), false, 403, ""),
+        // trustDomains AND notServiceAccounts AND a user token.
+        ("PUT", "/orders/7", Some("cluster.local/ns/app/sa/worker"), true, 200, "orders-callers.2"),
+        ("PUT", "/orders/7", Some("cluster.local/ns/web/sa/legacy"), true, 403, ""),
+        ("PUT", "/orders/7", Some("cluster.localhost/ns/app/sa/worker"), true, 403, ""),
+        ("PUT", "/orders/7", Some("cluster.local/ns/app/sa/worker"), false, 403, ""),
+        // principals AND trustDomains: only the principals in the trust domain remain.
+        ("PUT", "/reports/x", Some("cluster.local/ns/batch/sa/nightly"), false, 200, "orders-callers.3"),
+        ("PUT", "/reports/x", Some("legacy.example.com/ns/batch/sa/cron"), false, 403, ""),
+        // DENY: the debug service account, or a peer from neither trust domain (no peer too).
+        ("GET", "/admin/x", Some("cluster.local/ns/shop/sa/debug"), false, 403, "orders-no-debug.0.0.0"),
+        ("GET", "/admin/x", Some("partner.example.com/ns/web/sa/frontend"), false, 403, "orders-no-debug.0.1.0"),
+        ("GET", "/admin/x", None, false, 403, "orders-no-debug.0.1.0"),
+        ("GET", "/admin/x", Some("cluster.local/ns/web/sa/frontend"), false, 200, "orders-callers.1"),
+    ];
+    for (method, path, peer, with_token, want, deciding) in cases {
+        let peer_arg = peer.map(|p| format!("spiffe://{p}"));
+        let mut args = vec![
+            "explain", "--json", "--config", plugin, "--jwks", &jwks, "--method", method, "--path", path,
+        ];
+        if let Some(p) = &peer_arg {
+            args.extend(["--peer-principal", p]);
+        }
+        if with_token {
+            args.extend(["--token", &token]);
+        }
+        let v = json_out(&run(&args));
+        let what = format!("{method} {path} from {peer:?} (token: {with_token})");
+        assert_eq!(v["status"], want, "{what}: {v:#}");
+        if !deciding.is_empty() {
+            assert!(
+                v["policy"]
+                    .as_str()
+                    .is_some_and(|p| p.contains(&format!("\"{deciding}\""))),
+                "{what}: {}",
+                v["policy"]
+            );
+        }
+    }
+
+    // What claimguard's patterns cannot say exactly is reported, never widened.
+    let o = run(&[
+        "import-istio",
+        "--json",
+        dir.join("peer-identities-untranslatable.yaml").to_str().expect("p"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_out(&o);
+    let paths: Vec<&str> = v["untranslated"]
+        .as_array()
+        .expect("a")
+        .iter()
+        .filter_map(|u| u["path"].as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            "spec.rules[0].from[0].source.trustDomains",
+            "spec.rules[0].from[1].source.serviceAccounts",
+            "spec.rules[0].from[2].source.serviceAccounts",
+            "spec.rules[0].from[0].source.trustDomains",
+        ]
+    );
+    assert_eq!(
+        imported_rules(&v),
+        vec![
+            json!({"name": "ledger-allow.0", "principals": ["*/ns/billing/sa/invoicer"]}),
+            json!({"name": "ledger-deny.0", "action": "DENY", "paths": ["/admin/*"], "principals": ["*/ns/web/sa/frontend"]}),
+        ]
+    );
+    // A bare service account takes the policy's namespace, else --namespace, else it is reported.
+    let ns_less = std::fs::read_to_string(dir.join("peer-identities.yaml"))
+        .expect("fixture")
+        .replace("  namespace: shop\n", "");
+    let o = run_stdin(&["import-istio", "--json", "-"], &ns_less);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_out(&o);
+    assert!(
+        v["untranslated"]
+            .as_array()
+            .expect("a")
+            .iter()
+            .any(|u| u["path"] == "spec.rules[0].from[0].source.serviceAccounts"
+                && u["message"].as_str().is_some_and(|m| m.contains("give --namespace"))),
+        "{v:#}"
+    );
+    let o = run_stdin(&["import-istio", "--json", "--namespace", "shop", "-"], &ns_less);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        imported_rules(&json_out(&o)),
+        imported_rules(&json_out(&run(&[
+            "import-istio",
+            "--json",
+            dir.join("peer-identities.yaml").to_str().expect("p")
+        ])))
+    );
+}

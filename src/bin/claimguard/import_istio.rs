@@ -11,6 +11,7 @@
 use crate::check::risk_warnings;
 use crate::input::documents;
 use crate::istio::{dry_run_annotation, Manifest, PluginKind, Target};
+use crate::source_identity;
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use serde_json::{json, Map, Value};
@@ -21,11 +22,19 @@ Translated: RequestAuthentication jwtRules (issuer, audiences, jwksUri, jwks, fr
 fromParams, fromCookies, outputClaimToHeaders, outputPayloadToHeader, forwardOriginalToken,
 spaceDelimitedClaims, timeout; no key source means OIDC discovery from the issuer) and
 AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, principals,
-namespaces, ipBlocks (and their not* forms),
+namespaces, ipBlocks, serviceAccounts, trustDomains (and their not* forms),
 to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
 (nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
 request.headers[..], values/notValues; selector.matchLabels becomes the selector. A policy
 annotated istio.io/dry-run: \"true\" stays dry-run: each of its rules gets dryRun: true.
+
+Peer identities: serviceAccounts ns/sa (or sa, in the policy's namespace) become principals
+*/ns/ns/sa/sa (any trust domain, as in Istio); trustDomains td become td/* (td* and * as they
+are). Both in one source must hold together: service accounts x exact trust domains become
+exact principals td/ns/ns/sa/sa, principals are kept where their trust domain matches; what
+no exact/prefix*/*suffix pattern expresses (a *suffix trust domain, td* beside service
+accounts) is reported. Istio also accepts SPIFFE IDs with extra path segments
+(td/ns/ns/x/sa/sa); claimguard matches the TD/ns/NS/sa/SA form its CA issues.
 
 Output: a WasmPlugin in phase AUTHN with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}]
 on sidecars (not on a gateway selector), as an AuthorizationPolicy governs a sidecar's inbound
@@ -50,7 +59,8 @@ pub struct ImportArgs {
     /// metadata.name of the WasmPlugin.
     #[arg(long, default_value = "claimguard")]
     name: String,
-    /// metadata.namespace of the WasmPlugin (default: the inputs' namespace).
+    /// metadata.namespace of the WasmPlugin (default: the inputs' namespace); also the
+    /// namespace of a service account given without one in a policy without metadata.namespace.
     #[arg(long)]
     namespace: Option<String>,
     /// spec.url: where the filter module is pulled from.
@@ -70,6 +80,8 @@ struct Origin {
     document: usize,
     kind: String,
     name: String,
+    /// metadata.namespace, else --namespace: where Istio resolves a bare service account.
+    namespace: Option<String>,
 }
 
 impl Origin {
@@ -352,24 +364,28 @@ impl Import {
         let Some(items) = rule.get(list).and_then(Value::as_array) else {
             return vec![Map::new()];
         };
+        let consequence = if deny {
+            "dropped from this DENY rule, which now denies more"
+        } else {
+            "this alternative was left out, so fewer requests are admitted"
+        };
         let mut out = Vec::new();
         for (j, item) in items.iter().enumerate() {
             let ipath = format!("{rpath}.{list}[{j}].{inner}");
             let mut m = Map::new();
             let mut keep = true;
-            for (k, v) in item.get(inner).and_then(Value::as_object).into_iter().flatten() {
+            let empty = Map::new();
+            let fields_of_item = item.get(inner).and_then(Value::as_object).unwrap_or(&empty);
+            let mut peer_identity = false;
+            for (k, v) in fields_of_item {
                 match fields.iter().find(|(f, _)| f == k) {
+                    Some((_, t)) if *t == PEER_IDENTITY => peer_identity = true,
                     Some((_, "")) | None => {
                         let why = fields
                             .iter()
                             .find(|(f, _)| f == k)
                             .map(|_| untranslatable_reason(k))
                             .unwrap_or("unknown field");
-                        let consequence = if deny {
-                            "dropped from this DENY rule, which now denies more"
-                        } else {
-                            "this alternative was left out, so fewer requests are admitted"
-                        };
                         self.untranslated(
                             o,
                             &format!("{ipath}.{k}"),
@@ -380,6 +396,38 @@ impl Import {
                     Some((_, target)) => {
                         m.insert((*target).to_string(), v.clone());
                     }
+                }
+            }
+            if peer_identity {
+                let ids = source_identity::translate(fields_of_item, o.namespace.as_deref());
+                for (field, why) in &ids.untranslated {
+                    self.untranslated(
+                        o,
+                        &format!("{ipath}.{field}"),
+                        format!("not translated: {why}; {consequence}"),
+                    );
+                    keep = keep && deny;
+                }
+                if let Some(why) = ids.matches_nothing {
+                    self.notes
+                        .push(o.at(&ipath, format!("{why}: left out, as it admits or denies nothing")));
+                    continue;
+                }
+                if let Some(p) = ids.principals {
+                    m.insert("principals".into(), json!(p));
+                }
+                if !ids.not_principals.is_empty() {
+                    let mut not: Vec<Value> = m
+                        .get("notPrincipals")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    for p in ids.not_principals {
+                        if !not.contains(&json!(p)) {
+                            not.push(json!(p));
+                        }
+                    }
+                    m.insert("notPrincipals".into(), Value::Array(not));
                 }
             }
             if keep {
@@ -440,8 +488,9 @@ impl Import {
     }
 }
 
-/// Istio field → claimguard rule field ("" when claimguard cannot evaluate it).
-const SOURCE_FIELDS: [(&str, &str); 10] = [
+/// Istio field → claimguard rule field ("" when claimguard cannot evaluate it, "principals"
+/// for the peer-identity fields `source_identity` translates).
+const SOURCE_FIELDS: [(&str, &str); 14] = [
     ("requestPrincipals", "requestPrincipals"),
     ("notRequestPrincipals", "notRequestPrincipals"),
     ("principals", "principals"),
@@ -452,7 +501,14 @@ const SOURCE_FIELDS: [(&str, &str); 10] = [
     ("notIpBlocks", "notIpBlocks"),
     ("remoteIpBlocks", ""),
     ("notRemoteIpBlocks", ""),
+    ("serviceAccounts", PEER_IDENTITY),
+    ("notServiceAccounts", PEER_IDENTITY),
+    ("trustDomains", PEER_IDENTITY),
+    ("notTrustDomains", PEER_IDENTITY),
 ];
+
+/// Marks the source fields translated together by `source_identity::translate`.
+const PEER_IDENTITY: &str = "(peer identity)";
 
 const OPERATION_FIELDS: [(&str, &str); 8] = [
     ("hosts", "hosts"),
@@ -492,6 +548,11 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string(),
+                namespace: doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| a.namespace.clone()),
             };
             match kind.as_str() {
                 "RequestAuthentication" => {

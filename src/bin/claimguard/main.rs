@@ -13,6 +13,7 @@ mod import_istio;
 mod input;
 mod istio;
 mod run;
+mod source_identity;
 mod tokens;
 
 const EXIT_CODES: &str = "\
