@@ -1548,3 +1548,101 @@ fn imported_peer_identities_decide_like_istio() {
         ])))
     );
 }
+
+/// `--kind TrafficExtension`: the same plugin in Istio's successor API, every field where
+/// the TrafficExtension CRD (istio/api `kubernetes/customresourcedefinitions.gen.yaml`,
+/// `extensions/v1alpha1/traffic_extension.proto`) has it: selector, targetRefs, phase,
+/// priority and match under spec; url, sha256, pluginConfig, pluginName, failStrategy,
+/// vmConfig, ... under spec.wasm.
+#[test]
+fn import_istio_emits_a_traffic_extension() {
+    const SPEC: [&str; 7] = ["selector", "targetRefs", "phase", "priority", "match", "wasm", "lua"];
+    const WASM: [&str; 10] = [
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "imagePullSecret",
+        "verificationKey",
+        "pluginConfig",
+        "pluginName",
+        "failStrategy",
+        "vmConfig",
+        "type",
+    ];
+    let dir = root().join("tests/fixtures/istio-import");
+    let mut inputs: Vec<String> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && !n.ends_with(".expected.yaml"))
+        .collect();
+    inputs.sort();
+    for input in &inputs {
+        let import = |extra: &[&str]| {
+            let mut args = vec!["import-istio"];
+            args.extend_from_slice(extra);
+            args.push(input);
+            Command::new(BIN).current_dir(&dir).args(&args).output().expect("run")
+        };
+        let (wp, te) = (import(&["--json"]), import(&["--json", "--kind", "TrafficExtension"]));
+        assert_eq!(wp.status.code(), te.status.code(), "{input}");
+        let (wp, te) = (json_out(&wp), json_out(&te));
+        assert_eq!(te["kind"], "TrafficExtension");
+        let (w, x) = (&wp["wasmPlugin"], &te["trafficExtension"]);
+        assert_eq!(x["apiVersion"], "extensions.istio.io/v1alpha1");
+        assert_eq!(x["kind"], "TrafficExtension");
+        assert_eq!(x["metadata"], w["metadata"], "{input}");
+        let spec = x["spec"].as_object().expect("spec");
+        let wasm = spec["wasm"].as_object().expect("spec.wasm");
+        assert!(spec.keys().all(|k| SPEC.contains(&k.as_str())), "{input}: {spec:?}");
+        assert!(wasm.keys().all(|k| WASM.contains(&k.as_str())), "{input}: {wasm:?}");
+        for (k, v) in w["spec"].as_object().expect("spec") {
+            let moved = if WASM.contains(&k.as_str()) {
+                &x["spec"]["wasm"][k]
+            } else {
+                &x["spec"][k]
+            };
+            assert_eq!(moved, v, "{input}: {k}");
+        }
+        assert_eq!(
+            spec.len() - 1 + wasm.len(),
+            w["spec"].as_object().expect("spec").len(),
+            "{input}"
+        );
+        assert_eq!(te["untranslated"], wp["untranslated"], "{input}");
+        assert_eq!(te["check"], wp["check"], "{input}");
+        // `check` reads it back as a TrafficExtension.
+        let c = run_stdin(&["check", "-"], te["yaml"].as_str().expect("yaml"));
+        assert_eq!(c.status.code(), Some(0), "{input}: {}", stderr(&c));
+        assert!(
+            stdout(&c).contains("(TrafficExtension \"claimguard\"): OK"),
+            "{}",
+            stdout(&c)
+        );
+    }
+    // One rendering kept as a file, for reading.
+    let o = Command::new(BIN)
+        .current_dir(&dir)
+        .args(["import-istio", "--kind", "TrafficExtension", "keycloak-orders.yaml"])
+        .output()
+        .expect("run");
+    let golden = dir.join("keycloak-orders.traffic-extension.expected.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, stdout(&o)).expect("write golden");
+    }
+    assert_eq!(stdout(&o), std::fs::read_to_string(&golden).expect("golden"));
+    // The option is case-insensitive; anything else is a usage error.
+    let o = run(&[
+        "import-istio",
+        "--kind",
+        "trafficextension",
+        dir.join("keycloak-orders.yaml").to_str().expect("p"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["import-istio", "--kind", "EnvoyFilter", "x.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("[possible values: WasmPlugin, TrafficExtension]"),
+        "{}",
+        stderr(&o)
+    );
+}

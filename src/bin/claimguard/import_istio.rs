@@ -1,7 +1,8 @@
 //! `claimguard import-istio`: Istio `RequestAuthentication` + `AuthorizationPolicy` YAML →
-//! one claimguard `WasmPlugin`. The plugin's rule schema is Istio-shaped, so most fields carry
-//! over as they are; everything that does not (remote IPs, ports, CUSTOM actions, connection
-//! `when` keys, ...) is reported, never dropped silently, and makes the exit status 1.
+//! one claimguard `WasmPlugin` (or `TrafficExtension`). The plugin's rule schema is
+//! Istio-shaped, so most fields carry over as they are; everything that does not (remote IPs,
+//! ports, CUSTOM actions, connection `when` keys, ...) is reported, never dropped silently, and
+//! makes the exit status 1.
 //!
 //! When something cannot be translated, the result errs towards refusing: an ALLOW (or AUDIT)
 //! alternative that depends on it is left out (claimguard admits less than Istio did), while a
@@ -36,9 +37,10 @@ no exact/prefix*/*suffix pattern expresses (a *suffix trust domain, td* beside s
 accounts) is reported. Istio also accepts SPIFFE IDs with extra path segments
 (td/ns/ns/x/sa/sa); claimguard matches the TD/ns/NS/sa/SA form its CA issues.
 
-Output: a WasmPlugin in phase AUTHN with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}]
-on sidecars (not on a gateway selector), as an AuthorizationPolicy governs a sidecar's inbound
-traffic only.
+Output: a WasmPlugin (--kind TrafficExtension: its successor, extensions.istio.io/v1alpha1,
+Istio 1.30 or later, with url, failStrategy and pluginConfig under spec.wasm) in phase AUTHN
+with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}] on sidecars (not on a gateway
+selector), as an AuthorizationPolicy governs a sidecar's inbound traffic only.
 
 Not translated, and reported (stderr, or \"untranslated\" in --json): remoteIpBlocks, ports,
 CUSTOM actions, when keys other than request.auth.* and request.headers[..], targetRefs,
@@ -48,7 +50,7 @@ left out (fewer requests admitted), DENY rules lose only those conditions (more 
 Istio admits a request without any token unless a policy requires one, so every provider
 gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
 
-Exit status: 0 everything translated, 1 something could not be translated (the WasmPlugin is
+Exit status: 0 everything translated, 1 something could not be translated (the plugin is
 still printed) or the result is not a valid config, 2 usage error.";
 
 #[derive(clap::Args)]
@@ -56,17 +58,22 @@ pub struct ImportArgs {
     /// Istio YAML files (several documents each); `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// metadata.name of the WasmPlugin.
+    /// What to emit: a WasmPlugin, or the TrafficExtension that supersedes it (Istio 1.30 or
+    /// later; the same phase, selector and match; url, failStrategy and pluginConfig under
+    /// spec.wasm).
+    #[arg(long, value_enum, ignore_case = true, default_value = "WasmPlugin")]
+    kind: PluginKind,
+    /// metadata.name of the WasmPlugin / TrafficExtension.
     #[arg(long, default_value = "claimguard")]
     name: String,
-    /// metadata.namespace of the WasmPlugin (default: the inputs' namespace); also the
-    /// namespace of a service account given without one in a policy without metadata.namespace.
+    /// metadata.namespace of the output (default: the inputs' namespace); also the namespace
+    /// of a service account given without one in a policy without metadata.namespace.
     #[arg(long)]
     namespace: Option<String>,
-    /// spec.url: where the filter module is pulled from.
+    /// The module's url (spec.url, or spec.wasm.url): where the filter is pulled from.
     #[arg(long, default_value = "oci://registry.example.com/claimguard/claimguard:0.1.0")]
     url: String,
-    /// Write the WasmPlugin YAML to this file instead of standard output.
+    /// Write the YAML to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -598,8 +605,8 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
                 })
                 .collect();
             im.untranslated.push(json!({"path": "spec.selector", "message": format!(
-                "not translated: the inputs select different workloads ({}); the WasmPlugin has no selector, import each workload's policies separately",
-                listed.join("; "))}));
+                "not translated: the inputs select different workloads ({}); the {} has no selector, import each workload's policies separately",
+                listed.join("; "), a.kind.name())}));
             None
         }
     };
@@ -663,11 +670,11 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     module.insert("url".into(), json!(a.url));
     module.insert("failStrategy".into(), json!("FAIL_CLOSE"));
     module.insert("pluginConfig".into(), plugin_config.clone());
-    let spec = PluginKind::WasmPlugin.spec(outer, module);
-    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": PluginKind::WasmPlugin.name(),
+    let spec = a.kind.spec(outer, module);
+    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": a.kind.name(),
                         "metadata": metadata, "spec": spec});
     let manifest = Manifest {
-        kind: PluginKind::WasmPlugin,
+        kind: a.kind,
         spec,
         target,
     };
@@ -686,7 +693,11 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     }
     let ok = im.untranslated.is_empty() && valid.is_ok();
     if a.json.json {
-        let out = json!({"ok": ok, "wasmPlugin": plugin, "yaml": yaml, "untranslated": im.untranslated,
+        let key = match a.kind {
+            PluginKind::WasmPlugin => "wasmPlugin",
+            PluginKind::TrafficExtension => "trafficExtension",
+        };
+        let out = json!({"ok": ok, "kind": a.kind.name(), key: plugin, "yaml": yaml, "untranslated": im.untranslated,
             "notes": im.notes, "check": {"valid": valid.is_ok(), "error": valid.as_ref().err(), "warnings": check_warnings}});
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     } else {

@@ -54,7 +54,7 @@ enum Command {
     #[command(after_help = tokens::MINT_AFTER_HELP)]
     Mint(tokens::MintArgs),
     /// Convert Istio RequestAuthentication + AuthorizationPolicy YAML into a claimguard
-    /// WasmPlugin, reporting every construct that could not be translated.
+    /// WasmPlugin (or TrafficExtension), reporting every construct that could not be translated.
     #[command(name = "import-istio", after_help = import_istio::AFTER_HELP)]
     ImportIstio(import_istio::ImportArgs),
     /// Run the echo upstream (reports the request headers it received) on 127.0.0.1.
