@@ -1646,3 +1646,43 @@ fn import_istio_emits_a_traffic_extension() {
         stderr(&o)
     );
 }
+
+/// While the imported Istio policies stay applied, import-istio says (on stderr, not in the
+/// YAML) what `check` says about both together.
+#[test]
+fn import_istio_says_what_to_change_beside_istio_policies() {
+    let dir = root().join("tests/fixtures/istio-import");
+    let o = Command::new(BIN)
+        .current_dir(&dir)
+        .args(["import-istio", "dry-run.yaml"])
+        .output()
+        .expect("run");
+    let (out, err) = (stdout(&o), stderr(&o));
+    let advice = "AuthorizationPolicy \"payments/payments-allow\" (spec.rules[0].from[0].source.requestPrincipals) never matches, so the requests it admitted get 403, because claimguard runs first (phase AUTHN, before Istio's jwt_authn) and removes the token of provider(s) \"https://login.example.net\". Set forwardOriginalToken: true on those providers while both run, or remove these Istio policies once claimguard alone enforces";
+    assert!(err.contains(&format!("note: migration: Istio's own security for this workload: RequestAuthentication \"payments/payments-jwt\" verifies nothing; {advice}")), "{err}");
+    assert!(
+        !out.contains("forwardOriginalToken") && !out.contains("migration"),
+        "{out}"
+    );
+    // The same words from `check` on the Istio policies and the imported plugin together.
+    let t = Tmp::new("import-advice");
+    let plugin = t.write("plugin.yaml", &out);
+    let v = json_out(&run(&[
+        "check",
+        "--json",
+        &plugin,
+        dir.join("dry-run.yaml").to_str().expect("p"),
+    ]));
+    let ws = check_warnings(&v);
+    assert_eq!(ws.len(), 1, "{ws:?}");
+    assert!(ws[0].ends_with(advice), "{ws:?}");
+    // Providers that forward the token: nothing to change, only when to remove Istio's.
+    let err = stderr(
+        &Command::new(BIN)
+            .current_dir(&dir)
+            .args(["import-istio", "keycloak-orders.yaml"])
+            .output()
+            .expect("run"),
+    );
+    assert!(err.contains("note: migration: the imported Istio policies can stay applied beside this plugin during a migration (every provider has forwardOriginalToken: true); remove them once claimguard alone enforces"), "{err}");
+}

@@ -9,9 +9,9 @@
 //! DENY rule keeps its other conditions (claimguard denies more). The output is validated with
 //! the filter's own config validation before it is printed.
 
-use crate::check::risk_warnings;
+use crate::check::{coexistence_warning, risk_warnings};
 use crate::input::documents;
-use crate::istio::{dry_run_annotation, Manifest, PluginKind, Target};
+use crate::istio::{dry_run_annotation, security, Manifest, PluginKind, Security, Target};
 use crate::source_identity;
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
@@ -49,6 +49,11 @@ left out (fewer requests admitted), DENY rules lose only those conditions (more 
 
 Istio admits a request without any token unless a policy requires one, so every provider
 gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
+
+While Istio's policies stay applied beside the plugin, claimguard (phase AUTHN, before
+Istio's jwt_authn) removes the token unless forwardOriginalToken: true, and an
+AuthorizationPolicy on requestPrincipals would deny everything: a note on stderr says what to
+change (forwardOriginalToken: true during the migration, or remove the Istio policies).
 
 Exit status: 0 everything translated, 1 something could not be translated (the plugin is
 still printed) or the result is not a valid config, 2 usage error.";
@@ -124,6 +129,8 @@ struct Import {
     /// A dry-run ALLOW policy was seen: Istio's shadow decision then requires a match of a
     /// dry-run ALLOW rule.
     allow_policy_dry_run: bool,
+    /// The Istio objects read, for the advice on running both.
+    security: Vec<Security>,
 }
 
 const JWT_RULE_FIELDS: &[&str] = &[
@@ -561,6 +568,7 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
                     .map(str::to_owned)
                     .or_else(|| a.namespace.clone()),
             };
+            im.security.extend(security(doc));
             match kind.as_str() {
                 "RequestAuthentication" => {
                     inputs += 1;
@@ -680,7 +688,15 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     };
     // What `claimguard check` would say about the result: the filter's own validation.
     let (valid, check_warnings) = match Config::from_json(plugin_config.to_string().as_bytes()) {
-        Ok(cfg) => (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&manifest))),
+        Ok(cfg) => {
+            // Istio's policies stay applied until this plugin replaces them: what to change
+            // meanwhile, as `check` says it about both together.
+            let advice = coexistence_warning(&cfg, &manifest, &im.security).unwrap_or_else(|| {
+                "the imported Istio policies can stay applied beside this plugin during a migration (every provider has forwardOriginalToken: true); remove them once claimguard alone enforces".into()
+            });
+            im.notes.push(json!({"path": "migration", "message": advice}));
+            (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&manifest)))
+        }
         Err(e) => (Err(e.to_string()), Vec::new()),
     };
     let yaml = serde_yaml_ng::to_string(&plugin).map_err(|e| e.to_string())?;
