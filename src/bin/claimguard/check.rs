@@ -1,7 +1,10 @@
 //! `claimguard check`: the filter's own validation (`Config::from_json`) on every plugin config
-//! found in the given files, plus warnings for settings that are valid but risky.
+//! found in the given files, plus warnings for settings that are valid but risky, for a sidecar
+//! plugin that would also run on outbound traffic, and for Istio security policies beside it
+//! that it would break.
 
 use crate::input::{load, Content, Doc};
+use crate::istio::{coexistence_advice, outbound_warning, Manifest, Security};
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use claimguard::policy::{Mode, RuleAction};
@@ -10,7 +13,8 @@ use std::path::PathBuf;
 
 pub const AFTER_HELP: &str = "\
 Inputs: a bare plugin config (JSON), or Kubernetes YAML/JSON with one or more documents; the
-spec.pluginConfig of every WasmPlugin is checked, other kinds are skipped (listed with
+spec.pluginConfig of every WasmPlugin and the spec.wasm.pluginConfig of every TrafficExtension
+are checked (a Lua TrafficExtension is skipped), other kinds are skipped (listed with
 --verbose and in --json). `-` reads standard input, e.g.
   kustomize build istio/ | claimguard check -
 
@@ -21,6 +25,20 @@ Warnings (valid but risky): no audiences/clientIds, failStrategy FAIL_OPEN, maxS
 HMAC secrets in the config, mode dryRun, every rule dry-run, allowMissing with no rule that
 requires a token, requireExpiration false, keys fetched over plain http, large clock skew,
 decisionHeader / exposeRuleNames, KEEP_UNCHANGED escaped slashes, an unpinned module URL.
+
+Sidecars: a plugin with a selector (or none: every sidecar of the namespace) and no
+match: [{mode: SERVER}] also runs on the pod's outbound listeners (Istio's default mode is
+CLIENT_AND_SERVER): calls the application makes would need a token for this workload's
+audience and lose their Authorization header. Gateways (targetRefs, or a selector such as
+istio: ingressgateway) are not warned about.
+
+Istio's own security: when the inputs also hold a RequestAuthentication or an enforced
+AuthorizationPolicy for the same workload (same namespace or istio-system, overlapping
+selector), a plugin in phase AUTHN runs before Istio's jwt_authn and removes the token unless
+its provider sets forwardOriginalToken: true, so Istio sees none and a policy on
+requestPrincipals or request.auth.* denies every request. The warning says what to change:
+forwardOriginalToken: true while both run, or remove the Istio policies once claimguard alone
+enforces.
 
 Files without a plugin config (kustomization.yaml, a ServiceEntry) are fine as long as at
 least one plugin config is found overall.
@@ -35,7 +53,7 @@ pub struct CheckArgs {
     files: Vec<PathBuf>,
     #[command(flatten)]
     json: JsonFlag,
-    /// Also list skipped (non-WasmPlugin) documents.
+    /// Also list skipped documents (neither WasmPlugin nor TrafficExtension).
     #[arg(short, long)]
     verbose: bool,
     /// Exit 1 when there is any warning.
@@ -44,19 +62,25 @@ pub struct CheckArgs {
 }
 
 /// A warning about a valid config: where, and why it is risky.
-pub fn risk_warnings(cfg: &Config, plugin: &Value, spec: Option<&Value>) -> Vec<String> {
+pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) -> Vec<String> {
     let mut out: Vec<String> = cfg.warnings.clone();
-    if let Some(spec) = spec {
-        if spec.get("failStrategy").and_then(Value::as_str) == Some("FAIL_OPEN") {
-            out.push(
-                "spec.failStrategy: FAIL_OPEN lets every request through, unauthenticated, when the filter fails to load or crashes"
-                    .into(),
-            );
+    if let Some(m) = manifest {
+        let module = m.module();
+        if module.get("failStrategy").and_then(Value::as_str) == Some("FAIL_OPEN") {
+            out.push(format!(
+                "{}: FAIL_OPEN lets every request through, unauthenticated, when the filter fails to load or crashes",
+                m.module_field("failStrategy")
+            ));
         }
-        let url = spec.get("url").and_then(Value::as_str).unwrap_or("");
-        if (url.starts_with("http://") || url.starts_with("https://")) && spec.get("sha256").is_none() {
-            out.push("spec.sha256: not set, so the module downloaded from spec.url is not pinned".into());
+        let url = module.get("url").and_then(Value::as_str).unwrap_or("");
+        if (url.starts_with("http://") || url.starts_with("https://")) && module.get("sha256").is_none() {
+            out.push(format!(
+                "{}: not set, so the module downloaded from {} is not pinned",
+                m.module_field("sha256"),
+                m.module_field("url")
+            ));
         }
+        out.extend(outbound_warning(m));
     }
     for (i, p) in cfg.providers.iter().enumerate() {
         let raw = plugin.get("providers").and_then(|ps| ps.get(i));
@@ -164,7 +188,25 @@ struct Checked {
     plugin: bool,
 }
 
-fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
+/// The advice for Istio RequestAuthentication / AuthorizationPolicy objects (from any input
+/// file) that may select the same workload as this plugin, when it runs in phase AUTHN, ahead
+/// of Istio's jwt_authn. In a later phase Istio has verified the token before claimguard
+/// removes it, and nothing conflicts.
+pub fn coexistence_warning(cfg: &Config, m: &Manifest, istio: &[Security]) -> Option<String> {
+    if m.spec.get("phase").and_then(Value::as_str) != Some("AUTHN") {
+        return None;
+    }
+    let near: Vec<&Security> = istio.iter().filter(|s| s.target.may_overlap(&m.target)).collect();
+    let stripping: Vec<String> = cfg
+        .providers
+        .iter()
+        .filter(|p| !p.forward_original_token)
+        .map(|p| p.name.clone())
+        .collect();
+    coexistence_advice(&stripping, &near)
+}
+
+fn check_doc(file: &str, doc: &Doc, bare: bool, istio: &[Security], a: &CheckArgs) -> Checked {
     let where_ = if bare {
         file.to_string()
     } else {
@@ -185,6 +227,18 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 println!("{where_}: skipped: {why}");
             }
         }
+        Content::Security(s) => {
+            let why = format!(
+                "{}, Istio's own security ({}): weighed against the claimguard plugins for the same workload",
+                s.kind,
+                s.target.describe()
+            );
+            j["status"] = json!("skipped");
+            j["reason"] = json!(why);
+            if a.verbose && !a.json.json {
+                println!("{where_}: skipped: {why}");
+            }
+        }
         Content::Invalid { path, message } => {
             out.invalid = true;
             out.plugin = true;
@@ -194,7 +248,7 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 eprintln!("{where_}: {}", join_path(path, message));
             }
         }
-        Content::Plugin { json: text, spec } => {
+        Content::Plugin { json: text, manifest } => {
             out.plugin = true;
             match Config::from_json(text.as_bytes()) {
                 Err(e) => {
@@ -207,7 +261,10 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, a: &CheckArgs) -> Checked {
                 }
                 Ok(cfg) => {
                     let plugin: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-                    let warnings = risk_warnings(&cfg, &plugin, spec.as_ref());
+                    let mut warnings = risk_warnings(&cfg, &plugin, manifest.as_ref());
+                    if let Some(m) = manifest {
+                        warnings.extend(coexistence_warning(&cfg, m, istio));
+                    }
                     out.warnings = warnings.len();
                     let providers: Vec<String> = cfg.providers.iter().map(describe_provider).collect();
                     j["status"] = json!("ok");
@@ -241,10 +298,27 @@ fn join_path(path: &str, message: &str) -> String {
 
 pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
     let (mut configs, mut invalid, mut warnings, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    // Every file first: a RequestAuthentication in one file concerns a plugin in another.
+    let loaded: Vec<(String, Result<Vec<Doc>, String>)> = a
+        .files
+        .iter()
+        .map(|path| {
+            let name = display_name(path);
+            let docs = read_input(path).and_then(|text| load(&text).map_err(|e| format!("{name}: {e}")));
+            (name, docs)
+        })
+        .collect();
+    let istio: Vec<Security> = loaded
+        .iter()
+        .filter_map(|(_, docs)| docs.as_ref().ok())
+        .flatten()
+        .filter_map(|d| match &d.content {
+            Content::Security(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
     let mut files = Vec::new();
-    for path in &a.files {
-        let name = display_name(path);
-        let docs = read_input(path).and_then(|text| load(&text).map_err(|e| format!("{name}: {e}")));
+    for (name, docs) in &loaded {
         let docs = match docs {
             Ok(d) => d,
             Err(e) => {
@@ -259,8 +333,8 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
         let bare = docs.len() == 1 && docs.iter().all(|d| d.kind.is_none());
         let mut doc_json = Vec::new();
         let mut plugins = 0;
-        for d in &docs {
-            let c = check_doc(&name, d, bare, a);
+        for d in docs {
+            let c = check_doc(name, d, bare, &istio, a);
             plugins += usize::from(c.plugin);
             invalid += usize::from(c.invalid);
             warnings += c.warnings;
@@ -272,7 +346,10 @@ pub fn run(a: &CheckArgs) -> Result<Verdict, String> {
         if plugins == 0 {
             // A kustomization.yaml or a ServiceEntry next to the WasmPlugins: fine, unless no
             // file at all holds a plugin config (checked below).
-            let note = format!("no plugin config ({} document(s), none a WasmPlugin)", docs.len());
+            let note = format!(
+                "no plugin config ({} document(s), none a WasmPlugin or TrafficExtension)",
+                docs.len()
+            );
             f["note"] = json!(note);
         }
         files.push(f);

@@ -71,10 +71,10 @@ fn source_ip_arg(s: &str) -> Result<std::net::IpAddr, String> {
 
 #[derive(clap::Args)]
 pub struct ExplainArgs {
-    /// Plugin config: JSON, or WasmPlugin YAML (see --document).
+    /// Plugin config: JSON, or WasmPlugin / TrafficExtension YAML (see --document).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Which WasmPlugin of a multi-document file (1-based document number).
+    /// Which WasmPlugin / TrafficExtension of a multi-document file (1-based document number).
     #[arg(long, value_name = "N")]
     document: Option<usize>,
     /// The token, @FILE to read it from a file, or - for standard input; sent as
@@ -147,7 +147,7 @@ fn plugin_json(a: &ExplainArgs) -> Result<String, String> {
         None if plugins.len() == 1 => Ok(plugins.into_iter().map(|(_, j)| j).next().unwrap_or_default()),
         None if plugins.is_empty() => Err(format!("{name}: no plugin config found")),
         None => Err(format!(
-            "{name}: {} WasmPlugins; choose one with --document N (one of {})",
+            "{name}: {} plugins (WasmPlugin / TrafficExtension); choose one with --document N (one of {})",
             plugins.len(),
             plugins
                 .iter()

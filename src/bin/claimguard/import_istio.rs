@@ -1,15 +1,18 @@
 //! `claimguard import-istio`: Istio `RequestAuthentication` + `AuthorizationPolicy` YAML →
-//! one claimguard `WasmPlugin`. The plugin's rule schema is Istio-shaped, so most fields carry
-//! over as they are; everything that does not (remote IPs, ports, CUSTOM actions, connection
-//! `when` keys, ...) is reported, never dropped silently, and makes the exit status 1.
+//! one claimguard `WasmPlugin` (or `TrafficExtension`). The plugin's rule schema is
+//! Istio-shaped, so most fields carry over as they are; everything that does not (remote IPs,
+//! ports, CUSTOM actions, connection `when` keys, ...) is reported, never dropped silently, and
+//! makes the exit status 1.
 //!
 //! When something cannot be translated, the result errs towards refusing: an ALLOW (or AUDIT)
 //! alternative that depends on it is left out (claimguard admits less than Istio did), while a
 //! DENY rule keeps its other conditions (claimguard denies more). The output is validated with
 //! the filter's own config validation before it is printed.
 
-use crate::check::risk_warnings;
+use crate::check::{coexistence_warning, risk_warnings};
 use crate::input::documents;
+use crate::istio::{dry_run_annotation, security, Manifest, PluginKind, Security, Target};
+use crate::source_identity;
 use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::Config;
 use serde_json::{json, Map, Value};
@@ -20,10 +23,24 @@ Translated: RequestAuthentication jwtRules (issuer, audiences, jwksUri, jwks, fr
 fromParams, fromCookies, outputClaimToHeaders, outputPayloadToHeader, forwardOriginalToken,
 spaceDelimitedClaims, timeout; no key source means OIDC discovery from the issuer) and
 AuthorizationPolicy ALLOW/DENY/AUDIT rules: from.source requestPrincipals, principals,
-namespaces, ipBlocks (and their not* forms),
+namespaces, ipBlocks, serviceAccounts, trustDomains (and their not* forms),
 to.operation hosts/notHosts/methods/notMethods/paths/notPaths, when on request.auth.claims[..]
 (nested [a][b]), request.auth.principal, request.auth.audiences, request.auth.presenter and
-request.headers[..], values/notValues; selector.matchLabels becomes the WasmPlugin selector.
+request.headers[..], values/notValues; selector.matchLabels becomes the selector. A policy
+annotated istio.io/dry-run: \"true\" stays dry-run: each of its rules gets dryRun: true.
+
+Peer identities: serviceAccounts ns/sa (or sa, in the policy's namespace) become principals
+*/ns/ns/sa/sa (any trust domain, as in Istio); trustDomains td become td/* (td* and * as they
+are). Both in one source must hold together: service accounts x exact trust domains become
+exact principals td/ns/ns/sa/sa, principals are kept where their trust domain matches; what
+no exact/prefix*/*suffix pattern expresses (a *suffix trust domain, td* beside service
+accounts) is reported. Istio also accepts SPIFFE IDs with extra path segments
+(td/ns/ns/x/sa/sa); claimguard matches the TD/ns/NS/sa/SA form its CA issues.
+
+Output: a WasmPlugin (--kind TrafficExtension: its successor, extensions.istio.io/v1alpha1,
+Istio 1.30 or later, with url, failStrategy and pluginConfig under spec.wasm) in phase AUTHN
+with failStrategy FAIL_CLOSE, and match: [{mode: SERVER}] on sidecars (not on a gateway
+selector), as an AuthorizationPolicy governs a sidecar's inbound traffic only.
 
 Not translated, and reported (stderr, or \"untranslated\" in --json): remoteIpBlocks, ports,
 CUSTOM actions, when keys other than request.auth.* and request.headers[..], targetRefs,
@@ -33,7 +50,12 @@ left out (fewer requests admitted), DENY rules lose only those conditions (more 
 Istio admits a request without any token unless a policy requires one, so every provider
 gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
 
-Exit status: 0 everything translated, 1 something could not be translated (the WasmPlugin is
+While Istio's policies stay applied beside the plugin, claimguard (phase AUTHN, before
+Istio's jwt_authn) removes the token unless forwardOriginalToken: true, and an
+AuthorizationPolicy on requestPrincipals would deny everything: a note on stderr says what to
+change (forwardOriginalToken: true during the migration, or remove the Istio policies).
+
+Exit status: 0 everything translated, 1 something could not be translated (the plugin is
 still printed) or the result is not a valid config, 2 usage error.";
 
 #[derive(clap::Args)]
@@ -41,16 +63,22 @@ pub struct ImportArgs {
     /// Istio YAML files (several documents each); `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// metadata.name of the WasmPlugin.
+    /// What to emit: a WasmPlugin, or the TrafficExtension that supersedes it (Istio 1.30 or
+    /// later; the same phase, selector and match; url, failStrategy and pluginConfig under
+    /// spec.wasm).
+    #[arg(long, value_enum, ignore_case = true, default_value = "WasmPlugin")]
+    kind: PluginKind,
+    /// metadata.name of the WasmPlugin / TrafficExtension.
     #[arg(long, default_value = "claimguard")]
     name: String,
-    /// metadata.namespace of the WasmPlugin (default: the inputs' namespace).
+    /// metadata.namespace of the output (default: the inputs' namespace); also the namespace
+    /// of a service account given without one in a policy without metadata.namespace.
     #[arg(long)]
     namespace: Option<String>,
-    /// spec.url: where the filter module is pulled from.
+    /// The module's url (spec.url, or spec.wasm.url): where the filter is pulled from.
     #[arg(long, default_value = "oci://registry.example.com/claimguard/claimguard:0.1.0")]
     url: String,
-    /// Write the WasmPlugin YAML to this file instead of standard output.
+    /// Write the YAML to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -64,6 +92,8 @@ struct Origin {
     document: usize,
     kind: String,
     name: String,
+    /// metadata.namespace, else --namespace: where Istio resolves a bare service account.
+    namespace: Option<String>,
 }
 
 impl Origin {
@@ -94,8 +124,13 @@ struct Import {
     /// (selector, where it came from) of every input object.
     selectors: Vec<(Option<Value>, String)>,
     namespaces: Vec<String>,
-    /// An ALLOW policy was seen: in Istio, requests must then match an ALLOW rule.
+    /// An enforced ALLOW policy was seen: in Istio, requests must then match an ALLOW rule.
     allow_policy: bool,
+    /// A dry-run ALLOW policy was seen: Istio's shadow decision then requires a match of a
+    /// dry-run ALLOW rule.
+    allow_policy_dry_run: bool,
+    /// The Istio objects read, for the advice on running both.
+    security: Vec<Security>,
 }
 
 const JWT_RULE_FIELDS: &[&str] = &[
@@ -233,7 +268,28 @@ impl Import {
             self.untranslated(o, "spec.action", format!("{action}: {what}; the policy was left out"));
             return;
         }
-        self.allow_policy |= action == "ALLOW";
+        let dry_run = match dry_run_annotation(doc) {
+            Some(d) => d,
+            None => {
+                self.untranslated(
+                    o,
+                    "metadata.annotations[istio.io/dry-run]",
+                    "not a boolean (true/false), which Istio's validation refuses; imported as dry-run, so the policy enforces nothing until you decide",
+                );
+                true
+            }
+        };
+        if dry_run {
+            let what = if action == "AUDIT" {
+                "istio.io/dry-run on an AUDIT policy, which Istio's validation refuses (only ALLOW and DENY); its rules were imported with dryRun: true"
+            } else {
+                "istio.io/dry-run: every rule from this policy has dryRun: true, so claimguard logs what it would decide and enforces none of them"
+            };
+            self.notes.push(o.at("metadata.annotations", what));
+            self.allow_policy_dry_run |= action == "ALLOW";
+        } else {
+            self.allow_policy |= action == "ALLOW";
+        }
         let Some(rules) = spec.get("rules").and_then(Value::as_array) else {
             let what = if action == "ALLOW" {
                 "an ALLOW policy without rules (allow-nothing) admits nothing by itself"
@@ -291,6 +347,9 @@ impl Import {
                     if action != "ALLOW" {
                         r.insert("action".into(), json!(action));
                     }
+                    if dry_run {
+                        r.insert("dryRun".into(), json!(true));
+                    }
                     r.extend(s.clone());
                     r.extend(op.clone());
                     if !when.is_empty() {
@@ -319,24 +378,28 @@ impl Import {
         let Some(items) = rule.get(list).and_then(Value::as_array) else {
             return vec![Map::new()];
         };
+        let consequence = if deny {
+            "dropped from this DENY rule, which now denies more"
+        } else {
+            "this alternative was left out, so fewer requests are admitted"
+        };
         let mut out = Vec::new();
         for (j, item) in items.iter().enumerate() {
             let ipath = format!("{rpath}.{list}[{j}].{inner}");
             let mut m = Map::new();
             let mut keep = true;
-            for (k, v) in item.get(inner).and_then(Value::as_object).into_iter().flatten() {
+            let empty = Map::new();
+            let fields_of_item = item.get(inner).and_then(Value::as_object).unwrap_or(&empty);
+            let mut peer_identity = false;
+            for (k, v) in fields_of_item {
                 match fields.iter().find(|(f, _)| f == k) {
+                    Some((_, t)) if *t == PEER_IDENTITY => peer_identity = true,
                     Some((_, "")) | None => {
                         let why = fields
                             .iter()
                             .find(|(f, _)| f == k)
                             .map(|_| untranslatable_reason(k))
                             .unwrap_or("unknown field");
-                        let consequence = if deny {
-                            "dropped from this DENY rule, which now denies more"
-                        } else {
-                            "this alternative was left out, so fewer requests are admitted"
-                        };
                         self.untranslated(
                             o,
                             &format!("{ipath}.{k}"),
@@ -347,6 +410,38 @@ impl Import {
                     Some((_, target)) => {
                         m.insert((*target).to_string(), v.clone());
                     }
+                }
+            }
+            if peer_identity {
+                let ids = source_identity::translate(fields_of_item, o.namespace.as_deref());
+                for (field, why) in &ids.untranslated {
+                    self.untranslated(
+                        o,
+                        &format!("{ipath}.{field}"),
+                        format!("not translated: {why}; {consequence}"),
+                    );
+                    keep = keep && deny;
+                }
+                if let Some(why) = ids.matches_nothing {
+                    self.notes
+                        .push(o.at(&ipath, format!("{why}: left out, as it admits or denies nothing")));
+                    continue;
+                }
+                if let Some(p) = ids.principals {
+                    m.insert("principals".into(), json!(p));
+                }
+                if !ids.not_principals.is_empty() {
+                    let mut not: Vec<Value> = m
+                        .get("notPrincipals")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    for p in ids.not_principals {
+                        if !not.contains(&json!(p)) {
+                            not.push(json!(p));
+                        }
+                    }
+                    m.insert("notPrincipals".into(), Value::Array(not));
                 }
             }
             if keep {
@@ -407,8 +502,9 @@ impl Import {
     }
 }
 
-/// Istio field → claimguard rule field ("" when claimguard cannot evaluate it).
-const SOURCE_FIELDS: [(&str, &str); 10] = [
+/// Istio field → claimguard rule field ("" when claimguard cannot evaluate it, "principals"
+/// for the peer-identity fields `source_identity` translates).
+const SOURCE_FIELDS: [(&str, &str); 14] = [
     ("requestPrincipals", "requestPrincipals"),
     ("notRequestPrincipals", "notRequestPrincipals"),
     ("principals", "principals"),
@@ -419,7 +515,14 @@ const SOURCE_FIELDS: [(&str, &str); 10] = [
     ("notIpBlocks", "notIpBlocks"),
     ("remoteIpBlocks", ""),
     ("notRemoteIpBlocks", ""),
+    ("serviceAccounts", PEER_IDENTITY),
+    ("notServiceAccounts", PEER_IDENTITY),
+    ("trustDomains", PEER_IDENTITY),
+    ("notTrustDomains", PEER_IDENTITY),
 ];
+
+/// Marks the source fields translated together by `source_identity::translate`.
+const PEER_IDENTITY: &str = "(peer identity)";
 
 const OPERATION_FIELDS: [(&str, &str); 8] = [
     ("hosts", "hosts"),
@@ -459,7 +562,13 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string(),
+                namespace: doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| a.namespace.clone()),
             };
+            im.security.extend(security(doc));
             match kind.as_str() {
                 "RequestAuthentication" => {
                     inputs += 1;
@@ -504,8 +613,8 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
                 })
                 .collect();
             im.untranslated.push(json!({"path": "spec.selector", "message": format!(
-                "not translated: the inputs select different workloads ({}); the WasmPlugin has no selector, import each workload's policies separately",
-                listed.join("; "))}));
+                "not translated: the inputs select different workloads ({}); the {} has no selector, import each workload's policies separately",
+                listed.join("; "), a.kind.name())}));
             None
         }
     };
@@ -520,13 +629,23 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
             None
         }
     };
-    if im.allow_policy && !im.rules.iter().any(|r| r.get("action").is_none()) {
+    // An ALLOW rule that counts for the enforced (dry_run false) or the shadow decision.
+    let allow_rule = |r: &Value, dry_run: bool| r.get("action").is_none() && r.get("dryRun").is_some() == dry_run;
+    if im.allow_policy && !im.rules.iter().any(|r| allow_rule(r, false)) {
         // Istio: with an ALLOW policy present, a request no ALLOW rule matches is denied. None
         // survived translation (or the policy allows nothing): deny everything explicitly, or
         // claimguard, having no ALLOW rule, would admit every request.
         im.rules.push(json!({"name": "istio-allow-nothing", "action": "DENY"}));
         im.notes.push(json!({"path": "rules", "message":
             "an ALLOW policy exists but no ALLOW rule could be carried over: added DENY rule istio-allow-nothing, which refuses every request as Istio would"}));
+    }
+    if im.allow_policy_dry_run && !im.rules.iter().any(|r| allow_rule(r, true)) {
+        // The same for Istio's shadow decision: a dry-run ALLOW policy nothing of which
+        // survived would log every request as denied.
+        im.rules
+            .push(json!({"name": "istio-allow-nothing-dry-run", "action": "DENY", "dryRun": true}));
+        im.notes.push(json!({"path": "rules", "message":
+            "a dry-run ALLOW policy exists but none of its rules could be carried over: added dry-run DENY rule istio-allow-nothing-dry-run, which logs every request as denied, as Istio's shadow rules would"}));
     }
     let mut plugin_config = json!({"providers": im.providers});
     if !im.rules.is_empty() {
@@ -536,15 +655,48 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     if let Some(ns) = &namespace {
         metadata["namespace"] = json!(ns);
     }
-    let mut spec = json!({"url": a.url, "phase": "AUTHN", "failStrategy": "FAIL_CLOSE", "pluginConfig": plugin_config});
+    let target = Target {
+        namespace: namespace.clone(),
+        selector: selector.as_ref().and_then(Value::as_object).cloned(),
+        target_refs: None,
+    };
+    let mut outer = Map::new();
+    outer.insert("phase".into(), json!("AUTHN"));
     if let Some(s) = &selector {
-        spec["selector"] = json!({"matchLabels": s});
+        outer.insert("selector".into(), json!({"matchLabels": s}));
     }
-    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+    if target.sidecars() {
+        // An AuthorizationPolicy on a sidecar governs inbound requests only; without a match
+        // the plugin would also run on the pod's outbound listeners.
+        outer.insert("match".into(), json!([{"mode": "SERVER"}]));
+    } else {
+        im.notes.push(json!({"path": "spec.match", "message": format!(
+            "not set: the selector ({}) picks a gateway, whose traffic Istio treats as CLIENT (mode SERVER would take the filter off it)",
+            target.describe())}));
+    }
+    let mut module = Map::new();
+    module.insert("url".into(), json!(a.url));
+    module.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    module.insert("pluginConfig".into(), plugin_config.clone());
+    let spec = a.kind.spec(outer, module);
+    let plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": a.kind.name(),
                         "metadata": metadata, "spec": spec});
+    let manifest = Manifest {
+        kind: a.kind,
+        spec,
+        target,
+    };
     // What `claimguard check` would say about the result: the filter's own validation.
     let (valid, check_warnings) = match Config::from_json(plugin_config.to_string().as_bytes()) {
-        Ok(cfg) => (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&spec))),
+        Ok(cfg) => {
+            // Istio's policies stay applied until this plugin replaces them: what to change
+            // meanwhile, as `check` says it about both together.
+            let advice = coexistence_warning(&cfg, &manifest, &im.security).unwrap_or_else(|| {
+                "the imported Istio policies can stay applied beside this plugin during a migration (every provider has forwardOriginalToken: true); remove them once claimguard alone enforces".into()
+            });
+            im.notes.push(json!({"path": "migration", "message": advice}));
+            (Ok(()), risk_warnings(&cfg, &plugin_config, Some(&manifest)))
+        }
         Err(e) => (Err(e.to_string()), Vec::new()),
     };
     let yaml = serde_yaml_ng::to_string(&plugin).map_err(|e| e.to_string())?;
@@ -557,7 +709,11 @@ pub fn run(a: &ImportArgs) -> Result<Verdict, String> {
     }
     let ok = im.untranslated.is_empty() && valid.is_ok();
     if a.json.json {
-        let out = json!({"ok": ok, "wasmPlugin": plugin, "yaml": yaml, "untranslated": im.untranslated,
+        let key = match a.kind {
+            PluginKind::WasmPlugin => "wasmPlugin",
+            PluginKind::TrafficExtension => "trafficExtension",
+        };
+        let out = json!({"ok": ok, "kind": a.kind.name(), key: plugin, "yaml": yaml, "untranslated": im.untranslated,
             "notes": im.notes, "check": {"valid": valid.is_ok(), "error": valid.as_ref().err(), "warnings": check_warnings}});
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     } else {

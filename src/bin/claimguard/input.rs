@@ -1,7 +1,9 @@
 //! Reading what operators have: a bare plugin config (JSON), or Kubernetes YAML (one or many
 //! documents, `kubectl -o json` / `kind: List`, a kustomize-rendered stream) holding
-//! WasmPlugins whose `spec.pluginConfig` is the filter's config.
+//! WasmPlugins (`spec.pluginConfig`) or TrafficExtensions (`spec.wasm.pluginConfig`) whose
+//! plugin config is the filter's, and the Istio security policies beside them.
 
+use crate::istio::{security, Manifest, PluginKind, Security, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,12 +19,16 @@ pub struct Doc {
 }
 
 pub enum Content {
-    /// A plugin config to validate: the JSON text the filter would receive, and the WasmPlugin
-    /// `spec` it came from (None for a bare JSON config).
-    Plugin { json: String, spec: Option<Value> },
+    /// A plugin config to validate: the JSON text the filter would receive, and the
+    /// WasmPlugin / TrafficExtension it came from (None for a bare JSON config).
+    Plugin { json: String, manifest: Option<Manifest> },
+    /// An Istio RequestAuthentication / AuthorizationPolicy: not checked itself, but it
+    /// changes what a claimguard plugin for the same workload must do.
+    Security(Security),
     /// Not a plugin config, and why (an empty document, a Service, ...).
     Skipped(String),
-    /// A WasmPlugin without a usable pluginConfig: the field path and the problem.
+    /// A WasmPlugin / TrafficExtension without a usable plugin config: the field path and the
+    /// problem.
     Invalid { path: String, message: String },
 }
 
@@ -93,33 +99,63 @@ fn classify(index: usize, v: Value, original_json: Option<&str>, out: &mut Vec<D
         (Value::Object(_), None) if v.get("apiVersion").is_none() => {
             // A bare plugin config. From a JSON file, the exact bytes go to the validator.
             let json = original_json.map(str::to_owned).unwrap_or_else(|| v.to_string());
-            out.push(doc(Content::Plugin { json, spec: None }))
+            out.push(doc(Content::Plugin { json, manifest: None }))
         }
         (Value::Object(_), Some("List")) => {
             for item in v.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
                 classify(index, item, None, out);
             }
         }
-        (Value::Object(_), Some("WasmPlugin")) => {
+        (Value::Object(_), Some(k @ ("WasmPlugin" | "TrafficExtension"))) => {
+            let kind = if k == "WasmPlugin" {
+                PluginKind::WasmPlugin
+            } else {
+                PluginKind::TrafficExtension
+            };
             let spec = v.get("spec").cloned().unwrap_or(Value::Null);
-            let content = match spec.get("pluginConfig") {
+            let manifest = Manifest {
+                kind,
+                target: Target::of(&v),
+                spec,
+            };
+            if kind == PluginKind::TrafficExtension && manifest.spec.get("wasm").is_none() {
+                let content = if manifest.spec.get("lua").is_some() {
+                    Content::Skipped("TrafficExtension with a Lua filter, not WebAssembly".into())
+                } else {
+                    Content::Invalid {
+                        path: "spec.wasm".into(),
+                        message: "is missing: a TrafficExtension needs exactly one of wasm or lua".into(),
+                    }
+                };
+                out.push(doc(content));
+                return;
+            }
+            let at = manifest.module_field("pluginConfig");
+            let content = match manifest.module().get("pluginConfig") {
                 Some(pc @ Value::Object(_)) => Content::Plugin {
                     json: pc.to_string(),
-                    spec: Some(spec.clone()),
+                    manifest: Some(manifest.clone()),
                 },
                 Some(_) => Content::Invalid {
-                    path: "spec.pluginConfig".into(),
+                    path: at,
                     message: "must be a mapping (the plugin config)".into(),
                 },
                 None => Content::Invalid {
-                    path: "spec.pluginConfig".into(),
+                    path: at,
                     message: "is missing: the filter would get an empty configuration and refuse it (a kustomize patch? check the rendered output: kustomize build DIR | claimguard check -)".into(),
                 },
             };
             out.push(doc(content))
         }
-        (Value::Object(_), Some(k)) => out.push(doc(Content::Skipped(format!("{k}, not a WasmPlugin")))),
-        (Value::Object(_), None) => out.push(doc(Content::Skipped("no kind, not a WasmPlugin".into()))),
+        (Value::Object(_), Some(k)) => match security(&v) {
+            Some(s) => out.push(doc(Content::Security(s))),
+            None => out.push(doc(Content::Skipped(format!(
+                "{k}, not a WasmPlugin or TrafficExtension"
+            )))),
+        },
+        (Value::Object(_), None) => out.push(doc(Content::Skipped(
+            "no kind, not a WasmPlugin or TrafficExtension".into(),
+        ))),
         _ => out.push(doc(Content::Invalid {
             path: String::new(),
             message: "is not a mapping (expected a plugin config or a Kubernetes object)".into(),

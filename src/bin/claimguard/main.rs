@@ -11,7 +11,9 @@ mod check;
 mod explain;
 mod import_istio;
 mod input;
+mod istio;
 mod run;
+mod source_identity;
 mod tokens;
 
 const EXIT_CODES: &str = "\
@@ -36,8 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate plugin configs (JSON, or WasmPlugin YAML) exactly as the filter does, and warn
-    /// about risky settings.
+    /// Validate plugin configs (JSON, or WasmPlugin / TrafficExtension YAML) exactly as the
+    /// filter does, and warn about risky settings and Istio policies it would break.
     #[command(after_help = check::AFTER_HELP)]
     Check(check::CheckArgs),
     /// Run the filter's whole decision on one request offline and print why: each token
@@ -52,7 +54,7 @@ enum Command {
     #[command(after_help = tokens::MINT_AFTER_HELP)]
     Mint(tokens::MintArgs),
     /// Convert Istio RequestAuthentication + AuthorizationPolicy YAML into a claimguard
-    /// WasmPlugin, reporting every construct that could not be translated.
+    /// WasmPlugin (or TrafficExtension), reporting every construct that could not be translated.
     #[command(name = "import-istio", after_help = import_istio::AFTER_HELP)]
     ImportIstio(import_istio::ImportArgs),
     /// Run the echo upstream (reports the request headers it received) on 127.0.0.1.
