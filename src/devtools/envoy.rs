@@ -58,6 +58,9 @@ pub struct EnvoyOptions {
     pub ecds: bool,
     /// HTTP filters that run before claimguard (e.g. Envoy's own `jwt_authn`).
     pub filters_before: Vec<Value>,
+    /// HTTP filters that run after claimguard and before the router (e.g. what istiod renders
+    /// for Istio's own RequestAuthentication and AuthorizationPolicy).
+    pub filters_after: Vec<Value>,
     /// Leave claimguard out (an edge proxy in front of a claimguard sidecar).
     pub without_claimguard: bool,
     /// A complete HTTP filter entry to run instead of [`wasm_filter`]'s, e.g. the one istiod
@@ -218,6 +221,7 @@ impl EnvoyOptions {
             access_log_format: None,
             ecds: false,
             filters_before: Vec::new(),
+            filters_after: Vec::new(),
             without_claimguard: false,
             filter: None,
             extra_listeners: Vec::new(),
@@ -323,6 +327,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
             (None, false) => wasm_filter(&o.wasm, &o.plugin_config),
         });
     }
+    http_filters.extend(o.filters_after.iter().cloned());
     http_filters.push(json!({"name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     let mut filter_chain = json!({"filters": [{
