@@ -58,6 +58,9 @@ pub struct EnvoyOptions {
     pub ecds: bool,
     /// HTTP filters that run before claimguard (e.g. Envoy's own `jwt_authn`).
     pub filters_before: Vec<Value>,
+    /// HTTP filters that run after claimguard and before the router (e.g. what istiod renders
+    /// for Istio's own RequestAuthentication and AuthorizationPolicy).
+    pub filters_after: Vec<Value>,
     /// Leave claimguard out (an edge proxy in front of a claimguard sidecar).
     pub without_claimguard: bool,
     /// A complete HTTP filter entry to run instead of [`wasm_filter`]'s, e.g. the one istiod
@@ -240,6 +243,7 @@ impl EnvoyOptions {
             access_log_format: None,
             ecds: false,
             filters_before: Vec::new(),
+            filters_after: Vec::new(),
             without_claimguard: false,
             filter: None,
             extra_listeners: Vec::new(),
@@ -354,6 +358,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
     if !o.without_claimguard {
         http_filters.push(claimguard());
     }
+    http_filters.extend(o.filters_after.iter().cloned());
     http_filters.push(router.clone());
     // One connection manager (stat prefix, route target and filters aside) for every listener.
     let chain = |stat_prefix: &str, cluster: &str, http_filters: Vec<Value>| {
