@@ -1605,6 +1605,52 @@ mod tests {
         }
     }
 
+    /// Anonymous requests (an allowMissing provider) against DENY rules on the caller: Istio
+    /// reads each condition on an absent identity, so `not` conditions hold and the DENY
+    /// applies; positive ones fail. ALLOW rules on the caller never admit them.
+    #[test]
+    fn deny_rules_on_the_caller_hold_for_anonymous_requests_as_in_istio() {
+        let k = TestKey::generate(Alg::ES256, "k3");
+        let c = Config::from_json(
+            json!({
+                "providers": [{"issuer": "https://a", "jwks": k.jwks(), "allowMissing": true}],
+                "rules": [
+                    {"name": "deny-anonymous", "action": "DENY", "paths": ["/private/*"], "notRequestPrincipals": ["*"]},
+                    {"name": "acme-only", "action": "DENY", "paths": ["/acme/*"], "when": [{"claim": "tenant", "notValues": ["acme"]}]},
+                    {"name": "deny-blocked", "action": "DENY", "when": [{"claim": "tenant", "values": ["blocked"]}]},
+                    {"name": "not-banned", "paths": ["/members/*"], "when": [{"claim": "group", "notValues": ["banned"]}]},
+                    {"name": "open", "paths": ["/private/*", "/acme/*", "/open/*"]}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let token = |claims: Value| {
+            let mut c = json!({"iss": "https://a", "sub": "u", "exp": NOW + 60});
+            c.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+            format!("Bearer {}", k.sign(&c))
+        };
+        let acme = token(json!({"tenant": "acme"}));
+        let other = token(json!({"tenant": "globex"}));
+        let status = |path: &str, auth: Option<&str>| {
+            let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            match http(&c, "GET", path, &h).decision {
+                Decision::Allow { .. } => 200,
+                Decision::Deny(d) => d.status,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(status("/private/x", None), 403, "notRequestPrincipals: [*] denies anonymous");
+        assert_eq!(status("/private/x", Some(&other)), 200);
+        assert_eq!(status("/acme/x", None), 403, "a missing claim satisfies notValues");
+        assert_eq!(status("/acme/x", Some(&other)), 403);
+        assert_eq!(status("/acme/x", Some(&acme)), 200);
+        assert_eq!(status("/open/x", None), 200, "a positive claim condition fails without a token");
+        assert_eq!(status("/members/x", None), 403, "an ALLOW on the caller never admits anonymous");
+        assert_eq!(status("/members/x", Some(&other)), 200);
+    }
+
     #[test]
     fn policy_denials_are_403_without_policy_details() {
         let (c, k) = policy_config(json!({}));

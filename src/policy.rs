@@ -1026,9 +1026,12 @@ impl Rule {
     }
 
     fn identity_matches(&self, req: &RequestFacts, subject: Option<&Subject>) -> Result<(), Mismatch> {
-        // Conditions on who the caller is never hold for a request without a token (only
-        // public routes and allowMissing providers let such requests this far).
-        if subject.is_none() && self.has_identity_conditions() {
+        // A request without a token (only public routes and allowMissing providers let one
+        // this far) never satisfies an ALLOW or AUDIT rule's conditions on the caller. A DENY
+        // rule's conditions are read as Istio reads them, each on an absent identity: positive
+        // ones fail and `not` ones hold, so `notRequestPrincipals: ["*"]` denies anonymous
+        // requests (Istio's "deny without a token") instead of silently letting them by.
+        if subject.is_none() && self.has_identity_conditions() && self.action != RuleAction::Deny {
             return Err(Mismatch::NoToken);
         }
         if !self.providers.is_empty() && !subject.is_some_and(|s| self.providers.contains(&s.provider)) {
