@@ -1641,13 +1641,25 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(status("/private/x", None), 403, "notRequestPrincipals: [*] denies anonymous");
+        assert_eq!(
+            status("/private/x", None),
+            403,
+            "notRequestPrincipals: [*] denies anonymous"
+        );
         assert_eq!(status("/private/x", Some(&other)), 200);
         assert_eq!(status("/acme/x", None), 403, "a missing claim satisfies notValues");
         assert_eq!(status("/acme/x", Some(&other)), 403);
         assert_eq!(status("/acme/x", Some(&acme)), 200);
-        assert_eq!(status("/open/x", None), 200, "a positive claim condition fails without a token");
-        assert_eq!(status("/members/x", None), 403, "an ALLOW on the caller never admits anonymous");
+        assert_eq!(
+            status("/open/x", None),
+            200,
+            "a positive claim condition fails without a token"
+        );
+        assert_eq!(
+            status("/members/x", None),
+            403,
+            "an ALLOW on the caller never admits anonymous"
+        );
         assert_eq!(status("/members/x", Some(&other)), 200);
     }
 

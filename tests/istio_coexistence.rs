@@ -115,12 +115,23 @@ fn each_supported_combination_and_the_unsupported_one() {
     let unsupported = workload(false, true);
     for (name, path, token, want_alone, want_migrating, want_unsupported) in cases {
         assert_eq!(alone.status(path, token), want_alone, "claimguard alone: {name}");
-        assert_eq!(migrating.status(path, token), want_migrating, "both, forwarding: {name}");
-        assert_eq!(unsupported.status(path, token), want_unsupported, "both, not forwarding: {name}");
+        assert_eq!(
+            migrating.status(path, token),
+            want_migrating,
+            "both, forwarding: {name}"
+        );
+        assert_eq!(
+            unsupported.status(path, token),
+            want_unsupported,
+            "both, not forwarding: {name}"
+        );
     }
     // claimguard forwards the token to Istio's filter, and Istio's own `forwardOriginalToken:
     // false` then removes it: the application still never sees it.
     assert_eq!(migrating.status("/orders/1", Some(&reader)), 200);
-    let last = migrating.upstream.last_received().expect("a request reached the upstream");
+    let last = migrating
+        .upstream
+        .last_received()
+        .expect("a request reached the upstream");
     assert_eq!(last.header("authorization"), None, "{:?}", last.header_list);
 }
