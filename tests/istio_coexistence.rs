@@ -94,6 +94,10 @@ impl Workload {
     }
 }
 
+/// name, path, token; status with claimguard alone, with both and `forwardOriginalToken: true`,
+/// with both and claimguard's default.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, u16, u16, u16);
+
 #[test]
 fn each_supported_combination_and_the_unsupported_one() {
     let reader = keys().ec.sign(&good_claims());
@@ -102,7 +106,7 @@ fn each_supported_combination_and_the_unsupported_one() {
 
     // (path, token, claimguard alone, both + forwardOriginalToken, both + claimguard's default)
     #[rustfmt::skip]
-    let cases: [(&str, &str, Option<&str>, u16, u16, u16); 5] = [
+    let cases: [Case; 5] = [
         ("a reader", "/orders/1", Some(&reader), 200, 200, 403),
         ("no scope: claimguard's rule", "/orders/1", Some(&no_scope), 403, 403, 403),
         ("no token", "/orders/1", None, 401, 401, 401),
