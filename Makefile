@@ -190,7 +190,8 @@ istio-check: istio-schema
 
 # The side-by-side benchmark (not part of `make test`): one Envoy, three listeners (no auth,
 # jwt_authn + rbac, claimguard) in front of one upstream, wrk interleaving them round by
-# round; the table is appended to BENCHMARKS.md. Run it on a quiet machine.
+# round; the table becomes BENCHMARKS.md's latest run, the one before it moves to its log.
+# Run it on a quiet machine.
 BENCH_SECONDS     ?= 10
 BENCH_ROUNDS      ?= 3
 BENCH_CONNECTIONS ?= 16

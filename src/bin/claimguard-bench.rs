@@ -2,10 +2,12 @@
 //! `src/devtools/bench.rs` and BENCHMARKS.md).
 //!
 //! ```text
-//! claimguard-bench [--out BENCHMARKS.md] [--command TEXT]   run, print the table, append it to --out
+//! claimguard-bench [--out BENCHMARKS.md] [--command TEXT]   run, print the table, record it in --out
 //! claimguard-bench --smoke                                   ~2 s per listener: statuses only
 //! claimguard-bench --profile-inputs                          print the input of examples/vm_profile.rs
 //! ```
+//! Recording keeps BENCHMARKS.md's shape (`bench::record_run`): the new run becomes its
+//! "Latest run", and the run it replaces moves to the end of its "Log".
 //! Sizing from the environment: BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONNECTIONS,
 //! BENCH_COLD_TOKENS, BENCH_SCENARIOS, WRK; the filter from CLAIMGUARD_WASM, Envoy from ENVOY.
 
@@ -23,7 +25,6 @@ fn main() {
 #[cfg(not(target_arch = "wasm32"))]
 fn run() -> Result<(), String> {
     use claimguard::devtools::bench;
-    use std::io::Write as _;
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out: Option<String> = None;
@@ -81,18 +82,18 @@ fn run() -> Result<(), String> {
     println!("{md}");
     if report.unexpected() > 0 {
         return Err(format!(
-            "{} responses had an unexpected status: the figures are not appended",
+            "{} responses had an unexpected status: the figures are not recorded",
             report.unexpected()
         ));
     }
     if let Some(path) = out {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("{path}: {e}"))?;
-        f.write_all(md.as_bytes()).map_err(|e| format!("{path}: {e}"))?;
-        eprintln!("appended to {path}");
+        let doc = match std::fs::read_to_string(&path) {
+            Ok(doc) => doc,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{path}: {e}")),
+        };
+        std::fs::write(&path, bench::record_run(&doc, &md)).map_err(|e| format!("{path}: {e}"))?;
+        eprintln!("recorded in {path} as its latest run (the one before it moved to the log)");
     }
     Ok(())
 }

@@ -939,12 +939,103 @@ fn mib(b: Option<u64>) -> String {
     b.map_or_else(|| "n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
 }
 
+/// The heading of `BENCHMARKS.md`'s newest run, and of the log of the runs before it.
+pub const LATEST_RUN: &str = "## Latest run";
+pub const LOG: &str = "## Log";
+
+/// `(line index, level)` of each ATX heading outside fenced code blocks.
+fn headings(lines: &[&str]) -> Vec<(usize, usize)> {
+    let mut fence = false;
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fence = !fence;
+            continue;
+        }
+        let level = t.bytes().take_while(|b| *b == b'#').count();
+        if !fence && (1..=6).contains(&level) && t.as_bytes().get(level) == Some(&b' ') {
+            out.push((i, level));
+        }
+    }
+    out
+}
+
+/// `BENCHMARKS.md` with `run` (a `### DATE` section, as [`Report::markdown`] writes it)
+/// recorded: `run` replaces the run in the `## Latest run` section (after that section's own
+/// introduction), and the run it replaces moves, unchanged, to the end of the `## Log`
+/// section, which lists the older runs oldest first. The method sections stay where they
+/// are, so the file keeps its shape: the method and the latest tables at the top, every
+/// older run below. A missing `Latest run` section is created before the first `##`
+/// section, a missing `Log` at the end.
+pub fn record_run(doc: &str, run: &str) -> String {
+    let lines: Vec<&str> = doc.lines().collect();
+    let heads = headings(&lines);
+    // A section runs to the next heading of its level or above.
+    let section_end = |start: usize, level: usize| {
+        heads
+            .iter()
+            .find(|&&(i, l)| i > start && l <= level)
+            .map_or(lines.len(), |&(i, _)| i)
+    };
+    let find = |title: &str| {
+        heads
+            .iter()
+            .find(|&&(i, l)| l == 2 && lines.get(i).is_some_and(|t| t.trim_end() == title))
+            .map(|&(i, _)| i)
+    };
+    let text = |from: usize, to: usize| lines.get(from..to).unwrap_or_default().join("\n");
+
+    // Edits as (replaced line range, new text), applied in line order.
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut previous = String::new();
+    match find(LATEST_RUN) {
+        Some(latest) => {
+            let end = section_end(latest, 2);
+            let first_run = heads
+                .iter()
+                .find(|&&(i, l)| i > latest && i < end && l == 3)
+                .map_or(end, |&(i, _)| i);
+            previous = text(first_run, end);
+            edits.push((first_run, end, run.to_string()));
+        }
+        None => {
+            let at = heads.iter().find(|&&(_, l)| l == 2).map_or(lines.len(), |&(i, _)| i);
+            edits.push((at, at, format!("{LATEST_RUN}\n\n{run}")));
+        }
+    }
+    match find(LOG) {
+        Some(log) => {
+            let end = section_end(log, 2);
+            edits.push((end, end, previous));
+        }
+        None => edits.push((lines.len(), lines.len(), format!("{LOG}\n\n{previous}"))),
+    }
+    edits.sort_by_key(|e| e.0);
+
+    // Blocks separated by exactly one blank line.
+    let mut blocks = Vec::new();
+    let mut at = 0;
+    for (from, to, new) in edits {
+        blocks.push(text(at, from));
+        blocks.push(new);
+        at = to.max(at);
+    }
+    blocks.push(text(at, lines.len()));
+    let blocks: Vec<&str> = blocks
+        .iter()
+        .map(|b| b.trim_matches('\n'))
+        .filter(|b| !b.is_empty())
+        .collect();
+    format!("{}\n", blocks.join("\n\n"))
+}
+
 impl Report {
-    /// The Markdown section appended to `BENCHMARKS.md`.
+    /// The run's section of `BENCHMARKS.md` (see [`record_run`]).
     pub fn markdown(&self, command: &str) -> String {
         let o = &self.options;
         let mut s = String::new();
-        let _ = writeln!(s, "\n## {}\n", date(self.started));
+        let _ = writeln!(s, "\n### {}\n", date(self.started));
         let _ = writeln!(s, "* machine: {}", machine());
         let _ = writeln!(
             s,
@@ -1057,6 +1148,74 @@ mod tests {
         assert_eq!(date(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(date(1_795_567_020), "2026-11-25 00:37 UTC");
     }
+
+    const RUN_A: &str = "### 2026-01-01 00:00 UTC\n\n* command: `make bench`\n\n| a |\n|---|\n| 1 |\n\nNotes on A.";
+    const RUN_B: &str = "### 2026-01-02 00:00 UTC\n\n| b |\n|---|\n| 2 |";
+    const RUN_C: &str = "\n### 2026-01-03 00:00 UTC\n\n| c |\n|---|\n| 3 |\n";
+
+    #[test]
+    fn a_recorded_run_becomes_the_latest_and_the_one_before_moves_to_the_end_of_the_log() {
+        let doc = format!(
+            "# Benchmarks\n\nIntro.\n\n{LATEST_RUN}\n\nThe newest run.\n\n{RUN_B}\n\n\
+             ## Method\n\n```sh\n## not a heading\nmake bench\n```\n\n{LOG}\n\nOldest first.\n\n{RUN_A}\n"
+        );
+        let got = record_run(&doc, RUN_C);
+        let want = format!(
+            "# Benchmarks\n\nIntro.\n\n{LATEST_RUN}\n\nThe newest run.\n\n{}\n\n\
+             ## Method\n\n```sh\n## not a heading\nmake bench\n```\n\n{LOG}\n\nOldest first.\n\n{RUN_A}\n\n{RUN_B}\n",
+            RUN_C.trim()
+        );
+        assert_eq!(got, want);
+        // And again: B stays, C follows it.
+        let again = record_run(&got, RUN_A);
+        assert!(again.ends_with(&format!("{RUN_B}\n\n{}\n", RUN_C.trim())), "{again}");
+        assert_eq!(again.matches("### ").count(), 4, "{again}");
+    }
+
+    #[test]
+    fn a_file_without_the_sections_gets_them() {
+        let got = record_run("# Benchmarks\n\nIntro.\n\n## Method\n\nText.\n", RUN_A);
+        assert_eq!(
+            got,
+            format!("# Benchmarks\n\nIntro.\n\n{LATEST_RUN}\n\n{RUN_A}\n\n## Method\n\nText.\n\n{LOG}\n")
+        );
+        // The first run into an empty file, then the second.
+        let first = record_run("", RUN_A);
+        assert_eq!(first, format!("{LATEST_RUN}\n\n{RUN_A}\n\n{LOG}\n"));
+        assert_eq!(
+            record_run(&first, RUN_B),
+            format!("{LATEST_RUN}\n\n{RUN_B}\n\n{LOG}\n\n{RUN_A}\n")
+        );
+    }
+
+    #[test]
+    fn the_committed_file_has_the_shape_make_bench_keeps() {
+        let at = |what: &str| {
+            BENCHMARKS
+                .find(what)
+                .unwrap_or_else(|| panic!("BENCHMARKS.md: no {what:?}"))
+        };
+        let (latest, method, log) = (at(LATEST_RUN), at("\n## What is compared\n"), at(&format!("\n{LOG}\n")));
+        assert!(
+            latest < method && method < log,
+            "Latest run, then the method, then the Log"
+        );
+        // The latest run: its `###` section, up to the next `##` section.
+        let run = &BENCHMARKS[latest..method];
+        let run = run[run.find("\n### ").unwrap()..].trim();
+        assert!(run.contains("* command: `make bench"), "{run}");
+
+        // What `Report::markdown` writes is a `###` section that takes its place.
+        let date = date(1_795_567_020);
+        let doc = record_run(BENCHMARKS, &format!("\n### {date}\n\n| x |\n"));
+        let log = doc.find(&format!("\n{LOG}\n")).unwrap();
+        assert!(doc[..log].contains(&format!("{LATEST_RUN}\n")) && doc[..log].contains(&format!("### {date}\n")));
+        assert!(!doc[..log].contains(run) && doc.ends_with(&format!("{run}\n")));
+        assert_eq!(doc.len(), BENCHMARKS.len() + format!("### {date}\n\n| x |\n\n").len());
+    }
+
+    /// The file `make bench` records into, as committed.
+    const BENCHMARKS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"));
 
     #[test]
     fn medians() {
