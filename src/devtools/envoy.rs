@@ -342,7 +342,7 @@ pub fn bootstrap(o: &EnvoyOptions, dir: &Path) -> Value {
         }]),
         None => json!([]),
     };
-    // The tag extraction claimguard documents for Prometheus labels (README, Istio notes).
+    // The tag extraction claimguard documents for Prometheus labels (docs/observability.md, docs/istio.md).
     let stats_tags: Vec<Value> = crate::metrics::STATS_TAGS
         .iter()
         .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
