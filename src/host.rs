@@ -935,11 +935,28 @@ impl Root {
             if hostabi::set_effective_context(w.context_id).is_err() {
                 continue; // the request is gone
             }
-            let Ok(buf) = hostabi::get_header_map_pairs(MapType::HttpRequestHeaders) else {
-                continue;
+            // From here on the request is ours to answer: a host call that fails refuses it
+            // (500) rather than leaving it paused.
+            let refuse = |what: &str| {
+                Filter {
+                    context_id: w.context_id,
+                    vm: None,
+                }
+                .internal_error(what)
             };
-            let Ok(decoded) = crate::abi::decode_pairs(&buf) else {
-                continue;
+            let buf = match hostabi::get_header_map_pairs(MapType::HttpRequestHeaders) {
+                Ok(b) => b,
+                Err(e) => {
+                    refuse(&format!("cannot read request headers: {e}"));
+                    continue;
+                }
+            };
+            let decoded = match crate::abi::decode_pairs(&buf) {
+                Ok(d) => d,
+                Err(e) => {
+                    refuse(&format!("cannot read request headers: {e}"));
+                    continue;
+                }
             };
             let headers = borrowed(&decoded);
             let mut req = HttpRequest::from_headers(&headers);
@@ -957,7 +974,9 @@ impl Root {
                     let refused_metric = vm_rc.borrow().refused_metric;
                     match apply_header_ops(&ev.header_ops, refused_metric) {
                         Ok(()) => {
-                            let _ = hostabi::resume_http_request();
+                            if let Err(e) = hostabi::resume_http_request() {
+                                refuse(&format!("cannot resume the request: {e}"));
+                            }
                         }
                         Err(e) => {
                             log(LogLevel::Error, &format!("{e}; refusing the request"));
