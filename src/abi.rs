@@ -9,6 +9,9 @@
 //! invalid sequence replaced by U+FFFD: the header stays present (a rule on it cannot be
 //! dodged by such a byte) and its value can match no configured string that a client could
 //! not also send as valid UTF-8.
+//!
+//! [`encode_pairs`] is the other direction: the maps the VM hands the host (a local reply's
+//! headers, a callout's request headers).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -114,6 +117,30 @@ fn word(buf: &[u8], at: usize) -> Result<usize, &'static str> {
     usize::try_from(u32::from_le_bytes(w)).map_err(|_| "size overflow")
 }
 
+/// Serializes (name, value) pairs as the host reads a header map, the layout
+/// [`pair_spans`] takes apart: one allocation of exactly the size needed, as the SDK's
+/// `serialize_map` does. (No name or value in the VM comes near the `u32` sizes' 4 GiB.)
+pub fn encode_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<u8> {
+    let size = pairs.iter().fold(4usize, |n, (k, v)| {
+        n.saturating_add(k.as_ref().len())
+            .saturating_add(v.as_ref().len())
+            .saturating_add(10)
+    });
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_ref().as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_ref().as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// Decodes a serialized header map. Names and values are borrowed from `buf` (nothing is
 /// copied for valid UTF-8, which every well-behaved request is); only an invalid one is
 /// replaced.
@@ -190,6 +217,25 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(decode_pairs(&[]).unwrap(), vec![]);
         assert_eq!(decode_pairs(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn encode_pairs_writes_what_the_host_reads() {
+        let pairs = [
+            ("content-type", "application/json"),
+            ("www-authenticate", ""),
+            ("x", "é"),
+        ];
+        let bytes: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        let got = encode_pairs(&pairs);
+        assert_eq!(got, encode(&bytes));
+        assert_eq!(got.len(), got.capacity(), "one allocation of the exact size");
+        let back = decode_pairs(&got).unwrap();
+        assert!(back.iter().map(|(k, v)| (&**k, &**v)).eq(pairs.iter().copied()));
+        // Owned strings, as a local reply's headers are kept; and the empty map.
+        let owned = vec![("a".to_string(), "b".to_string())];
+        assert_eq!(encode_pairs(&owned), encode(&[(b"a".as_slice(), b"b".as_slice())]));
+        assert_eq!(encode_pairs::<&str, &str>(&[]), 0u32.to_le_bytes());
     }
 
     #[test]

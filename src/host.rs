@@ -1,9 +1,11 @@
-//! The proxy-wasm layer, and the only module that imports `proxy_wasm`: read the plugin config
-//! (refusing a bad one), hand each request to [`crate::decision::evaluate`] and carry out the
-//! decision; drive the shared JWKS cache from the root context's tick and HTTP callouts.
+//! The proxy-wasm layer (with its host calls, [`crate::hostabi`], the only code that imports
+//! `proxy_wasm`): read the plugin config (refusing a bad one), hand each request to
+//! [`crate::decision::evaluate`] and carry out the decision; drive the shared JWKS cache from
+//! the root context's tick and HTTP callouts.
 //!
-//! Host calls go through `hostcalls` directly so that a failing host call becomes a handled
-//! error instead of an SDK `unwrap` panic inside the VM.
+//! Host calls go through [`crate::hostabi`], not the SDK's `hostcalls`: a host call that fails
+//! or answers a status nobody expected is an error handled here (the request, the config or
+//! the callout fails closed), never a panic inside the VM.
 //!
 //! Re-entrancy: a local reply or a resume issued from the root context can make Envoy call
 //! back into this VM synchronously (response headers, stream end). So no `RefCell` borrow of
@@ -15,6 +17,7 @@ use crate::cache::VerifiedTokenCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
+use crate::hostabi;
 use crate::identity::HeaderOps;
 use crate::jwks::KeySet;
 use crate::jwks_cache::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore, StoreError};
@@ -26,14 +29,12 @@ use crate::metrics::{
 use crate::policy::RuleAction;
 use crate::roots::Roots;
 use crate::token::Header;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
 // `_initialize` (WASI reactor start: runs static constructors). The SDK's dispatcher is not
 // used: see the exports below.
@@ -42,8 +43,8 @@ proxy_wasm::main! {{}}
 // The proxy-wasm callbacks, dispatched here instead of by the SDK (src/roots.rs says why).
 // The SDK defines every `proxy_on_*` symbol itself, so these are linked under a
 // `claimguard_on_*` name; `make build` keeps only them (src/host_exports.json, wasm-metadce)
-// and renames them to `proxy_on_*`. The SDK still provides `proxy_abi_version_0_2_1`,
-// `proxy_on_memory_allocate` and the host calls.
+// and renames them to `proxy_on_*`. The SDK still provides `proxy_abi_version_0_2_1` and
+// `proxy_on_memory_allocate`; the host calls are src/hostabi.rs's.
 
 thread_local! {
     static ROOTS: RefCell<Roots<Rc<Root>>> = RefCell::new(Roots::default());
@@ -143,56 +144,32 @@ const DECISION_LOG_BURST: u32 = 200;
 const MAX_WAITERS: usize = 4096;
 
 /// How often each VM looks at the shared JWKS state and wakes waiting requests.
-const TICK: Duration = Duration::from_millis(200);
+const TICK_MS: u32 = 200;
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
-}
-
-/// A header map as the host serializes it, to decode with [`crate::abi::decode_pairs`]
-/// instead of the SDK's `get_map`, which panics on a header value that is not UTF-8 (and
-/// copies every name and value into a `String`).
-fn header_buffer(map_type: MapType) -> Result<Vec<u8>, String> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer and size it allocated through this module's
-    // `proxy_on_memory_allocate` (the SDK's `Vec::with_capacity(size)` then forgotten), which
-    // is what `Vec::from_raw_parts(data, size, size)` takes back ownership of, exactly once;
-    // the SDK's own `get_map` does the same.
-    let buf = match unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) } {
-        Status::Ok if data.is_null() => return Ok(Vec::new()),
-        Status::Ok => unsafe { Vec::from_raw_parts(data, size, size) },
-        status => return Err(format!("{status:?}")),
-    };
-    Ok(buf)
-}
-
-/// The request's headers borrowed from `decoded` (see [`header_buffer`]).
+/// The request's headers borrowed from `decoded` (see [`hostabi::get_header_map_pairs`]).
 fn borrowed<'a>(decoded: &'a [crate::abi::DecodedPair<'a>]) -> Vec<Header<'a>> {
     decoded.iter().map(|(k, v)| (&**k, &**v)).collect()
 }
 
 fn log(level: LogLevel, msg: &str) {
     // Nothing sensible is left to do when the host cannot log.
-    let _ = hostcalls::log(level, msg);
+    let _ = hostabi::log(level, msg);
 }
 
 fn now_ms() -> Option<u64> {
-    let t = hostcalls::get_current_time().ok()?;
-    let d = t.duration_since(UNIX_EPOCH).ok()?;
-    u64::try_from(d.as_millis()).ok()
+    Some(hostabi::get_current_time_nanos().ok()? / 1_000_000)
 }
 
 /// The calling workload from Envoy's connection attributes: `connection.mtls` (a one-byte
 /// bool), `connection.uri_san_peer_certificate` (the first URI SAN: a SPIFFE ID has exactly
 /// one) and `source.address`. A property the host cannot give is absent, never a match-all.
 fn peer() -> Peer {
-    let prop = |path: Vec<&str>| hostcalls::get_property(path).ok().flatten();
+    // Property paths as the host reads them: the segments joined by NUL.
+    let prop = |path: &[u8]| hostabi::get_property(path).ok().flatten();
     let text = |v: Vec<u8>| String::from_utf8(v).ok();
-    let mtls = prop(vec!["connection", "mtls"]).is_some_and(|b| b.as_slice() == [1]);
-    let uri_san = prop(vec!["connection", "uri_san_peer_certificate"]).and_then(text);
-    let address = prop(vec!["source", "address"]).and_then(text);
+    let mtls = prop(b"connection\0mtls").is_some_and(|b| b.as_slice() == [1]);
+    let uri_san = prop(b"connection\0uri_san_peer_certificate").and_then(text);
+    let address = prop(b"source\0address").and_then(text);
     Peer::from_connection(mtls, uri_san.as_deref(), address.as_deref())
 }
 
@@ -201,15 +178,18 @@ struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
+        match hostabi::get_shared_data(key) {
             Ok((Some(v), Some(cas))) => Some((v, cas)),
             _ => None,
         }
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        hostcalls::set_shared_data(key, Some(value), cas).map_err(|s| match s {
-            Status::CasMismatch => StoreError::CasMismatch,
-            _ => StoreError::Other,
+        hostabi::set_shared_data(key, value, cas).map_err(|e| {
+            if e.is(Status::CasMismatch) {
+                StoreError::CasMismatch
+            } else {
+                StoreError::Other
+            }
         })
     }
 }
@@ -246,7 +226,7 @@ struct SourceMetrics {
 
 impl SourceMetrics {
     fn define(config: &Config, provider: usize) -> SourceMetrics {
-        let m = |t: MetricType, what: &str| hostcalls::define_metric(t, &jwks_metric(config, provider, what)).ok();
+        let m = |t: MetricType, what: &str| hostabi::define_metric(t, &jwks_metric(config, provider, what)).ok();
         SourceMetrics {
             fetch_success: m(MetricType::Counter, "success"),
             fetch_failure: m(MetricType::Counter, "failure"),
@@ -261,7 +241,7 @@ impl SourceMetrics {
 
 fn incr(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostabi::increment_metric(id, 1);
     }
 }
 
@@ -285,7 +265,7 @@ impl Batched {
     fn flush(&mut self) {
         if self.pending > 0 {
             if let Some(id) = self.id {
-                let _ = hostcalls::increment_metric(id, i64::try_from(self.pending).unwrap_or(i64::MAX));
+                let _ = hostabi::increment_metric(id, i64::try_from(self.pending).unwrap_or(i64::MAX));
             }
             self.pending = 0;
         }
@@ -299,7 +279,7 @@ fn increment(id: Option<u32>, n: u64) {
 
 fn gauge(id: Option<u32>, v: u64) {
     if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, v);
+        let _ = hostabi::record_metric(id, v);
     }
 }
 
@@ -536,7 +516,7 @@ impl Root {
 }
 
 fn read_callout_response(body_size: usize, max_bytes: usize) -> FetchResult {
-    let buf = header_buffer(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let buf = hostabi::get_header_map_pairs(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let headers = crate::abi::decode_pairs(&buf).unwrap_or_default();
     let header = |name: &str| {
         headers
@@ -549,7 +529,7 @@ fn read_callout_response(body_size: usize, max_bytes: usize) -> FetchResult {
         return FetchResult::Failed("callout failed (connection refused, reset or timeout)".into());
     };
     let body = if body_size <= max_bytes {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        hostabi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()
             .flatten()
             .unwrap_or_default()
@@ -576,8 +556,7 @@ fn dispatch(vm_rc: &Rc<RefCell<Vm>>, req: FetchRequest, now: u64) {
     if let Some(etag) = req.etag.as_deref() {
         headers.push(("if-none-match", etag));
     }
-    let timeout = Duration::from_millis(req.timeout_ms);
-    match hostcalls::dispatch_http_call(&req.cluster, headers, None, vec![], timeout) {
+    match hostabi::dispatch_http_call(&req.cluster, &headers, req.timeout_ms) {
         Ok(token) => {
             vm_rc.borrow_mut().callouts.insert(
                 token,
@@ -613,7 +592,7 @@ fn dispatch_alb(vm_rc: &Rc<RefCell<Vm>>, f: KeyFetch, now: u64) {
         ("accept", "application/x-pem-file, text/plain"),
         ("user-agent", "claimguard"),
     ];
-    match hostcalls::dispatch_http_call(&f.cluster, headers, None, vec![], Duration::from_millis(f.timeout_ms)) {
+    match hostabi::dispatch_http_call(&f.cluster, &headers, f.timeout_ms) {
         Ok(token) => {
             vm_rc.borrow_mut().callouts.insert(
                 token,
@@ -752,7 +731,7 @@ fn report_events(vm: &Vm, events: &[Event]) {
 
 impl Root {
     fn on_configure(&self) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match hostabi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
                 log(LogLevel::Error, &format!("cannot read plugin configuration: {e:?}"));
@@ -831,12 +810,12 @@ impl Root {
             memo: DecisionMemo::with_budget(cfg.jwt_cache_size, memo_bytes(cfg.jwt_cache_bytes)),
             seed: seed.rotate_left(32) ^ 0x6d65_6d6f,
             hits: Batched::new(
-                hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.hit").ok(),
+                hostabi::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.hit").ok(),
             ),
             misses: Batched::new(
-                hostcalls::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.miss").ok(),
+                hostabi::define_metric(MetricType::Counter, "claimguard.decision_memo_total.result.miss").ok(),
             ),
-            evictions: hostcalls::define_metric(MetricType::Counter, MEMO_EVICTIONS).ok(),
+            evictions: hostabi::define_metric(MetricType::Counter, MEMO_EVICTIONS).ok(),
         });
         let vm = Some(Rc::new(RefCell::new(Vm {
             config: Rc::new(cfg),
@@ -845,34 +824,33 @@ impl Root {
             provider_of,
             metrics,
             waiters,
-            refused_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.claim_header_refused_total").ok(),
-            dropped_metric: hostcalls::define_metric(MetricType::Counter, "claimguard.decision_logs_dropped_total")
-                .ok(),
+            refused_metric: hostabi::define_metric(MetricType::Counter, "claimguard.claim_header_refused_total").ok(),
+            dropped_metric: hostabi::define_metric(MetricType::Counter, "claimguard.decision_logs_dropped_total").ok(),
             request_metrics: HashMap::default(),
             request_counters: Vec::new(),
             log_budget: LogBudget::new(DECISION_LOG_PER_SECOND, DECISION_LOG_BURST),
             token_cache,
             cache_metrics: (
                 Batched::new(
-                    hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
+                    hostabi::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.hit").ok(),
                 ),
                 Batched::new(
-                    hostcalls::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
+                    hostabi::define_metric(MetricType::Counter, "claimguard.token_cache_total.result.miss").ok(),
                 ),
             ),
             eviction_metrics: (
-                hostcalls::define_metric(MetricType::Counter, TOKEN_CACHE_EVICTIONS).ok(),
-                hostcalls::define_metric(MetricType::Counter, REJECTED_CACHE_EVICTIONS).ok(),
+                hostabi::define_metric(MetricType::Counter, TOKEN_CACHE_EVICTIONS).ok(),
+                hostabi::define_metric(MetricType::Counter, REJECTED_CACHE_EVICTIONS).ok(),
             ),
             callouts: HashMap::new(),
             alb: AlbKeyCache::new(alb_sources, holder),
             alb_of,
             alb_metrics: (
-                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.fetched").ok(),
-                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.not_found").ok(),
-                hostcalls::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.failed").ok(),
+                hostabi::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.fetched").ok(),
+                hostabi::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.not_found").ok(),
+                hostabi::define_metric(MetricType::Counter, "claimguard.alb_key_fetch_total.result.failed").ok(),
             ),
-            memory_metric: hostcalls::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
+            memory_metric: hostabi::define_metric(MetricType::Gauge, "claimguard.vm_memory_bytes").ok(),
             memory_pages: 0,
             uses_peer,
             debug_logs: (false, 0),
@@ -889,7 +867,7 @@ impl Root {
         }
         *self.vm.borrow_mut() = vm;
         // The tick drives the JWKS cache, and also the clock and the batched counters.
-        if let Err(e) = hostcalls::set_tick_period(TICK) {
+        if let Err(e) = hostabi::set_tick_period_ms(TICK_MS) {
             log(LogLevel::Error, &format!("cannot set tick period: {e:?}"));
             return false;
         }
@@ -954,14 +932,31 @@ impl Root {
             ready
         };
         for w in ready {
-            if hostcalls::set_effective_context(w.context_id).is_err() {
+            if hostabi::set_effective_context(w.context_id).is_err() {
                 continue; // the request is gone
             }
-            let Ok(buf) = header_buffer(MapType::HttpRequestHeaders) else {
-                continue;
+            // From here on the request is ours to answer: a host call that fails refuses it
+            // (500) rather than leaving it paused.
+            let refuse = |what: &str| {
+                Filter {
+                    context_id: w.context_id,
+                    vm: None,
+                }
+                .internal_error(what)
             };
-            let Ok(decoded) = crate::abi::decode_pairs(&buf) else {
-                continue;
+            let buf = match hostabi::get_header_map_pairs(MapType::HttpRequestHeaders) {
+                Ok(b) => b,
+                Err(e) => {
+                    refuse(&format!("cannot read request headers: {e}"));
+                    continue;
+                }
+            };
+            let decoded = match crate::abi::decode_pairs(&buf) {
+                Ok(d) => d,
+                Err(e) => {
+                    refuse(&format!("cannot read request headers: {e}"));
+                    continue;
+                }
             };
             let headers = borrowed(&decoded);
             let mut req = HttpRequest::from_headers(&headers);
@@ -979,7 +974,9 @@ impl Root {
                     let refused_metric = vm_rc.borrow().refused_metric;
                     match apply_header_ops(&ev.header_ops, refused_metric) {
                         Ok(()) => {
-                            let _ = hostcalls::resume_http_request();
+                            if let Err(e) = hostabi::resume_http_request() {
+                                refuse(&format!("cannot resume the request: {e}"));
+                            }
                         }
                         Err(e) => {
                             log(LogLevel::Error, &format!("{e}; refusing the request"));
@@ -1002,7 +999,7 @@ impl Root {
                 }
             }
         }
-        let _ = hostcalls::set_effective_context(self.context_id);
+        let _ = hostabi::set_effective_context(self.context_id);
     }
 }
 
@@ -1011,11 +1008,11 @@ impl Root {
 /// changed is a failure to protect the upstream: the caller refuses the request (500).
 fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) -> Result<(), String> {
     for name in &ops.remove {
-        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+        hostabi::remove_header_map_value(MapType::HttpRequestHeaders, name)
             .map_err(|e| format!("cannot remove header {name}: {e:?}"))?;
     }
     for (name, value) in &ops.set {
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+        hostabi::replace_header_map_value(MapType::HttpRequestHeaders, name, value)
             .map_err(|e| format!("cannot set header {name}: {e:?}"))?;
     }
     for (name, why) in &ops.refused {
@@ -1026,7 +1023,8 @@ fn apply_header_ops(ops: &HeaderOps, refused_metric: Option<u32>) -> Result<(), 
         );
     }
     for (key, value) in &ops.filter_state {
-        let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+        // A one-segment property path is the key itself.
+        let _ = hostabi::set_property(key.as_bytes(), value.as_bytes());
     }
     Ok(())
 }
@@ -1049,8 +1047,7 @@ fn summary(cfg: &Config) -> String {
 }
 
 fn send_reply(status: u32, headers: &[(String, String)], body: &str) {
-    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    if let Err(e) = hostcalls::send_http_response(status, hs, Some(body.as_bytes())) {
+    if let Err(e) = hostabi::send_http_response(status, headers, body.as_bytes()) {
         log(LogLevel::Error, &format!("cannot send local reply: {e:?}"));
     }
 }
@@ -1079,7 +1076,7 @@ impl Filter {
         let Some(vm_rc) = self.vm.clone() else {
             return self.internal_error("no configuration");
         };
-        let buf = match header_buffer(MapType::HttpRequestHeaders) {
+        let buf = match hostabi::get_header_map_pairs(MapType::HttpRequestHeaders) {
             Ok(b) => b,
             Err(e) => return self.internal_error(&format!("cannot read request headers: {e}")),
         };
@@ -1121,7 +1118,7 @@ impl Filter {
         {
             let vm = vm_rc.borrow();
             for name in managed_present(&vm.config, &headers) {
-                if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &name) {
+                if let Err(e) = hostabi::remove_header_map_value(MapType::HttpRequestHeaders, &name) {
                     drop(vm);
                     return self.internal_error(&format!("cannot remove header {name}: {e:?}"));
                 }
@@ -1299,7 +1296,7 @@ fn request_counter(vm: &mut Vm, l: &Labels) -> usize {
         .entry((l.outcome, l.reason, l.rule, l.provider))
         .or_insert_with(|| {
             request_counters.push(Batched::new(
-                hostcalls::define_metric(MetricType::Counter, &request_metric(config, l)).ok(),
+                hostabi::define_metric(MetricType::Counter, &request_metric(config, l)).ok(),
             ));
             request_counters.len() - 1
         })
@@ -1309,7 +1306,7 @@ fn request_counter(vm: &mut Vm, l: &Labels) -> usize {
 /// trace. Asked at most once a second, not on every request.
 fn debug_lines(vm: &mut Vm, now_ms: u64) -> bool {
     if now_ms >= vm.debug_logs.1.saturating_add(1000) || now_ms < vm.debug_logs.1 {
-        let debug = hostcalls::get_log_level().is_ok_and(|lvl| matches!(lvl, LogLevel::Trace | LogLevel::Debug));
+        let debug = hostabi::get_log_level().is_ok_and(|lvl| matches!(lvl, Some(LogLevel::Trace | LogLevel::Debug)));
         vm.debug_logs = (debug, now_ms);
     }
     vm.debug_logs.0

@@ -9,8 +9,9 @@
 //! * [`verify`]: signature and registered-claim checks, with `now` passed in;
 //! * [`decision`]: the outcome of one request (allow, or the exact 401 response).
 //!
-//! [`host`] (wasm only) is the thin proxy-wasm layer; [`devtools`] (native only) holds the
-//! key/token minting, echo upstream and Envoy launcher shared by the CLI, `make demo` and tests.
+//! [`host`] (wasm only) is the thin proxy-wasm layer, making its host calls through
+//! [`hostabi`] (errors, never panics); [`devtools`] (native only) holds the key/token minting,
+//! echo upstream and Envoy launcher shared by the CLI, `make demo` and tests.
 
 // A panic inside the VM takes the workload's traffic down: outside tests, nothing that a
 // request, a config or a JWKS can reach may unwrap, expect, panic or index unchecked.
@@ -54,3 +55,5 @@ pub mod devtools;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod hostabi;
