@@ -48,6 +48,22 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A closed set spelled as a string: `value` must be one of `names` (the first is the
+/// default when the field is absent); the error names the field and every choice.
+fn one_of<T: Copy>(field: &str, value: Option<&str>, names: &[(&str, T)]) -> Result<T, ConfigError> {
+    let found = match value {
+        None => names.first(),
+        Some(v) => names.iter().find(|(n, _)| *n == v),
+    };
+    found.map(|(_, t)| *t).ok_or_else(|| {
+        let choices: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+        err(
+            field,
+            format!("{:?} is not one of {}", value.unwrap_or_default(), choices.join(", ")),
+        )
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
@@ -523,48 +539,44 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
-    let mode = match raw.mode.as_deref() {
-        None | Some("enforce") => Mode::Enforce,
-        Some("dryRun") => Mode::DryRun,
-        Some(other) => return Err(err("mode", format!("{other:?} is not one of enforce, dryRun"))),
-    };
-    let escaped_slashes = match raw.path_with_escaped_slashes_action.as_deref() {
-        None => EscapedSlashes::RejectRequest,
-        Some(name) => EscapedSlashes::from_name(name).ok_or_else(|| {
-            err(
-                "pathWithEscapedSlashesAction",
-                format!("{name:?} is not one of REJECT_REQUEST, UNESCAPE_AND_FORWARD, KEEP_UNCHANGED"),
-            )
-        })?,
-    };
-    let backslashes = match raw.path_with_backslash_action.as_deref() {
-        None => Backslashes::RejectRequest,
-        Some(name) => Backslashes::from_name(name).ok_or_else(|| {
-            err(
-                "pathWithBackslashAction",
-                format!("{name:?} is not one of REJECT_REQUEST, CONVERT_TO_SLASH"),
-            )
-        })?,
-    };
-    let parameters = match raw.path_with_parameters_action.as_deref() {
-        None => PathParameters::RejectRequest,
-        Some(name) => PathParameters::from_name(name).ok_or_else(|| {
-            err(
-                "pathWithParametersAction",
-                format!("{name:?} is not one of REJECT_REQUEST, MATCH_WITHOUT_PARAMETERS"),
-            )
-        })?,
-    };
-    let malformed_token_header = match raw.malformed_token_header_action.as_deref() {
-        None | Some("REJECT_REQUEST") => MalformedTokenHeader::RejectRequest,
-        Some("REMOVE_HEADER") => MalformedTokenHeader::RemoveHeader,
-        Some(name) => {
-            return Err(err(
-                "malformedTokenHeaderAction",
-                format!("{name:?} is not one of REJECT_REQUEST, REMOVE_HEADER"),
-            ))
-        }
-    };
+    let mode = one_of(
+        "mode",
+        raw.mode.as_deref(),
+        &[("enforce", Mode::Enforce), ("dryRun", Mode::DryRun)],
+    )?;
+    let escaped_slashes = one_of(
+        "pathWithEscapedSlashesAction",
+        raw.path_with_escaped_slashes_action.as_deref(),
+        &[
+            ("REJECT_REQUEST", EscapedSlashes::RejectRequest),
+            ("UNESCAPE_AND_FORWARD", EscapedSlashes::UnescapeAndForward),
+            ("KEEP_UNCHANGED", EscapedSlashes::KeepUnchanged),
+        ],
+    )?;
+    let backslashes = one_of(
+        "pathWithBackslashAction",
+        raw.path_with_backslash_action.as_deref(),
+        &[
+            ("REJECT_REQUEST", Backslashes::RejectRequest),
+            ("CONVERT_TO_SLASH", Backslashes::ConvertToSlash),
+        ],
+    )?;
+    let parameters = one_of(
+        "pathWithParametersAction",
+        raw.path_with_parameters_action.as_deref(),
+        &[
+            ("REJECT_REQUEST", PathParameters::RejectRequest),
+            ("MATCH_WITHOUT_PARAMETERS", PathParameters::MatchWithoutParameters),
+        ],
+    )?;
+    let malformed_token_header = one_of(
+        "malformedTokenHeaderAction",
+        raw.malformed_token_header_action.as_deref(),
+        &[
+            ("REJECT_REQUEST", MalformedTokenHeader::RejectRequest),
+            ("REMOVE_HEADER", MalformedTokenHeader::RemoveHeader),
+        ],
+    )?;
     let infos: Vec<ProviderInfo> = providers
         .iter()
         .map(|p| ProviderInfo {
@@ -1515,6 +1527,26 @@ mod tests {
         let cases = vec![
             (json!({}), "missing field `providers`"),
             (json!({"providers": []}), "providers: at least one provider"),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "mode": "audit"}),
+                "mode: \"audit\" is not one of enforce, dryRun",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "pathWithBackslashAction": "KEEP_UNCHANGED"}),
+                "pathWithBackslashAction: \"KEEP_UNCHANGED\" is not one of REJECT_REQUEST, CONVERT_TO_SLASH",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "pathWithParametersAction": "STRIP"}),
+                "pathWithParametersAction: \"STRIP\" is not one of REJECT_REQUEST, MATCH_WITHOUT_PARAMETERS",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "malformedTokenHeaderAction": "ALLOW"}),
+                "malformedTokenHeaderAction: \"ALLOW\" is not one of REJECT_REQUEST, REMOVE_HEADER",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j}], "pathWithEscapedSlashesAction": "UNESCAPE_AND_REDIRECT"}),
+                "pathWithEscapedSlashesAction: \"UNESCAPE_AND_REDIRECT\" is not one of REJECT_REQUEST, UNESCAPE_AND_FORWARD, KEEP_UNCHANGED",
+            ),
             (
                 json!({"providers": [{"issuer": "i", "jwks": j, "issur": "x"}]}),
                 "providers[0].issur: unknown field `issur`",

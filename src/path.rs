@@ -31,17 +31,6 @@ pub enum EscapedSlashes {
     KeepUnchanged,
 }
 
-impl EscapedSlashes {
-    pub fn from_name(s: &str) -> Option<EscapedSlashes> {
-        match s {
-            "REJECT_REQUEST" => Some(EscapedSlashes::RejectRequest),
-            "UNESCAPE_AND_FORWARD" => Some(EscapedSlashes::UnescapeAndForward),
-            "KEEP_UNCHANGED" => Some(EscapedSlashes::KeepUnchanged),
-            _ => None,
-        }
-    }
-}
-
 /// What to do with a raw `\` in the path (`pathWithBackslashAction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backslashes {
@@ -49,16 +38,6 @@ pub enum Backslashes {
     RejectRequest,
     /// Treat it as `/`; the upstream receives `/`.
     ConvertToSlash,
-}
-
-impl Backslashes {
-    pub fn from_name(s: &str) -> Option<Backslashes> {
-        match s {
-            "REJECT_REQUEST" => Some(Backslashes::RejectRequest),
-            "CONVERT_TO_SLASH" => Some(Backslashes::ConvertToSlash),
-            _ => None,
-        }
-    }
 }
 
 /// What to do with `;` path parameters (`pathWithParametersAction`).
@@ -71,16 +50,6 @@ pub enum PathParameters {
     /// and JAX-RS route), the upstream receives them; a segment that is empty, `.` or `..`
     /// before its `;` is refused (its meaning is the ambiguity itself).
     MatchWithoutParameters,
-}
-
-impl PathParameters {
-    pub fn from_name(s: &str) -> Option<PathParameters> {
-        match s {
-            "REJECT_REQUEST" => Some(PathParameters::RejectRequest),
-            "MATCH_WITHOUT_PARAMETERS" => Some(PathParameters::MatchWithoutParameters),
-            _ => None,
-        }
-    }
 }
 
 /// How paths are canonicalised, from the plugin config.
