@@ -773,7 +773,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// Normalised (see [`crate::path::normalize`]).
     pub path: &'a str,
-    /// `:authority`, as received.
+    /// `:authority`, canonical ([`crate::path::canonical_host`]: lower-cased, no trailing
+    /// dots), computed once per request by whoever builds the facts.
     pub host: &'a str,
     pub headers: &'a [crate::token::Header<'a>],
     /// The calling workload (mTLS peer, downstream IP).
@@ -973,9 +974,7 @@ impl Rule {
         if self.not_paths.iter().any(|p| p.matches(req.path)) {
             return Err(Mismatch::NotPath);
         }
-        // Lower-cased, trailing dots gone (`API.example.com.` is `api.example.com`).
-        let host = crate::path::canonical_host(req.host);
-        let host = &*host;
+        let host = req.host;
         if !self.hosts.is_empty() && !self.hosts.iter().any(|p| host_matches(p, host)) {
             return Err(Mismatch::Host);
         }
@@ -1283,6 +1282,7 @@ mod tests {
         let Ok(path) = normalize(raw_path, &c.path) else {
             return "reject".into();
         };
+        let host = &*crate::path::canonical_host(host);
         let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let h_refs = crate::token::header_refs(&h);
         let facts = RequestFacts {

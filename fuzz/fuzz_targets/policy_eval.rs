@@ -24,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
     let headers = [("x-env", host)];
     // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
     let peer = Peer::from_connection(true, Some(host), Some(host));
-    let facts = RequestFacts { method, path: &path, host, headers: &headers, peer: &peer };
+    let canonical_host = claimguard::path::canonical_host(host);
+    let facts = RequestFacts { method, path: &path, host: &canonical_host, headers: &headers, peer: &peer };
     let subject = Subject { provider: 0, principal: "https://idp.fuzz/x", claims: &claims };
     let d = c.policy.evaluate(&facts, Some(&subject));
     for t in &d.trace {
