@@ -15,14 +15,14 @@ BINARYEN_DEB_VERSION := 108-1
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int
 WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
-# The proxy-wasm callbacks the filter implements (src/host_exports.json). Envoy enters the VM
+# The proxy-wasm callbacks the filter implements (src/host/exports.json). Envoy enters the VM
 # for each one exported (response headers and body, stream log, ...) and skips those that are
 # not, so wasm-metadce drops the rest. The SDK's dispatcher exports every `proxy_on_*` name;
-# claimguard dispatches itself (src/roots.rs), links its callbacks as `claimguard_on_*`, and
+# claimguard dispatches itself (src/host/roots.rs), links its callbacks as `claimguard_on_*`, and
 # they are renamed `proxy_on_*` here (binaryen's text form, wasm-dis | sed | wasm-as): so
 # the module cargo builds is not a working filter until `make build` has done this.
-# tests/module_exports.rs keeps the list and host.rs in step.
-WASM_EXPORTS := $(CURDIR)/src/host_exports.json
+# tests/module_exports.rs keeps the list and src/host/glue.rs in step.
+WASM_EXPORTS := $(CURDIR)/src/host/exports.json
 # Test-only build that can be made to trap (feature fault-injection), in its own target dir.
 RAW_FAULTS_WASM := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
 FAULTS_WASM  := $(CURDIR)/target/faults/claimguard.wasm
@@ -85,14 +85,14 @@ endif
 # Unit tests (native), then the real-Envoy integration tests under tests/, then a short fuzz run.
 # (bench-tools: tests/bench_smoke.rs drives the benchmark's listeners with wrk for a few seconds.)
 test: build build-faults envoy bench-tools lint istio-check oci-tools
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 	$(MAKE) --no-print-directory fuzz-smoke
 
 # Fuzzing (cargo-fuzz, libFuzzer, nightly): token parsing + verification, JWKS parsing,
 # config parsing, policy evaluation, seeded from fuzz/corpus/. New inputs go to
 # target/fuzz-corpus/ so the seeds stay as committed. A crash fails the run and leaves its
 # input in fuzz/artifacts/ (turn it into a regression test).
-FUZZ_TARGETS      := token_verify jwks_parse config_parse policy_eval
+FUZZ_TARGETS      := token_verify jwks_parse config_parse policy_eval crypto_diff
 FUZZ_SECONDS      ?= 60
 CARGO_FUZZ_VERSION := 0.13.1
 
@@ -133,7 +133,7 @@ ISTIO_EXAMPLES  := $(sort $(notdir $(wildcard examples/istio/*)))
 ISTIO_TRAFFIC_EXTENSIONS := $(sort $(notdir $(wildcard istio/traffic-extension/*)))
 
 oci: build
-	$(CARGO) run --quiet --bin claimguard-oci -- --wasm '$(WASM)' --out '$(OCI_DIR)' --tag '$(OCI_TAG)' \
+	$(CARGO) run --quiet -p claimguard-tools --bin claimguard-oci -- --wasm '$(WASM)' --out '$(OCI_DIR)' --tag '$(OCI_TAG)' \
 	  --url 'oci://$(REGISTRY):$(OCI_TAG)' --pin istio/components/image/image.yaml
 
 push: oci push-layout
@@ -167,7 +167,7 @@ istio-schema: $(ISTIO_SCHEMA)/node_modules/.package-lock.json
 # Renders every overlay and example, as WasmPlugins and as TrafficExtensions (the shipped
 # istio/traffic-extension/* for the overlays, the same component over each example), validates
 # them against Istio's schemas, and checks each pluginConfig with `claimguard check` (the
-# filter's own config code). tests/istio_manifests.rs does all this too, and runs the plugin
+# filter's own config code). tools/tests/istio_manifests.rs does all this too, and runs the plugin
 # configs in Envoy.
 istio-check: istio-schema
 	@rm -rf target/istio && mkdir -p target/istio
@@ -185,7 +185,7 @@ istio-check: istio-schema
 	  $(addprefix target/istio/traffic-extension-,$(addsuffix .yaml,$(ISTIO_TRAFFIC_EXTENSIONS))) \
 	  $(addprefix target/istio/traffic-extension-example-,$(addsuffix .yaml,$(ISTIO_EXAMPLES)))
 	@for f in target/istio/plugin-configs/*.json; do \
-	  printf '%s: ' "$$f"; $(CARGO) run --quiet --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
+	  printf '%s: ' "$$f"; $(CARGO) run --quiet -p claimguard-tools --bin claimguard -- check "$$f" >/dev/null && echo ok || exit 1; \
 	done
 
 # The side-by-side benchmark (not part of `make test`): one Envoy, three listeners (no auth,
@@ -205,7 +205,7 @@ bench-tools:
 	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_DEB_VERSION)' || { 	  $(SUDO) apt-get update -qq && 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'wrk=$(WRK_DEB_VERSION)'; }
 
 bench: build envoy bench-tools
-	$(CARGO) build --quiet --release --bin claimguard-bench
+	$(CARGO) build --quiet --release -p claimguard-tools --bin claimguard-bench
 	target/release/claimguard-bench --out BENCHMARKS.md \
 	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)$(if $(strip $(BENCH_SCENARIOS)), BENCH_SCENARIOS="$(strip $(BENCH_SCENARIOS))")'
 
@@ -214,22 +214,22 @@ bench: build envoy bench-tools
 vm-profile: wasm-target
 	@command -v node >/dev/null || { echo "vm-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
 	$(CARGO) build --quiet --release --target $(WASM_TARGET) --example vm_profile
-	$(CARGO) run --quiet --release --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
+	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
 	node --no-warnings examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
 
 # The shipped module's whole cached-request path in Node's V8 behind a minimal proxy-wasm host
 # (examples/host_profile.mjs): µs per request on the VM side and the host calls it makes.
 host-profile: build
 	@command -v node >/dev/null || { echo "host-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
-	$(CARGO) run --quiet --release --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
+	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
 	for alg in rs256 es256; do HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
 
 unit:
-	$(CARGO) test --lib
+	$(CARGO) test --workspace --lib
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) --lib -- -D warnings
 
 fmt:
@@ -239,10 +239,10 @@ fmt:
 # `claimguard` binary with cargo (into ~/.cargo/bin, or CLI_ROOT/bin if given).
 CLI_ROOT ?=
 cli:
-	$(CARGO) install --locked --path . --bin claimguard $(if $(CLI_ROOT),--root '$(CLI_ROOT)')
+	$(CARGO) install --locked --path tools --bin claimguard $(if $(CLI_ROOT),--root '$(CLI_ROOT)')
 
 demo: build envoy
-	$(CARGO) run --quiet --release --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)
+	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard -- demo --config examples/config.json --port $(DEMO_PORT)
 
 # Two tiers: an edge Envoy (API Gateway stand-in: native jwt_authn) → claimguard sidecar → app.
 DEMO_EDGE_PORT ?= 10001

@@ -1,6 +1,6 @@
 //! A/B comparison of wasm modules in one Envoy: listeners `no_auth`, `native` (jwt_authn +
 //! rbac) and one per module given, each module in its own VM with claimguard's benchmark
-//! config (`src/devtools/bench.rs`), run in turn with wrk for ROUNDS rounds of SECONDS. Prints,
+//! config (`tools/src/bench.rs`), run in turn with wrk for ROUNDS rounds of SECONDS. Prints,
 //! per listener, the median proxy CPU µs per request (`/proc/PID/stat`), req/s and p99.
 //!
 //! ```sh
@@ -14,10 +14,10 @@
 //! A module path ending in `+filterState` runs with `"filterState": true`. `AB_PIN=1` pins the
 //! proxy to CPU 0 and the upstream and wrk to CPU 1 (as `make bench` does); `AB_ONLY_CG=1`
 //! skips the two reference listeners (e.g. to `perf record -p` the proxy on one module).
-use claimguard::devtools::bench::{
+use claimguard_tools::bench::{
     modules_bootstrap, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL, WRK_SCRIPT,
 };
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;

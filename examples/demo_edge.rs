@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release --example demo_edge -- [--port 10001] [--self-test]
 
-use claimguard::devtools::demo_edge;
+use claimguard_tools::demo_edge;
 use std::path::Path;
 
 fn main() {

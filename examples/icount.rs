@@ -17,8 +17,8 @@
 //! Each gets WARMUP requests first (V8 tiers hot functions up to TurboFan in the background;
 //! the JWT caches fill), then REQUESTS counted ones, sequentially on one keep-alive
 //! connection. Prints instructions per request, and the difference to `no_auth`.
-use claimguard::devtools::bench::{modules_bootstrap, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL};
-use claimguard::devtools::envoy::{self, Envoy, EnvoyOptions};
+use claimguard_tools::bench::{modules_bootstrap, upstream_bootstrap, BenchKeys, Pool, SCENARIOS, WARM_POOL};
+use claimguard_tools::envoy::{self, Envoy, EnvoyOptions};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -9,11 +9,11 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use claimguard::alg::Alg;
-use claimguard::cache::{slot_hash, token_fingerprint, VerifiedTokenCache};
 use claimguard::config::Config;
+use claimguard::crypto::alg::Alg;
 use claimguard::crypto::PublicKey;
-use claimguard::decision::{evaluate_cached, Decision, HttpRequest};
+use claimguard::request::cache::{slot_hash, token_fingerprint, VerifiedTokenCache};
+use claimguard::request::decision::{evaluate_cached, Decision, HttpRequest};
 use claimguard::token;
 use claimguard::verify::{check_claims, verify_signature, verify_signed};
 use serde_json::Value;
@@ -118,10 +118,13 @@ fn run() -> Result<(), String> {
             // The general-purpose bignum path (the `rsa` crate) on the same key, for comparison.
             let jwk = provider_jwk(&v, "RSA")?;
             let fast = PublicKey::rsa(&jwk_bytes(&jwk, "n")?, &jwk_bytes(&jwk, "e")?).map_err(|e| format!("{e:?}"))?;
-            let PublicKey::Rsa(k, Some(_)) = &fast else {
-                return Err("a 2048-bit key takes the fixed-size path".into());
+            let PublicKey::Rsa(k) = &fast else {
+                return Err("an RSA JWK gives an RSA key".into());
             };
-            let slow = PublicKey::Rsa(k.clone(), None);
+            if !k.has_fast_path() {
+                return Err("a 2048-bit key takes the fixed-size path".into());
+            }
+            let slow = PublicKey::Rsa(k.without_fast_path());
             verify_row("  RSA verify, fixed-size Montgomery", &|j| {
                 fast.verify(Alg::RS256, j.signing_input.as_bytes(), &j.signature)
             });
@@ -151,7 +154,7 @@ fn run() -> Result<(), String> {
             row(
                 "  P-256 key table (once per key)",
                 time(&[()], 300, |_| {
-                    drop(std::hint::black_box(claimguard::p256_fast::Table::new(&point)))
+                    drop(std::hint::black_box(claimguard::crypto::p256::Table::new(&point)))
                 }),
             );
         }
@@ -177,7 +180,7 @@ fn run() -> Result<(), String> {
                 ]
             })
             .collect();
-        let allowed = |ev: &claimguard::decision::Evaluation| matches!(ev.decision, Decision::Allow { .. });
+        let allowed = |ev: &claimguard::request::decision::Evaluation| matches!(ev.decision, Decision::Allow { .. });
         row(
             "whole request, cold (no cache)",
             time(&headers, 1000, |h| {

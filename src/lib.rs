@@ -1,17 +1,24 @@
 //! claimguard: re-verify forwarded JWTs and enforce claim rules inside Envoy / Istio sidecars.
 //!
-//! The crate is split so that everything a request, a config or a JWKS can reach is plain
-//! Rust with no `proxy_wasm` import, compiled and unit-tested natively:
+//! The filter in layers, each importing only the layers below it (`tests/layers.rs` keeps it
+//! so; `docs/ARCHITECTURE.md` draws them). Everything but [`host`] is plain Rust with no
+//! `proxy_wasm` import, compiled and unit-tested natively:
 //!
-//! * [`config`]: plugin config (Istio `jwtRules`-shaped JSON) → validated, compiled [`config::Config`];
-//! * [`jwks`]: JWK sets → verification keys, refusing weak or inconsistent keys;
-//! * [`token`]: token extraction from headers / params / cookies and strict compact-JWS parsing;
-//! * [`verify`]: signature and registered-claim checks, with `now` passed in;
-//! * [`decision`]: the outcome of one request (allow, or the exact 401 response).
+//! * [`base`]: strict JSON, the ABI's header-map encoding, time;
+//! * [`config`]: at the bottom the raw serde model and [`config::ConfigError`]; at the top the
+//!   compiler, the only place that knows every part, which yields the validated [`config::Config`];
+//! * [`crypto`]: one file per key family behind [`crypto::Verifier`], fast paths with their crate
+//!   references;
+//! * [`token`]: finding the token in a request, strict compact-JWS parsing, claim paths;
+//! * [`policy`]: canonical paths, rules and their evaluation, identity headers;
+//! * [`keys`]: JWK sets, remote JWKS shared across worker VMs, ALB keys;
+//! * [`verify`]: providers, signature and registered-claim checks, with `now` passed in;
+//! * [`request`]: one request's decision, the verified-token cache, the decision memo, reporting;
+//! * [`host`]: the only code that touches the proxy-wasm ABI (its glue and ABI wrappers are
+//!   built for wasm only).
 //!
-//! [`host`] (wasm only) is the thin proxy-wasm layer, making its host calls through
-//! [`hostabi`] (errors, never panics); [`devtools`] (native only) holds the key/token minting,
-//! echo upstream and Envoy launcher shared by the CLI, `make demo` and tests.
+//! The CLI, the benchmark and the dev tooling are the workspace member `tools/`, so this
+//! crate's dependency tree is the filter's alone.
 
 // A panic inside the VM takes the workload's traffic down: outside tests, nothing that a
 // request, a config or a JWKS can reach may unwrap, expect, panic or index unchecked.
@@ -27,33 +34,13 @@
     )
 )]
 
-pub mod abi;
-pub mod alb;
-pub mod alg;
-pub mod cache;
-pub mod clock;
+pub mod base;
 pub mod config;
 pub mod crypto;
-pub mod decision;
-pub mod identity;
-pub mod json;
-pub mod jwks;
-pub mod jwks_cache;
-pub mod memo;
-pub mod metrics;
-pub mod p256_fast;
-pub mod path;
+pub mod keys;
 pub mod policy;
-pub mod roots;
+pub mod request;
 pub mod token;
 pub mod verify;
 
-// Developer tooling, never in the filter: failing loudly is right there.
-#[cfg(not(target_arch = "wasm32"))]
-#[allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
-pub mod devtools;
-
-#[cfg(target_arch = "wasm32")]
-mod host;
-#[cfg(target_arch = "wasm32")]
-mod hostabi;
+pub mod host;

@@ -5,12 +5,12 @@
 
 mod common;
 
-use claimguard::alg::Alg;
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http::{self, Response};
-use claimguard::devtools::jwks_server::JwksServer;
-use claimguard::devtools::keys::TestKey;
+use claimguard::crypto::alg::Alg;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http::{self, Response};
+use claimguard_tools::jwks_server::JwksServer;
+use claimguard_tools::keys::TestKey;
 use common::now;
 use serde_json::{json, Value};
 use std::time::Duration;

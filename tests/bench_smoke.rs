@@ -4,7 +4,7 @@
 //! claim-rule denial on both jwt_authn + RBAC and claimguard), counted by the same wrk Lua
 //! script. Otherwise `make bench` could be measuring error pages.
 
-use claimguard::devtools::bench::{self, BenchOptions, Pool};
+use claimguard_tools::bench::{self, BenchOptions, Pool};
 
 #[test]
 fn the_three_listeners_answer_what_the_benchmark_assumes() {
@@ -55,7 +55,9 @@ fn a_wrong_expectation_is_counted() {
     // every response as unexpected.
     let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
     let rig = bench::Rig::start(bench::BenchKeys::new()).unwrap_or_else(|e| panic!("{e}"));
-    let tokens = rig.keys.pool(claimguard::alg::Alg::ES256, Pool::Warm, "wrong", 10);
+    let tokens = rig
+        .keys
+        .pool(claimguard::crypto::alg::Alg::ES256, Pool::Warm, "wrong", 10);
     let path = rig.write_pool("wrong", &tokens).unwrap();
     let claimguard = bench::LISTENERS.iter().position(|l| *l == "claimguard").unwrap();
     let r = rig.run(&o, claimguard, &path, 401, false, 1).unwrap();

@@ -4,11 +4,11 @@
 
 mod common;
 
-use claimguard::alg::Alg;
 use claimguard::config::Config;
-use claimguard::decision::{evaluate, Decision, HttpRequest};
-use claimguard::devtools::http;
-use claimguard::devtools::keys::TestKey;
+use claimguard::crypto::alg::Alg;
+use claimguard::request::decision::{evaluate, Decision, HttpRequest};
+use claimguard_tools::http;
+use claimguard_tools::keys::TestKey;
 use common::*;
 use serde_json::{json, Value};
 

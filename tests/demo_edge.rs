@@ -3,7 +3,7 @@
 //! expected tier (a token the edge accepts but claimguard's rules deny; a forged identity
 //! header replaced before the app; a call that skips the edge).
 
-use claimguard::devtools::demo_edge;
+use claimguard_tools::demo_edge;
 use std::path::Path;
 
 #[test]

@@ -4,9 +4,9 @@
 
 mod common;
 
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http;
 use common::*;
 use serde_json::json;
 use std::path::PathBuf;

@@ -7,9 +7,9 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http::{self, Response};
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http::{self, Response};
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -7,12 +7,12 @@
 
 mod common;
 
-use claimguard::alg::Alg;
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http::{self, Response};
-use claimguard::devtools::jwks_server::{JwksServer, Mode};
-use claimguard::devtools::keys::TestKey;
+use claimguard::crypto::alg::Alg;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http::{self, Response};
+use claimguard_tools::jwks_server::{JwksServer, Mode};
+use claimguard_tools::keys::TestKey;
 use common::*;
 use serde_json::{json, Value};
 use std::thread::sleep;
@@ -132,7 +132,7 @@ fn rotation_is_accepted_within_one_request() {
     // passes, without a single 401.
     r.jwks.set_jwks(json!({"keys": [a.public_jwk(), b.public_jwk()]}));
     // Past the 1 s refetch cooldown as the VM sees it: a request reads the clock its VM took on
-    // the last 200 ms tick (src/clock.rs), so 1.1 s after the last fetch it may still be inside.
+    // the last 200 ms tick (src/base/clock.rs), so 1.1 s after the last fetch it may still be inside.
     sleep(Duration::from_millis(1_500));
     let before = r.jwks.hits();
     r.expect(&b.sign(&good_claims()), 200, "first token with the new kid");

@@ -9,9 +9,9 @@
 
 mod common;
 
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{DownstreamTls, Envoy, EnvoyOptions, ExtraListener};
-use claimguard::devtools::http::{self, Response};
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{DownstreamTls, Envoy, EnvoyOptions, ExtraListener};
+use claimguard_tools::http::{self, Response};
 use common::*;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,

@@ -5,9 +5,9 @@
 
 mod common;
 
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http::{self, Response};
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http::{self, Response};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -147,7 +147,10 @@ fn denial_lines_carry_trace_ids_and_never_the_token() {
     assert_eq!(v["subject"], "mallory");
     assert_eq!(v["method"], "GET");
     assert_eq!(v["path"], "/orders/9");
-    assert_eq!(v["tokenFingerprint"], claimguard::decision::token_fingerprint(&blocked));
+    assert_eq!(
+        v["tokenFingerprint"],
+        claimguard::request::decision::token_fingerprint(&blocked)
+    );
     for (k, val) in trace {
         assert_eq!(v[k], val, "{k}");
     }

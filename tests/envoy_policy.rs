@@ -63,7 +63,7 @@ fn example_policy_outcomes() {
     for (name, method, path, tok, want) in cases {
         let auth = tok.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        let r = claimguard::devtools::http::request(stack.envoy.port, method, path, &headers).expect("request");
+        let r = claimguard_tools::http::request(stack.envoy.port, method, path, &headers).expect("request");
         assert_eq!(r.status, want, "{name}: {r:?}");
         if want == 403 {
             // No policy details by default.

@@ -24,9 +24,9 @@
 
 mod common;
 
-use claimguard::devtools::echo::{EchoUpstream, Received};
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions, PathNormalization};
-use claimguard::devtools::http::{self, Response};
+use claimguard_tools::echo::{EchoUpstream, Received};
+use claimguard_tools::envoy::{Envoy, EnvoyOptions, PathNormalization};
+use claimguard_tools::http::{self, Response};
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;

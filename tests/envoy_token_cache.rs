@@ -3,7 +3,7 @@
 
 mod common;
 
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
 use common::*;
 use serde_json::json;
 use std::time::Duration;

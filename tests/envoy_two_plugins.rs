@@ -1,6 +1,6 @@
 //! Two claimguard plugins in one VM, each deciding its own streams.
 //!
-//! claimguard dispatches proxy-wasm callbacks itself (`src/roots.rs`): a stream's only state
+//! claimguard dispatches proxy-wasm callbacks itself (`src/host/roots.rs`): a stream's only state
 //! in the VM is the root context it was created under, as `proxy_on_context_create` says. Two
 //! listeners whose filters have the same name, root id, vm_id and code but different plugin
 //! configs share one VM with two root contexts; requests alternating between them must each
@@ -8,9 +8,9 @@
 
 mod common;
 
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{bootstrap, wasm_filter, wasm_path, Envoy, EnvoyOptions};
-use claimguard::devtools::http;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{bootstrap, wasm_filter, wasm_path, Envoy, EnvoyOptions};
+use claimguard_tools::http;
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -6,10 +6,10 @@
 
 mod common;
 
-use claimguard::alg::Alg;
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::keys::{unsigned_token, TestKey};
+use claimguard::crypto::alg::Alg;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::keys::{unsigned_token, TestKey};
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;

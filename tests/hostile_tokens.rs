@@ -10,11 +10,11 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use claimguard::alg::Alg;
 use claimguard::config::Config;
-use claimguard::decision::{evaluate, Decision, HttpRequest};
-use claimguard::devtools::http;
-use claimguard::devtools::keys::{unsigned_token, TestKey};
+use claimguard::crypto::alg::Alg;
+use claimguard::request::decision::{evaluate, Decision, HttpRequest};
+use claimguard_tools::http;
+use claimguard_tools::keys::{unsigned_token, TestKey};
 use common::*;
 use serde_json::{json, Value};
 use std::sync::OnceLock;

@@ -1,12 +1,12 @@
 //! The shipped module exports exactly the proxy-wasm callbacks claimguard implements
-//! (`src/host_exports.json`, applied by `make build` with binaryen's wasm-metadce). Envoy
+//! (`src/host/exports.json`, applied by `make build` with binaryen's wasm-metadce). Envoy
 //! enters the VM for every callback a module exports; the SDK's dispatcher exports all of them,
-//! and claimguard dispatches itself (`src/roots.rs`): its callbacks are linked as
-//! `claimguard_on_*` and renamed `proxy_on_*` by `make build`. A callback `host.rs` implements
+//! and claimguard dispatches itself (`src/host/roots.rs`): its callbacks are linked as
+//! `claimguard_on_*` and renamed `proxy_on_*` by `make build`. A callback `host/glue.rs` implements
 //! but the list leaves out would silently never run, and one left under its link name would
 //! never be called: these tests fail instead.
 
-use claimguard::devtools::envoy::wasm_path;
+use claimguard_tools::envoy::wasm_path;
 
 /// The names of a module's exports (the export section, id 7).
 fn exports(wasm: &[u8]) -> Vec<String> {
@@ -46,7 +46,7 @@ fn exports(wasm: &[u8]) -> Vec<String> {
 
 /// The link names `make build` keeps (`claimguard_on_*` for claimguard's own callbacks).
 fn kept_link_names() -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host_exports.json")).expect("list");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host/exports.json")).expect("list");
     let graph: serde_json::Value = serde_json::from_str(&text).expect("the list is JSON");
     graph
         .as_array()
@@ -80,7 +80,7 @@ fn the_module_exports_what_the_list_keeps() {
 
 #[test]
 fn every_callback_host_rs_implements_is_kept() {
-    let host = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host.rs")).expect("host.rs");
+    let host = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/host/glue.rs")).expect("glue.rs");
     let mut implemented: Vec<String> = host
         .lines()
         .filter_map(|l| l.trim().strip_prefix("#[export_name = \"")?.strip_suffix("\"]"))
@@ -92,10 +92,10 @@ fn every_callback_host_rs_implements_is_kept() {
         .filter(|n| n.starts_with("claimguard_on_"))
         .collect();
     kept.sort();
-    assert!(implemented.len() >= 6, "found only {implemented:?} in host.rs");
+    assert!(implemented.len() >= 6, "found only {implemented:?} in src/host/glue.rs");
     assert_eq!(
         implemented, kept,
-        "host.rs's #[export_name]s and src/host_exports.json differ"
+        "src/host/glue.rs's #[export_name]s and src/host/exports.json differ"
     );
 }
 

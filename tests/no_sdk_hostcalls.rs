@@ -1,4 +1,4 @@
-//! Every host call the filter makes goes through `src/hostabi.rs`, which turns any status into
+//! Every host call the filter makes goes through `src/host/hostabi.rs`, which turns any status into
 //! a `Result`: the SDK's `proxy_wasm::hostcalls` end in `panic!` on a status they do not
 //! expect (and type it as an enum a host may step outside of), and a panic in the VM takes
 //! the workload's traffic down. This reads `src/` and fails if any other file calls the SDK's
@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// The one file that declares the host imports.
-const WRAPPERS: &str = "src/hostabi.rs";
+const WRAPPERS: &str = "src/host/hostabi.rs";
 
 /// What of the SDK the filter may use outside the wrappers: its types, and `main!` (the WASI
 /// `_initialize` export). Its `hostcalls`, `traits` (whose default methods make host calls),

@@ -14,9 +14,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use claimguard::alg::Alg;
+use claimguard::crypto::alg::Alg;
 use claimguard::crypto::PublicKey;
-use claimguard::jwks::{parse_jwks, KeySet, VerificationKey};
+use claimguard::keys::jwk::{parse_jwks, KeySet, VerificationKey};
 use claimguard::token::parse_jws;
 use claimguard::verify::verify_signature;
 use serde_json::{json, Value};
@@ -84,6 +84,15 @@ fn raw_group<'a>(
     let key = set.keys.first();
     for (tc_id, msg, sig, result) in tests {
         let accepted = key.is_some_and(|k| k.verify(alg, msg, sig));
+        // Differential: the fast path (RSA PKCS#1, P-256) and the crate implementation it is
+        // held to give the same answer on every vector, valid or not.
+        if let Some(k) = key {
+            assert_eq!(
+                k.public_key().verify(alg, msg, sig),
+                k.public_key().verify_reference(alg, msg, sig),
+                "{file}#{tc_id}: claimguard's own {alg} path and the crate's disagree"
+            );
+        }
         tally.record(file, format!("{file}#{tc_id}"), verdict(result), accepted);
     }
 }
@@ -170,10 +179,10 @@ const RSA_PKCS1: &[(rsa_pkcs1_verify::TestName, &str, Alg)] = {
 
 fn rsa_pkcs1_file(name: rsa_pkcs1_verify::TestName, file: &str, alg: Alg, tally: &mut Tally) {
     for g in rsa_pkcs1_verify::TestSet::load(name).expect(file).test_groups {
-        // These vectors are what shows claimguard's own RSA arithmetic right (crypto::FastRsa),
+        // These vectors are what shows claimguard's own RSA arithmetic right (crypto::rsa::FastRsa),
         // so the key must take that path, not the crate's.
         assert!(
-            matches!(PublicKey::rsa(&g.key.n, &g.key.e), Ok(PublicKey::Rsa(_, Some(_)))),
+            matches!(PublicKey::rsa(&g.key.n, &g.key.e), Ok(PublicKey::Rsa(k)) if k.has_fast_path()),
             "{file}: a {}-bit key without claimguard's fast RSA path",
             g.key_size
         );

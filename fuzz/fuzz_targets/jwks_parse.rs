@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = claimguard::jwks::parse_jwks(&v);
+        let _ = claimguard::keys::jwk::parse_jwks(&v);
     }
 });

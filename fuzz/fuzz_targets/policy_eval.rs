@@ -1,7 +1,7 @@
 #![no_main]
 //! Policy evaluation over arbitrary requests and arbitrary (already verified) claims:
 //! input = method \n path \n host \n claims-json.
-use claimguard::path::normalize;
+use claimguard::policy::path::normalize;
 use claimguard::policy::{Peer, RequestFacts, Subject};
 use libfuzzer_sys::fuzz_target;
 
@@ -24,9 +24,19 @@ fuzz_target!(|data: &[u8]| {
     let headers = [("x-env", host)];
     // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
     let peer = Peer::from_connection(true, Some(host), Some(host));
-    let canonical_host = claimguard::path::canonical_host(host);
-    let facts = RequestFacts { method, path: &path, host: &canonical_host, headers: &headers, peer: &peer };
-    let subject = Subject { provider: 0, principal: "https://idp.fuzz/x", claims: &claims };
+    let canonical_host = claimguard::policy::path::canonical_host(host);
+    let facts = RequestFacts {
+        method,
+        path: &path,
+        host: &canonical_host,
+        headers: &headers,
+        peer: &peer,
+    };
+    let subject = Subject {
+        provider: 0,
+        principal: "https://idp.fuzz/x",
+        claims: &claims,
+    };
     let d = c.policy.evaluate(&facts, Some(&subject));
     for t in &d.trace {
         let _ = c.policy.describe(t);

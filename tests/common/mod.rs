@@ -4,11 +4,11 @@
 
 #![allow(dead_code)]
 
-use claimguard::alg::Alg;
-use claimguard::devtools::echo::EchoUpstream;
-use claimguard::devtools::envoy::{Envoy, EnvoyOptions};
-use claimguard::devtools::http::{self, Response};
-use claimguard::devtools::keys::TestKey;
+use claimguard::crypto::alg::Alg;
+use claimguard_tools::echo::EchoUpstream;
+use claimguard_tools::envoy::{Envoy, EnvoyOptions};
+use claimguard_tools::http::{self, Response};
+use claimguard_tools::keys::TestKey;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

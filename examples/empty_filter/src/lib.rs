@@ -119,7 +119,7 @@ extern "C" {
 fn raw_header_map_len() -> usize {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: as in claimguard's host.rs: the host allocated `size` bytes at `data` through
+    // SAFETY: as in claimguard's src/host/glue.rs: the host allocated `size` bytes at `data` through
     // this module's proxy_on_memory_allocate.
     unsafe {
         match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {

@@ -1,0 +1,655 @@
+//! Verifying one parsed token against one provider: algorithm allow-list, key choice by `kid`
+//! and algorithm (never by the token's say-so alone), the signature, then `iss`, `aud`, `exp`,
+//! `nbf` and `iat` with the provider's clock skew. `now` is passed in (seconds since the epoch).
+
+pub mod alb;
+pub mod provider;
+
+use crate::crypto::alg::Alg;
+use crate::keys::jwk::{KeySet, VerificationKey};
+use crate::token::{Jwt, TokenError};
+use crate::verify::provider::Provider;
+use serde_json::{Map, Value};
+
+/// Why a request was not authenticated. Each variant has a stable `reason` code (for metrics
+/// and logs) and a human description safe to send to the client (it never echoes the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    MultipleTokens,
+    /// A token header is present but not in the configured form (`malformedTokenHeaderAction`).
+    UnreadableHeader {
+        header: String,
+        prefix: String,
+    },
+    TooLarge {
+        limit: usize,
+    },
+    Malformed(String),
+    AlgNone,
+    AlgNotAllowed(Alg),
+    UnsupportedAlg,
+    UnknownIssuer,
+    UnknownKid,
+    AmbiguousKid,
+    WrongType,
+    WrongTokenUse,
+    WrongClient,
+    WrongSigner,
+    KeyAlgMismatch,
+    BadSignature,
+    Expired,
+    MissingExpiration,
+    NotYetValid,
+    IssuedInFuture,
+    InvalidClaim {
+        claim: &'static str,
+        why: &'static str,
+    },
+    MissingAudience,
+    WrongAudience,
+}
+
+impl AuthError {
+    /// Stable, low-cardinality code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::MultipleTokens => "multiple_tokens",
+            AuthError::UnreadableHeader { .. } => "malformed_header",
+            AuthError::TooLarge { .. } => "token_too_large",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::AlgNone => "alg_none",
+            AuthError::AlgNotAllowed(_) => "alg_not_allowed",
+            AuthError::UnsupportedAlg => "alg_not_allowed",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::AmbiguousKid => "ambiguous_kid",
+            AuthError::WrongType => "wrong_type",
+            AuthError::WrongTokenUse => "wrong_token_use",
+            AuthError::WrongClient => "wrong_client",
+            AuthError::WrongSigner => "wrong_signer",
+            AuthError::KeyAlgMismatch => "key_alg_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::MissingExpiration => "missing_exp",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::InvalidClaim { .. } => "invalid_claim",
+            AuthError::MissingAudience => "missing_audience",
+            AuthError::WrongAudience => "wrong_audience",
+        }
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            AuthError::Missing => "a bearer token is required".into(),
+            AuthError::MultipleTokens => "the request carries more than one token".into(),
+            AuthError::UnreadableHeader { header, prefix } if prefix.is_empty() => {
+                format!("the {header} header is empty")
+            }
+            AuthError::UnreadableHeader { header, prefix } => {
+                format!("the {header} header is not in the form '{}<token>'", prefix)
+            }
+            AuthError::TooLarge { limit } => format!("token is larger than {limit} bytes"),
+            AuthError::Malformed(why) => format!("token is malformed: {why}"),
+            AuthError::AlgNone => "unsigned tokens (alg none) are not accepted".into(),
+            AuthError::AlgNotAllowed(a) => format!("algorithm {a} is not allowed"),
+            AuthError::UnsupportedAlg => "token algorithm is not supported".into(),
+            AuthError::UnknownIssuer => "token issuer is not accepted".into(),
+            AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
+            AuthError::AmbiguousKid => "the key set has several keys with the token's kid".into(),
+            AuthError::WrongType => "token type (typ) is not the one this issuer uses".into(),
+            AuthError::WrongTokenUse => "token_use is not the one this provider accepts".into(),
+            AuthError::WrongClient => "token client_id is not allowed".into(),
+            AuthError::WrongSigner => "token was not signed by an accepted load balancer".into(),
+            AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
+            AuthError::BadSignature => "token signature is invalid".into(),
+            AuthError::Expired => "token has expired".into(),
+            AuthError::MissingExpiration => "token has no expiration (exp)".into(),
+            AuthError::NotYetValid => "token is not yet valid (nbf)".into(),
+            AuthError::IssuedInFuture => "token is issued in the future (iat)".into(),
+            AuthError::InvalidClaim { claim, why } => format!("claim {claim} {why}"),
+            AuthError::MissingAudience => "token has no audience (aud)".into(),
+            AuthError::WrongAudience => "token audience is not allowed".into(),
+        }
+    }
+}
+
+impl From<TokenError> for AuthError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::TooLarge { limit } => AuthError::TooLarge { limit },
+            TokenError::Malformed(m) => AuthError::Malformed(m),
+            TokenError::AlgNone => AuthError::AlgNone,
+            TokenError::UnsupportedAlg => AuthError::UnsupportedAlg,
+        }
+    }
+}
+
+/// The unverified `iss` of a token, used only to pick which provider verifies it.
+pub fn claimed_issuer<'a>(jwt: &'a Jwt) -> Option<&'a str> {
+    jwt.claims.get("iss").and_then(Value::as_str)
+}
+
+/// Verifies `jwt` for `provider` at time `now`. The caller has already matched the issuer.
+/// `keys` is the provider's current key set (inline, or fetched from its `jwksUri`).
+pub fn verify(provider: &Provider, keys: &KeySet, jwt: &Jwt, now: u64) -> Result<(), AuthError> {
+    verify_signed(provider, keys, jwt)?;
+    check_claims(provider, &jwt.claims, now)
+}
+
+/// Everything about a token that does not depend on the time: algorithm allow-list, `typ`,
+/// claim types, key choice and signature. What the verified-token cache remembers.
+pub fn verify_signed(provider: &Provider, keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
+    if !provider.algorithms.contains(&jwt.alg) {
+        return Err(AuthError::AlgNotAllowed(jwt.alg));
+    }
+    if let Some(want) = &provider.token_type {
+        let typ = jwt
+            .header
+            .get("typ")
+            .and_then(Value::as_str)
+            .map(|t| t.to_ascii_lowercase());
+        let typ = typ.as_deref().map(|t| t.strip_prefix("application/").unwrap_or(t));
+        if typ != Some(want.as_str()) {
+            return Err(AuthError::WrongType);
+        }
+    }
+    // Claim types first: the signature verifier decodes the registered claims with fixed
+    // types too, and a type error must read as such, not as a failed signature.
+    check_claim_types(&jwt.claims)?;
+    verify_signature(keys, jwt)
+}
+
+/// Registered claims must have their RFC 7519 types: `iss`, `sub`, `jti`, `nonce` strings;
+/// `aud` a string or array of strings; `exp`, `nbf`, `iat` non-negative integers.
+pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
+    for claim in ["iss", "sub", "jti", "nonce"] {
+        if claims.get(claim).is_some_and(|v| !v.is_string()) {
+            return Err(AuthError::InvalidClaim {
+                claim,
+                why: "must be a string",
+            });
+        }
+    }
+    for claim in ["exp", "nbf", "iat"] {
+        numeric_date(claims, claim)?;
+    }
+    audiences(claims.get("aud")).map(drop)
+}
+
+/// Chooses the key by `kid` and algorithm and checks the signature (nothing else).
+pub fn verify_signature(keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
+    let check = |k: &VerificationKey| k.verify(jwt.alg, jwt.signing_input.as_bytes(), &jwt.signature);
+    match &jwt.kid {
+        Some(kid) => {
+            let mut seen_kid = false;
+            let mut fitting = keys
+                .find_by_kid(kid)
+                .inspect(|_| seen_kid = true)
+                .filter(|k| k.supports(jwt.alg));
+            if let Some(key) = fitting.next() {
+                // Two keys with the same kid that both fit the algorithm: the JWKS is ambiguous,
+                // and which key "wins" must not depend on order.
+                if fitting.next().is_some() {
+                    return Err(AuthError::AmbiguousKid);
+                }
+                return if check(key) {
+                    Ok(())
+                } else {
+                    Err(AuthError::BadSignature)
+                };
+            }
+            // A kid-less key (such as hmacSecret) may still verify a token that names a kid.
+            let mut anonymous = keys
+                .keys
+                .iter()
+                .filter(|k| k.kid.is_none() && k.supports(jwt.alg))
+                .peekable();
+            if anonymous.peek().is_none() {
+                return Err(if seen_kid {
+                    AuthError::KeyAlgMismatch
+                } else {
+                    AuthError::UnknownKid
+                });
+            }
+            if anonymous.any(check) {
+                Ok(())
+            } else {
+                Err(AuthError::BadSignature)
+            }
+        }
+        None => {
+            // No kid: like Envoy, try every key that fits the algorithm.
+            let mut candidates = keys.keys.iter().filter(|k| k.supports(jwt.alg)).peekable();
+            if candidates.peek().is_none() {
+                return Err(AuthError::KeyAlgMismatch);
+            }
+            if candidates.any(check) {
+                Ok(())
+            } else {
+                Err(AuthError::BadSignature)
+            }
+        }
+    }
+}
+
+/// NumericDate (RFC 7519 §2) as claimguard accepts it: a non-negative integer, like Envoy.
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, AuthError> {
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(AuthError::InvalidClaim {
+            claim,
+            why: "must be a non-negative integer (seconds since the epoch)",
+        }),
+        Some(_) => Err(AuthError::InvalidClaim {
+            claim,
+            why: "must be a number (seconds since the epoch)",
+        }),
+    }
+}
+
+pub fn check_claims(provider: &Provider, claims: &Map<String, Value>, now: u64) -> Result<(), AuthError> {
+    ClaimChecks::new(provider, claims).at(provider, now)
+}
+
+/// `exp`, `nbf`, `iat`.
+type Dates = (Option<u64>, Option<u64>, Option<u64>);
+
+/// [`check_claims`] split into what a token's claims decide once and what depends on the
+/// time, so that a cached token is re-checked without reading its claims again. The order
+/// of the checks (and so which error a token with several faults gets) is the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimChecks {
+    /// Types, `iss`, and the three dates parsed: before any time comparison.
+    before: Result<(), AuthError>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    /// `token_use` and the audience: after the time comparisons.
+    after: Result<(), AuthError>,
+}
+
+impl ClaimChecks {
+    pub fn new(provider: &Provider, claims: &Map<String, Value>) -> ClaimChecks {
+        let mut c = ClaimChecks {
+            before: Ok(()),
+            exp: None,
+            nbf: None,
+            iat: None,
+            after: Ok(()),
+        };
+        let before = || -> Result<Dates, AuthError> {
+            check_claim_types(claims)?;
+            if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
+                return Err(AuthError::UnknownIssuer);
+            }
+            Ok((
+                numeric_date(claims, "exp")?,
+                numeric_date(claims, "nbf")?,
+                numeric_date(claims, "iat")?,
+            ))
+        };
+        match before() {
+            Ok((exp, nbf, iat)) => (c.exp, c.nbf, c.iat) = (exp, nbf, iat),
+            Err(e) => c.before = Err(e),
+        }
+        c.after = (|| {
+            if let Some(want) = &provider.token_use {
+                if claims.get("token_use").and_then(Value::as_str) != Some(want.as_str()) {
+                    return Err(AuthError::WrongTokenUse);
+                }
+            }
+            check_audience(provider, claims)
+        })();
+        c
+    }
+
+    /// The outcome at `now` (for the provider the checks were made for).
+    pub fn at(&self, provider: &Provider, now: u64) -> Result<(), AuthError> {
+        self.before.clone()?;
+        let skew = provider.clock_skew_seconds;
+        match self.exp {
+            Some(exp) if now > exp.saturating_add(skew) => return Err(AuthError::Expired),
+            None if provider.require_expiration => return Err(AuthError::MissingExpiration),
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+            return Err(AuthError::NotYetValid);
+        }
+        if self.iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        self.after.clone()
+    }
+}
+
+/// A token's `aud`, checked to be a string or an array of strings (without copying it).
+enum Audiences<'a> {
+    One(&'a str),
+    /// Every item is a string.
+    Many(&'a [Value]),
+}
+
+impl<'a> Audiences<'a> {
+    fn is_empty(&self) -> bool {
+        matches!(self, Audiences::Many(items) if items.is_empty())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let (one, many) = match self {
+            Audiences::One(s) => (Some(*s), None),
+            Audiences::Many(items) => (None, Some(items.iter().filter_map(Value::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+fn audiences(aud: Option<&Value>) -> Result<Audiences<'_>, AuthError> {
+    let bad = AuthError::InvalidClaim {
+        claim: "aud",
+        why: "must be a string or an array of strings",
+    };
+    match aud {
+        None => Ok(Audiences::Many(&[])),
+        Some(Value::String(s)) => Ok(Audiences::One(s.as_str())),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(Audiences::Many(items)),
+        Some(_) => Err(bad),
+    }
+}
+
+/// `aud` against `audiences` (and `clientIds`); a token without `aud` (Cognito access tokens)
+/// is checked by its `client_id` against `clientIds`.
+fn check_audience(provider: &Provider, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    let auds = audiences(claims.get("aud"))?;
+    if provider.audiences.is_empty() && provider.client_ids.is_empty() {
+        return Ok(());
+    }
+    if auds.is_empty() {
+        if provider.client_ids.is_empty() {
+            return Err(AuthError::MissingAudience);
+        }
+        return match claims.get("client_id") {
+            Some(Value::String(c)) if provider.client_ids.iter().any(|id| id == c) => Ok(()),
+            Some(Value::String(_)) => Err(AuthError::WrongClient),
+            Some(_) => Err(AuthError::InvalidClaim {
+                claim: "client_id",
+                why: "must be a string",
+            }),
+            None => Err(AuthError::MissingAudience),
+        };
+    }
+    let allowed = |a: &str| provider.audiences.iter().chain(&provider.client_ids).any(|p| p == a);
+    if auds.iter().any(allowed) {
+        Ok(())
+    } else {
+        Err(AuthError::WrongAudience)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::token::parse;
+    use claimguard_testkeys::TestKey;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Fixture {
+        rsa: TestKey,
+        ec: TestKey,
+        config: Config,
+    }
+
+    fn fixture() -> Fixture {
+        let rsa = TestKey::rsa(Alg::RS256, "rsa-1");
+        let ec = TestKey::generate(Alg::ES256, "ec-1");
+        let cfg = json!({"providers": [{
+            "issuer": "https://idp.example",
+            "audiences": ["orders", "reports"],
+            "jwks": {"keys": [rsa.public_jwk(), ec.public_jwk()]}
+        }]});
+        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        Fixture { rsa, ec, config }
+    }
+
+    fn good_claims() -> Value {
+        json!({"iss": "https://idp.example", "aud": "orders", "sub": "alice", "iat": NOW - 10, "exp": NOW + 300})
+    }
+
+    fn run(f: &Fixture, token: &str) -> Result<(), AuthError> {
+        let jwt = parse(token, 8192)?;
+        verify(&f.config.providers[0], &f.config.providers[0].keys, &jwt, NOW)
+    }
+
+    fn with(mut claims: Value, k: &str, v: Value) -> Value {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v;
+        }
+        claims
+    }
+
+    #[test]
+    fn outcomes_table() {
+        let f = fixture();
+        let other_rsa = TestKey::rsa(Alg::RS256, "rsa-1"); // same kid, different key
+        let ps = TestKey::from_rsa(&f.rsa, Alg::PS256, "rsa-1");
+        let rs_unknown = TestKey::from_rsa(&f.rsa, Alg::RS256, "nope");
+        let g = good_claims;
+        let cases: Vec<(&str, String, Result<(), AuthError>)> = vec![
+            ("GoodRS256", f.rsa.sign(&g()), Ok(())),
+            ("GoodES256", f.ec.sign(&g()), Ok(())),
+            (
+                "AudArray",
+                f.rsa.sign(&with(g(), "aud", json!(["x", "reports"]))),
+                Ok(()),
+            ),
+            ("ExpInSkew", f.rsa.sign(&with(g(), "exp", json!(NOW - 30))), Ok(())),
+            (
+                "Expired",
+                f.rsa.sign(&with(g(), "exp", json!(NOW - 61))),
+                Err(AuthError::Expired),
+            ),
+            (
+                "NoExp",
+                f.rsa.sign(&with(g(), "exp", Value::Null)),
+                Err(AuthError::MissingExpiration),
+            ),
+            (
+                "ExpString",
+                f.rsa.sign(&with(g(), "exp", json!("1"))),
+                Err(AuthError::InvalidClaim {
+                    claim: "exp",
+                    why: "must be a number (seconds since the epoch)",
+                }),
+            ),
+            (
+                "ExpFloat",
+                f.rsa.sign(&with(g(), "exp", json!(1.5e9))),
+                Err(AuthError::InvalidClaim {
+                    claim: "exp",
+                    why: "must be a non-negative integer (seconds since the epoch)",
+                }),
+            ),
+            (
+                "NbfFuture",
+                f.rsa.sign(&with(g(), "nbf", json!(NOW + 61))),
+                Err(AuthError::NotYetValid),
+            ),
+            ("NbfInSkew", f.rsa.sign(&with(g(), "nbf", json!(NOW + 59))), Ok(())),
+            (
+                "IatFuture",
+                f.rsa.sign(&with(g(), "iat", json!(NOW + 3600))),
+                Err(AuthError::IssuedInFuture),
+            ),
+            (
+                "WrongIss",
+                f.rsa.sign(&with(g(), "iss", json!("https://idp.example/"))),
+                Err(AuthError::UnknownIssuer),
+            ),
+            (
+                "WrongAud",
+                f.rsa.sign(&with(g(), "aud", json!("billing"))),
+                Err(AuthError::WrongAudience),
+            ),
+            (
+                "EmptyAudArray",
+                f.rsa.sign(&with(g(), "aud", json!([]))),
+                Err(AuthError::MissingAudience),
+            ),
+            (
+                "NoAud",
+                f.rsa.sign(&with(g(), "aud", Value::Null)),
+                Err(AuthError::MissingAudience),
+            ),
+            (
+                "AudNumber",
+                f.rsa.sign(&with(g(), "aud", json!(5))),
+                Err(AuthError::InvalidClaim {
+                    claim: "aud",
+                    why: "must be a string or an array of strings",
+                }),
+            ),
+            (
+                "SubNumber",
+                f.rsa.sign(&with(g(), "sub", json!(5))),
+                Err(AuthError::InvalidClaim {
+                    claim: "sub",
+                    why: "must be a string",
+                }),
+            ),
+            ("OtherKeySameKid", other_rsa.sign(&g()), Err(AuthError::BadSignature)),
+            ("NonExistKid", rs_unknown.sign(&g()), Err(AuthError::UnknownKid)),
+            // The JWK says RS256: the same RSA key may not be used with PS256.
+            ("KeyAlgMismatch", ps.sign(&g()), Err(AuthError::KeyAlgMismatch)),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(run(&f, &token), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_supported_asymmetric_algorithm_verifies() {
+        let rsa = TestKey::rsa(Alg::RS256, "seed");
+        for alg in Alg::DEFAULT_ALLOWED {
+            let key = if alg.is_rsa() {
+                TestKey::from_rsa(&rsa, alg, "k")
+            } else {
+                TestKey::generate(alg, "k")
+            };
+            let cfg =
+                json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"], "jwks": key.jwks()}]});
+            let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+            let t = key.sign(&good_claims());
+            let jwt = parse(&t, 8192).unwrap();
+            assert_eq!(jwt.alg, alg);
+            assert_eq!(
+                verify(&c.providers[0], &c.providers[0].keys, &jwt, NOW),
+                Ok(()),
+                "{alg}"
+            );
+            let stranger = if alg.is_rsa() {
+                TestKey::from_rsa(&TestKey::rsa(alg, "x"), alg, "k")
+            } else {
+                TestKey::generate(alg, "k")
+            };
+            let bad = stranger.sign(&good_claims());
+            assert_eq!(
+                verify(&c.providers[0], &c.providers[0].keys, &parse(&bad, 8192).unwrap(), NOW),
+                Err(AuthError::BadSignature),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_key_headers_never_select_the_key() {
+        // The attacker signs with their own key and points jku/x5u/jwk/x5c at it, reusing our kid.
+        let f = fixture();
+        let attacker = TestKey::generate(Alg::ES256, "ec-1");
+        let t = attacker.sign(&good_claims());
+        let (h, rest) = t.split_once('.').unwrap();
+        let mut header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, h).unwrap(),
+        )
+        .unwrap();
+        header["jku"] = json!("https://attacker.example/jwks.json");
+        header["x5u"] = json!("https://attacker.example/cert.pem");
+        header["x5c"] = json!(["MIIB"]);
+        let b64 = |v: &Value| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v.to_string());
+        let forged = format!("{}.{rest}", b64(&header));
+        assert_eq!(run(&f, &forged), Err(AuthError::BadSignature));
+        // An embedded JWK object is never looked at.
+        header["jwk"] = attacker.public_jwk();
+        let forged = format!("{}.{rest}", b64(&header));
+        assert_eq!(run(&f, &forged), Err(AuthError::BadSignature));
+        // Without the header games the attacker's token fails the same way.
+        assert_eq!(run(&f, &t), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn tampered_payload_fails_signature() {
+        let f = fixture();
+        let t = f.ec.sign(&good_claims());
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            with(good_claims(), "sub", json!("admin")).to_string(),
+        );
+        parts[1] = &forged;
+        assert_eq!(run(&f, &parts.join(".")), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn allow_list_is_enforced_before_keys() {
+        let f = fixture();
+        let es384 = TestKey::generate(Alg::ES384, "ec-1");
+        assert_eq!(run(&f, &es384.sign(&good_claims())), Err(AuthError::KeyAlgMismatch));
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "algorithms": ["ES256"],
+            "jwks": {"keys": [f.rsa.public_jwk(), f.ec.public_jwk()]}}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let t = f.rsa.sign(&good_claims());
+        let jwt = parse(&t, 8192).unwrap();
+        assert_eq!(
+            verify(&c.providers[0], &c.providers[0].keys, &jwt, NOW),
+            Err(AuthError::AlgNotAllowed(Alg::RS256))
+        );
+    }
+
+    #[test]
+    fn kidless_tokens_try_fitting_keys() {
+        let f = fixture();
+        let anon = TestKey::from_rsa(&f.rsa, Alg::RS256, "");
+        assert_eq!(run(&f, &anon.sign(&good_claims())), Ok(()));
+    }
+
+    #[test]
+    fn hmac_with_configured_secret() {
+        let secret = [9u8; 32];
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "algorithms": ["HS256"],
+            "hmacSecret": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret)}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let good = TestKey::hmac(Alg::HS256, &secret).sign(&good_claims());
+        let bad = TestKey::hmac(Alg::HS256, &[8u8; 32]).sign(&good_claims());
+        let p = &c.providers[0];
+        assert_eq!(verify(p, &p.keys, &parse(&good, 8192).unwrap(), NOW), Ok(()));
+        assert_eq!(
+            verify(p, &p.keys, &parse(&bad, 8192).unwrap(), NOW),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn descriptions_never_echo_the_token() {
+        let f = fixture();
+        let t = f.rsa.sign(&with(good_claims(), "exp", json!(1)));
+        let e = run(&f, &t).unwrap_err();
+        assert_eq!(e.reason(), "expired");
+        assert!(!e.description().contains(&t[..20]));
+    }
+}
