@@ -15,7 +15,7 @@
 //!   `match` runs. Here statuses and levels arrive as `u32` and are compared as numbers.
 //! * its `dispatch_http_call` registers each token with the SDK's dispatcher, which
 //!   claimguard does not use (src/host/roots.rs): that map only grew, one entry per callout, and
-//!   panicked on a token seen before. claimguard keeps its own callouts (host/glue.rs).
+//!   panicked on a token seen before. claimguard keeps its own callouts (host/flow.rs).
 //!
 //! The `proxy-wasm` crate stays for its types and for the exports the host needs from it
 //! (`proxy_on_memory_allocate`, `proxy_abi_version_0_2_1`, `_initialize`).

@@ -3,7 +3,7 @@
 //! Envoy enters the VM once for each callback a module exports. The SDK's dispatcher needs
 //! three entries per stream: `proxy_on_context_create` (it builds the stream's context),
 //! `proxy_on_request_headers`, and `proxy_on_delete` (it drops the context again). claimguard
-//! keeps no state per stream (a request paused for keys is a waiter in `host/glue.rs`, found
+//! keeps no state per stream (a request paused for keys is a waiter in `host/flow.rs`, found
 //! by its context id), so it does not export `proxy_on_delete` and its own dispatcher keeps
 //! only what `proxy_on_context_create` says: which root the stream was created under. Envoy
 //! creates a stream's context at the start of its request headers
