@@ -1261,3 +1261,838 @@ fn memo_hit<H: Host>(vm: &mut Vm<H>, key: &RequestKey, now_ms: u64) -> Option<Rc
 fn memo_offer<H: Host>(vm: &mut Vm<H>, key: &RequestKey, ev: &Evaluation, labels: &Labels, now_ms: u64) {
     with_memo(vm, now_ms, |m, _, keys| m.memo.offer(keys, key, ev, labels));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::abi::encode_pairs;
+    use crate::crypto::alg::Alg;
+    use crate::keys::remote::StoreError;
+    use claimguard_testkeys::TestKey;
+    use serde_json::Value;
+    use std::cell::Cell;
+    use std::rc::Weak;
+
+    const NOW_MS: u64 = 1_800_000_000_000;
+    const NOW_S: u64 = NOW_MS / 1000;
+    const ROOT: u32 = 1;
+    const JWKS_CLUSTER: &str = "outbound|443||idp.test";
+    const ALB_KID: &str = "4d6b6a3c-1f2e-4a5b-9c8d-7e6f5a4b3c2d";
+    const ALB_ARN: &str =
+        "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/orders/50dc6c495c0c9188";
+    const ALB_AUTHORITY: &str = "public-keys.auth.elb.eu-west-1.amazonaws.com";
+
+    type Pairs = Vec<(String, String)>;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Reply {
+        context: u32,
+        status: u32,
+        headers: Pairs,
+        body: Value,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Op {
+        Remove(u32, String),
+        Set(u32, String, String),
+    }
+
+    #[derive(Debug, Clone)]
+    struct Sent {
+        token: u32,
+        cluster: String,
+        headers: Pairs,
+        timeout_ms: u64,
+    }
+
+    impl Sent {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FakeError(&'static str);
+
+    impl fmt::Display for FakeError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    /// What the fake proxy holds and what it was asked to do.
+    #[derive(Default)]
+    struct State {
+        now: Cell<u64>,
+        /// The effective context: a request's id, or the root's.
+        current: Cell<u32>,
+        /// Each live request's headers, as the upstream would get them.
+        requests: RefCell<HashMap<u32, Pairs>>,
+        replies: RefCell<Vec<Reply>>,
+        ops: RefCell<Vec<Op>>,
+        resumed: RefCell<Vec<u32>>,
+        logs: RefCell<Vec<(LogLevel, String)>>,
+        metric_names: RefCell<Vec<String>>,
+        counters: RefCell<HashMap<String, i64>>,
+        sent: RefCell<Vec<Sent>>,
+        dispatch_fails: Cell<bool>,
+        header_changes_fail: Cell<bool>,
+        /// The answered callout's headers and body.
+        callout: RefCell<(Pairs, Vec<u8>)>,
+        store: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        cas: Cell<u32>,
+        /// The VM under test: no borrow of it may be held across a reply or a resume.
+        vm: RefCell<Weak<RefCell<Vm<Fake>>>>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake(Rc<State>);
+
+    impl Fake {
+        fn not_reentered(&self, what: &str) {
+            if let Some(vm) = self.0.vm.borrow().upgrade() {
+                assert!(vm.try_borrow_mut().is_ok(), "{what} while the VM state was borrowed");
+            }
+        }
+    }
+
+    /// Envoy's shared data: a fresh CAS token per write from one counter; CAS is ignored for a
+    /// key that does not exist yet.
+    impl SharedStore for Fake {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.0.store.borrow().get(key).cloned()
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            let mut m = self.0.store.borrow_mut();
+            if let (Some(c), Some((_, cur))) = (cas, m.get(key)) {
+                if c != 0 && c != *cur {
+                    return Err(StoreError::CasMismatch);
+                }
+            }
+            self.0.cas.set(self.0.cas.get() + 1);
+            m.insert(key.to_string(), (value.to_vec(), self.0.cas.get()));
+            Ok(())
+        }
+    }
+
+    impl Host for Fake {
+        type Error = FakeError;
+
+        fn now_ms(&self) -> Option<u64> {
+            Some(self.0.now.get())
+        }
+        fn log(&self, level: LogLevel, msg: &str) {
+            self.0.logs.borrow_mut().push((level, msg.to_string()));
+        }
+        fn log_level(&self) -> Result<Option<LogLevel>, FakeError> {
+            Ok(Some(LogLevel::Info))
+        }
+        fn request_headers(&self) -> Result<Vec<u8>, FakeError> {
+            let requests = self.0.requests.borrow();
+            let headers = requests.get(&self.0.current.get()).ok_or(FakeError("NotFound"))?;
+            Ok(encode_pairs(headers))
+        }
+        fn remove_request_header(&self, name: &str) -> Result<(), FakeError> {
+            if self.0.header_changes_fail.get() {
+                return Err(FakeError("BadArgument"));
+            }
+            let id = self.0.current.get();
+            self.0.ops.borrow_mut().push(Op::Remove(id, name.to_string()));
+            if let Some(h) = self.0.requests.borrow_mut().get_mut(&id) {
+                h.retain(|(k, _)| k != name);
+            }
+            Ok(())
+        }
+        fn set_request_header(&self, name: &str, value: &str) -> Result<(), FakeError> {
+            if self.0.header_changes_fail.get() {
+                return Err(FakeError("BadArgument"));
+            }
+            let id = self.0.current.get();
+            self.0
+                .ops
+                .borrow_mut()
+                .push(Op::Set(id, name.to_string(), value.to_string()));
+            if let Some(h) = self.0.requests.borrow_mut().get_mut(&id) {
+                h.retain(|(k, _)| k != name);
+                h.push((name.to_string(), value.to_string()));
+            }
+            Ok(())
+        }
+        fn property(&self, _path: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+        fn set_property(&self, _path: &[u8], _value: &[u8]) -> Result<(), FakeError> {
+            Ok(())
+        }
+        fn send_reply(&self, status: u32, headers: &[(String, String)], body: &str) -> Result<(), FakeError> {
+            self.not_reentered("a local reply");
+            self.0.replies.borrow_mut().push(Reply {
+                context: self.0.current.get(),
+                status,
+                headers: headers.to_vec(),
+                body: serde_json::from_str(body).unwrap(),
+            });
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), FakeError> {
+            self.not_reentered("a resume");
+            self.0.resumed.borrow_mut().push(self.0.current.get());
+            Ok(())
+        }
+        fn set_effective_context(&self, context_id: u32) -> Result<(), FakeError> {
+            if context_id != ROOT && !self.0.requests.borrow().contains_key(&context_id) {
+                return Err(FakeError("BadArgument"));
+            }
+            self.0.current.set(context_id);
+            Ok(())
+        }
+        fn define_metric(&self, _kind: MetricType, name: &str) -> Option<u32> {
+            let mut names = self.0.metric_names.borrow_mut();
+            names.push(name.to_string());
+            Some(names.len() as u32 - 1)
+        }
+        fn increment_metric(&self, id: u32, by: i64) {
+            let name = self.0.metric_names.borrow()[id as usize].clone();
+            *self.0.counters.borrow_mut().entry(name).or_default() += by;
+        }
+        fn record_metric(&self, _id: u32, _value: u64) {}
+        fn memory_pages(&self) -> usize {
+            17
+        }
+        fn dispatch(&self, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Result<u32, FakeError> {
+            if self.0.dispatch_fails.get() {
+                return Err(FakeError("BadArgument"));
+            }
+            let mut sent = self.0.sent.borrow_mut();
+            let token = 100 + sent.len() as u32;
+            sent.push(Sent {
+                token,
+                cluster: cluster.to_string(),
+                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                timeout_ms,
+            });
+            Ok(token)
+        }
+        fn callout_headers(&self) -> Vec<u8> {
+            encode_pairs(&self.0.callout.borrow().0)
+        }
+        fn callout_body(&self, size: usize) -> Vec<u8> {
+            self.0.callout.borrow().1[..size].to_vec()
+        }
+    }
+
+    /// One VM of a fake proxy, driven as Envoy drives the glue.
+    struct Proxy {
+        host: Fake,
+        vm: Rc<RefCell<Vm<Fake>>>,
+    }
+
+    impl Proxy {
+        fn new(config: Value) -> Proxy {
+            let host = Fake::default();
+            host.0.now.set(NOW_MS);
+            host.0.current.set(ROOT);
+            let vm = Vm::configure(host.clone(), config.to_string().as_bytes(), None, 7, 42).unwrap();
+            let vm = Rc::new(RefCell::new(vm));
+            *host.0.vm.borrow_mut() = Rc::downgrade(&vm);
+            Proxy { host, vm }
+        }
+
+        /// `GET /orders` on `api.example.com` with `extra` headers, as stream `context`.
+        fn request(&self, context: u32, extra: &[(&str, &str)]) -> Action {
+            let mut headers: Pairs = vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), "/orders".into()),
+                (":authority".into(), "api.example.com".into()),
+            ];
+            headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            self.host.0.requests.borrow_mut().insert(context, headers);
+            self.host.0.current.set(context);
+            on_request_headers(&self.vm, context)
+        }
+
+        fn tick(&self, at: u64) {
+            self.host.0.now.set(at);
+            self.host.0.current.set(ROOT);
+            on_tick(&self.vm, ROOT, at);
+        }
+
+        /// Ticks every 200 ms from `from` until a callout goes out (at most 5 ticks); returns
+        /// it and the time of that tick.
+        fn tick_until_callout(&self, from: u64) -> (Sent, u64) {
+            let before = self.sent().len();
+            for i in 0..5 {
+                let at = from + 200 * i;
+                self.tick(at);
+                if let Some(s) = self.sent().get(before) {
+                    return (s.clone(), at);
+                }
+            }
+            panic!("no callout after 5 ticks");
+        }
+
+        /// Answers callout `token` (with no headers at all when `status` is None: a failed
+        /// callout).
+        fn respond(&self, token: u32, status: Option<u16>, body: &[u8], at: u64) {
+            let headers = status
+                .map(|s| vec![(":status".to_string(), s.to_string())])
+                .unwrap_or_default();
+            *self.host.0.callout.borrow_mut() = (headers, body.to_vec());
+            self.host.0.now.set(at);
+            on_http_call_response(&self.vm, token, body.len(), at);
+        }
+
+        fn replies(&self) -> Vec<Reply> {
+            self.host.0.replies.borrow().clone()
+        }
+        fn ops(&self, context: u32) -> Vec<Op> {
+            let ops = self.host.0.ops.borrow();
+            ops.iter()
+                .filter(|op| matches!(op, Op::Remove(c, _) | Op::Set(c, _, _) if *c == context))
+                .cloned()
+                .collect()
+        }
+        fn resumed(&self) -> Vec<u32> {
+            self.host.0.resumed.borrow().clone()
+        }
+        fn sent(&self) -> Vec<Sent> {
+            self.host.0.sent.borrow().clone()
+        }
+        /// The request's headers now: what the upstream gets if it goes on.
+        fn upstream(&self, context: u32) -> Pairs {
+            self.host.0.requests.borrow()[&context].clone()
+        }
+        fn upstream_header(&self, context: u32, name: &str) -> Vec<String> {
+            self.upstream(context)
+                .into_iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v)
+                .collect()
+        }
+        fn counter(&self, name: &str) -> i64 {
+            self.host.0.counters.borrow().get(name).copied().unwrap_or(0)
+        }
+        /// The log lines named `{"claimguard": name, ...}`, parsed.
+        fn lines(&self, name: &str) -> Vec<(LogLevel, Value)> {
+            self.host
+                .0
+                .logs
+                .borrow()
+                .iter()
+                .filter_map(|(l, m)| {
+                    let v: Value = serde_json::from_str(m).ok()?;
+                    (v["claimguard"] == name).then_some((*l, v))
+                })
+                .collect()
+        }
+        fn logged(&self, text: &str) -> bool {
+            self.host.0.logs.borrow().iter().any(|(_, m)| m.contains(text))
+        }
+        fn waiting(&self) -> Vec<Awaited> {
+            self.vm.borrow().waiters.iter().map(|w| w.awaited.clone()).collect()
+        }
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut c = json!({"iss": "https://idp.test", "aud": "api", "sub": "alice", "scope": "read",
+                           "exp": NOW_S + 3600});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    fn bearer(key: &TestKey, extra: Value) -> String {
+        format!("Bearer {}", key.sign(&claims(extra)))
+    }
+
+    /// One provider `idp` (issuer `https://idp.test`, audience `api`, `sub` to `x-sub`), with
+    /// `keys` merged in (`jwks`, or `jwksUri`), and two rules: `blocked` (DENY `tenant:
+    /// blocked`) and `readers` (`/orders*` needs `scope: read`).
+    fn config(keys: Value) -> Value {
+        let mut p = json!({"name": "idp", "issuer": "https://idp.test", "audiences": ["api"],
+                           "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]});
+        p.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
+        json!({"providers": [p], "rules": [
+            {"name": "blocked", "action": "DENY", "when": [{"claim": "tenant", "values": ["blocked"]}]},
+            {"name": "readers", "paths": ["/orders*"], "when": [{"claim": "scope", "values": ["read"]}]}
+        ]})
+    }
+
+    fn remote_config() -> Value {
+        config(json!({"jwksUri": "https://idp.test/jwks.json"}))
+    }
+
+    fn alb_provider() -> Value {
+        json!({"name": "alb", "issuer": "https://alb.example.com", "clientIds": ["orders-client"],
+               "alb": {"region": "eu-west-1", "signers": [ALB_ARN]}})
+    }
+
+    fn alb_token(key: &TestKey) -> String {
+        let header = json!({"typ": "JWT", "kid": ALB_KID, "alg": "ES256", "iss": "https://alb.example.com",
+                            "client": "orders-client", "signer": ALB_ARN, "exp": NOW_S + 60});
+        let claims = json!({"sub": "9f1c", "email": "ana@example.com", "exp": NOW_S + 60,
+                            "iss": "https://alb.example.com"});
+        key.sign_alb(&header, &claims)
+    }
+
+    fn jwks_of(keys: &[&TestKey]) -> Vec<u8> {
+        let keys: Vec<Value> = keys.iter().map(|k| k.public_jwk()).collect();
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn allows_with_its_header_operations_and_strips_forged_headers() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        let token = bearer(&key, json!({}));
+        let got = p.request(10, &[("authorization", &token), ("x-sub", "mallory")]);
+        assert_eq!(got, Action::Continue);
+        assert!(p.replies().is_empty());
+        // The forged copy goes first, before evaluation; then the verified claim is set and
+        // the token header removed.
+        let ops = p.ops(10);
+        assert_eq!(ops.first(), Some(&Op::Remove(10, "x-sub".into())));
+        assert!(ops.contains(&Op::Set(10, "x-sub".into(), "alice".into())), "{ops:?}");
+        assert!(ops.contains(&Op::Remove(10, "authorization".into())), "{ops:?}");
+        assert_eq!(p.upstream_header(10, "x-sub"), ["alice"]);
+        assert!(p.upstream_header(10, "authorization").is_empty());
+        // Counted on the request path, handed to the host on the tick.
+        let allowed = "claimguard.requests_total.outcome.allowed.reason.none.rule.readers.provider.idp";
+        assert_eq!(p.counter(allowed), 0);
+        p.tick(NOW_MS + 200);
+        assert_eq!(p.counter(allowed), 1);
+        assert_eq!(p.counter("claimguard.token_cache_total.result.miss"), 1);
+    }
+
+    #[test]
+    fn a_missing_token_gets_401_with_www_authenticate() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        assert_eq!(p.request(11, &[]), Action::Pause);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let r = &replies[0];
+        assert_eq!((r.context, r.status), (11, 401));
+        let www = r.header("www-authenticate").unwrap();
+        assert!(www.starts_with("Bearer realm=\"") && !www.contains("error="), "{www}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.body["error"], "missing_token");
+        assert!(p.resumed().is_empty());
+        // Routine: its decision line is at info.
+        let lines = p.lines("decision");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, LogLevel::Info);
+        assert_eq!(
+            (&lines[0].1["status"], &lines[0].1["reason"]),
+            (&json!(401), &json!("missing_token"))
+        );
+    }
+
+    #[test]
+    fn an_invalid_token_gets_401_invalid_token() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let other = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        assert_eq!(
+            p.request(12, &[("authorization", &bearer(&other, json!({})))]),
+            Action::Pause
+        );
+        let r = &p.replies()[0];
+        assert_eq!(r.status, 401);
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        assert!(p.ops(12).iter().all(|op| !matches!(op, Op::Set(..))));
+    }
+
+    #[test]
+    fn a_policy_denial_gets_403_and_nothing_is_set() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        let token = bearer(&key, json!({"tenant": "blocked"}));
+        assert_eq!(p.request(13, &[("authorization", &token)]), Action::Pause);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1);
+        assert_eq!((replies[0].context, replies[0].status), (13, 403));
+        assert_eq!(replies[0].body["error"], "forbidden");
+        assert_eq!(replies[0].header("cache-control"), Some("no-store"));
+        assert!(p.ops(13).iter().all(|op| !matches!(op, Op::Set(..))));
+        // An operator acts on policy denials: warn.
+        assert!(p
+            .host
+            .0
+            .logs
+            .borrow()
+            .iter()
+            .any(|(l, m)| *l == LogLevel::Warn && m.contains("policy_denied")));
+        p.tick(NOW_MS + 200);
+        assert_eq!(
+            p.counter("claimguard.requests_total.outcome.denied.reason.policy_denied.rule.blocked.provider.idp"),
+            1
+        );
+    }
+
+    #[test]
+    fn a_host_that_cannot_change_headers_fails_the_request_closed() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        p.host.0.header_changes_fail.set(true);
+        assert_eq!(
+            p.request(14, &[("authorization", &bearer(&key, json!({})))]),
+            Action::Pause
+        );
+        let r = &p.replies()[0];
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.body["error"], "internal_error");
+        assert!(p.logged("cannot remove header authorization: BadArgument; refusing the request"));
+    }
+
+    #[test]
+    fn a_repeated_allowed_request_is_replayed_from_the_memo() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(json!({"jwks": key.jwks()})));
+        let token = bearer(&key, json!({}));
+        assert_eq!(p.request(20, &[("authorization", &token)]), Action::Continue);
+        assert_eq!(p.request(21, &[("authorization", &token)]), Action::Continue);
+        // The same operations, replayed without evaluating again.
+        let replayed: Vec<Op> = p
+            .ops(21)
+            .into_iter()
+            .map(|op| match op {
+                Op::Remove(_, n) => Op::Remove(20, n),
+                Op::Set(_, n, v) => Op::Set(20, n, v),
+            })
+            .collect();
+        assert_eq!(replayed, p.ops(20));
+        assert_eq!(p.upstream_header(21, "x-sub"), ["alice"]);
+        assert!(p.replies().is_empty());
+        p.tick(NOW_MS + 200);
+        assert_eq!(p.counter("claimguard.decision_memo_total.result.miss"), 1);
+        assert_eq!(p.counter("claimguard.decision_memo_total.result.hit"), 1);
+        // Counted as evaluation would count it: the token was verified once.
+        assert_eq!(p.counter("claimguard.token_cache_total.result.miss"), 1);
+        assert_eq!(p.counter("claimguard.token_cache_total.result.hit"), 1);
+        assert_eq!(
+            p.counter("claimguard.requests_total.outcome.allowed.reason.none.rule.readers.provider.idp"),
+            2
+        );
+        // A different request is evaluated: a denial is never replayed as an allow.
+        let blocked = bearer(&key, json!({"tenant": "blocked"}));
+        assert_eq!(p.request(22, &[("authorization", &blocked)]), Action::Pause);
+        assert_eq!(p.replies()[0].status, 403);
+    }
+
+    /// A cold VM of `remote_config()` whose first request (stream `context`, kid `k1`) waited,
+    /// got its keys and was resumed. Returns the time of the last tick.
+    fn cold_start_allowed(p: &Proxy, key: &TestKey, context: u32) -> u64 {
+        assert_eq!(
+            p.request(context, &[("authorization", &bearer(key, json!({})))]),
+            Action::Pause
+        );
+        assert!(p.replies().is_empty() && p.resumed().is_empty());
+        assert!(matches!(
+            p.waiting()[..],
+            [Awaited::Jwks {
+                slot: 0,
+                version: 0,
+                ..
+            }]
+        ));
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        assert!(p.resumed().is_empty(), "woken before the keys came");
+        assert_eq!(sent.cluster, JWKS_CLUSTER);
+        assert_eq!(sent.header(":method"), Some("GET"));
+        assert_eq!(sent.header(":path"), Some("/jwks.json"));
+        assert_eq!(sent.header(":authority"), Some("idp.test"));
+        assert_eq!(sent.header("accept"), Some("application/json"));
+        assert_eq!(sent.timeout_ms, 5_000);
+        p.respond(sent.token, Some(200), &jwks_of(&[key]), at + 50);
+        assert!(p.resumed().is_empty(), "woken from a callout response, not the tick");
+        p.tick(at + 200);
+        at + 200
+    }
+
+    #[test]
+    fn a_request_waits_for_the_jwks_and_is_resumed_allowed() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(remote_config());
+        cold_start_allowed(&p, &key, 30);
+        assert_eq!(p.resumed(), [30]);
+        assert!(p.replies().is_empty());
+        assert_eq!(p.upstream_header(30, "x-sub"), ["alice"]);
+        assert!(p.waiting().is_empty());
+        let waited = p.lines("waiting_for_keys");
+        assert_eq!(waited.len(), 1);
+        assert_eq!(waited[0].0, LogLevel::Debug);
+        assert_eq!(waited[0].1["kid"], Value::Null);
+        assert_eq!(waited[0].1["deadlineMs"], NOW_MS + 5_000);
+        assert_eq!(p.lines("jwks_fetched").len(), 1);
+        assert_eq!(
+            p.counter("claimguard.jwks_fetches_total.result.success.provider.idp"),
+            1
+        );
+        assert_eq!(p.counter("claimguard.jwks_key_miss_total.provider.idp"), 1);
+        // The root context is the current one again after the waiters were answered.
+        assert_eq!(p.host.0.current.get(), ROOT);
+    }
+
+    #[test]
+    fn an_unknown_kid_waits_for_a_refetch_and_one_still_missing_gets_401() {
+        let k1 = TestKey::generate(Alg::ES256, "k1");
+        let k2 = TestKey::generate(Alg::ES256, "k2");
+        let k3 = TestKey::generate(Alg::ES256, "k3");
+        let p = Proxy::new(remote_config());
+        let at = cold_start_allowed(&p, &k1, 31);
+        // Past the refetch cooldown, a token signed with a new key waits for a refetch.
+        let later = at + 31_000;
+        p.tick(later);
+        assert_eq!(
+            p.request(32, &[("authorization", &bearer(&k2, json!({})))]),
+            Action::Pause
+        );
+        assert!(matches!(p.waiting()[..], [Awaited::Jwks { slot: 0, version, .. }] if version > 0));
+        assert_eq!(p.lines("waiting_for_keys")[1].1["kid"], "k2");
+        let (sent, at) = p.tick_until_callout(later + 200);
+        p.respond(sent.token, Some(200), &jwks_of(&[&k1, &k2]), at + 50);
+        p.tick(at + 200);
+        assert_eq!(p.resumed(), [31, 32]);
+        assert_eq!(p.upstream_header(32, "x-sub"), ["alice"]);
+        // Within the cooldown no refetch can help: an unknown kid is answered at once.
+        assert_eq!(
+            p.request(33, &[("authorization", &bearer(&k3, json!({})))]),
+            Action::Pause
+        );
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1);
+        assert_eq!((replies[0].context, replies[0].status), (33, 401));
+        assert!(replies[0].header("www-authenticate").unwrap().contains("invalid_token"));
+        assert!(p.waiting().is_empty());
+    }
+
+    #[test]
+    fn a_refetch_without_the_kid_answers_its_waiter_401() {
+        let k1 = TestKey::generate(Alg::ES256, "k1");
+        let k2 = TestKey::generate(Alg::ES256, "k2");
+        let p = Proxy::new(remote_config());
+        let at = cold_start_allowed(&p, &k1, 34);
+        let later = at + 31_000;
+        p.tick(later);
+        assert_eq!(
+            p.request(35, &[("authorization", &bearer(&k2, json!({})))]),
+            Action::Pause
+        );
+        let (sent, at) = p.tick_until_callout(later + 200);
+        p.respond(sent.token, Some(200), &jwks_of(&[&k1]), at + 50);
+        p.tick(at + 200);
+        assert_eq!(p.resumed(), [34]);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!((replies[0].context, replies[0].status), (35, 401));
+        assert!(replies[0]
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        assert!(p.waiting().is_empty());
+    }
+
+    /// A cold VM of `remote_config()` with one request (stream 40) waiting and its fetch sent.
+    fn waiting_with_fetch_sent() -> (Proxy, Sent, u64) {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(remote_config());
+        assert_eq!(
+            p.request(40, &[("authorization", &bearer(&key, json!({})))]),
+            Action::Pause
+        );
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        (p, sent, at)
+    }
+
+    fn assert_jwks_unavailable(p: &Proxy, context: u32) {
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let r = &replies[0];
+        assert_eq!((r.context, r.status), (context, 503));
+        assert_eq!(r.body["error"], "jwks_unavailable");
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert!(p.resumed().is_empty());
+        assert!(p.waiting().is_empty());
+    }
+
+    #[test]
+    fn a_failed_fetch_answers_its_waiter_503() {
+        let (p, sent, at) = waiting_with_fetch_sent();
+        // Envoy answers a failed callout with no headers.
+        p.respond(sent.token, None, b"", at + 50);
+        let failed = p.lines("jwks_fetch_failed");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, LogLevel::Warn);
+        assert_eq!(
+            failed[0].1["error"],
+            "callout failed (connection refused, reset or timeout)"
+        );
+        assert_eq!(
+            p.counter("claimguard.jwks_fetches_total.result.failure.provider.idp"),
+            1
+        );
+        assert!(p.replies().is_empty(), "answered from the tick only");
+        p.tick(at + 200);
+        assert_jwks_unavailable(&p, 40);
+    }
+
+    #[test]
+    fn a_callout_that_cannot_be_sent_is_a_failed_fetch() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(remote_config());
+        p.host.0.dispatch_fails.set(true);
+        assert_eq!(
+            p.request(41, &[("authorization", &bearer(&key, json!({})))]),
+            Action::Pause
+        );
+        let mut at = NOW_MS;
+        while p.lines("jwks_fetch_failed").is_empty() && at < NOW_MS + 1_000 {
+            p.tick(at);
+            at += 200;
+        }
+        let failed = p.lines("jwks_fetch_failed");
+        assert_eq!(
+            failed[0].1["error"],
+            format!("cannot call cluster {JWKS_CLUSTER:?} (BadArgument): is it defined?")
+        );
+        // The tick that failed it wakes the waiter.
+        assert_jwks_unavailable(&p, 41);
+    }
+
+    #[test]
+    fn a_wait_that_runs_out_gets_503() {
+        let (p, _sent, at) = waiting_with_fetch_sent();
+        let mut t = at;
+        while t + 200 < NOW_MS + 5_000 {
+            t += 200;
+            p.tick(t);
+        }
+        assert!(p.replies().is_empty(), "answered before its deadline");
+        p.tick(NOW_MS + 5_000);
+        assert_jwks_unavailable(&p, 40);
+    }
+
+    #[test]
+    fn a_request_gone_while_it_waits_is_dropped() {
+        let (p, sent, at) = waiting_with_fetch_sent();
+        p.host.0.requests.borrow_mut().remove(&40);
+        p.respond(sent.token, None, b"", at + 50);
+        p.tick(at + 200);
+        assert!(p.replies().is_empty() && p.resumed().is_empty());
+        assert!(p.waiting().is_empty());
+    }
+
+    #[test]
+    fn an_alb_key_wait_goes_through_the_same_path() {
+        let key = TestKey::generate(Alg::ES256, ALB_KID);
+        let p = Proxy::new(json!({"providers": [alb_provider()]}));
+        assert_eq!(p.request(50, &[("x-amzn-oidc-data", &alb_token(&key))]), Action::Pause);
+        assert_eq!(
+            p.waiting(),
+            [Awaited::Alb {
+                source: 0,
+                kid: ALB_KID.into()
+            }]
+        );
+        let waited = p.lines("waiting_for_alb_key");
+        assert_eq!(waited.len(), 1);
+        assert_eq!(
+            (waited[0].1["kid"].as_str(), &waited[0].1["deadlineMs"]),
+            (Some(ALB_KID), &json!(NOW_MS + 5_000))
+        );
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        assert_eq!(sent.cluster, format!("outbound|443||{ALB_AUTHORITY}"));
+        assert_eq!(sent.header(":path"), Some(format!("/{ALB_KID}").as_str()));
+        assert_eq!(sent.header(":authority"), Some(ALB_AUTHORITY));
+        assert_eq!(sent.header("accept"), Some("application/x-pem-file, text/plain"));
+        p.respond(sent.token, Some(200), key.public_pem().as_bytes(), at + 50);
+        assert_eq!(p.lines("alb_key_fetched").len(), 1);
+        assert_eq!(p.counter("claimguard.alb_key_fetch_total.result.fetched"), 1);
+        assert!(p.resumed().is_empty());
+        p.tick(at + 200);
+        assert_eq!(p.resumed(), [50]);
+        assert!(p.replies().is_empty());
+        assert!(p.waiting().is_empty());
+    }
+
+    #[test]
+    fn an_alb_kid_the_endpoint_does_not_serve_gets_401() {
+        let key = TestKey::generate(Alg::ES256, ALB_KID);
+        let p = Proxy::new(json!({"providers": [alb_provider()]}));
+        assert_eq!(p.request(51, &[("x-amzn-oidc-data", &alb_token(&key))]), Action::Pause);
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        p.respond(sent.token, Some(404), b"", at + 50);
+        assert_eq!(p.counter("claimguard.alb_key_fetch_total.result.not_found"), 1);
+        p.tick(at + 200);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1);
+        assert_eq!((replies[0].context, replies[0].status), (51, 401));
+        assert!(p.resumed().is_empty());
+    }
+
+    #[test]
+    fn waiters_are_capped_for_jwks_and_alb_together() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let alb_key = TestKey::generate(Alg::ES256, ALB_KID);
+        let mut cfg = remote_config();
+        cfg["providers"].as_array_mut().unwrap().push(alb_provider());
+        let p = Proxy::new(cfg);
+        let token = bearer(&key, json!({}));
+        for i in 0..MAX_WAITERS as u32 {
+            assert_eq!(p.request(1000 + i, &[("authorization", &token)]), Action::Pause);
+        }
+        assert_eq!(p.waiting().len(), MAX_WAITERS);
+        assert!(p.replies().is_empty());
+        // Full: a JWKS wait is refused, and so is an ALB one; both are answered at once.
+        let jwks_ctx = 1000 + MAX_WAITERS as u32;
+        assert_eq!(p.request(jwks_ctx, &[("authorization", &token)]), Action::Pause);
+        assert_jwks_unavailable_reply(&p.replies(), jwks_ctx);
+        assert_eq!(
+            p.request(9_999, &[("x-amzn-oidc-data", &alb_token(&alb_key))]),
+            Action::Pause
+        );
+        let replies = p.replies();
+        assert_eq!(replies.len(), 2);
+        assert_eq!((replies[1].context, replies[1].status), (9_999, 401));
+        assert_eq!(p.waiting().len(), MAX_WAITERS);
+    }
+
+    fn assert_jwks_unavailable_reply(replies: &[Reply], context: u32) {
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!((replies[0].context, replies[0].status), (context, 503));
+        assert_eq!(replies[0].body["error"], "jwks_unavailable");
+    }
+
+    #[test]
+    fn a_new_config_carries_the_waiters_over() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(remote_config());
+        assert_eq!(
+            p.request(60, &[("authorization", &bearer(&key, json!({})))]),
+            Action::Pause
+        );
+        let next = Vm::configure(
+            p.host.clone(),
+            remote_config().to_string().as_bytes(),
+            Some(&p.vm),
+            8,
+            43,
+        )
+        .unwrap();
+        assert!(p.vm.borrow().waiters.is_empty());
+        assert_eq!(next.waiters.len(), 1);
+        assert!(Vm::configure(p.host.clone(), b"{\"providers\": 1}", Some(&p.vm), 8, 43).is_none());
+        assert!(p.logged("rejected plugin configuration"));
+    }
+}
