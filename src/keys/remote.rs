@@ -688,8 +688,16 @@ impl JwksCache {
             return KeyWait::GiveUp;
         };
         let deadline_ms = now_ms + slot.remote.wait_ms;
+        let fetch_in_flight = slot.in_flight || lease_busy(store, slot, now_ms);
         if let Some(kid) = kid {
             if slot.negative.get(kid).is_some_and(|until| *until > now_ms) {
+                // Asked for within the cooldown. While the fetch that asking started is
+                // still to come (asked for, or in flight), this request waits for it like the
+                // first one did: during a key rotation, every request carrying the new kid
+                // before the fetch lands is answered by it, not refused at once.
+                if fetch_in_flight || slot.wanted_since.is_some() {
+                    return KeyWait::Wait { deadline_ms };
+                }
                 return KeyWait::GiveUp;
             }
             // Remember it for a cooldown either way: a flood of random kids costs one fetch.
@@ -702,7 +710,6 @@ impl JwksCache {
             slot.negative.insert(kid.to_string(), now_ms + slot.remote.cooldown_ms);
         }
         let m = &slot.meta;
-        let fetch_in_flight = slot.in_flight || lease_busy(store, slot, now_ms);
         let cooling = m.version > 0 && now_ms < m.last_attempt.saturating_add(slot.remote.cooldown_ms);
         if cooling && !fetch_in_flight {
             return KeyWait::GiveUp;
@@ -1313,8 +1320,18 @@ mod tests {
             vm.on_missing_key(&store, 0, Some("k3"), t),
             KeyWait::Wait { .. }
         ));
+        // The same kid again before the tick sends the fetch, and while it is in flight: it
+        // waits for that fetch too (a rotation's new kid on many requests at once).
+        assert!(matches!(
+            vm.on_missing_key(&store, 0, Some("k3"), t + 10),
+            KeyWait::Wait { .. }
+        ));
         let reqs = vm.tick(&store, t + 50, &mut ev);
         assert_eq!(reqs.len(), 1);
+        assert!(matches!(
+            vm.on_missing_key(&store, 0, Some("k3"), t + 55),
+            KeyWait::Wait { .. }
+        ));
         let before = vm.version(0);
         // A flood of random kids meanwhile: they wait on the same fetch, no new ones.
         for i in 0..500 {
@@ -1340,6 +1357,8 @@ mod tests {
             );
         }
         assert!(vm.tick(&store, t + 1_100, &mut ev).is_empty());
+        // A kid the fetch did not bring, asked for again once it has landed: refused at once.
+        assert_eq!(vm.on_missing_key(&store, 0, Some("rnd-7"), t + 1_200), KeyWait::GiveUp);
         // The negative cache is bounded.
         assert!(vm.slots[0].negative.len() <= MAX_NEGATIVE_KIDS);
     }
