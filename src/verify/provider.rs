@@ -1,6 +1,7 @@
 //! A validated provider (one `jwtRules` entry): one issuer, its keys, where its tokens are
 //! found and what is checked. Built only by `config::compile`.
 
+use crate::config::model::TokenUse;
 use crate::crypto::alg::Alg;
 use crate::keys::alb::AlbProvider;
 use crate::keys::jwk::KeySet;
@@ -28,7 +29,7 @@ pub struct Provider {
     /// must carry one of them in `client_id`; a token with `aud` may name one there.
     pub client_ids: Vec<String>,
     /// `tokenUse`: the `token_use` claim every token must carry (`access` or `id`, Cognito).
-    pub token_use: Option<String>,
+    pub token_use: Option<TokenUse>,
     /// `tokenType`: the JOSE `typ` every token must carry (e.g. `at+jwt`, RFC 9068), lower
     /// case without `application/`. None: any JWT type, or none.
     pub token_type: Option<String>,
