@@ -26,44 +26,69 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_REALM: &str = "claimguard";
 
 /// The compiled configuration the request path runs on.
+///
+/// Only obtainable through validation: [`Config::from_json`] parses and compiles the plugin
+/// configuration, and its fields are private to the crate, so no caller can assemble one that
+/// skipped a check. Read it through the accessors.
+///
+/// ```
+/// use claimguard::config::Config;
+/// let c = Config::from_json(
+///     br#"{"providers": [{"issuer": "https://idp.example", "jwksUri": "https://idp.example/keys"}]}"#,
+/// )?;
+/// assert_eq!(c.realm(), "claimguard");
+/// # Ok::<(), claimguard::config::ConfigError>(())
+/// ```
+///
+/// Not even a validated one can be altered into another: with public fields this would
+/// compile, and the [`Policy`] and [`Provider`]s inside cannot be built outside the crate either.
+///
+/// ```compile_fail,E0451
+/// use claimguard::config::Config;
+/// let c = Config::from_json(
+///     br#"{"providers": [{"issuer": "https://idp.example", "jwksUri": "https://idp.example/keys"}]}"#,
+/// )?;
+/// let forged = Config { expose_rule_names: true, ..c };
+/// # Ok::<(), claimguard::config::ConfigError>(())
+/// ```
 #[derive(Debug)]
 pub struct Config {
-    pub providers: Vec<Provider>,
-    pub realm: String,
-    pub policy: Policy,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) realm: String,
+    pub(crate) policy: Policy,
     /// How request paths are canonicalised (`pathWith*Action`, `caseInsensitivePaths`).
-    pub path: PathOptions,
+    pub(crate) path: PathOptions,
     /// `malformedTokenHeaderAction`: what happens to a token header that is present but not
     /// in the configured form (`Bearer<TAB>…`, no scheme, `Basic …`).
-    pub malformed_token_header: MalformedTokenHeader,
+    pub(crate) malformed_token_header: MalformedTokenHeader,
     /// Let CORS preflights (OPTIONS + Origin + Access-Control-Request-Method) through
     /// without a token or policy: browsers never send credentials on them.
-    pub allow_cors_preflight: bool,
+    pub(crate) allow_cors_preflight: bool,
     /// Name the deciding rule in 403 bodies (off by default: denials must not leak policy).
-    pub expose_rule_names: bool,
+    pub(crate) expose_rule_names: bool,
     /// Every header claimguard can set, lower-case: removed from every incoming request.
-    pub managed_headers: Vec<String>,
+    pub(crate) managed_headers: Vec<String>,
     /// Every distinct place any provider reads a token from, in config order.
-    pub token_locations: Vec<crate::token::Location>,
+    pub(crate) token_locations: Vec<crate::token::Location>,
     /// For each of `token_locations`, the providers (indices, in order) reading it: what a
     /// request compares instead of the locations themselves.
-    pub location_readers: Vec<Vec<usize>>,
-    pub claim_header_max_bytes: usize,
+    pub(crate) location_readers: Vec<Vec<usize>>,
+    pub(crate) claim_header_max_bytes: usize,
     /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
-    pub decision_header: bool,
+    pub(crate) decision_header: bool,
     /// `jwtCacheSize` (Envoy's `jwt_cache_config.jwt_cache_size`): verified tokens each VM
     /// remembers; 0 turns the cache off.
-    pub jwt_cache_size: usize,
+    pub(crate) jwt_cache_size: usize,
     /// `jwtCacheBytes`: what the verified tokens each VM remembers may weigh in all (key,
     /// claims, payload and overhead, see [`crate::request::cache`]). The rejected-token cache gets an
     /// eighth of it and the decision memo half ([`crate::request::memo::memo_bytes`]).
-    pub jwt_cache_bytes: usize,
+    pub(crate) jwt_cache_bytes: usize,
     /// `filterState`: publish `claimguard.provider`, `.issuer`, `.principal`, `.subject` and
     /// `.rule` as filter state on allowed requests (off by default, like `jwt_authn`'s
     /// `payload_in_metadata`: the five entries cost the proxy about 7 µs per request, `examples/ab.rs`).
-    pub filter_state: bool,
+    pub(crate) filter_state: bool,
     /// Things worth a log line at configure time that are not errors.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Config {
@@ -73,7 +98,57 @@ impl Config {
         self.policy.uses_peer() || self.providers.iter().any(|p| !p.trusted_principals.is_empty())
     }
 
-    /// Parses and validates plugin configuration bytes.
+    /// The providers, in config order (what provider indices refer to).
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// `realm`: named in `WWW-Authenticate` challenges.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The rules and the mode they run in.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// How request paths are canonicalised (`pathWith*Action`, `caseInsensitivePaths`).
+    pub fn path(&self) -> &PathOptions {
+        &self.path
+    }
+
+    /// `exposeRuleNames`: whether 403 bodies name the deciding rule.
+    pub fn expose_rule_names(&self) -> bool {
+        self.expose_rule_names
+    }
+
+    /// `decisionHeader`: whether local replies carry `x-claimguard-reason`.
+    pub fn decision_header(&self) -> bool {
+        self.decision_header
+    }
+
+    /// Every header claimguard can set, lower-case: removed from every incoming request.
+    pub fn managed_headers(&self) -> &[String] {
+        &self.managed_headers
+    }
+
+    /// `jwtCacheSize`: verified tokens each VM remembers (0: the caches are off).
+    pub fn jwt_cache_size(&self) -> usize {
+        self.jwt_cache_size
+    }
+
+    /// `jwtCacheBytes`: what the verified tokens each VM remembers may weigh in all.
+    pub fn jwt_cache_bytes(&self) -> usize {
+        self.jwt_cache_bytes
+    }
+
+    /// Things worth a log line at configure time that are not errors.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Parses and validates plugin configuration bytes: the only way to obtain a [`Config`].
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(err(
@@ -200,11 +275,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         providers,
         realm,
-        policy: Policy {
-            rules,
-            mode,
-            case_insensitive_paths: raw.case_insensitive_paths,
-        },
+        policy: Policy { rules, mode },
         path: PathOptions {
             escaped_slashes,
             backslashes,

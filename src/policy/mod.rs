@@ -354,11 +354,12 @@ impl Rule {
     }
 }
 
+/// The compiled rules and the mode they run in: part of a validated `Config`, never built
+/// elsewhere.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub rules: Vec<Rule>,
-    pub mode: Mode,
-    pub case_insensitive_paths: bool,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) mode: Mode,
 }
 
 /// Facts about the provider a token came from that rules need.
@@ -950,6 +951,16 @@ impl Rule {
 }
 
 impl Policy {
+    /// The rules, in config order (what rule indices in traces and decisions refer to).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// `mode`: whether rules decide or only report.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// The request headers rules read (`request.headers[name]`), as written (repeats included).
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().flat_map(|r| &r.when).filter_map(|w| match &w.source {
