@@ -70,8 +70,8 @@ fn run() -> Result<(), String> {
     let v: Value = serde_json::from_str(&input).map_err(|e| format!("input: {e}"))?;
     let config = Config::from_json(v["config"].to_string().as_bytes()).map_err(|e| e.to_string())?;
     let now = v["now"].as_u64().ok_or("no now")?;
-    let provider = config.providers.first().ok_or("no provider")?;
-    let keys = &provider.keys;
+    let provider = config.providers().first().ok_or("no provider")?;
+    let keys = provider.keys();
     println!("stage                                        µs/token");
     for alg in ["rs256", "es256"] {
         let tokens: Vec<String> = v[alg]

@@ -193,9 +193,9 @@ fn issuer_and_jwks_url_come_from_region_and_pool() {
             .as_bytes(),
     )
     .expect("config");
-    let p = &c.providers[0];
-    assert_eq!(p.issuer, issuer());
-    let r = p.remote.as_ref().expect("remote jwks");
+    let p = &c.providers()[0];
+    assert_eq!(p.issuer(), issuer());
+    let r = p.remote().expect("remote jwks");
     assert_eq!(r.url.authority(), format!("cognito-idp.{REGION}.amazonaws.com"));
     assert_eq!(r.url.path, format!("/{POOL}/.well-known/jwks.json"));
     assert_eq!(

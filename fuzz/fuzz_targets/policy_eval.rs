@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    let Ok(path) = normalize(raw_path, &c.path) else { return };
+    let Ok(path) = normalize(raw_path, c.path()) else { return };
     let headers = [("x-env", host)];
     // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
     let peer = Peer::from_connection(true, Some(host), Some(host));
@@ -37,9 +37,9 @@ fuzz_target!(|data: &[u8]| {
         principal: "https://idp.fuzz/x",
         claims: &claims,
     };
-    let d = c.policy.evaluate(&facts, Some(&subject));
+    let d = c.policy().evaluate(&facts, Some(&subject));
     for t in &d.trace {
-        let _ = c.policy.describe(t);
+        let _ = c.policy().describe(t);
     }
-    let _ = c.policy.evaluate(&facts, None);
+    let _ = c.policy().evaluate(&facts, None);
 });

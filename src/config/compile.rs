@@ -4,15 +4,15 @@
 //! use without further checks. Every error names the field path, e.g.
 //! `providers[0].jwks.keys[1].n: RSA modulus is 1024 bits; at least 2048 are required`.
 
-use crate::config::error::{err, one_of, ConfigError};
+use crate::config::error::{err, not_one_of, serde_message, ConfigError};
 use crate::config::model::*;
 use crate::crypto::alg::Alg;
 use crate::keys::alb::AlbProvider;
 use crate::keys::jwk::{parse_jwks, KeySet, VerificationKey, MIN_HMAC_SECRET_BYTES};
 use crate::keys::remote::{HttpUrl, RemoteJwks};
 use crate::policy::identity::{compile_claim_header, managed_header_name, ClaimHeader};
-use crate::policy::path::{Backslashes, EscapedSlashes, PathOptions, PathParameters};
-use crate::policy::{compile_rules, Mode, Policy, ProviderInfo};
+use crate::policy::path::PathOptions;
+use crate::policy::{compile_rules, Policy, ProviderInfo};
 use crate::token::claims::dotted;
 use crate::token::Location;
 use crate::verify::provider::Provider;
@@ -26,44 +26,69 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_REALM: &str = "claimguard";
 
 /// The compiled configuration the request path runs on.
+///
+/// Only obtainable through validation: [`Config::from_json`] parses and compiles the plugin
+/// configuration, and its fields are private to the crate, so no caller can assemble one that
+/// skipped a check. Read it through the accessors.
+///
+/// ```
+/// use claimguard::config::Config;
+/// let c = Config::from_json(
+///     br#"{"providers": [{"issuer": "https://idp.example", "jwksUri": "https://idp.example/keys"}]}"#,
+/// )?;
+/// assert_eq!(c.realm(), "claimguard");
+/// # Ok::<(), claimguard::config::ConfigError>(())
+/// ```
+///
+/// Not even a validated one can be altered into another: with public fields this would
+/// compile, and the [`Policy`] and [`Provider`]s inside cannot be built outside the crate either.
+///
+/// ```compile_fail,E0451
+/// use claimguard::config::Config;
+/// let c = Config::from_json(
+///     br#"{"providers": [{"issuer": "https://idp.example", "jwksUri": "https://idp.example/keys"}]}"#,
+/// )?;
+/// let forged = Config { expose_rule_names: true, ..c };
+/// # Ok::<(), claimguard::config::ConfigError>(())
+/// ```
 #[derive(Debug)]
 pub struct Config {
-    pub providers: Vec<Provider>,
-    pub realm: String,
-    pub policy: Policy,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) realm: String,
+    pub(crate) policy: Policy,
     /// How request paths are canonicalised (`pathWith*Action`, `caseInsensitivePaths`).
-    pub path: PathOptions,
+    pub(crate) path: PathOptions,
     /// `malformedTokenHeaderAction`: what happens to a token header that is present but not
     /// in the configured form (`Bearer<TAB>…`, no scheme, `Basic …`).
-    pub malformed_token_header: MalformedTokenHeader,
+    pub(crate) malformed_token_header: MalformedTokenHeader,
     /// Let CORS preflights (OPTIONS + Origin + Access-Control-Request-Method) through
     /// without a token or policy: browsers never send credentials on them.
-    pub allow_cors_preflight: bool,
+    pub(crate) allow_cors_preflight: bool,
     /// Name the deciding rule in 403 bodies (off by default: denials must not leak policy).
-    pub expose_rule_names: bool,
+    pub(crate) expose_rule_names: bool,
     /// Every header claimguard can set, lower-case: removed from every incoming request.
-    pub managed_headers: Vec<String>,
+    pub(crate) managed_headers: Vec<String>,
     /// Every distinct place any provider reads a token from, in config order.
-    pub token_locations: Vec<crate::token::Location>,
+    pub(crate) token_locations: Vec<crate::token::Location>,
     /// For each of `token_locations`, the providers (indices, in order) reading it: what a
     /// request compares instead of the locations themselves.
-    pub location_readers: Vec<Vec<usize>>,
-    pub claim_header_max_bytes: usize,
+    pub(crate) location_readers: Vec<Vec<usize>>,
+    pub(crate) claim_header_max_bytes: usize,
     /// `decisionHeader`: add `x-claimguard-reason` to local replies (debugging only).
-    pub decision_header: bool,
+    pub(crate) decision_header: bool,
     /// `jwtCacheSize` (Envoy's `jwt_cache_config.jwt_cache_size`): verified tokens each VM
     /// remembers; 0 turns the cache off.
-    pub jwt_cache_size: usize,
+    pub(crate) jwt_cache_size: usize,
     /// `jwtCacheBytes`: what the verified tokens each VM remembers may weigh in all (key,
     /// claims, payload and overhead, see [`crate::request::cache`]). The rejected-token cache gets an
     /// eighth of it and the decision memo half ([`crate::request::memo::memo_bytes`]).
-    pub jwt_cache_bytes: usize,
+    pub(crate) jwt_cache_bytes: usize,
     /// `filterState`: publish `claimguard.provider`, `.issuer`, `.principal`, `.subject` and
     /// `.rule` as filter state on allowed requests (off by default, like `jwt_authn`'s
     /// `payload_in_metadata`: the five entries cost the proxy about 7 µs per request, `examples/ab.rs`).
-    pub filter_state: bool,
+    pub(crate) filter_state: bool,
     /// Things worth a log line at configure time that are not errors.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Config {
@@ -73,7 +98,57 @@ impl Config {
         self.policy.uses_peer() || self.providers.iter().any(|p| !p.trusted_principals.is_empty())
     }
 
-    /// Parses and validates plugin configuration bytes.
+    /// The providers, in config order (what provider indices refer to).
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// `realm`: named in `WWW-Authenticate` challenges.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// The rules and the mode they run in.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// How request paths are canonicalised (`pathWith*Action`, `caseInsensitivePaths`).
+    pub fn path(&self) -> &PathOptions {
+        &self.path
+    }
+
+    /// `exposeRuleNames`: whether 403 bodies name the deciding rule.
+    pub fn expose_rule_names(&self) -> bool {
+        self.expose_rule_names
+    }
+
+    /// `decisionHeader`: whether local replies carry `x-claimguard-reason`.
+    pub fn decision_header(&self) -> bool {
+        self.decision_header
+    }
+
+    /// Every header claimguard can set, lower-case: removed from every incoming request.
+    pub fn managed_headers(&self) -> &[String] {
+        &self.managed_headers
+    }
+
+    /// `jwtCacheSize`: verified tokens each VM remembers (0: the caches are off).
+    pub fn jwt_cache_size(&self) -> usize {
+        self.jwt_cache_size
+    }
+
+    /// `jwtCacheBytes`: what the verified tokens each VM remembers may weigh in all.
+    pub fn jwt_cache_bytes(&self) -> usize {
+        self.jwt_cache_bytes
+    }
+
+    /// Things worth a log line at configure time that are not errors.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Parses and validates plugin configuration bytes: the only way to obtain a [`Config`].
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(err(
@@ -84,8 +159,7 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            err(if path == "." { String::new() } else { path }, inner)
+            err(if path == "." { String::new() } else { path }, serde_message(e.inner()))
         })?;
         compile(raw)
     }
@@ -138,44 +212,15 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
-    let mode = one_of(
-        "mode",
-        raw.mode.as_deref(),
-        &[("enforce", Mode::Enforce), ("dryRun", Mode::DryRun)],
-    )?;
-    let escaped_slashes = one_of(
-        "pathWithEscapedSlashesAction",
-        raw.path_with_escaped_slashes_action.as_deref(),
-        &[
-            ("REJECT_REQUEST", EscapedSlashes::RejectRequest),
-            ("UNESCAPE_AND_FORWARD", EscapedSlashes::UnescapeAndForward),
-            ("KEEP_UNCHANGED", EscapedSlashes::KeepUnchanged),
-        ],
-    )?;
-    let backslashes = one_of(
-        "pathWithBackslashAction",
-        raw.path_with_backslash_action.as_deref(),
-        &[
-            ("REJECT_REQUEST", Backslashes::RejectRequest),
-            ("CONVERT_TO_SLASH", Backslashes::ConvertToSlash),
-        ],
-    )?;
-    let parameters = one_of(
-        "pathWithParametersAction",
-        raw.path_with_parameters_action.as_deref(),
-        &[
-            ("REJECT_REQUEST", PathParameters::RejectRequest),
-            ("MATCH_WITHOUT_PARAMETERS", PathParameters::MatchWithoutParameters),
-        ],
-    )?;
-    let malformed_token_header = one_of(
-        "malformedTokenHeaderAction",
-        raw.malformed_token_header_action.as_deref(),
-        &[
-            ("REJECT_REQUEST", MalformedTokenHeader::RejectRequest),
-            ("REMOVE_HEADER", MalformedTokenHeader::RemoveHeader),
-        ],
-    )?;
+    let mode = raw.mode.unwrap_or(Mode::Enforce);
+    let escaped_slashes = raw
+        .path_with_escaped_slashes_action
+        .unwrap_or(EscapedSlashes::RejectRequest);
+    let backslashes = raw.path_with_backslash_action.unwrap_or(Backslashes::RejectRequest);
+    let parameters = raw.path_with_parameters_action.unwrap_or(PathParameters::RejectRequest);
+    let malformed_token_header = raw
+        .malformed_token_header_action
+        .unwrap_or(MalformedTokenHeader::RejectRequest);
     let infos: Vec<ProviderInfo> = providers
         .iter()
         .map(|p| ProviderInfo {
@@ -230,11 +275,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         providers,
         realm,
-        policy: Policy {
-            rules,
-            mode,
-            case_insensitive_paths: raw.case_insensitive_paths,
-        },
+        policy: Policy { rules, mode },
         path: PathOptions {
             escaped_slashes,
             backslashes,
@@ -328,16 +369,6 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
     if client_ids.iter().any(String::is_empty) || rp.client_ids.as_ref().is_some_and(Vec::is_empty) {
         return Err(err(format!("{path}.clientIds"), "must list non-empty app client ids"));
     }
-    let token_use = match rp.token_use.as_deref() {
-        None => None,
-        Some(u @ ("access" | "id")) => Some(u.to_string()),
-        Some(other) => {
-            return Err(err(
-                format!("{path}.tokenUse"),
-                format!("{other:?} is not one of access, id"),
-            ))
-        }
-    };
     if rp.cognito.is_some() && client_ids.is_empty() && rp.audiences.is_empty() {
         return Err(err(
             format!("{path}.clientIds"),
@@ -540,7 +571,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         allow_missing: rp.allow_missing.unwrap_or(false),
         max_token_bytes,
         client_ids,
-        token_use,
+        token_use: rp.token_use,
         token_type: match rp.token_type {
             None => None,
             Some(t) => {
@@ -587,8 +618,8 @@ fn apply_preset(
             None => Err(err(at(field), format!("is required by the {} preset", preset.name))),
         }
     };
-    let (issuer, jwks_uri) = match preset.name.as_str() {
-        "cognito" => {
+    let (issuer, jwks_uri) = match preset.name {
+        PresetName::Cognito => {
             if rp.cognito.is_some() {
                 return Err(err(at("name"), "give either preset cognito or cognito, not both"));
             }
@@ -599,7 +630,7 @@ fn apply_preset(
             aliases.push(("groups".into(), "cognito:groups".into()));
             return Ok(());
         }
-        "okta" => {
+        PresetName::Okta => {
             let domain = need(preset.domain, "domain")?;
             let server = need(
                 Some(preset.authorization_server_id.unwrap_or_else(|| "default".into())),
@@ -611,7 +642,7 @@ fn apply_preset(
             aliases.push(("scope".into(), "scp".into()));
             (iss, jwks)
         }
-        "auth0" => {
+        PresetName::Auth0 => {
             let domain = need(preset.domain, "domain")?;
             // Auth0 issuers end with a slash, and tokens must match it exactly.
             (
@@ -619,7 +650,7 @@ fn apply_preset(
                 format!("https://{domain}/.well-known/jwks.json"),
             )
         }
-        "entra" => {
+        PresetName::Entra => {
             let tenant = need(preset.tenant_id, "tenantId")?;
             // Entra puts delegated scopes in `scp` (space-separated) and app roles in `roles`.
             aliases.push(("scope".into(), "scp".into()));
@@ -632,14 +663,9 @@ fn apply_preset(
                     format!("https://sts.windows.net/{tenant}/"),
                     format!("https://login.microsoftonline.com/{tenant}/discovery/keys"),
                 ),
-                other => return Err(err(at("version"), format!("{other:?} is not one of 2.0, 1.0"))),
+                // Not a closed set of the model: only the entra preset reads it.
+                other => return Err(err(at("version"), not_one_of(other, &["2.0", "1.0"]))),
             }
-        }
-        other => {
-            return Err(err(
-                at("name"),
-                format!("{other:?} is not one of cognito, okta, auth0, entra"),
-            ))
         }
     };
     for (field, set) in [
@@ -1118,6 +1144,125 @@ mod tests {
         let c = check(json!({"providers": [{"issuer": "i", "audiences": ["a"], "jwks": jwks().to_string()}]})).unwrap();
         assert_eq!(c.providers[0].keys.keys.len(), 1);
         assert!(c.warnings.is_empty());
+    }
+
+    /// The closed sets are serde enums now: a value outside one is refused while parsing, in
+    /// exactly the words the checks after parsing used (field path, value, every choice; no
+    /// serde_json position), and every other value reads as before.
+    #[test]
+    fn closed_sets_refuse_in_the_words_they_always_used() {
+        let j = jwks();
+        let p = json!({"issuer": "i", "jwks": j});
+        let cases = vec![
+            (
+                json!({"providers": [p], "mode": "audit"}),
+                "mode",
+                r#""audit" is not one of enforce, dryRun"#,
+            ),
+            (
+                json!({"providers": [p], "pathWithEscapedSlashesAction": "UNESCAPE_AND_REDIRECT"}),
+                "pathWithEscapedSlashesAction",
+                r#""UNESCAPE_AND_REDIRECT" is not one of REJECT_REQUEST, UNESCAPE_AND_FORWARD, KEEP_UNCHANGED"#,
+            ),
+            (
+                json!({"providers": [p], "pathWithBackslashAction": "KEEP_UNCHANGED"}),
+                "pathWithBackslashAction",
+                r#""KEEP_UNCHANGED" is not one of REJECT_REQUEST, CONVERT_TO_SLASH"#,
+            ),
+            (
+                json!({"providers": [p], "pathWithParametersAction": "STRIP"}),
+                "pathWithParametersAction",
+                r#""STRIP" is not one of REJECT_REQUEST, MATCH_WITHOUT_PARAMETERS"#,
+            ),
+            (
+                json!({"providers": [p], "malformedTokenHeaderAction": "allow"}),
+                "malformedTokenHeaderAction",
+                r#""allow" is not one of REJECT_REQUEST, REMOVE_HEADER"#,
+            ),
+            (
+                json!({"providers": [p], "rules": [{"name": "a"}, {"name": "b", "action": "PERMIT"}]}),
+                "rules[1].action",
+                r#""PERMIT" is not one of ALLOW, DENY, AUDIT"#,
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j, "tokenUse": "Access"}]}),
+                "providers[0].tokenUse",
+                r#""Access" is not one of access, id"#,
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": j,
+                    "outputClaimToHeaders": [{"header": "x-a", "claim": "sub", "arrayFormat": "csv"}]}]}),
+                "providers[0].outputClaimToHeaders[0].arrayFormat",
+                r#""csv" is not one of join, json"#,
+            ),
+            (
+                json!({"providers": [p, {"preset": {"name": "keycloak"}}]}),
+                "providers[1].preset.name",
+                r#""keycloak" is not one of cognito, okta, auth0, entra"#,
+            ),
+            // The value is quoted as Rust's Debug does, escapes and all, as `one_of` did.
+            (
+                json!({"providers": [p], "mode": "dry\"run\n"}),
+                "mode",
+                r#""dry\"run\n" is not one of enforce, dryRun"#,
+            ),
+            (
+                json!({"providers": [p], "mode": ""}),
+                "mode",
+                r#""" is not one of enforce, dryRun"#,
+            ),
+        ];
+        for (cfg, path, message) in cases {
+            let e = check(cfg.clone()).map(|_| ()).unwrap_err();
+            assert_eq!((e.path.as_str(), e.message.as_str()), (path, message), "{cfg}");
+            assert_eq!(e.to_string(), format!("{path}: {message}"));
+        }
+        // Not a string: refused as a string field always was, position included.
+        let e = error_of(json!({"providers": [p], "mode": 1}));
+        assert!(
+            e.starts_with("mode: invalid type: integer `1`, expected a string at line 1 column "),
+            "{e}"
+        );
+        // Absent or null: the default, as before.
+        for absent in [
+            json!({"providers": [p]}),
+            json!({"providers": [p], "mode": null,
+            "pathWithEscapedSlashesAction": null, "pathWithBackslashAction": null,
+            "pathWithParametersAction": null, "malformedTokenHeaderAction": null}),
+        ] {
+            let c = check(absent).unwrap();
+            assert_eq!(c.policy.mode, Mode::Enforce);
+            assert_eq!(c.path.escaped_slashes, EscapedSlashes::RejectRequest);
+            assert_eq!(c.path.backslashes, Backslashes::RejectRequest);
+            assert_eq!(c.path.parameters, PathParameters::RejectRequest);
+            assert_eq!(c.malformed_token_header, MalformedTokenHeader::RejectRequest);
+        }
+        // Every spelling reads as the choice it names.
+        let c = check(json!({"providers": [{"issuer": "i", "jwks": j, "tokenUse": "id",
+                "outputClaimToHeaders": [{"header": "x-a", "claim": "sub", "arrayFormat": "json"}]}],
+            "mode": "dryRun", "pathWithEscapedSlashesAction": "KEEP_UNCHANGED",
+            "pathWithBackslashAction": "CONVERT_TO_SLASH", "pathWithParametersAction": "MATCH_WITHOUT_PARAMETERS",
+            "malformedTokenHeaderAction": "REMOVE_HEADER",
+            "rules": [{"name": "a", "action": "AUDIT"}, {"name": "b", "action": "DENY"}, {"name": "c", "action": "ALLOW"}]}))
+        .unwrap();
+        assert_eq!(c.policy.mode, Mode::DryRun);
+        assert_eq!(c.path.escaped_slashes, EscapedSlashes::KeepUnchanged);
+        assert_eq!(c.path.backslashes, Backslashes::ConvertToSlash);
+        assert_eq!(c.path.parameters, PathParameters::MatchWithoutParameters);
+        assert_eq!(c.malformed_token_header, MalformedTokenHeader::RemoveHeader);
+        assert_eq!(c.providers[0].token_use, Some(TokenUse::Id));
+        assert_eq!(
+            c.providers[0].claim_headers[0].array,
+            crate::policy::identity::ArrayFormat::Json
+        );
+        let actions: Vec<&str> = c.policy.rules.iter().map(|r| r.action.name()).collect();
+        assert_eq!(actions, ["AUDIT", "DENY", "ALLOW"]);
+        // What `EscapedSlashes::UnescapeAndForward` is written as: each set's spellings are its own.
+        assert_eq!(EscapedSlashes::UnescapeAndForward.to_string(), "UNESCAPE_AND_FORWARD");
+        assert_eq!(
+            Mode::CHOICES.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["enforce", "dryRun"]
+        );
     }
 
     #[test]

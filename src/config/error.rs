@@ -28,18 +28,31 @@ pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> Config
     }
 }
 
-/// A closed set spelled as a string: `value` must be one of `names` (the first is the
-/// default when the field is absent); the error names the field and every choice.
-pub(crate) fn one_of<T: Copy>(field: &str, value: Option<&str>, names: &[(&str, T)]) -> Result<T, ConfigError> {
-    let found = match value {
-        None => names.first(),
-        Some(v) => names.iter().find(|(n, _)| *n == v),
-    };
-    found.map(|(_, t)| *t).ok_or_else(|| {
-        let choices: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
-        err(
-            field,
-            format!("{:?} is not one of {}", value.unwrap_or_default(), choices.join(", ")),
-        )
-    })
+/// `"audit" is not one of enforce, dryRun`: why a closed set refused a value, listing every
+/// choice in order (the error's path names the field).
+pub(crate) fn not_one_of(value: &str, choices: &[&str]) -> String {
+    format!("{value:?} is not one of {}", choices.join(", "))
+}
+
+/// Starts the message of a closed set's error raised while the model is deserialized
+/// (`config::model`'s closed sets), so that [`serde_message`] can recognise it.
+const CLOSED_SET_MARK: &str = "\u{1}closed set\u{1}";
+
+/// [`not_one_of`], marked as a closed set's error for [`serde_message`].
+pub(crate) fn marked_not_one_of(value: &str, choices: &[&str]) -> String {
+    format!("{CLOSED_SET_MARK}{}", not_one_of(value, choices))
+}
+
+/// What an error serde_json raised says: its own words (ending ` at line L column C`), except
+/// that a closed set's error loses its mark and that position, so it reads exactly as it did
+/// when the set was checked after parsing (the field path says where).
+pub(crate) fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix(CLOSED_SET_MARK) {
+        None => text,
+        Some(rest) => {
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            rest.strip_suffix(&position).unwrap_or(rest).to_string()
+        }
+    }
 }

@@ -1,9 +1,72 @@
 //! The plugin configuration as written: the raw serde model (Istio `jwtRules`-shaped JSON,
-//! unknown fields refused). Nothing here is validated; each layer compiles its part, and
-//! `config::compile` is the only place that knows every part.
+//! unknown fields refused). Nothing here is validated beyond its shape, except that the closed
+//! sets spelled as strings (`mode`, a rule's `action`, `tokenUse`, the `pathWith*Action`s,
+//! `malformedTokenHeaderAction`, `arrayFormat`, `preset.name`) are enums, refused while
+//! parsing when misspelled; each layer compiles its part, and `config::compile` is the only
+//! place that knows every part.
 
+use crate::config::error::marked_not_one_of;
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The choice `value` spells, if it is one of `choices`; otherwise why not, naming every choice
+/// in order (marked for `error::serde_message`). What each closed set's `Deserialize` runs.
+fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some((_, choice)) => Ok(*choice),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            Err(marked_not_one_of(value, &names))
+        }
+    }
+}
+
+/// A closed set spelled as a string: an enum whose variants are written `Variant = "spelling"`.
+/// Deserializing any other string fails with `"VALUE" is not one of A, B, C` (the choices in
+/// the order declared), which `Config::from_json` reports after the field path, as
+/// `mode: "audit" is not one of enforce, dryRun`; a value that is not a string fails as it
+/// would for a string field. An absent field is the model's `None`: its default is the
+/// compiler's to choose.
+macro_rules! closed_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $spelling:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        #[allow(dead_code)] // not every set needs every helper
+        impl $name {
+            /// Every choice with its spelling, in the order errors list them.
+            pub const CHOICES: &'static [(&'static str, $name)] = &[$( ($spelling, $name::$variant), )+];
+
+            /// How the configuration spells it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $spelling, )+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                choose(&value, $name::CHOICES).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -14,15 +77,15 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) rules: Vec<RawRule>,
     #[serde(default)]
-    pub(crate) mode: Option<String>,
+    pub(crate) mode: Option<Mode>,
     #[serde(default)]
-    pub(crate) path_with_escaped_slashes_action: Option<String>,
+    pub(crate) path_with_escaped_slashes_action: Option<EscapedSlashes>,
     #[serde(default)]
-    pub(crate) path_with_backslash_action: Option<String>,
+    pub(crate) path_with_backslash_action: Option<Backslashes>,
     #[serde(default)]
-    pub(crate) path_with_parameters_action: Option<String>,
+    pub(crate) path_with_parameters_action: Option<PathParameters>,
     #[serde(default)]
-    pub(crate) malformed_token_header_action: Option<String>,
+    pub(crate) malformed_token_header_action: Option<MalformedTokenHeader>,
     #[serde(default)]
     pub(crate) case_insensitive_paths: bool,
     #[serde(default)]
@@ -57,7 +120,7 @@ pub(crate) struct RawProvider {
     #[serde(default)]
     pub(crate) client_ids: Option<Vec<String>>,
     #[serde(default)]
-    pub(crate) token_use: Option<String>,
+    pub(crate) token_use: Option<TokenUse>,
     #[serde(default)]
     pub(crate) audiences: Vec<String>,
     #[serde(default)]
@@ -177,7 +240,7 @@ pub(crate) struct RawAlb {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct RawPreset {
-    pub(crate) name: String,
+    pub(crate) name: PresetName,
     /// Cognito.
     #[serde(default)]
     pub(crate) region: Option<String>,
@@ -212,7 +275,7 @@ pub(crate) struct RawHeader {
 pub(crate) struct RawRule {
     pub(crate) name: String,
     #[serde(default)]
-    pub(crate) action: Option<String>,
+    pub(crate) action: Option<RuleAction>,
     #[serde(default)]
     pub(crate) dry_run: bool,
     #[serde(default)]
@@ -281,9 +344,8 @@ pub(crate) enum RawClaimPath {
 pub(crate) struct RawClaimHeader {
     pub(crate) header: String,
     pub(crate) claim: RawClaimPath,
-    /// `join` (default) or `json`.
     #[serde(default)]
-    pub(crate) array_format: Option<String>,
+    pub(crate) array_format: Option<RawArrayFormat>,
     #[serde(default)]
     pub(crate) separator: Option<String>,
 }
@@ -298,13 +360,100 @@ pub(crate) struct RawHeaderToAdd {
     pub(crate) claim: Option<RawClaimPath>,
 }
 
-/// What to do with a token header that is present but not in the configured form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MalformedTokenHeader {
-    /// 401 `invalid_token`, on every route: a sent token is always verified or refused.
-    RejectRequest,
-    /// Remove the header and treat the request as carrying no token.
-    RemoveHeader,
+// ---------------------------------------------------------------------------------------------
+// The closed sets: what the compiled configuration keeps as they are (the first choice is
+// the default where a field may be absent, except where said).
+
+closed_set! {
+    /// `mode`: whether rules decide (`enforce`, the default) or only report (`dryRun`).
+    pub enum Mode {
+        Enforce = "enforce",
+        DryRun = "dryRun",
+    }
+}
+
+closed_set! {
+    /// A rule's `action` (default `ALLOW`).
+    pub enum RuleAction {
+        Allow = "ALLOW",
+        Deny = "DENY",
+        Audit = "AUDIT",
+    }
+}
+
+closed_set! {
+    /// What to do with `%2F` / `%5C` (an escaped `/` or `\`), named after Envoy's
+    /// `path_with_escaped_slashes_action` (`pathWithEscapedSlashesAction`).
+    pub enum EscapedSlashes {
+        /// Refuse the request (400): the safe default, since the upstream may decode them.
+        RejectRequest = "REJECT_REQUEST",
+        /// Decode them to `/` before matching; the upstream receives the decoded path.
+        UnescapeAndForward = "UNESCAPE_AND_FORWARD",
+        /// Leave them encoded: `%2F` stays part of its segment, for rules and upstream alike.
+        KeepUnchanged = "KEEP_UNCHANGED",
+    }
+}
+
+closed_set! {
+    /// What to do with a raw `\` in the path (`pathWithBackslashAction`).
+    pub enum Backslashes {
+        /// Refuse the request (400): servers disagree on whether `\` separates segments.
+        RejectRequest = "REJECT_REQUEST",
+        /// Treat it as `/`; the upstream receives `/`.
+        ConvertToSlash = "CONVERT_TO_SLASH",
+    }
+}
+
+closed_set! {
+    /// What to do with `;` path parameters (`pathWithParametersAction`).
+    pub enum PathParameters {
+        /// Refuse the request (400): Tomcat and Spring drop `;…` from each segment before routing,
+        /// other servers keep it, so `/admin;x/users` and `/docs/..;/admin` mean two things.
+        RejectRequest = "REJECT_REQUEST",
+        /// For matrix-parameter APIs: rules see each segment without its parameters (as Tomcat
+        /// and JAX-RS route), the upstream receives them; a segment that is empty, `.` or `..`
+        /// before its `;` is refused (its meaning is the ambiguity itself).
+        MatchWithoutParameters = "MATCH_WITHOUT_PARAMETERS",
+    }
+}
+
+closed_set! {
+    /// What to do with a token header that is present but not in the configured form
+    /// (`malformedTokenHeaderAction`).
+    pub enum MalformedTokenHeader {
+        /// 401 `invalid_token`, on every route: a sent token is always verified or refused.
+        RejectRequest = "REJECT_REQUEST",
+        /// Remove the header and treat the request as carrying no token.
+        RemoveHeader = "REMOVE_HEADER",
+    }
+}
+
+closed_set! {
+    /// `tokenUse`: the `token_use` claim every token must carry (Cognito); absent, none is
+    /// required.
+    pub enum TokenUse {
+        Access = "access",
+        Id = "id",
+    }
+}
+
+closed_set! {
+    /// `outputClaimToHeaders[].arrayFormat`: how an array claim becomes a header value (`join`,
+    /// the default, with `separator`; or `json`).
+    pub(crate) enum RawArrayFormat {
+        Join = "join",
+        Json = "json",
+    }
+}
+
+closed_set! {
+    /// `preset.name`: the identity provider a preset describes (required).
+    pub(crate) enum PresetName {
+        Cognito = "cognito",
+        Okta = "okta",
+        Auth0 = "auth0",
+        Entra = "entra",
+    }
 }
 
 // Bounds and defaults of `jwtCacheSize` and `jwtCacheBytes` (what they weigh: `request::cache`).

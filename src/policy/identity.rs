@@ -5,7 +5,7 @@
 //! every incoming request before anything else runs, so a client can never forge one.
 
 use crate::config::error::ConfigError;
-use crate::config::model::{RawClaimHeader, RawClaimPath, RawHeaderToAdd};
+use crate::config::model::{RawArrayFormat, RawClaimHeader, RawClaimPath, RawHeaderToAdd};
 use crate::token::claims::{claim_at, dotted};
 use serde_json::{Map, Value};
 use std::rc::Rc;
@@ -90,25 +90,19 @@ fn claim_path(path: &str, c: RawClaimPath) -> Result<Vec<String>, ConfigError> {
 pub(crate) fn compile_claim_header(path: &str, r: RawClaimHeader) -> Result<ClaimHeader, ConfigError> {
     let header = managed_header_name(&format!("{path}.header"), &r.header)?;
     let claim = claim_path(&format!("{path}.claim"), r.claim)?;
-    let array = match r.array_format.as_deref() {
-        None | Some("join") => {
+    let array = match r.array_format.unwrap_or(RawArrayFormat::Join) {
+        RawArrayFormat::Join => {
             let sep = r.separator.unwrap_or_else(|| ",".into());
             if sep.chars().any(char::is_control) {
                 return Err(err(format!("{path}.separator"), "must not contain control characters"));
             }
             ArrayFormat::Join(sep)
         }
-        Some("json") => {
+        RawArrayFormat::Json => {
             if r.separator.is_some() {
                 return Err(err(format!("{path}.separator"), "only applies with arrayFormat join"));
             }
             ArrayFormat::Json
-        }
-        Some(other) => {
-            return Err(err(
-                format!("{path}.arrayFormat"),
-                format!("{other:?} is not one of join, json"),
-            ))
         }
     };
     Ok(ClaimHeader { header, claim, array })

@@ -26,22 +26,8 @@ use std::net::IpAddr;
 // ---------------------------------------------------------------------------------------------
 // Compiled form
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleAction {
-    Allow,
-    Deny,
-    Audit,
-}
-
-impl RuleAction {
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleAction::Allow => "ALLOW",
-            RuleAction::Deny => "DENY",
-            RuleAction::Audit => "AUDIT",
-        }
-    }
-}
+/// A rule's action and the policy's mode are closed sets of the configuration model.
+pub use crate::config::model::{Mode, RuleAction};
 
 /// Istio string matching: exact, `prefix*`, `*suffix`, or `*` (present, any value).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,17 +354,12 @@ impl Rule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Enforce,
-    DryRun,
-}
-
+/// The compiled rules and the mode they run in: part of a validated `Config`, never built
+/// elsewhere.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub rules: Vec<Rule>,
-    pub mode: Mode,
-    pub case_insensitive_paths: bool,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) mode: Mode,
 }
 
 /// Facts about the provider a token came from that rules need.
@@ -522,17 +503,7 @@ pub(crate) fn compile_rules(
                 format!("{:?} is used by another rule", r.name),
             ));
         }
-        let action = match r.action.as_deref().unwrap_or("ALLOW") {
-            "ALLOW" => RuleAction::Allow,
-            "DENY" => RuleAction::Deny,
-            "AUDIT" => RuleAction::Audit,
-            other => {
-                return Err(err(
-                    format!("{path}.action"),
-                    format!("{other:?} is not one of ALLOW, DENY, AUDIT"),
-                ))
-            }
-        };
+        let action = r.action.unwrap_or(RuleAction::Allow);
         let mut provider_idx = Vec::new();
         for (j, name) in non_empty(&path, "providers", r.providers)?.iter().enumerate() {
             match providers.iter().position(|p| p.name == name) {
@@ -980,6 +951,16 @@ impl Rule {
 }
 
 impl Policy {
+    /// The rules, in config order (what rule indices in traces and decisions refer to).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// `mode`: whether rules decide or only report.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// The request headers rules read (`request.headers[name]`), as written (repeats included).
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().flat_map(|r| &r.when).filter_map(|w| match &w.source {

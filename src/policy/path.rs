@@ -19,38 +19,8 @@
 //! escapes kept with upper-case hex, then §5.2.4 dot-segment removal in which an empty segment
 //! is a segment (`/a//../b` is `/a/b`, not `/b`), then runs of `/` merged.
 
-/// What to do with `%2F` / `%5C` (an escaped `/` or `\`), named after Envoy's
-/// `path_with_escaped_slashes_action`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EscapedSlashes {
-    /// Refuse the request (400): the safe default, since the upstream may decode them.
-    RejectRequest,
-    /// Decode them to `/` before matching; the upstream receives the decoded path.
-    UnescapeAndForward,
-    /// Leave them encoded: `%2F` stays part of its segment, for rules and upstream alike.
-    KeepUnchanged,
-}
-
-/// What to do with a raw `\` in the path (`pathWithBackslashAction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backslashes {
-    /// Refuse the request (400): servers disagree on whether `\` separates segments.
-    RejectRequest,
-    /// Treat it as `/`; the upstream receives `/`.
-    ConvertToSlash,
-}
-
-/// What to do with `;` path parameters (`pathWithParametersAction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathParameters {
-    /// Refuse the request (400): Tomcat and Spring drop `;…` from each segment before routing,
-    /// other servers keep it, so `/admin;x/users` and `/docs/..;/admin` mean two things.
-    RejectRequest,
-    /// For matrix-parameter APIs: rules see each segment without its parameters (as Tomcat
-    /// and JAX-RS route), the upstream receives them; a segment that is empty, `.` or `..`
-    /// before its `;` is refused (its meaning is the ambiguity itself).
-    MatchWithoutParameters,
-}
+/// The `pathWith*Action` choices are closed sets of the configuration model.
+pub use crate::config::model::{Backslashes, EscapedSlashes, PathParameters};
 
 /// How paths are canonicalised, from the plugin config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

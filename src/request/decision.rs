@@ -848,7 +848,7 @@ impl TokenNotes {
             ("iat", time("iat")),
         ];
         if let Some(want) = &p.token_use {
-            order.push(("token_use", format!("must be {want:?}")));
+            order.push(("token_use", format!("must be {:?}", want.name())));
         }
         let aud = match claims.get("aud") {
             Some(v) => v.to_string(),

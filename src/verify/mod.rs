@@ -297,7 +297,7 @@ impl ClaimChecks {
         }
         c.after = (|| {
             if let Some(want) = &provider.token_use {
-                if claims.get("token_use").and_then(Value::as_str) != Some(want.as_str()) {
+                if claims.get("token_use").and_then(Value::as_str) != Some(want.name()) {
                     return Err(AuthError::WrongTokenUse);
                 }
             }

@@ -353,7 +353,7 @@ fn alb_keys_cluster(provider: &Value) -> Option<(String, HttpUrl)> {
 /// A Cognito preset derives its JWKS URL: the check must see it too.
 fn preset_jwks_cluster(provider: &Value) -> Option<(String, HttpUrl)> {
     let c = Config::from_json(json!({"providers": [provider]}).to_string().as_bytes()).ok()?;
-    let remote = c.providers[0].remote.clone()?;
+    let remote = c.providers().first()?.remote()?.clone();
     let cluster = remote.cluster.clone().unwrap_or_else(|| remote.url.istio_cluster());
     Some((cluster, remote.url))
 }
@@ -959,7 +959,7 @@ fn deploy_docs(what: &str, docs: Vec<Value>, tweak: impl FnOnce(&mut EnvoyOption
         audience: provider["audiences"][0].as_str().unwrap_or_default().to_string(),
         realm: wasm_fields(&ext)["pluginConfig"]["realm"].as_str().unwrap().to_string(),
         jwks_cluster,
-        managed: config.managed_headers.clone(),
+        managed: config.managed_headers().to_vec(),
     }
 }
 

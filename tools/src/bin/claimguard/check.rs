@@ -63,7 +63,7 @@ pub struct CheckArgs {
 
 /// A warning about a valid config: where, and why it is risky.
 pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) -> Vec<String> {
-    let mut out: Vec<String> = cfg.warnings.clone();
+    let mut out: Vec<String> = cfg.warnings().to_vec();
     if let Some(m) = manifest {
         let module = m.module();
         if module.get("failStrategy").and_then(Value::as_str) == Some("FAIL_OPEN") {
@@ -82,14 +82,14 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
         }
         out.extend(outbound_warning(m));
     }
-    for (i, p) in cfg.providers.iter().enumerate() {
+    for (i, p) in cfg.providers().iter().enumerate() {
         let raw = plugin.get("providers").and_then(|ps| ps.get(i));
         if raw.and_then(|r| r.get("hmacSecret")).is_some() {
             out.push(format!(
                 "providers[{i}].hmacSecret: a shared secret in the plugin config: whoever can read the WasmPlugin can mint tokens"
             ));
         }
-        if let Some(r) = &p.remote {
+        if let Some(r) = p.remote() {
             if r.max_stale_ms > 86_400_000 {
                 out.push(format!(
                     "providers[{i}].maxStale: {}h keeps serving keys the issuer may have revoked for more than a day",
@@ -104,23 +104,23 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
                 ));
             }
         }
-        if !p.require_expiration {
+        if !p.require_expiration() {
             out.push(format!(
                 "providers[{i}].requireExpiration: false accepts tokens without exp, valid forever"
             ));
         }
-        if p.clock_skew_seconds > 300 {
+        if p.clock_skew_seconds() > 300 {
             out.push(format!(
                 "providers[{i}].clockSkewSeconds: {}s accepts tokens that long after they expired",
-                p.clock_skew_seconds
+                p.clock_skew_seconds()
             ));
         }
         let requires_identity = cfg
-            .policy
-            .rules
+            .policy()
+            .rules()
             .iter()
             .any(|r| r.action == RuleAction::Allow && !r.dry_run && r.has_identity_conditions())
-            && cfg.policy.mode == Mode::Enforce;
+            && cfg.policy().mode() == Mode::Enforce;
         // A DENY rule without conditions (import-istio's allow-nothing) refuses everything anyway.
         let denies_all = plugin
             .get("rules")
@@ -132,15 +132,15 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
                     && r.as_object()
                         .is_some_and(|m| m.keys().all(|k| k == "name" || k == "action"))
             });
-        if p.allow_missing && !requires_identity && !denies_all {
+        if p.allow_missing() && !requires_identity && !denies_all {
             out.push(format!(
                 "providers[{i}].allowMissing: requests without a token pass, and no enforced ALLOW rule requires one"
             ));
         }
     }
-    if cfg.policy.mode == Mode::DryRun && !cfg.policy.rules.is_empty() {
+    if cfg.policy().mode() == Mode::DryRun && !cfg.policy().rules().is_empty() {
         out.push("mode: dryRun: no rule is enforced, every request with a valid (or no required) token passes".into());
-    } else if !cfg.policy.rules.is_empty() && cfg.policy.rules.iter().all(|r| r.dry_run) {
+    } else if !cfg.policy().rules().is_empty() && cfg.policy().rules().iter().all(|r| r.dry_run) {
         out.push("rules: every rule is dryRun, so none is enforced".into());
     }
     if plugin.get("pathWithEscapedSlashesAction").and_then(Value::as_str) == Some("KEEP_UNCHANGED") {
@@ -149,10 +149,10 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
                 .into(),
         );
     }
-    if cfg.decision_header {
+    if cfg.decision_header() {
         out.push("decisionHeader: tells every client why it was refused (a debugging aid)".into());
     }
-    if cfg.expose_rule_names {
+    if cfg.expose_rule_names() {
         out.push("exposeRuleNames: 403 bodies name the policy rule that refused".into());
     }
     out
@@ -160,23 +160,27 @@ pub fn risk_warnings(cfg: &Config, plugin: &Value, manifest: Option<&Manifest>) 
 
 /// One provider, in a line: issuer, keys, algorithms, token location.
 pub fn describe_provider(p: &claimguard::verify::provider::Provider) -> String {
-    let algs: Vec<&str> = p.algorithms.iter().map(|a| a.name()).collect();
-    let keys = match &p.remote {
+    let algs: Vec<&str> = p.algorithms().iter().map(|a| a.name()).collect();
+    let keys = match p.remote() {
         Some(r) if r.discovery => format!("keys by OIDC discovery from {}{}", r.url.authority(), r.url.path),
         Some(r) => format!(
             "keys from {}{} (+{} inline)",
             r.url.authority(),
             r.url.path,
-            p.keys.keys.len()
+            p.keys().keys.len()
         ),
-        None => format!("{} inline key(s)", p.keys.keys.len()),
+        None => format!("{} inline key(s)", p.keys().keys.len()),
     };
     format!(
         "provider {:?}: issuer {:?}, {keys}, algorithms {}, token from {}",
-        p.name,
-        p.issuer,
+        p.name(),
+        p.issuer(),
         algs.join(","),
-        p.locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join(", ")
+        p.locations()
+            .iter()
+            .map(|l| l.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -198,10 +202,10 @@ pub fn coexistence_warning(cfg: &Config, m: &Manifest, istio: &[Security]) -> Op
     }
     let near: Vec<&Security> = istio.iter().filter(|s| s.target.may_overlap(&m.target)).collect();
     let stripping: Vec<String> = cfg
-        .providers
+        .providers()
         .iter()
-        .filter(|p| !p.forward_original_token)
-        .map(|p| p.name.clone())
+        .filter(|p| !p.forward_original_token())
+        .map(|p| p.name().to_string())
         .collect();
     coexistence_advice(&stripping, &near)
 }
@@ -266,11 +270,11 @@ fn check_doc(file: &str, doc: &Doc, bare: bool, istio: &[Security], a: &CheckArg
                         warnings.extend(coexistence_warning(&cfg, m, istio));
                     }
                     out.warnings = warnings.len();
-                    let providers: Vec<String> = cfg.providers.iter().map(describe_provider).collect();
+                    let providers: Vec<String> = cfg.providers().iter().map(describe_provider).collect();
                     j["status"] = json!("ok");
                     j["warnings"] = json!(warnings);
                     j["providers"] = json!(providers);
-                    j["rules"] = json!(cfg.policy.rules.len());
+                    j["rules"] = json!(cfg.policy().rules().len());
                     if !a.json.json {
                         println!("{where_}: OK");
                         for p in &providers {

@@ -246,12 +246,12 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     let rules: Vec<String> = ev
         .policy
         .as_ref()
-        .map(|p| p.trace.iter().map(|t| cfg.policy.describe(t)).collect())
+        .map(|p| p.trace.iter().map(|t| cfg.policy().describe(t)).collect())
         .unwrap_or_default();
     let effect_text = |e: &Effect| match e {
-        Effect::Allow { rule: Some(r) } => format!("allow (rule {:?})", cfg.policy.rule_name(*r)),
+        Effect::Allow { rule: Some(r) } => format!("allow (rule {:?})", cfg.policy().rule_name(*r)),
         Effect::Allow { rule: None } => "allow (no ALLOW rules)".to_string(),
-        Effect::Deny { rule: Some(r), .. } => format!("deny (DENY rule {:?})", cfg.policy.rule_name(*r)),
+        Effect::Deny { rule: Some(r), .. } => format!("deny (DENY rule {:?})", cfg.policy().rule_name(*r)),
         Effect::Deny { rule: None, .. } => "deny (no ALLOW rule matched)".to_string(),
     };
     let policy = ev.policy.as_ref().map(|p| effect_text(&p.effect));
@@ -311,7 +311,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             "request": {"method": a.method, "path": a.path, "host": a.host},
             "path": ev.normalized_path, "canonicalPath": ev.canonical_path,
             "upstreamPath": upstream_path, "corsPreflight": ev.cors_preflight,
-            "publicRule": ev.public_rule.map(|r| cfg.policy.rule_name(r)),
+            "publicRule": ev.public_rule.map(|r| cfg.policy().rule_name(r)),
             "steps": steps, "rules": rules, "policy": policy, "shadow": shadow,
             "upstreamHeaders": upstream_headers, "removedHeaders": removed,
             "filterState": ev.header_ops.filter_state,
@@ -340,7 +340,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             println!("cors:     CORS preflight let through (allowCorsPreflight)");
         }
         if let Some(r) = ev.public_rule {
-            println!("public:   rule {:?} makes a token optional", cfg.policy.rule_name(r));
+            println!("public:   rule {:?} makes a token optional", cfg.policy().rule_name(r));
         }
         if !ev.auth_steps.is_empty() {
             println!("verification:");
