@@ -1,7 +1,8 @@
 #![no_main]
-//! Any bytes as a plugin configuration.
+//! Fuzz target `config_parse`: see `checks::config_parse`.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = claimguard::config::Config::from_json(data);
-});
+#[path = "checks.rs"]
+mod checks;
+
+fuzz_target!(|data: &[u8]| checks::config_parse(data));
