@@ -14,7 +14,6 @@ WASM         := $(CURDIR)/target/claimguard.wasm
 BINARYEN_DEB_VERSION := 108-1
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                  --enable-nontrapping-float-to-int
-WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
 # The proxy-wasm callbacks the filter implements (src/host/exports.json). Envoy enters the VM
 # for each one exported (response headers and body, stream log, ...) and skips those that are
 # not, so wasm-metadce drops the rest. The SDK's dispatcher exports every `proxy_on_*` name;
@@ -23,8 +22,9 @@ WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
 # the module cargo builds is not a working filter until `make build` has done this.
 # tests/module_exports.rs keeps the list and src/host/glue.rs in step.
 WASM_EXPORTS := $(CURDIR)/src/host/exports.json
-# Test-only build that can be made to trap (feature fault-injection), in its own target dir.
-RAW_FAULTS_WASM := $(CURDIR)/target/faults/$(WASM_TARGET)/release/claimguard.wasm
+# Test-only build that can be made to trap (feature fault-injection), with its own cargo
+# profile (`faults` in Cargo.toml: no LTO, parallel codegen; it never ships, only has to trap).
+RAW_FAULTS_WASM := $(CURDIR)/target/$(WASM_TARGET)/faults/claimguard.wasm
 FAULTS_WASM  := $(CURDIR)/target/faults/claimguard.wasm
 DEFAULT_ENVOY := $(VENV)/bin/envoy
 # Override with an istio-proxy or other Envoy build: make test ENVOY=/path/to/envoy
@@ -45,9 +45,10 @@ all: build
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
-# $(call finish,CARGO_OUTPUT,MODULE): optimise, keep only the callbacks, rename them.
+# $(call finish,CARGO_OUTPUT,MODULE[,OPT_LEVEL]): optimise (-O3 unless given), keep only the
+# callbacks, rename them.
 define finish
-	wasm-opt $(WASM_OPT_FLAGS) '$(1)' -o '$(2).opt'
+	wasm-opt $(or $(3),-O3) $(WASM_FEATURES) '$(1)' -o '$(2).opt'
 	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(2).opt' -o '$(2).tmp' > /dev/null
 	wasm-dis '$(2).tmp' | sed -E 's/^( *\(export )"claimguard_on_/\1"proxy_on_/' > '$(2).wat'
 	wasm-as $(WASM_FEATURES) '$(2).wat' -o '$(2)'
@@ -66,8 +67,9 @@ wasm-opt-tool:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'binaryen=$(BINARYEN_DEB_VERSION)'; }
 
 build-faults: wasm-target wasm-opt-tool
-	$(CARGO) build --release --target $(WASM_TARGET) --lib --features fault-injection --target-dir target/faults
-	$(call finish,$(RAW_FAULTS_WASM),$(FAULTS_WASM))
+	$(CARGO) build --profile faults --target $(WASM_TARGET) --lib --features fault-injection
+	@mkdir -p '$(dir $(FAULTS_WASM))'
+	$(call finish,$(RAW_FAULTS_WASM),$(FAULTS_WASM),-O1)
 
 $(DEFAULT_ENVOY): tests/requirements.txt
 	@test -x '$(VENV)/bin/pip' || $(PYTHON) -m venv '$(VENV)'
@@ -85,8 +87,15 @@ endif
 # Unit tests (native), the real-Envoy integration tests under tests/ and tools/tests/, and the
 # fuzz targets' seeds replayed through their checks (tests/fuzz_corpus.rs).
 # (bench-tools: tests/bench_smoke.rs drives the benchmark's listeners with wrk for a few seconds.)
+# The tools' tests (CLI, examples, Istio manifests) run beside the filter's: most of both is
+# waiting on Envoy, and every test picks its own free ports. Their output follows the filter's.
 test: build build-faults envoy bench-tools lint istio-check oci-tools
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-run
+	@$(CARGO) test -p claimguard-tools -p claimguard-testkeys --all-targets > target/tools-tests.log 2>&1 & tools=$$!; \
+	  $(CARGO) test -p claimguard --all-targets; filter=$$?; \
+	  wait $$tools; tools_rc=$$?; \
+	  echo "--- tools/ tests (claimguard-tools, claimguard-testkeys) ---"; cat target/tools-tests.log; \
+	  test $$filter -eq 0 -a $$tools_rc -eq 0
 
 # Fuzzing (cargo-fuzz, libFuzzer, nightly): token parsing + verification, JWKS parsing,
 # config parsing, policy evaluation, and claimguard's own RSA and P-256 arithmetic against the

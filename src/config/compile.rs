@@ -304,62 +304,8 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         apply_preset(path, preset, &mut rp, &mut aliases)?;
     }
     let raw_alb = rp.alb.take();
-    let cognito_issuer = match &rp.cognito {
-        None => None,
-        Some(c) => {
-            let region_ok = !c.region.is_empty()
-                && c.region
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !region_ok {
-                return Err(err(
-                    format!("{path}.cognito.region"),
-                    format!("{:?} is not an AWS region such as eu-west-1", c.region),
-                ));
-            }
-            let pool_ok = c
-                .user_pool_id
-                .strip_prefix(&format!("{}_", c.region))
-                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
-            if !pool_ok {
-                return Err(err(
-                    format!("{path}.cognito.userPoolId"),
-                    format!(
-                        "{:?} is not a user pool id of region {} (REGION_xxxxxxxxx)",
-                        c.user_pool_id, c.region
-                    ),
-                ));
-            }
-            Some(format!(
-                "https://cognito-idp.{}.amazonaws.com/{}",
-                c.region, c.user_pool_id
-            ))
-        }
-    };
-    let issuer = match (rp.issuer.clone(), cognito_issuer.clone()) {
-        (Some(i), Some(c)) if i != c => {
-            return Err(err(
-                format!("{path}.issuer"),
-                format!("does not match the cognito user pool's issuer {c:?}"),
-            ));
-        }
-        (Some(i), _) => i,
-        (None, Some(c)) => c,
-        // An ALB's token names its identity provider in the header; checked only if given.
-        (None, None) if raw_alb.is_some() => String::new(),
-        (None, None) => {
-            return Err(err(
-                format!("{path}.issuer"),
-                "is required (or give cognito.region and cognito.userPoolId, or a preset)",
-            ))
-        }
-    };
-    if issuer.trim().is_empty() && raw_alb.is_none() {
-        return Err(err(format!("{path}.issuer"), "must not be empty"));
-    }
-    if issuer.trim() != issuer {
-        return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
-    }
+    let cognito_issuer = cognito_issuer(path, &rp)?;
+    let issuer = provider_issuer(path, &rp, cognito_issuer.as_deref(), raw_alb.is_some())?;
     // A Cognito pool publishes its keys at ISSUER/.well-known/jwks.json.
     if cognito_issuer.is_some() && rp.jwks.is_none() && rp.jwks_uri.is_none() && !rp.oidc_discovery {
         rp.jwks_uri = Some(format!("{issuer}/.well-known/jwks.json"));
@@ -408,10 +354,144 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             return Err(err(format!("{path}.algorithms"), "ALB tokens are always ES256"));
         }
     };
-    let hmac_algs: Vec<Alg> = algorithms.iter().copied().filter(|a| a.is_hmac()).collect();
 
+    let keys = compile_provider_keys(path, &mut rp, &algorithms, remote.is_some(), alb_keys, warnings)?;
+
+    let from_headers = match (&alb, &rp.from_headers, &rp.from_params, &rp.from_cookies) {
+        (Some(_), None, None, None) => Some(vec![RawHeader {
+            name: crate::keys::alb::ALB_DATA_HEADER.into(),
+            prefix: None,
+        }]),
+        _ => rp.from_headers.take(),
+    };
+    let locations = compile_locations(path, from_headers, rp.from_params.take(), rp.from_cookies.take())?;
+    let (claim_headers, payload_header, filter_state_claims) = compile_outputs(path, &mut rp)?;
+
+    let claim_aliases = compile_aliases(path, rp.claim_aliases.take().unwrap_or_default(), aliases)?;
+
+    let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+        return Err(err(
+            format!("{path}.clockSkewSeconds"),
+            format!("{clock_skew_seconds} is more than the maximum {MAX_CLOCK_SKEW_SECONDS}"),
+        ));
+    }
+    let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !(256..=65536).contains(&max_token_bytes) {
+        return Err(err(format!("{path}.maxTokenBytes"), "must be between 256 and 65536"));
+    }
+    Ok(Provider {
+        name,
+        issuer,
+        audiences: rp.audiences,
+        keys,
+        locations,
+        algorithms,
+        clock_skew_seconds,
+        require_expiration: rp.require_expiration.unwrap_or(true),
+        allow_missing: rp.allow_missing.unwrap_or(false),
+        max_token_bytes,
+        client_ids,
+        token_use: rp.token_use,
+        token_type: compile_token_type(path, rp.token_type)?,
+        space_delimited_claims: rp
+            .space_delimited_claims
+            .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
+        remote,
+        claim_headers,
+        payload_header,
+        forward_original_token: rp.forward_original_token,
+        filter_state_claims,
+        alb,
+        claim_aliases,
+        trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
+    })
+}
+
+/// `cognito`: the issuer a user pool's tokens carry, after checking the region and pool id.
+fn cognito_issuer(path: &str, rp: &RawProvider) -> Result<Option<String>, ConfigError> {
+    Ok(match &rp.cognito {
+        None => None,
+        Some(c) => {
+            let region_ok = !c.region.is_empty()
+                && c.region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !region_ok {
+                return Err(err(
+                    format!("{path}.cognito.region"),
+                    format!("{:?} is not an AWS region such as eu-west-1", c.region),
+                ));
+            }
+            let pool_ok = c
+                .user_pool_id
+                .strip_prefix(&format!("{}_", c.region))
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if !pool_ok {
+                return Err(err(
+                    format!("{path}.cognito.userPoolId"),
+                    format!(
+                        "{:?} is not a user pool id of region {} (REGION_xxxxxxxxx)",
+                        c.user_pool_id, c.region
+                    ),
+                ));
+            }
+            Some(format!(
+                "https://cognito-idp.{}.amazonaws.com/{}",
+                c.region, c.user_pool_id
+            ))
+        }
+    })
+}
+
+/// `issuer`, explicit or derived from `cognito`; empty only for an ALB provider.
+fn provider_issuer(
+    path: &str,
+    rp: &RawProvider,
+    cognito_issuer: Option<&str>,
+    has_alb: bool,
+) -> Result<String, ConfigError> {
+    let issuer = match (rp.issuer.clone(), cognito_issuer.map(str::to_owned)) {
+        (Some(i), Some(c)) if i != c => {
+            return Err(err(
+                format!("{path}.issuer"),
+                format!("does not match the cognito user pool's issuer {c:?}"),
+            ));
+        }
+        (Some(i), _) => i,
+        (None, Some(c)) => c,
+        // An ALB's token names its identity provider in the header; checked only if given.
+        (None, None) if has_alb => String::new(),
+        (None, None) => {
+            return Err(err(
+                format!("{path}.issuer"),
+                "is required (or give cognito.region and cognito.userPoolId, or a preset)",
+            ))
+        }
+    };
+    if issuer.trim().is_empty() && !has_alb {
+        return Err(err(format!("{path}.issuer"), "must not be empty"));
+    }
+    if issuer.trim() != issuer {
+        return Err(err(format!("{path}.issuer"), "must not start or end with whitespace"));
+    }
+    Ok(issuer)
+}
+
+/// The provider's verification keys: inline `jwks`, `hmacSecret`, or the ALB's; checked
+/// against its algorithms and key sources.
+fn compile_provider_keys(
+    path: &str,
+    rp: &mut RawProvider,
+    algorithms: &[Alg],
+    has_remote: bool,
+    alb_keys: Option<KeySet>,
+    warnings: &mut Vec<String>,
+) -> Result<KeySet, ConfigError> {
+    let has_alb_keys_source = alb_keys.is_some();
+    let hmac_algs: Vec<Alg> = algorithms.iter().copied().filter(|a| a.is_hmac()).collect();
     let mut keys = KeySet::default();
-    if let Some(doc) = rp.jwks {
+    if let Some(doc) = rp.jwks.take() {
         keys = compile_jwks(&format!("{path}.jwks"), &doc)?;
         for (p, why) in &keys.skipped {
             warnings.push(format!("{path}.jwks.{p}: skipped: {why}"));
@@ -457,7 +537,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         (None, true) => {}
     }
-    if remote.is_some() && rp.hmac_secret.is_some() {
+    if has_remote && rp.hmac_secret.is_some() {
         return Err(err(
             format!("{path}.hmacSecret"),
             "cannot be combined with jwksUri or oidcDiscovery",
@@ -466,7 +546,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
     if let Some(k) = alb_keys {
         keys = k;
     }
-    if keys.is_empty() && remote.is_none() && alb.is_none() {
+    if keys.is_empty() && !has_remote && !has_alb_keys_source {
         return Err(err(
             format!("{path}.jwks"),
             "no usable verification key: give jwks with at least one signing key, or jwksUri",
@@ -475,20 +555,26 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
     if !keys.is_empty() && !keys.keys.iter().any(|k| algorithms.iter().any(|a| k.supports(*a))) {
         return Err(err(
             format!("{path}.algorithms"),
-            format!("no key in jwks can verify any of {}", names(&algorithms)),
+            format!("no key in jwks can verify any of {}", names(algorithms)),
         ));
     }
+    Ok(keys)
+}
 
-    let from_headers = match (&alb, &rp.from_headers, &rp.from_params, &rp.from_cookies) {
-        (Some(_), None, None, None) => Some(vec![RawHeader {
-            name: crate::keys::alb::ALB_DATA_HEADER.into(),
-            prefix: None,
-        }]),
-        _ => rp.from_headers.take(),
-    };
-    let locations = compile_locations(path, from_headers, rp.from_params.take(), rp.from_cookies.take())?;
+/// `outputClaimToHeaders`, `outputPayloadToHeader` and `claimsToFilterState`.
+#[allow(clippy::type_complexity)]
+fn compile_outputs(
+    path: &str,
+    rp: &mut RawProvider,
+) -> Result<(Vec<ClaimHeader>, Option<String>, Vec<(String, Vec<String>)>), ConfigError> {
     let mut claim_headers = Vec::new();
-    for (j, h) in rp.output_claim_to_headers.unwrap_or_default().into_iter().enumerate() {
+    for (j, h) in rp
+        .output_claim_to_headers
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let c = compile_claim_header(&format!("{path}.outputClaimToHeaders[{j}]"), h)?;
         if claim_headers.iter().any(|x: &ClaimHeader| x.header == c.header) {
             return Err(err(
@@ -498,12 +584,18 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         claim_headers.push(c);
     }
-    let payload_header = match rp.output_payload_to_header {
+    let payload_header = match rp.output_payload_to_header.take() {
         Some(h) => Some(managed_header_name(&format!("{path}.outputPayloadToHeader"), &h)?),
         None => None,
     };
     let mut filter_state_claims = Vec::new();
-    for (j, c) in rp.claims_to_filter_state.unwrap_or_default().into_iter().enumerate() {
+    for (j, c) in rp
+        .claims_to_filter_state
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let segs = match c {
             RawClaimPath::Dotted(s) => dotted(&s).map_err(|e| err(format!("{path}.claimsToFilterState[{j}]"), e))?,
             RawClaimPath::Segments(v) => v,
@@ -517,9 +609,16 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         filter_state_claims.push((label, segs));
     }
+    Ok((claim_headers, payload_header, filter_state_claims))
+}
 
+/// `claimAliases`, with a preset's aliases under the explicit ones.
+fn compile_aliases(
+    path: &str,
+    explicit: std::collections::BTreeMap<String, RawClaimPath>,
+    aliases: Vec<(String, String)>,
+) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let mut claim_aliases: Vec<(String, Vec<String>)> = Vec::new();
-    let explicit = rp.claim_aliases.take().unwrap_or_default();
     for (alias, target) in explicit
         .into_iter()
         .map(|(a, t)| (a, Some(t)))
@@ -547,53 +646,21 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }
         claim_aliases.push((alias, segs));
     }
+    Ok(claim_aliases)
+}
 
-    let clock_skew_seconds = rp.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
-    if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
-        return Err(err(
-            format!("{path}.clockSkewSeconds"),
-            format!("{clock_skew_seconds} is more than the maximum {MAX_CLOCK_SKEW_SECONDS}"),
-        ));
-    }
-    let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
-    if !(256..=65536).contains(&max_token_bytes) {
-        return Err(err(format!("{path}.maxTokenBytes"), "must be between 256 and 65536"));
-    }
-    Ok(Provider {
-        name,
-        issuer,
-        audiences: rp.audiences,
-        keys,
-        locations,
-        algorithms,
-        clock_skew_seconds,
-        require_expiration: rp.require_expiration.unwrap_or(true),
-        allow_missing: rp.allow_missing.unwrap_or(false),
-        max_token_bytes,
-        client_ids,
-        token_use: rp.token_use,
-        token_type: match rp.token_type {
-            None => None,
-            Some(t) => {
-                let t = t.to_ascii_lowercase();
-                let t = t.strip_prefix("application/").unwrap_or(&t).to_string();
-                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
-                    return Err(err(format!("{path}.tokenType"), "must be a media type such as at+jwt"));
-                }
-                Some(t)
+/// `tokenType`: a media type, lower case, without `application/`.
+fn compile_token_type(path: &str, token_type: Option<String>) -> Result<Option<String>, ConfigError> {
+    Ok(match token_type {
+        None => None,
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            let t = t.strip_prefix("application/").unwrap_or(&t).to_string();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+                return Err(err(format!("{path}.tokenType"), "must be a media type such as at+jwt"));
             }
-        },
-        space_delimited_claims: rp
-            .space_delimited_claims
-            .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
-        remote,
-        claim_headers,
-        payload_header,
-        forward_original_token: rp.forward_original_token,
-        filter_state_claims,
-        alb,
-        claim_aliases,
-        trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
+            Some(t)
+        }
     })
 }
 
