@@ -1687,3 +1687,21 @@ fn import_istio_says_what_to_change_beside_istio_policies() {
     );
     assert!(err.contains("note: migration: the imported Istio policies can stay applied beside this plugin during a migration (every provider has forwardOriginalToken: true); remove them once claimguard alone enforces"), "{err}");
 }
+
+/// `keygen` makes a new key every time, RSA included: never one of the committed test keys
+/// (`tools/testkeys/keys/`), whose private halves anyone can read.
+#[test]
+fn keygen_rsa_keys_are_fresh_never_the_committed_test_keys() {
+    let a = stdout(&run(&["keygen", "--alg", "RS256", "--kid", "a"]));
+    let b = stdout(&run(&["keygen", "--alg", "RS256", "--kid", "a"]));
+    let pem = |s: &str| s[..s.find("-----END PRIVATE KEY-----").expect("a PEM private key")].to_string();
+    assert_ne!(pem(&a), pem(&b), "two keygen runs gave the same key");
+    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testkeys/keys"));
+    for e in std::fs::read_dir(fixtures).unwrap() {
+        let fixture = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(
+            !fixture.contains(&pem(&a)[28..]),
+            "keygen handed out a committed test key"
+        );
+    }
+}

@@ -68,8 +68,8 @@ pub fn demo(a: &DemoArgs) -> Result<Verdict, String> {
     let audience = provider["audiences"][0].as_str().map(str::to_owned);
 
     // Fresh keys for every run: the demo swaps them in as providers[0].jwks.
-    let rs = TestKey::rsa(Alg::RS256, "demo-rs256");
-    let es = TestKey::generate(Alg::ES256, "demo-es256");
+    let rs = TestKey::fresh(Alg::RS256, "demo-rs256");
+    let es = TestKey::fresh(Alg::ES256, "demo-es256");
     let dir = PathBuf::from(".demo");
     std::fs::create_dir_all(&dir).map_err(|e| format!(".demo: {e}"))?;
     write(&dir.join("demo-rs256.pem"), &rs.to_pem())?;

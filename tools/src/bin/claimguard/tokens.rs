@@ -72,7 +72,7 @@ pub struct KeygenArgs {
 
 pub fn keygen(a: &KeygenArgs) -> Result<Verdict, String> {
     eprintln!("{TEST_TOOLING}");
-    let key = TestKey::generate(a.alg, &a.kid);
+    let key = TestKey::fresh(a.alg, &a.kid);
     let jwks = serde_json::to_string_pretty(&key.jwks()).map_err(|e| e.to_string())?;
     match &a.out {
         Some(out) => {
