@@ -210,7 +210,10 @@ BENCH_ROUNDS      ?= 3
 BENCH_CONNECTIONS ?= 16
 BENCH_COLD_TOKENS ?= 30000
 BENCH_SCENARIOS   ?=
-export BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_COLD_TOKENS BENCH_SCENARIOS
+# upstream (default: routes to an upstream Envoy, token caches on) or direct-nocache (routes
+# answer 200 themselves, both token caches off: every request verified on both sides).
+BENCH_METHOD      ?=
+export BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_COLD_TOKENS BENCH_SCENARIOS BENCH_METHOD
 # wrk from Debian, pinned (bookworm's).
 WRK_DEB_VERSION   := 4.1.0-3+b2
 
@@ -220,7 +223,7 @@ bench-tools:
 bench: build envoy bench-tools
 	$(CARGO) build --quiet --release -p claimguard-tools --bin claimguard-bench
 	target/release/claimguard-bench --out BENCHMARKS.md \
-	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)$(if $(strip $(BENCH_SCENARIOS)), BENCH_SCENARIOS="$(strip $(BENCH_SCENARIOS))")'
+	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)$(if $(strip $(BENCH_SCENARIOS)), BENCH_SCENARIOS="$(strip $(BENCH_SCENARIOS))")$(if $(strip $(BENCH_METHOD)), BENCH_METHOD=$(strip $(BENCH_METHOD)))'
 
 # Where a request's time goes inside V8, stage by stage (examples/vm_profile.rs under
 # Node's WASI, the engine Envoy embeds). Needs Node.js >= 18 (Debian: apt-get install nodejs).

@@ -4,12 +4,36 @@
 //! claim-rule denial on both jwt_authn + RBAC and claimguard), counted by the same wrk Lua
 //! script. Otherwise `make bench` could be measuring error pages.
 
-use claimguard_tools::bench::{self, BenchOptions, Pool};
+use claimguard_tools::bench::{self, BenchOptions, Method, Pool};
 
 #[test]
 fn the_three_listeners_answer_what_the_benchmark_assumes() {
     let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let runs = bench::smoke(&o, 2).unwrap_or_else(|e| panic!("{e}"));
+    assert_statuses(
+        &BenchOptions {
+            method: Method::Upstream,
+            ..o
+        },
+        2,
+    );
+}
+
+/// `BENCH_METHOD=direct-nocache`: routes answering 200 themselves, both token caches off; the
+/// same statuses, so its figures are no more error pages than the default method's.
+#[test]
+fn direct_nocache_listeners_answer_what_the_benchmark_assumes() {
+    let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
+    assert_statuses(
+        &BenchOptions {
+            method: Method::DirectNoCache,
+            ..o
+        },
+        1,
+    );
+}
+
+fn assert_statuses(o: &BenchOptions, seconds: u64) {
+    let runs = bench::smoke(o, seconds).unwrap_or_else(|e| panic!("{e}"));
     let mut seen = Vec::new();
     for r in &runs {
         let x = &r.result;

@@ -114,6 +114,34 @@ pub struct BenchOptions {
     pub cold_tokens: usize,
     /// Scenario names to run (all when empty): warm-rs256 warm-es256 cold-rs256 cold-es256 deny-rs256.
     pub scenarios: Vec<String>,
+    /// What the listeners route to and whether the token caches are on.
+    pub method: Method,
+}
+
+/// How the listeners are set up (`BENCH_METHOD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `upstream` (the default): every listener routes to the upstream Envoy; the token caches
+    /// are on, at their defaults (Envoy's `jwt_cache_config`, claimguard's `jwtCacheSize`).
+    Upstream,
+    /// `direct-nocache`: every route answers 200 itself (`direct_response`), so the filters
+    /// are all the work there is, and both sides verify every request: `jwt_authn` without
+    /// `jwt_cache_config`, claimguard with `jwtCacheSize: 0` (which also turns its decision
+    /// memo off). What a user who has not tuned either side gets on tokens that never repeat.
+    DirectNoCache,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Upstream => "upstream",
+            Method::DirectNoCache => "direct-nocache",
+        }
+    }
+
+    fn caches(self) -> bool {
+        self == Method::Upstream
+    }
 }
 
 impl BenchOptions {
@@ -139,6 +167,15 @@ impl BenchOptions {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            method: match std::env::var("BENCH_METHOD").unwrap_or_default().trim() {
+                "" | "upstream" => Method::Upstream,
+                "direct-nocache" => Method::DirectNoCache,
+                other => {
+                    return Err(format!(
+                        "BENCH_METHOD={other:?}: known methods are upstream and direct-nocache"
+                    ))
+                }
+            },
         };
         if o.seconds == 0 || o.seconds > 600 {
             return Err("BENCH_SECONDS must be 1..=600".into());
@@ -313,9 +350,14 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// claimguard's plugin config for the benchmark policy.
+/// claimguard's plugin config for the benchmark policy (token cache and memo at their defaults).
 pub fn claimguard_config(jwks: &Value) -> Value {
-    json!({
+    claimguard_config_for(jwks, Method::Upstream)
+}
+
+/// claimguard's plugin config for the benchmark policy under `method`.
+pub fn claimguard_config_for(jwks: &Value, method: Method) -> Value {
+    let mut config = json!({
         "providers": [{
             "name": "bench-idp",
             "issuer": ISSUER,
@@ -324,12 +366,21 @@ pub fn claimguard_config(jwks: &Value) -> Value {
             "jwks": jwks.to_string()
         }],
         "rules": [{"name": "readers", "when": [{"claim": "groups", "values": [GROUP]}]}]
-    })
+    });
+    if !method.caches() {
+        config["jwtCacheSize"] = json!(0);
+    }
+    config
 }
 
-/// Envoy's `jwt_authn` + `rbac` filters with the same policy.
+/// Envoy's `jwt_authn` + `rbac` filters with the same policy (JWT cache on).
 pub fn native_filters(jwks: &Value) -> Vec<Value> {
-    vec![
+    native_filters_for(jwks, Method::Upstream)
+}
+
+/// Envoy's `jwt_authn` + `rbac` filters with the same policy under `method`.
+pub fn native_filters_for(jwks: &Value, method: Method) -> Vec<Value> {
+    let mut filters = vec![
         json!({
             "name": "envoy.filters.http.jwt_authn",
             "typed_config": {
@@ -359,7 +410,13 @@ pub fn native_filters(jwks: &Value) -> Vec<Value> {
                 }}}
             }
         }),
-    ]
+    ];
+    if !method.caches() {
+        if let Some(p) = filters[0]["typed_config"]["providers"]["bench-idp"].as_object_mut() {
+            p.remove("jwt_cache_config");
+        }
+    }
+    filters
 }
 
 pub fn loopback(port: u16) -> Value {
@@ -404,8 +461,17 @@ pub fn upstream_bootstrap() -> Value {
 
 /// The proxy under test: three listeners, one upstream cluster.
 pub fn proxy_bootstrap(wasm: &Path, jwks: &Value, upstream_port: u16) -> Value {
-    let to_app = json!({"route": {"cluster": "app"}});
-    let cg = envoy::wasm_filter(wasm, &claimguard_config(jwks).to_string());
+    proxy_bootstrap_for(wasm, jwks, upstream_port, Method::Upstream)
+}
+
+/// The proxy under test under `method`: three listeners routing to the upstream cluster, or
+/// each answering 200 itself.
+pub fn proxy_bootstrap_for(wasm: &Path, jwks: &Value, upstream_port: u16, method: Method) -> Value {
+    let to_app = match method {
+        Method::Upstream => json!({"route": {"cluster": "app"}}),
+        Method::DirectNoCache => json!({"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
+    };
+    let cg = envoy::wasm_filter(wasm, &claimguard_config_for(jwks, method).to_string());
     json!({
         "node": {"id": "claimguard-bench", "cluster": "bench"},
         "stats_config": {"stats_tags": claimguard::request::metrics::STATS_TAGS.iter()
@@ -414,7 +480,7 @@ pub fn proxy_bootstrap(wasm: &Path, jwks: &Value, upstream_port: u16) -> Value {
         "static_resources": {
             "listeners": [
                 listener("no_auth", to_app.clone(), vec![]),
-                listener("native", to_app.clone(), native_filters(jwks)),
+                listener("native", to_app.clone(), native_filters_for(jwks, method)),
                 listener("claimguard", to_app, vec![cg]),
             ],
             "clusters": [app_cluster(upstream_port)]
@@ -519,12 +585,17 @@ impl Rig {
     }
 
     pub fn start(keys: BenchKeys) -> Result<Rig, String> {
+        Rig::start_with(keys, Method::Upstream)
+    }
+
+    /// The rig with its listeners set up as `method` says.
+    pub fn start_with(keys: BenchKeys, method: Method) -> Result<Rig, String> {
         let mut up = EnvoyOptions::new(&json!({}), 0);
         up.raw_bootstrap = Some(upstream_bootstrap());
         up.log_level = "warn".into();
         let upstream = Envoy::start(&up, Duration::from_secs(60)).map_err(|e| format!("upstream: {e}"))?;
         let mut o = EnvoyOptions::new(&json!({}), 0);
-        o.raw_bootstrap = Some(proxy_bootstrap(&o.wasm, &keys.jwks(), upstream.port));
+        o.raw_bootstrap = Some(proxy_bootstrap_for(&o.wasm, &keys.jwks(), upstream.port, method));
         o.log_level = "warn".into();
         o.concurrency = 1;
         let proxy = Envoy::start(&o, Duration::from_secs(60)).map_err(|e| format!("proxy: {e}"))?;
@@ -668,7 +739,7 @@ pub struct SmokeRun {
 /// 403 to a claim-rule denial on `native` and `claimguard` (1 s each), counted by the same
 /// wrk script the benchmark uses.
 pub fn smoke(o: &BenchOptions, seconds: u64) -> Result<Vec<SmokeRun>, String> {
-    let rig = Rig::start(BenchKeys::new())?;
+    let rig = Rig::start_with(BenchKeys::new(), o.method)?;
     let mut out = Vec::new();
     for (pool, listeners, secs) in [
         (Pool::Warm, &LISTENERS[..], seconds),
@@ -783,7 +854,7 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
         .map(|m| m.len())
         .map_err(|e| format!("{}: {e} (run `make build`)", wasm.display()))?;
     eprintln!("bench: generating keys");
-    let rig = Rig::start(BenchKeys::new())?;
+    let rig = Rig::start_with(BenchKeys::new(), o.method)?;
     let scenarios: Vec<Scenario> = SCENARIOS
         .iter()
         .filter(|s| o.scenarios.is_empty() || o.scenarios.iter().any(|n| n == s.name))
@@ -1039,6 +1110,16 @@ impl Report {
         let _ = writeln!(s, "* machine: {}", machine());
         let _ = writeln!(
             s,
+            "* method: `{}` ({})",
+            o.method.name(),
+            match o.method {
+                Method::Upstream => "listeners route to an upstream Envoy answering 200; token caches on at their defaults",
+                Method::DirectNoCache =>
+                    "routes answer 200 themselves (`direct_response`); `jwt_authn` without `jwt_cache_config`, claimguard `jwtCacheSize: 0`",
+            }
+        );
+        let _ = writeln!(
+            s,
             "* Envoy {} `--concurrency 1`, wrk 1 thread × {} connections, {} s × {} rounds per \
              listener and scenario, interleaved, each round starting at the next listener \
              (no_auth, native, claimguard; native, claimguard, no_auth; …); figures are medians \
@@ -1264,6 +1345,36 @@ mod tests {
         let cg = claimguard_config(&jwks);
         assert_eq!(cg["rules"][0]["when"][0], json!({"claim": "groups", "values": [GROUP]}));
         assert_eq!(cg["providers"][0]["issuer"], ISSUER);
+    }
+
+    #[test]
+    fn direct_nocache_answers_on_every_route_with_both_caches_off() {
+        let jwks = json!({"keys": []});
+        let b = proxy_bootstrap_for(Path::new("/x.wasm"), &jwks, 4242, Method::DirectNoCache);
+        let listeners = b["static_resources"]["listeners"].as_array().unwrap();
+        for l in listeners {
+            let route =
+                &l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0];
+            assert_eq!(route["direct_response"]["status"], 200, "{}", l["name"]);
+            assert!(route.get("route").is_none(), "{}", l["name"]);
+        }
+        let native = native_filters_for(&jwks, Method::DirectNoCache);
+        let provider = &native[0]["typed_config"]["providers"]["bench-idp"];
+        assert!(provider.get("jwt_cache_config").is_none());
+        assert_eq!(provider["issuer"], ISSUER);
+        let cg = claimguard_config_for(&jwks, Method::DirectNoCache);
+        assert_eq!(cg["jwtCacheSize"], 0);
+        // The compiled config agrees: no token cache, and so no decision memo either.
+        let keys = BenchKeys::new();
+        let c = claimguard::config::Config::from_json(
+            claimguard_config_for(&keys.jwks(), Method::DirectNoCache)
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.jwt_cache_size(), 0);
+        // The default method is unchanged.
+        assert!(claimguard_config(&jwks).get("jwtCacheSize").is_none());
     }
 
     #[test]
