@@ -214,3 +214,32 @@ fn bad_configs_are_refused_with_the_field_path() {
         assert!(log.contains(want), "wanted {want:?} in the Envoy log:\n{log}");
     }
 }
+
+/// `maxLifetime` in Envoy: a token living exactly the limit passes, a longer-lived one and one
+/// without `iat` get 401 `invalid_token` with the reason, and never reach the upstream.
+#[test]
+fn max_lifetime_refuses_long_lived_tokens() {
+    let mut cfg = plugin_config();
+    cfg["providers"][0]["maxLifetime"] = json!("10m");
+    let stack = Stack::start(&cfg);
+    let k = keys();
+    let ok = k.ec.sign(&good_claims()); // iat now, exp now + 600
+    let r = stack.get_with_token(&ok);
+    assert_eq!(r.status, 200, "{r:?}\n{}", stack.envoy.log());
+    let mut long = good_claims();
+    long["exp"] = json!(long["iat"].as_u64().unwrap() + 601);
+    assert_401(
+        &stack,
+        "TooLong",
+        &k.ec.sign(&long),
+        "token lifetime (exp - iat) is 601s; at most 600s is accepted",
+    );
+    let mut no_iat = good_claims();
+    no_iat.as_object_mut().unwrap().remove("iat");
+    assert_401(
+        &stack,
+        "NoIat",
+        &k.ec.sign(&no_iat),
+        "token has no iat or no exp, so its lifetime is unbounded; at most 600s is accepted",
+    );
+}

@@ -304,6 +304,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         apply_preset(path, preset, &mut rp, &mut aliases)?;
     }
     let raw_alb = rp.alb.take();
+    let raw_is_alb = raw_alb.is_some();
     let cognito_issuer = cognito_issuer(path, &rp)?;
     let issuer = provider_issuer(path, &rp, cognito_issuer.as_deref(), raw_alb.is_some())?;
     // A Cognito pool publishes its keys at ISSUER/.well-known/jwks.json.
@@ -376,6 +377,23 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             format!("{clock_skew_seconds} is more than the maximum {MAX_CLOCK_SKEW_SECONDS}"),
         ));
     }
+    let max_lifetime_seconds = match rp.max_lifetime.take() {
+        None => None,
+        Some(d) => {
+            let at = format!("{path}.maxLifetime");
+            let ms = parse_duration_ms(&d).map_err(|e| err(at.clone(), e))?;
+            if ms < 1000 || ms % 1000 != 0 {
+                return Err(err(
+                    at,
+                    format!("{d:?}: must be a whole number of seconds, at least 1s"),
+                ));
+            }
+            if raw_is_alb {
+                return Err(err(at, "does not apply to ALB tokens (their lifetime is the ALB's)"));
+            }
+            Some(ms / 1000)
+        }
+    };
     let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if !(256..=65536).contains(&max_token_bytes) {
         return Err(err(format!("{path}.maxTokenBytes"), "must be between 256 and 65536"));
@@ -391,6 +409,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         require_expiration: rp.require_expiration.unwrap_or(true),
         allow_missing: rp.allow_missing.unwrap_or(false),
         max_token_bytes,
+        max_lifetime_seconds,
         client_ids,
         token_use: rp.token_use,
         token_type: compile_token_type(path, rp.token_type)?,

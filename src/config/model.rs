@@ -144,6 +144,8 @@ pub(crate) struct RawProvider {
     #[serde(default)]
     pub(crate) max_token_bytes: Option<usize>,
     #[serde(default)]
+    pub(crate) max_lifetime: Option<String>,
+    #[serde(default)]
     pub(crate) token_type: Option<String>,
     #[serde(default)]
     pub(crate) space_delimited_claims: Option<Vec<String>>,

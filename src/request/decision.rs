@@ -818,6 +818,7 @@ impl TokenNotes {
             Err(AuthError::Expired | AuthError::MissingExpiration) => Some("exp"),
             Err(AuthError::NotYetValid) => Some("nbf"),
             Err(AuthError::IssuedInFuture) => Some("iat"),
+            Err(AuthError::LifetimeTooLong { .. }) => Some("lifetime"),
             Err(AuthError::WrongTokenUse) => Some("token_use"),
             Err(AuthError::InvalidClaim { claim, .. }) if *claim != "aud" && *claim != "client_id" => {
                 Some("claim types")
@@ -847,6 +848,16 @@ impl TokenNotes {
             ("nbf", time("nbf")),
             ("iat", time("iat")),
         ];
+        if let Some(max) = p.max_lifetime_seconds {
+            let lifetime = match (
+                claims.get("iat").and_then(Value::as_u64),
+                claims.get("exp").and_then(Value::as_u64),
+            ) {
+                (Some(iat), Some(exp)) => format!("exp - iat = {}s", exp.saturating_sub(iat)),
+                _ => "no iat or no exp".into(),
+            };
+            order.push(("lifetime", format!("{lifetime}, maxLifetime {max}s")));
+        }
         if let Some(want) = &p.token_use {
             order.push(("token_use", format!("must be {:?}", want.name())));
         }

@@ -42,6 +42,12 @@ pub enum AuthError {
     MissingExpiration,
     NotYetValid,
     IssuedInFuture,
+    /// `exp - iat` beyond the provider's `maxLifetime` (`lifetime`: None when the token lacks
+    /// `iat` or `exp`, so that its lifetime has no bound).
+    LifetimeTooLong {
+        max: u64,
+        lifetime: Option<u64>,
+    },
     InvalidClaim {
         claim: &'static str,
         why: &'static str,
@@ -75,6 +81,7 @@ impl AuthError {
             AuthError::MissingExpiration => "missing_exp",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::LifetimeTooLong { .. } => "lifetime_too_long",
             AuthError::InvalidClaim { .. } => "invalid_claim",
             AuthError::MissingAudience => "missing_audience",
             AuthError::WrongAudience => "wrong_audience",
@@ -109,6 +116,12 @@ impl AuthError {
             AuthError::MissingExpiration => "token has no expiration (exp)".into(),
             AuthError::NotYetValid => "token is not yet valid (nbf)".into(),
             AuthError::IssuedInFuture => "token is issued in the future (iat)".into(),
+            AuthError::LifetimeTooLong { max, lifetime: Some(l) } => {
+                format!("token lifetime (exp - iat) is {l}s; at most {max}s is accepted")
+            }
+            AuthError::LifetimeTooLong { max, lifetime: None } => {
+                format!("token has no iat or no exp, so its lifetime is unbounded; at most {max}s is accepted")
+            }
             AuthError::InvalidClaim { claim, why } => format!("claim {claim} {why}"),
             AuthError::MissingAudience => "token has no audience (aud)".into(),
             AuthError::WrongAudience => "token audience is not allowed".into(),
@@ -267,6 +280,9 @@ pub struct ClaimChecks {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
+    /// `maxLifetime`: `exp - iat` within the provider's limit (time-independent, checked after
+    /// the dates).
+    lifetime: Result<(), AuthError>,
     /// `token_use` and the audience: after the time comparisons.
     after: Result<(), AuthError>,
 }
@@ -278,6 +294,7 @@ impl ClaimChecks {
             exp: None,
             nbf: None,
             iat: None,
+            lifetime: Ok(()),
             after: Ok(()),
         };
         let before = || -> Result<Dates, AuthError> {
@@ -294,6 +311,15 @@ impl ClaimChecks {
         match before() {
             Ok((exp, nbf, iat)) => (c.exp, c.nbf, c.iat) = (exp, nbf, iat),
             Err(e) => c.before = Err(e),
+        }
+        if let Some(max) = provider.max_lifetime_seconds {
+            let lifetime = match (c.iat, c.exp) {
+                (Some(iat), Some(exp)) => Some(exp.saturating_sub(iat)),
+                _ => None,
+            };
+            if lifetime.is_none_or(|l| l > max) {
+                c.lifetime = Err(AuthError::LifetimeTooLong { max, lifetime });
+            }
         }
         c.after = (|| {
             if let Some(want) = &provider.token_use {
@@ -321,6 +347,7 @@ impl ClaimChecks {
         if self.iat.is_some_and(|iat| now.saturating_add(skew) < iat) {
             return Err(AuthError::IssuedInFuture);
         }
+        self.lifetime.clone()?;
         self.after.clone()
     }
 }
@@ -651,5 +678,66 @@ mod tests {
         let e = run(&f, &t).unwrap_err();
         assert_eq!(e.reason(), "expired");
         assert!(!e.description().contains(&t[..20]));
+    }
+
+    /// `maxLifetime`: `exp - iat` at the limit passes, one second over is refused, and a
+    /// token without `iat` (or `exp`) has no bounded lifetime and is refused too. Checked
+    /// after the dates, so an expired token still reports `expired`.
+    #[test]
+    fn max_lifetime_bounds_exp_minus_iat() {
+        let key = TestKey::generate(Alg::ES256, "k");
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"],
+            "maxLifetime": "5m", "jwks": {"keys": [key.public_jwk()]}}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.max_lifetime_seconds, Some(300));
+        let check = |claims: Value| verify(p, &p.keys, &parse(&key.sign(&claims), 8192).unwrap(), NOW);
+        let base = json!({"iss": "https://idp.example", "aud": "orders", "iat": NOW - 10});
+        assert_eq!(check(with(base.clone(), "exp", json!(NOW + 290))), Ok(()));
+        let over = check(with(base.clone(), "exp", json!(NOW + 291)));
+        assert_eq!(
+            over,
+            Err(AuthError::LifetimeTooLong {
+                max: 300,
+                lifetime: Some(301)
+            })
+        );
+        assert_eq!(over.unwrap_err().reason(), "lifetime_too_long");
+        let no_iat = with(with(base.clone(), "exp", json!(NOW + 60)), "iat", Value::Null);
+        let e = check(no_iat).unwrap_err();
+        assert_eq!(
+            e,
+            AuthError::LifetimeTooLong {
+                max: 300,
+                lifetime: None
+            }
+        );
+        assert!(e.description().contains("unbounded"), "{}", e.description());
+        // Expired and too long: the date check speaks first.
+        let old = json!({"iss": "https://idp.example", "aud": "orders", "iat": NOW - 10_000, "exp": NOW - 100});
+        assert_eq!(check(old), Err(AuthError::Expired));
+        // Without maxLifetime, a day-long token is fine.
+        let f = fixture();
+        let long = with(good_claims(), "exp", json!(NOW + 86_400));
+        assert_eq!(run(&f, &f.rsa.sign(&long)), Ok(()));
+    }
+
+    #[test]
+    fn max_lifetime_config_errors_name_the_field() {
+        let refused = |extra: Value| {
+            let mut p = json!({"issuer": "https://idp.example", "jwksUri": "https://idp.example/jwks"});
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            Config::from_json(json!({"providers": [p]}).to_string().as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(json!({"maxLifetime": "soon"})).starts_with("providers[0].maxLifetime: "));
+        assert!(refused(json!({"maxLifetime": "500ms"})).contains("whole number of seconds"));
+        let alb = json!({"providers": [{"name": "alb", "maxLifetime": "1m", "alb": {"region": "eu-west-1",
+            "signers": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/x/50dc6c495c0c9188"]}}]});
+        let e = Config::from_json(alb.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("providers[0].maxLifetime: does not apply to ALB"), "{e}");
     }
 }

@@ -27,6 +27,9 @@ pub struct Provider {
     /// is still refused. Envoy's `allow_missing`.
     pub(crate) allow_missing: bool,
     pub(crate) max_token_bytes: usize,
+    /// `maxLifetime` (Envoy's `max_lifetime`): tokens whose `exp - iat` exceeds it, or that
+    /// lack either claim, are refused. None: no limit.
+    pub(crate) max_lifetime_seconds: Option<u64>,
     /// `clientIds`: accepted app clients. A token without `aud` (a Cognito access token)
     /// must carry one of them in `client_id`; a token with `aud` may name one there.
     pub(crate) client_ids: Vec<String>,
