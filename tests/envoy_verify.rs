@@ -243,3 +243,31 @@ fn max_lifetime_refuses_long_lived_tokens() {
         "token has no iat or no exp, so its lifetime is unbounded; at most 600s is accepted",
     );
 }
+
+/// `subjects` in Envoy: a token for another subject, or without `sub`, gets 401 and never
+/// reaches the upstream.
+#[test]
+fn subjects_refuse_other_subjects() {
+    let mut cfg = plugin_config();
+    cfg["providers"][0]["subjects"] = json!(["alice", "svc-*"]);
+    let stack = Stack::start(&cfg);
+    let k = keys();
+    let r = stack.get_with_token(&k.ec.sign(&good_claims())); // sub alice
+    assert_eq!(r.status, 200, "{r:?}\n{}", stack.envoy.log());
+    let mut bob = good_claims();
+    bob["sub"] = json!("bob");
+    assert_401(
+        &stack,
+        "OtherSubject",
+        &k.ec.sign(&bob),
+        "token subject (sub) is not accepted",
+    );
+    let mut none = good_claims();
+    none.as_object_mut().unwrap().remove("sub");
+    assert_401(
+        &stack,
+        "NoSubject",
+        &k.ec.sign(&none),
+        "token subject (sub) is not accepted",
+    );
+}

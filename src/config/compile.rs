@@ -424,6 +424,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         alb,
         claim_aliases,
         trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
+        subjects: crate::policy::patterns(path, "subjects", rp.subjects, false)?,
     })
 }
 

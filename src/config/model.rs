@@ -184,6 +184,8 @@ pub(crate) struct RawProvider {
     #[serde(default)]
     pub(crate) claim_aliases: Option<std::collections::BTreeMap<String, RawClaimPath>>,
     pub(crate) trusted_principals: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) subjects: Option<Vec<String>>,
 }
 
 /// Parses `500ms`, `5s`, `10m`, `24h` (or a bare number of seconds) into milliseconds.

@@ -386,7 +386,12 @@ fn non_empty<T>(path: &str, field: &str, v: Option<Vec<T>>) -> Result<Vec<T>, Co
     }
 }
 
-fn patterns(path: &str, field: &str, v: Option<Vec<String>>, lowercase: bool) -> Result<Vec<StrPattern>, ConfigError> {
+pub(crate) fn patterns(
+    path: &str,
+    field: &str,
+    v: Option<Vec<String>>,
+    lowercase: bool,
+) -> Result<Vec<StrPattern>, ConfigError> {
     non_empty(path, field, v)?
         .iter()
         .enumerate()

@@ -820,6 +820,7 @@ impl TokenNotes {
             Err(AuthError::IssuedInFuture) => Some("iat"),
             Err(AuthError::LifetimeTooLong { .. }) => Some("lifetime"),
             Err(AuthError::WrongTokenUse) => Some("token_use"),
+            Err(AuthError::WrongSubject) => Some("sub"),
             Err(AuthError::InvalidClaim { claim, .. }) if *claim != "aud" && *claim != "client_id" => {
                 Some("claim types")
             }
@@ -860,6 +861,10 @@ impl TokenNotes {
         }
         if let Some(want) = &p.token_use {
             order.push(("token_use", format!("must be {:?}", want.name())));
+        }
+        if !p.subjects.is_empty() {
+            let sub = claims.get("sub").map_or_else(|| "none".to_string(), Value::to_string);
+            order.push(("sub", format!("{sub} against subjects")));
         }
         let aud = match claims.get("aud") {
             Some(v) => v.to_string(),

@@ -34,6 +34,8 @@ pub enum AuthError {
     AmbiguousKid,
     WrongType,
     WrongTokenUse,
+    /// `sub` absent, or matching none of the provider's `subjects`.
+    WrongSubject,
     WrongClient,
     WrongSigner,
     KeyAlgMismatch,
@@ -81,6 +83,7 @@ impl AuthError {
             AuthError::MissingExpiration => "missing_exp",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::WrongSubject => "wrong_subject",
             AuthError::LifetimeTooLong { .. } => "lifetime_too_long",
             AuthError::InvalidClaim { .. } => "invalid_claim",
             AuthError::MissingAudience => "missing_audience",
@@ -108,6 +111,7 @@ impl AuthError {
             AuthError::AmbiguousKid => "the key set has several keys with the token's kid".into(),
             AuthError::WrongType => "token type (typ) is not the one this issuer uses".into(),
             AuthError::WrongTokenUse => "token_use is not the one this provider accepts".into(),
+            AuthError::WrongSubject => "token subject (sub) is not accepted".into(),
             AuthError::WrongClient => "token client_id is not allowed".into(),
             AuthError::WrongSigner => "token was not signed by an accepted load balancer".into(),
             AuthError::KeyAlgMismatch => "no key fits the token's kid and algorithm".into(),
@@ -325,6 +329,12 @@ impl ClaimChecks {
             if let Some(want) = &provider.token_use {
                 if claims.get("token_use").and_then(Value::as_str) != Some(want.name()) {
                     return Err(AuthError::WrongTokenUse);
+                }
+            }
+            if !provider.subjects.is_empty() {
+                let sub = claims.get("sub").and_then(Value::as_str);
+                if !sub.is_some_and(|s| provider.subjects.iter().any(|p| p.matches(s))) {
+                    return Err(AuthError::WrongSubject);
                 }
             }
             check_audience(provider, claims)
@@ -739,5 +749,37 @@ mod tests {
             "signers": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/x/50dc6c495c0c9188"]}}]});
         let e = Config::from_json(alb.to_string().as_bytes()).unwrap_err().to_string();
         assert!(e.starts_with("providers[0].maxLifetime: does not apply to ALB"), "{e}");
+    }
+
+    /// `subjects`: `sub` must match one of the patterns; an absent `sub` matches none.
+    #[test]
+    fn subjects_constrain_sub() {
+        let key = TestKey::generate(Alg::ES256, "k");
+        let cfg = json!({"providers": [{"issuer": "https://idp.example", "audiences": ["orders"],
+            "subjects": ["spiffe://cluster.local/ns/orders/*", "svc-reports"],
+            "jwks": {"keys": [key.public_jwk()]}}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let p = &c.providers[0];
+        let check = |claims: Value| verify(p, &p.keys, &parse(&key.sign(&claims), 8192).unwrap(), NOW);
+        let base = json!({"iss": "https://idp.example", "aud": "orders", "iat": NOW, "exp": NOW + 60});
+        for ok in ["spiffe://cluster.local/ns/orders/sa/api", "svc-reports"] {
+            assert_eq!(check(with(base.clone(), "sub", json!(ok))), Ok(()), "{ok}");
+        }
+        for bad in [
+            json!("spiffe://cluster.local/ns/other/sa/api"),
+            json!("SVC-REPORTS"),
+            json!("svc-reports2"),
+        ] {
+            assert_eq!(
+                check(with(base.clone(), "sub", bad.clone())),
+                Err(AuthError::WrongSubject),
+                "{bad}"
+            );
+        }
+        let e = check(base).unwrap_err();
+        assert_eq!((e.clone(), e.reason()), (AuthError::WrongSubject, "wrong_subject"));
+        let empty = json!({"providers": [{"issuer": "https://i", "jwksUri": "https://i/j", "subjects": []}]});
+        let e = Config::from_json(empty.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("providers[0].subjects: must not be empty"), "{e}");
     }
 }

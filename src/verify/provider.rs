@@ -59,6 +59,9 @@ pub struct Provider {
     /// mTLS from one of these workloads (e.g. the ingress gateway); from any other peer a
     /// valid token is refused with 403 `untrusted_peer`. Empty: any peer.
     pub(crate) trusted_principals: Vec<crate::policy::StrPattern>,
+    /// `subjects` (Envoy's `subjects`): the token's `sub` must match one of these (exact,
+    /// `prefix*`, `*suffix` or `*`). Empty: any subject.
+    pub(crate) subjects: Vec<crate::policy::StrPattern>,
 }
 
 impl Provider {
