@@ -1,11 +1,12 @@
-//! RSA (RS256/384/512, PS256/384/512): the key, its fast PKCS#1 v1.5 path and the `rsa`
-//! crate as the reference.
+//! RSA (RS256/384/512, PS256/384/512): the key, its fast path and the `rsa` crate as the
+//! reference.
 //!
-//! PKCS#1 v1.5 signatures with a 2048-, 3072- or 4096-bit modulus are verified by the
-//! Montgomery arithmetic below ([`FastRsa`]); PSS, and every other modulus size, by the `rsa`
-//! crate, which is also the reference the fast path is held to: unit tests against the general
-//! bignum, `tests/wycheproof.rs` (every RSA PKCS#1 vector through both), and the differential
-//! fuzz target `crypto_diff`. Verification handles public values only, so nothing here needs
+//! PKCS#1 v1.5 and PSS signatures with a 2048-, 3072- or 4096-bit modulus are verified by the
+//! Montgomery arithmetic below ([`FastRsa`]: `s^e mod n`, then the EMSA-PKCS1-v1_5 encoding
+//! compared whole, or EMSA-PSS-VERIFY); every other modulus size by the `rsa` crate, which is
+//! also the reference the fast path is held to: unit tests against the general bignum,
+//! `tests/wycheproof.rs` (every RSA PKCS#1 and PSS vector through both, their answers
+//! compared), and the differential fuzz target `crypto_diff`. Verification handles public values only, so nothing here needs
 //! to be constant time.
 
 use super::alg::Alg;
@@ -64,6 +65,9 @@ impl Verifier for RsaKey {
             (Some(fast), Alg::RS256) => fast.verify_pkcs1(&SHA256_PREFIX, &Sha256::digest(msg), sig),
             (Some(fast), Alg::RS384) => fast.verify_pkcs1(&SHA384_PREFIX, &Sha384::digest(msg), sig),
             (Some(fast), Alg::RS512) => fast.verify_pkcs1(&SHA512_PREFIX, &Sha512::digest(msg), sig),
+            (Some(fast), Alg::PS256) => fast.verify_pss(PssHash::Sha256, &Sha256::digest(msg), sig, self.bits()),
+            (Some(fast), Alg::PS384) => fast.verify_pss(PssHash::Sha384, &Sha384::digest(msg), sig, self.bits()),
+            (Some(fast), Alg::PS512) => fast.verify_pss(PssHash::Sha512, &Sha512::digest(msg), sig, self.bits()),
             _ => self.verify_reference(alg, msg, sig),
         }
     }
@@ -547,28 +551,138 @@ impl FastRsa {
 /// `None` when the modulus has no fast path or `s >= n`.
 #[doc(hidden)]
 pub fn fast_public_op(n: &[u8], e: &[u8], s: &[u8]) -> Option<Vec<u8>> {
-    fn be<const L: usize>(key: &FastKey<L>, s: &[u8]) -> Option<Vec<u8>> {
-        let k = key.modulus.k;
-        let r = key.public_op(s)?;
+    FastRsa::new(n, e)?.public_op_be(s)
+}
+
+impl<const L: usize> FastKey<L> {
+    /// `s^e mod n` as `4L` big-endian bytes.
+    fn public_op_be(&self, s: &[u8]) -> Option<Vec<u8>> {
+        let k = self.modulus.k;
+        let r = self.public_op(s)?;
         let len = 4 * L;
         let mut out = vec![0u8; len];
+        // Limb i holds bits [28i, 28i + 28): spread each into the bytes it covers.
         for (i, l) in value(&r, k).iter().enumerate() {
-            for b in 0..LIMB_BITS as usize {
-                let bit = i * LIMB_BITS as usize + b;
-                if l >> b & 1 == 1 && bit / 8 < len {
-                    if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
-                        *byte |= 1 << (bit % 8);
-                    }
+            let mut bits = *l;
+            let mut bit = i * LIMB_BITS as usize;
+            while bits != 0 && bit / 8 < len {
+                if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
+                    *byte |= ((bits << (bit % 8)) & 0xff) as u8;
                 }
+                let taken = 8 - bit % 8;
+                bits >>= taken;
+                bit += taken;
             }
         }
         Some(out)
     }
-    match FastRsa::new(n, e)? {
-        FastRsa::R2048(key) => be(&key, s),
-        FastRsa::R3072(key) => be(&key, s),
-        FastRsa::R4096(key) => be(&key, s),
+}
+
+impl FastRsa {
+    /// `s^e mod n` as `k` big-endian bytes; `None` if `s` is too long or not below `n`.
+    fn public_op_be(&self, s: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            FastRsa::R2048(key) => key.public_op_be(s),
+            FastRsa::R3072(key) => key.public_op_be(s),
+            FastRsa::R4096(key) => key.public_op_be(s),
+        }
     }
+
+    /// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with MGF1 over the same hash and a salt as long as
+    /// the hash (RFC 7518 §3.5), on `sig^e mod n` from the fast path. `mod_bits` is the
+    /// modulus size in bits. The `rsa` crate's `Pss` verification is the reference
+    /// (`verify_reference`; both run every Wycheproof PSS vector).
+    fn verify_pss(&self, hash: PssHash, m_hash: &[u8], sig: &[u8], mod_bits: usize) -> bool {
+        let k = self.len();
+        let h_len = hash.len();
+        let s_len = h_len;
+        if sig.len() != k || mod_bits == 0 {
+            return false;
+        }
+        let em_bits = mod_bits - 1;
+        let em_len = em_bits.div_ceil(8);
+        if em_len < h_len + s_len + 2 || em_len > k {
+            return false;
+        }
+        let Some(m) = self.public_op_be(sig) else {
+            return false;
+        };
+        // EM = I2OSP(m, emLen): the bytes above emLen must be zero.
+        let Some((high, em)) = m.split_at_checked(k - em_len) else {
+            return false;
+        };
+        if high.iter().any(|b| *b != 0) || em.last() != Some(&0xbc) {
+            return false;
+        }
+        let Some((masked_db, rest)) = em.split_at_checked(em_len - h_len - 1) else {
+            return false;
+        };
+        let Some(h) = rest.get(..h_len) else {
+            return false;
+        };
+        let unused_bits = 8 * em_len - em_bits;
+        let top_mask = 0xffu8.checked_shr(unused_bits as u32).unwrap_or(0);
+        if masked_db.first().is_none_or(|b| b & !top_mask != 0) {
+            return false;
+        }
+        // DB = maskedDB xor MGF1(H, emLen - hLen - 1).
+        let mut db = masked_db.to_vec();
+        let mut counter = 0u32;
+        let mut at = 0;
+        while at < db.len() {
+            for (x, m) in db.iter_mut().skip(at).zip(hash.digest(&[h, &counter.to_be_bytes()])) {
+                *x ^= m;
+                at += 1;
+            }
+            counter += 1;
+        }
+        if let Some(first) = db.first_mut() {
+            *first &= top_mask;
+        }
+        // DB = PS (zeros) || 0x01 || salt.
+        let Some((ps, tail)) = db.split_at_checked(em_len - h_len - s_len - 2) else {
+            return false;
+        };
+        if ps.iter().any(|b| *b != 0) || tail.first() != Some(&0x01) {
+            return false;
+        }
+        let Some(salt) = tail.get(1..) else {
+            return false;
+        };
+        equal(&hash.digest(&[&[0u8; 8], m_hash, salt]), h)
+    }
+}
+
+/// The hash of a PS* algorithm (one non-generic PSS routine: a generic one copies the hash
+/// code into the module once per algorithm).
+#[derive(Clone, Copy)]
+enum PssHash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl PssHash {
+    fn len(self) -> usize {
+        match self {
+            PssHash::Sha256 => 32,
+            PssHash::Sha384 => 48,
+            PssHash::Sha512 => 64,
+        }
+    }
+
+    fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        match self {
+            PssHash::Sha256 => Sha256::digest(parts.concat()).to_vec(),
+            PssHash::Sha384 => Sha384::digest(parts.concat()).to_vec(),
+            PssHash::Sha512 => Sha512::digest(parts.concat()).to_vec(),
+        }
+    }
+}
+
+/// Equality of public values (the recomputed and the signed hash).
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 fn rsa_pkcs1(k: &RsaPublicKey, scheme: Pkcs1v15Sign, hashed: &[u8], sig: &[u8]) -> bool {
