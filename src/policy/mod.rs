@@ -2,7 +2,9 @@
 //! (`ALLOW`, `DENY`, `AUDIT`), request conditions (`methods`, `paths`, `hosts` and their `not`
 //! forms), conditions on the calling workload (`principals`, `namespaces`, `ipBlocks` and their
 //! `not` forms: Istio's `from.source`, read from the mTLS peer certificate and the downstream
-//! address) and identity conditions (`providers`, `requestPrincipals`, `when` on claims).
+//! address) and identity conditions (`providers`, `requestPrincipals`, `when` on claims, against
+//! fixed values or, with `valuesFrom`/`notValuesFrom`, a value of the request: a path capture,
+//! a header, a query parameter).
 //!
 //! Semantics (Istio's): within a rule every present field must hold, and a field holds when
 //! any of its values matches (`not*` fields: when none does). DENY rules are checked first and
