@@ -121,6 +121,8 @@ pub fn policy_eval(data: &[u8]) {
     let facts = RequestFacts {
         method,
         path: &path,
+        served_path: &path,
+        query: "",
         host: &canonical_host,
         headers: &headers,
         peer: &peer,
@@ -132,7 +134,7 @@ pub fn policy_eval(data: &[u8]) {
     };
     let d = c.policy().evaluate(&facts, Some(&subject));
     for t in &d.trace {
-        let _ = c.policy().describe(t);
+        let _ = c.policy().describe(t, &d.bound);
     }
     let _ = c.policy().evaluate(&facts, None);
 }

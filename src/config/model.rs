@@ -333,6 +333,16 @@ pub(crate) struct RawWhen {
     pub(crate) not_values: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) all_values: Option<Vec<String>>,
+    /// A value of the request the claim must equal: `path:NAME` (a `{NAME}` template capture),
+    /// `header:NAME`, `query:NAME`.
+    #[serde(default)]
+    pub(crate) values_from: Option<String>,
+    /// As `values_from`, negated: no claim value equals the request's.
+    #[serde(default)]
+    pub(crate) not_values_from: Option<String>,
+    /// Compare a `valuesFrom`/`notValuesFrom` binding ASCII case-insensitively.
+    #[serde(default)]
+    pub(crate) ignore_case: Option<bool>,
 }
 
 /// `"realm_access.roles"` (dots separate, `\.` is a literal dot) or `["https://x.io/roles"]`.

@@ -1147,7 +1147,7 @@ fn report<H: Host>(vm: &mut Vm<H>, req: &HttpRequest, ev: &Evaluation, now_ms: u
     let mut line = line(ev, &l);
     if l.outcome == "dry_run_denied" {
         if let (Some(pd), Some(m)) = (&ev.policy, line.as_object_mut()) {
-            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t)).collect();
+            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t, &pd.bound)).collect();
             m.insert("trace".into(), json!(why));
         }
     }

@@ -2,7 +2,9 @@
 //! (`ALLOW`, `DENY`, `AUDIT`), request conditions (`methods`, `paths`, `hosts` and their `not`
 //! forms), conditions on the calling workload (`principals`, `namespaces`, `ipBlocks` and their
 //! `not` forms: Istio's `from.source`, read from the mTLS peer certificate and the downstream
-//! address) and identity conditions (`providers`, `requestPrincipals`, `when` on claims).
+//! address) and identity conditions (`providers`, `requestPrincipals`, `when` on claims, against
+//! fixed values or, with `valuesFrom`/`notValuesFrom`, a value of the request: a path capture,
+//! a header, a query parameter).
 //!
 //! Semantics (Istio's): within a rule every present field must hold, and a field holds when
 //! any of its values matches (`not*` fields: when none does). DENY rules are checked first and
@@ -21,6 +23,7 @@ use crate::config::model::{RawClaimPath, RawRule, RawWhen};
 use crate::policy::identity::{compile_header_to_add, HeaderToAdd};
 use crate::token::claims::{claim_at, dotted};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 // ---------------------------------------------------------------------------------------------
@@ -210,8 +213,9 @@ impl IpBlock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    /// `{name}` or `{*}`: exactly one non-empty segment.
-    One,
+    /// `{name}` or `{*}` (None): exactly one non-empty segment. A name may be bound by a `when`
+    /// condition (`valuesFrom: "path:name"`).
+    One(Option<String>),
     /// `{**}`: any number of segments (last position only).
     Rest,
 }
@@ -224,17 +228,19 @@ enum PathPattern {
 
 impl PathPattern {
     fn compile(p: &str, lowercase: bool) -> Result<PathPattern, String> {
-        let p = if lowercase {
-            p.to_ascii_lowercase()
-        } else {
-            p.to_string()
-        };
         if !p.starts_with('/') && !p.starts_with('*') {
             return Err(format!("{p:?} must start with / (or be a *suffix pattern)"));
         }
         if !p.contains('{') && !p.contains('}') {
+            let p = if lowercase {
+                p.to_ascii_lowercase()
+            } else {
+                p.to_string()
+            };
             return StrPattern::compile(&p).map(PathPattern::Str);
         }
+        // Literal segments follow `caseInsensitivePaths`; variable names keep their case (a
+        // binding names them as written).
         let mut segs = Vec::new();
         let parts: Vec<&str> = p.split('/').skip(1).collect();
         for (i, s) in parts.iter().enumerate() {
@@ -245,13 +251,10 @@ impl PathPattern {
                         return Err(format!("{p:?}: {{**}} may only be the last segment"));
                     }
                     Segment::Rest
-                } else if inner == "*"
-                    || (!inner.is_empty()
-                        && inner
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-                {
-                    Segment::One
+                } else if inner == "*" {
+                    Segment::One(None)
+                } else if is_variable_name(inner) {
+                    Segment::One(Some(inner.to_string()))
                 } else {
                     return Err(format!(
                         "{p:?}: template variable {s:?} must be {{name}}, {{*}} or {{**}}"
@@ -261,12 +264,31 @@ impl PathPattern {
                 return Err(format!(
                     "{p:?}: a template segment must be a literal or a whole {{variable}}"
                 ));
+            } else if lowercase {
+                Segment::Literal(s.to_ascii_lowercase())
             } else {
                 Segment::Literal((*s).to_string())
             };
             segs.push(seg);
         }
         Ok(PathPattern::Template(segs))
+    }
+
+    /// The segment index (0 for the first after `/`) where the template captures `{name}`.
+    fn capture_index(&self, name: &str) -> Result<usize, &'static str> {
+        let PathPattern::Template(segs) = self else {
+            return Err("is not a template");
+        };
+        let mut at = segs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Segment::One(Some(n)) if n == name))
+            .map(|(i, _)| i);
+        match (at.next(), at.next()) {
+            (Some(i), None) => Ok(i),
+            (Some(_), Some(_)) => Err("defines it twice"),
+            (None, _) => Err("does not define it"),
+        }
     }
 
     fn matches(&self, path: &str) -> bool {
@@ -277,7 +299,7 @@ impl PathPattern {
                 for seg in segs {
                     match seg {
                         Segment::Rest => return true,
-                        Segment::One => match parts.next() {
+                        Segment::One(_) => match parts.next() {
                             Some(p) if !p.is_empty() => {}
                             _ => return false,
                         },
@@ -304,6 +326,71 @@ pub enum Source {
     Header(String),
 }
 
+/// Where a binding reads the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestSource {
+    /// `path:NAME`: the segment `{NAME}` captured, read from the served canonical path; `at`
+    /// holds its segment index in each of the rule's `paths` (all of them define it).
+    Path { name: String, at: Vec<usize> },
+    /// `header:NAME` (lower-case): the header's value, byte for byte.
+    Header(String),
+    /// `query:NAME`: the query parameter's value, percent-decoded once.
+    Query(String),
+}
+
+/// `valuesFrom` / `notValuesFrom`: the claim compared with a value taken from the request.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub from: RequestSource,
+    /// As written (`path:tenant`), for traces.
+    pub label: String,
+    /// `notValuesFrom`: holds when no claim value equals the request's.
+    pub negated: bool,
+    /// `ignoreCase`: ASCII case-insensitive comparison.
+    pub ignore_case: bool,
+}
+
+/// A request value a binding read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReqValue<'a> {
+    /// Not in the request (no such header or parameter), or empty.
+    Absent,
+    /// The request spells it in a way servers read differently: a repeated or differently
+    /// cased query parameter, a bad escape, a capture that decodes to a separator or a control
+    /// character. A DENY rule's binding then holds; any other rule's does not.
+    Ambiguous,
+    Value(Cow<'a, str>),
+}
+
+impl ReqValue<'_> {
+    pub fn into_owned(self) -> ReqValue<'static> {
+        match self {
+            ReqValue::Absent => ReqValue::Absent,
+            ReqValue::Ambiguous => ReqValue::Ambiguous,
+            ReqValue::Value(v) => ReqValue::Value(Cow::Owned(v.into_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for ReqValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReqValue::Absent => f.write_str("absent"),
+            ReqValue::Ambiguous => f.write_str("ambiguous"),
+            ReqValue::Value(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// The request value one rule's binding compared, recorded for traces and decision lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundValue {
+    pub rule: usize,
+    /// The index of the `when` condition in the rule.
+    pub when: usize,
+    pub value: ReqValue<'static>,
+}
+
 #[derive(Debug, Clone)]
 pub struct WhenCondition {
     pub source: Source,
@@ -312,6 +399,8 @@ pub struct WhenCondition {
     values: Vec<StrPattern>,
     not_values: Vec<StrPattern>,
     all_values: Vec<StrPattern>,
+    /// `valuesFrom` / `notValuesFrom`.
+    pub binding: Option<Binding>,
     /// Per provider index: whether this claim is a space-delimited set (`scope`, `scp`).
     space_delimited: Vec<bool>,
 }
@@ -522,6 +611,7 @@ pub(crate) fn compile_rules(
                 }
             }
         }
+        let written_paths = r.paths.clone().unwrap_or_default();
         let mut when = Vec::new();
         for (j, w) in non_empty(&path, "when", r.when)?.into_iter().enumerate() {
             when.push(compile_when(&format!("{path}.when[{j}]"), w, providers)?);
@@ -550,6 +640,7 @@ pub(crate) fn compile_rules(
             headers_to_add: Vec::new(),
         };
         let mut rule = rule;
+        resolve_path_bindings(&path, &mut rule, &written_paths)?;
         for (j, h) in non_empty(&path, "requestHeadersToAdd", r.request_headers_to_add)?
             .into_iter()
             .enumerate()
@@ -588,6 +679,42 @@ pub(crate) fn compile_rules(
     Ok(rules)
 }
 
+/// Each `path:NAME` binding of the rule: the segment index of `{NAME}` in every one of its
+/// `paths`, or an error naming the first path that does not define it (a binding must read
+/// the same capture whichever of the rule's paths the request matched).
+fn resolve_path_bindings(path: &str, rule: &mut Rule, written: &[String]) -> Result<(), ConfigError> {
+    let paths = &rule.paths;
+    for (j, w) in rule.when.iter_mut().enumerate() {
+        let Some(b) = &mut w.binding else { continue };
+        let RequestSource::Path { name, at } = &mut b.from else {
+            continue;
+        };
+        let field = if b.negated { "notValuesFrom" } else { "valuesFrom" };
+        if paths.is_empty() {
+            return Err(err(
+                format!("{path}.when[{j}].{field}"),
+                format!(
+                    "{:?} binds a path capture, but the rule has no paths to define {{{name}}}",
+                    b.label
+                ),
+            ));
+        }
+        for (k, p) in paths.iter().enumerate() {
+            match p.capture_index(name) {
+                Ok(i) => at.push(i),
+                Err(why) => {
+                    let written = written.get(k).map(String::as_str).unwrap_or("");
+                    return Err(err(
+                        format!("{path}.when[{j}].{field}"),
+                        format!("{:?} binds {{{name}}}, but paths[{k}] {written:?} {why}", b.label),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn compile_when(path: &str, w: RawWhen, providers: &[ProviderInfo]) -> Result<WhenCondition, ConfigError> {
     let (source, label) = match (w.claim, w.key) {
         (Some(_), Some(_)) => return Err(err(path, "give either claim or key, not both")),
@@ -620,12 +747,55 @@ fn compile_when(path: &str, w: RawWhen, providers: &[ProviderInfo]) -> Result<Wh
     let values = patterns(path, "values", w.values, lowercase_values)?;
     let not_values = patterns(path, "notValues", w.not_values, lowercase_values)?;
     let all_values = patterns(path, "allValues", w.all_values, lowercase_values)?;
-    if values.is_empty() && not_values.is_empty() && all_values.is_empty() {
-        return Err(err(
-            format!("{path}.values"),
-            "one of values, notValues or allValues is required",
-        ));
-    }
+    let binding = match (w.values_from, w.not_values_from) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{path}.notValuesFrom"),
+                "give valuesFrom or notValuesFrom, not both",
+            ))
+        }
+        (Some(from), None) => Some(("valuesFrom", from, false)),
+        (None, Some(from)) => Some(("notValuesFrom", from, true)),
+        (None, None) => None,
+    };
+    let binding = match binding {
+        None => {
+            if w.ignore_case.is_some() {
+                return Err(err(
+                    format!("{path}.ignoreCase"),
+                    "applies only to valuesFrom and notValuesFrom",
+                ));
+            }
+            if values.is_empty() && not_values.is_empty() && all_values.is_empty() {
+                return Err(err(
+                    format!("{path}.values"),
+                    "one of values, notValues, allValues, valuesFrom or notValuesFrom is required",
+                ));
+            }
+            None
+        }
+        Some((field, from, negated)) => {
+            if !(values.is_empty() && not_values.is_empty() && all_values.is_empty()) {
+                return Err(err(
+                    format!("{path}.{field}"),
+                    "cannot be combined with values, notValues or allValues in one condition (write two)",
+                ));
+            }
+            if matches!(source, Source::Header(_)) {
+                return Err(err(
+                    format!("{path}.key"),
+                    format!("{field} compares a claim with the request; {label:?} is not a claim"),
+                ));
+            }
+            let parsed = request_source(&from).map_err(|e| err(format!("{path}.{field}"), e))?;
+            Some(Binding {
+                from: parsed,
+                label: from,
+                negated,
+                ignore_case: w.ignore_case.unwrap_or(false),
+            })
+        }
+    };
     let space_delimited = providers
         .iter()
         .map(|p| match &source {
@@ -641,8 +811,38 @@ fn compile_when(path: &str, w: RawWhen, providers: &[ProviderInfo]) -> Result<Wh
         values,
         not_values,
         all_values,
+        binding,
         space_delimited,
     })
+}
+
+/// A `{name}` template variable: letters, digits, `_` and `-`.
+fn is_variable_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `path:NAME`, `header:NAME` or `query:NAME`.
+fn request_source(s: &str) -> Result<RequestSource, String> {
+    let bad = || format!("{s:?}: expected path:NAME (a {{NAME}} of the rule's paths), header:NAME or query:NAME");
+    let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "path" if is_variable_name(name) => Ok(RequestSource::Path {
+            name: name.to_string(),
+            at: Vec::new(),
+        }),
+        "header"
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+        {
+            Ok(RequestSource::Header(name.to_ascii_lowercase()))
+        }
+        "query" if !name.is_empty() && !name.contains(['&', '=', '#', ' ']) => {
+            Ok(RequestSource::Query(name.to_string()))
+        }
+        _ => Err(bad()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,6 +853,11 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// Normalised (see [`crate::policy::path::normalize`]).
     pub path: &'a str,
+    /// The canonical path as the upstream is sent it (no query; its case and `;` parameters
+    /// kept): where `path:NAME` bindings read their capture. Same segments as `path`.
+    pub served_path: &'a str,
+    /// The query as received (after `?`, empty without one): where `query:NAME` bindings read.
+    pub query: &'a str,
     /// `:authority`, canonical ([`crate::policy::path::canonical_host`]: lower-cased, no trailing
     /// dots), computed once per request by whoever builds the facts.
     pub host: &'a str,
@@ -729,6 +934,8 @@ pub struct PolicyDecision {
     /// that differs from `effect`.
     pub shadow: Option<Effect>,
     pub trace: Vec<RuleResult>,
+    /// The request values bindings compared, for rules whose method, path and host matched.
+    pub bound: Vec<BoundValue>,
 }
 
 fn host_matches(pattern: &StrPattern, host: &str) -> bool {
@@ -769,8 +976,102 @@ fn any_value(v: &Value, split: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
     }
 }
 
+/// A component decoded once: `%XX` escapes (and `+` as a space, for a query). A bad escape,
+/// a result that is not UTF-8 or holds a control character (or, for a path segment, a `/` or
+/// `\\`) is ambiguous; an empty one absent.
+fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_> {
+    if s.is_empty() {
+        return ReqValue::Absent;
+    }
+    let value = if !(s.contains('%') || (plus_is_space && s.contains('+'))) {
+        Cow::Borrowed(s)
+    } else {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'%' => {
+                    let digit = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+                    let (Some(h), Some(l)) = (digit(i + 1), digit(i + 2)) else {
+                        return ReqValue::Ambiguous;
+                    };
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                b'+' if plus_is_space => out.push(b' '),
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+        match String::from_utf8(out) {
+            Ok(v) => Cow::Owned(v),
+            Err(_) => return ReqValue::Ambiguous,
+        }
+    };
+    if value
+        .chars()
+        .any(|c| c.is_control() || (segment && (c == '/' || c == '\\')))
+    {
+        return ReqValue::Ambiguous;
+    }
+    ReqValue::Value(value)
+}
+
+/// The value of query parameter `name`: absent when not given, ambiguous when given twice,
+/// spelled in another case, or when any parameter name fails to decode.
+fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
+    let mut found = ReqValue::Absent;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = match decode_component(n, true, false) {
+            ReqValue::Value(n) => n,
+            ReqValue::Absent => continue,
+            ReqValue::Ambiguous => return ReqValue::Ambiguous,
+        };
+        if !n.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        if n != name || found != ReqValue::Absent {
+            return ReqValue::Ambiguous;
+        }
+        found = match decode_component(v, true, false) {
+            // Given, but empty: absent, yet a second spelling is still ambiguous.
+            ReqValue::Absent => ReqValue::Value(Cow::Borrowed("")),
+            other => other,
+        };
+    }
+    match found {
+        ReqValue::Value(v) if v.is_empty() => ReqValue::Absent,
+        other => other,
+    }
+}
+
 impl WhenCondition {
-    fn holds(&self, req: &RequestFacts, subject: Option<&Subject>) -> bool {
+    /// For a binding, the request value it compares (`paths`: the rule's).
+    fn request_value<'a>(&self, req: &RequestFacts<'a>, paths: &[PathPattern]) -> Option<ReqValue<'a>> {
+        let b = self.binding.as_ref()?;
+        Some(match &b.from {
+            RequestSource::Path { at, .. } => {
+                let index = paths.iter().position(|p| p.matches(req.path)).and_then(|k| at.get(k));
+                match index.and_then(|i| req.served_path.split('/').nth(i + 1)) {
+                    // The segment as rules see it: without `;` parameters.
+                    Some(seg) => decode_component(seg.split(';').next().unwrap_or(seg), false, true),
+                    None => ReqValue::Absent,
+                }
+            }
+            RequestSource::Header(name) => match req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                Some((_, v)) if !v.is_empty() => ReqValue::Value(Cow::Borrowed(*v)),
+                _ => ReqValue::Absent,
+            },
+            RequestSource::Query(name) => query_value(req.query, name),
+        })
+    }
+
+    /// `paths`: the rule's (where a path binding finds its capture); `deny`: whether the rule
+    /// is a DENY rule (an ambiguous request value holds for it, and for no other).
+    fn holds(&self, req: &RequestFacts, subject: Option<&Subject>, paths: &[PathPattern], deny: bool) -> bool {
         let principal_value;
         let header_value;
         let (value, split): (Option<&Value>, bool) = match &self.source {
@@ -794,6 +1095,26 @@ impl WhenCondition {
                 (header_value.as_ref(), false)
             }
         };
+        if let (Some(b), Some(bound)) = (&self.binding, self.request_value(req, paths)) {
+            return match bound {
+                ReqValue::Ambiguous => deny,
+                // An absent request value matches nothing: `valuesFrom` fails, `notValuesFrom`
+                // holds (as a missing claim satisfies notValues).
+                ReqValue::Absent => b.negated,
+                ReqValue::Value(r) => {
+                    let equal = value.is_some_and(|v| {
+                        any_value(v, split, &mut |s| {
+                            if b.ignore_case {
+                                s.eq_ignore_ascii_case(&r)
+                            } else {
+                                s == r
+                            }
+                        })
+                    });
+                    equal != b.negated
+                }
+            };
+        }
         let matches_any = |pats: &[StrPattern]| match value {
             Some(v) => any_value(v, split, &mut |s| pats.iter().any(|p| p.matches(s))),
             None => false,
@@ -915,8 +1236,9 @@ impl Rule {
         if subject.is_some_and(|s| self.not_request_principals.iter().any(|p| p.matches(s.principal))) {
             return Err(Mismatch::NotPrincipal);
         }
+        let deny = self.action == RuleAction::Deny;
         for (i, w) in self.when.iter().enumerate() {
-            if !w.holds(req, subject) {
+            if !w.holds(req, subject, &self.paths, deny) {
                 return Err(Mismatch::When(i));
             }
         }
@@ -944,7 +1266,7 @@ impl Rule {
         }
         let mut failed_scope = false;
         for w in &self.when {
-            if !w.holds(req, subject) {
+            if !w.holds(req, subject, &self.paths, false) {
                 if !w.is_scope(s.provider) {
                     return false;
                 }
@@ -966,12 +1288,23 @@ impl Policy {
         self.mode
     }
 
-    /// The request headers rules read (`request.headers[name]`), as written (repeats included).
+    /// The request headers rules read (`request.headers[name]`, `header:name` bindings), as
+    /// written (repeats included).
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().flat_map(|r| &r.when).filter_map(|w| match &w.source {
-            Source::Header(name) => Some(name.as_str()),
-            _ => None,
-        })
+        self.rules
+            .iter()
+            .flat_map(|r| &r.when)
+            .filter_map(|w| match (&w.source, &w.binding) {
+                (Source::Header(name), _) => Some(name.as_str()),
+                (
+                    _,
+                    Some(Binding {
+                        from: RequestSource::Header(name),
+                        ..
+                    }),
+                ) => Some(name.as_str()),
+                _ => None,
+            })
     }
 
     /// Whether an AUDIT rule exists (its matches are logged on every request).
@@ -1019,7 +1352,27 @@ impl Policy {
         };
         let shadow =
             shadow.filter(|s| *s != effect && (self.mode == Mode::DryRun || self.rules.iter().any(|r| r.dry_run)));
-        PolicyDecision { effect, shadow, trace }
+        let mut bound = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.when.iter().all(|w| w.binding.is_none()) || r.request_matches(req).is_err() {
+                continue;
+            }
+            for (j, w) in r.when.iter().enumerate() {
+                if let Some(value) = w.request_value(req, &r.paths) {
+                    bound.push(BoundValue {
+                        rule: i,
+                        when: j,
+                        value: value.into_owned(),
+                    });
+                }
+            }
+        }
+        PolicyDecision {
+            effect,
+            shadow,
+            trace,
+            bound,
+        }
     }
 
     fn decide(
@@ -1061,12 +1414,26 @@ impl Policy {
     }
 
     /// Human-readable reason for a rule result, for logs and `explain`.
-    pub fn describe(&self, r: &RuleResult) -> String {
+    /// `bound`: the decision's [`PolicyDecision::bound`], whose values are shown.
+    pub fn describe(&self, r: &RuleResult, bound: &[BoundValue]) -> String {
         let Some(rule) = self.rules.get(r.rule) else {
             return String::new();
         };
+        let bindings = || {
+            let shown: Vec<String> = bound
+                .iter()
+                .filter(|b| b.rule == r.rule)
+                .filter_map(|b| rule.when.get(b.when).map(|w| (b, w)))
+                .map(|(b, w)| format!("when[{}] {}", b.when, self.bound_text(w, &b.value)))
+                .collect();
+            if shown.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", shown.join("; "))
+            }
+        };
         match r.outcome {
-            Ok(()) => format!("{} {}: matched", rule.action.name(), rule.name),
+            Ok(()) => format!("{} {}: matched{}", rule.action.name(), rule.name, bindings()),
             Err(m) => {
                 let why = match m {
                     Mismatch::Method => "method not in methods".to_string(),
@@ -1087,6 +1454,14 @@ impl Policy {
                     Mismatch::Principal => "principal not in requestPrincipals".into(),
                     Mismatch::NotPrincipal => "principal in notRequestPrincipals".into(),
                     Mismatch::When(i) => match rule.when.get(i) {
+                        Some(w) if w.binding.is_some() => {
+                            let value = bound
+                                .iter()
+                                .find(|b| b.rule == r.rule && b.when == i)
+                                .map(|b| b.value.clone())
+                                .unwrap_or(ReqValue::Absent);
+                            format!("when[{i}] ({}) does not hold", self.bound_text(w, &value))
+                        }
                         Some(w) => format!("when[{i}] ({}) does not hold", w.label),
                         None => format!("when[{i}] does not hold"),
                     },
@@ -1094,6 +1469,33 @@ impl Policy {
                 format!("{} {}: {why}", rule.action.name(), rule.name)
             }
         }
+    }
+
+    /// A binding with the request value it compared: `tenant valuesFrom path:tenant = "acme"`.
+    pub fn bound_text(&self, w: &WhenCondition, value: &ReqValue) -> String {
+        match &w.binding {
+            Some(b) => format!(
+                "{} {} {} = {value}{}",
+                w.label,
+                if b.negated { "notValuesFrom" } else { "valuesFrom" },
+                b.label,
+                if b.ignore_case { " (ignoreCase)" } else { "" }
+            ),
+            None => w.label.clone(),
+        }
+    }
+
+    /// One compared binding, for decision lines: `tenant-members when[0]: tenant valuesFrom
+    /// path:tenant = "acme"`.
+    pub fn bound_line(&self, b: &BoundValue) -> Option<String> {
+        let rule = self.rules.get(b.rule)?;
+        let w = rule.when.get(b.when)?;
+        Some(format!(
+            "{} when[{}]: {}",
+            rule.name,
+            b.when,
+            self.bound_text(w, &b.value)
+        ))
     }
 
     pub fn rule_name(&self, i: usize) -> &str {
@@ -1169,6 +1571,8 @@ mod tests {
         let facts = RequestFacts {
             method,
             path: &path,
+            served_path: &path,
+            query: "",
             host,
             headers: &h_refs,
             peer: &Peer::NONE,
@@ -1815,6 +2219,8 @@ mod tests {
         let facts = RequestFacts {
             method: "GET",
             path: "/legacy/x",
+            served_path: "/legacy/x",
+            query: "",
             host: "h",
             headers: &[],
             peer: &Peer::NONE,
@@ -1834,6 +2240,8 @@ mod tests {
         let facts = RequestFacts {
             method: "GET",
             path: "/orders",
+            served_path: "/orders",
+            query: "",
             host: "h",
             headers: &[],
             peer: &Peer::NONE,
@@ -1879,6 +2287,8 @@ mod tests {
         let facts = RequestFacts {
             method: "GET",
             path: "/",
+            served_path: "/",
+            query: "",
             host: "h",
             headers: &[],
             peer: &Peer::NONE,
@@ -1900,12 +2310,14 @@ mod tests {
         let facts = RequestFacts {
             method: "GET",
             path: "/orders",
+            served_path: "/orders",
+            query: "",
             host: "h",
             headers: &[],
             peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
-        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t)).collect();
+        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &d.bound)).collect();
         assert!(
             lines.contains(&"ALLOW readers: when[0] (scope) does not hold".to_string()),
             "{lines:?}"
@@ -2049,6 +2461,8 @@ mod tests {
         let facts = RequestFacts {
             method,
             path,
+            served_path: path,
+            query: "",
             host: "h",
             headers: &[],
             peer,
@@ -2146,6 +2560,8 @@ mod tests {
         let facts = RequestFacts {
             method: "POST",
             path: "/orders",
+            served_path: "/orders",
+            query: "",
             host: "h",
             headers: &[],
             peer: &peer,
@@ -2156,7 +2572,7 @@ mod tests {
             claims: claims.as_object().unwrap(),
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
-        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t)).collect();
+        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &d.bound)).collect();
         assert!(
             lines.contains(&"ALLOW frontend-buyers: peer principal not in principals".to_string()),
             "{lines:?}"

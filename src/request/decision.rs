@@ -421,6 +421,10 @@ fn evaluate_request(
         }
     };
     let path = canonical.matched;
+    // Path bindings read the path as served (its case kept); query bindings the query as
+    // received. The canonical path is only copied when it differs from the one received.
+    let (received_path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
+    let served_path = canonical.canonical.clone();
     ev.canonical_path = canonical.canonical;
     let path_rewrite = canonical.rewrite;
     if config.allow_cors_preflight && req.is_cors_preflight() {
@@ -454,6 +458,8 @@ fn evaluate_request(
     let facts = RequestFacts {
         method: req.method,
         path: &path,
+        served_path: served_path.as_deref().unwrap_or(received_path),
+        query,
         host: &host,
         headers,
         peer: &req.peer,
@@ -2057,5 +2063,345 @@ mod tests {
         assert_eq!((d.status, d.reason), (403, "policy_denied"));
         let d = denial(from_peer(&c, None, "/orders", Some(&writer)).decision);
         assert_eq!((d.status, d.reason), (403, "policy_denied"));
+    }
+
+    // --- claims bound to the request (valuesFrom / notValuesFrom) ---------------------------
+
+    fn tenancy_config(extra: Value) -> (Config, TestKey) {
+        let mut e = json!({"rules": [
+            {"name": "cross-tenant", "action": "DENY", "paths": ["/tenants/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+            {"name": "tenant-members", "paths": ["/tenants/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]},
+            {"name": "own-user", "paths": ["/users/{sub}", "/users/{sub}/{**}"],
+             "when": [{"claim": "sub", "valuesFrom": "path:sub"}]},
+            {"name": "support", "paths": ["/users/{sub}/{**}"], "when": [{"claim": "groups", "values": ["support"]}]},
+            {"name": "header-tenant", "paths": ["/reports"], "when": [{"claim": "org.id", "valuesFrom": "header:X-Tenant-Id"}]},
+            {"name": "query-tenant", "paths": ["/search"], "when": [{"claim": "tenant", "valuesFrom": "query:tenant"}]},
+            {"name": "numeric", "paths": ["/accounts/{n}"], "when": [{"claim": "account", "valuesFrom": "path:n"}]},
+            {"name": "flag", "paths": ["/flags/{f}"], "when": [{"claim": "beta", "valuesFrom": "path:f"}]},
+            {"name": "any-case", "paths": ["/ci/{t}"], "when": [{"claim": "tenant", "valuesFrom": "path:t", "ignoreCase": true}]}
+        ]});
+        if let Value::Object(m) = extra {
+            for (key, v) in m {
+                e[key] = v;
+            }
+        }
+        policy_config(e)
+    }
+
+    fn tenant_token(k: &TestKey) -> String {
+        bearer(
+            k,
+            json!({"tenants": ["acme", "globex"], "tenant": "acme", "org": {"id": "acme"},
+                   "account": 42, "beta": true, "groups": ["staff"]}),
+        )
+    }
+
+    /// "allow:RULE", "deny:RULE" (the DENY rule that matched), "deny" (no ALLOW rule) or the
+    /// status of a refusal before policy.
+    fn outcome(c: &Config, path: &str, headers: &[(&str, &str)]) -> String {
+        let ev = http(c, "GET", path, headers);
+        match (&ev.decision, ev.policy.as_ref().map(|p| &p.effect)) {
+            (Decision::Allow { .. }, Some(Effect::Allow { rule: Some(r) })) => {
+                format!("allow:{}", c.policy.rule_name(*r))
+            }
+            (Decision::Deny(_), Some(Effect::Deny { rule: Some(r), .. })) => format!("deny:{}", c.policy.rule_name(*r)),
+            (Decision::Deny(_), Some(Effect::Deny { rule: None, .. })) => "deny".into(),
+            (Decision::Deny(d), None) => d.status.to_string(),
+            (d, e) => format!("{d:?} {e:?}"),
+        }
+    }
+
+    #[test]
+    fn path_captures_bind_claims_to_the_served_segment() {
+        let (c, k) = tenancy_config(json!({}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        for (path, want) in [
+            ("/tenants/acme/orders", "allow:tenant-members"),
+            ("/tenants/globex", "allow:tenant-members"),
+            ("/tenants/acme/", "allow:tenant-members"),
+            ("/tenants/initech/orders", "deny:cross-tenant"),
+            // Case: exact unless a rule says otherwise.
+            ("/tenants/ACME/orders", "deny:cross-tenant"),
+            ("/tenants/Acme", "deny:cross-tenant"),
+            // Unreserved escapes are decoded once, by canonicalisation.
+            ("/tenants/%61cme/orders", "allow:tenant-members"),
+            ("/tenants/acm%65", "allow:tenant-members"),
+            // Dot segments and double slashes: the capture is the segment served.
+            ("/tenants/initech/../acme/orders", "allow:tenant-members"),
+            ("/tenants/acme/../initech/orders", "deny:cross-tenant"),
+            ("/tenants/acme/%2e%2e/initech/x", "deny:cross-tenant"),
+            ("/tenants/acme/%2e%2e/../initech/x", "deny"),
+            ("/tenants//acme/orders", "allow:tenant-members"),
+            ("//tenants//initech//orders", "deny:cross-tenant"),
+            ("/tenants/./initech", "deny:cross-tenant"),
+            // Refused before policy, as everywhere.
+            ("/tenants/acme%2Finitech/orders", "400"),
+            ("/tenants/acme;x=1/orders", "400"),
+            ("/tenants/initech;acme/orders", "400"),
+            ("/tenants/acme%252e%252e/initech", "400"),
+            // Non-ASCII and reserved escapes: decoded once, compared as UTF-8.
+            ("/tenants/acme%20/orders", "deny:cross-tenant"),
+            ("/tenants/acme%00/orders", "deny:cross-tenant"),
+            ("/tenants/acme%FF/orders", "deny:cross-tenant"),
+        ] {
+            assert_eq!(outcome(&c, path, &auth), want, "{path}");
+        }
+        // Per-user resources: the token's own sub, or the support group.
+        for (path, groups, want) in [
+            ("/users/alice", json!([]), "allow:own-user"),
+            ("/users/alice/settings", json!([]), "allow:own-user"),
+            ("/users/bob/settings", json!([]), "deny"),
+            ("/users/Alice/settings", json!([]), "deny"),
+            ("/users/alice/../bob/settings", json!([]), "deny"),
+            ("/users/bob/settings", json!(["support"]), "allow:support"),
+            ("/users/bob", json!(["support"]), "allow:support"),
+        ] {
+            let t = bearer(&k, json!({"groups": groups}));
+            assert_eq!(outcome(&c, path, &[("authorization", &t)]), want, "{path} {groups}");
+        }
+        // A UTF-8 sub, percent-encoded in the path.
+        let t = bearer(&k, json!({"sub": "jörg"}));
+        assert_eq!(
+            outcome(&c, "/users/j%C3%B6rg/x", &[("authorization", &t)]),
+            "allow:own-user"
+        );
+        assert_eq!(
+            outcome(&c, "/users/j%c3%b6rg/x", &[("authorization", &t)]),
+            "allow:own-user"
+        );
+        assert_eq!(outcome(&c, "/users/jorg/x", &[("authorization", &t)]), "deny");
+    }
+
+    #[test]
+    fn path_captures_under_the_path_options() {
+        // Matrix parameters: the capture is the segment without them.
+        let (c, k) = tenancy_config(json!({"pathWithParametersAction": "MATCH_WITHOUT_PARAMETERS"}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(outcome(&c, "/tenants/acme;v=1/orders", &auth), "allow:tenant-members");
+        assert_eq!(outcome(&c, "/tenants/initech;acme/orders", &auth), "deny:cross-tenant");
+        assert_eq!(outcome(&c, "/tenants/initech;/orders", &auth), "deny:cross-tenant");
+        // Escaped slashes kept in the segment: a capture decoding to a separator is ambiguous,
+        // which a DENY binding counts as holding.
+        let (c, k) = tenancy_config(json!({"pathWithEscapedSlashesAction": "KEEP_UNCHANGED"}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(
+            outcome(&c, "/tenants/acme%2Finitech/orders", &auth),
+            "deny:cross-tenant"
+        );
+        assert_eq!(outcome(&c, "/tenants/acme%5C/orders", &auth), "deny:cross-tenant");
+        // Decoded into separators: the capture is the segment they make.
+        let (c, k) = tenancy_config(json!({"pathWithEscapedSlashesAction": "UNESCAPE_AND_FORWARD"}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(outcome(&c, "/tenants%2Facme/orders", &auth), "allow:tenant-members");
+        assert_eq!(outcome(&c, "/tenants%2Finitech%2Forders", &auth), "deny:cross-tenant");
+        // caseInsensitivePaths: literals match in any case, the capture keeps the case served.
+        let (c, k) = tenancy_config(json!({"caseInsensitivePaths": true}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(outcome(&c, "/TENANTS/acme/orders", &auth), "allow:tenant-members");
+        assert_eq!(outcome(&c, "/Tenants/ACME/orders", &auth), "deny:cross-tenant");
+        assert_eq!(outcome(&c, "/ci/ACME", &auth), "allow:any-case");
+        // A trailing backslash converted to a slash.
+        let (c, k) = tenancy_config(json!({"pathWithBackslashAction": "CONVERT_TO_SLASH"}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(outcome(&c, "/tenants\\initech\\orders", &auth), "deny:cross-tenant");
+        assert_eq!(outcome(&c, "/tenants\\acme\\orders", &auth), "allow:tenant-members");
+    }
+
+    #[test]
+    fn header_and_query_bindings() {
+        let (c, k) = tenancy_config(json!({}));
+        let t = tenant_token(&k);
+        let with = |h: &[(&'static str, &'static str)]| {
+            let mut all = vec![("authorization", t.as_str())];
+            all.extend_from_slice(h);
+            all
+        };
+        assert_eq!(
+            outcome(&c, "/reports", &with(&[("x-tenant-id", "acme")])),
+            "allow:header-tenant"
+        );
+        assert_eq!(
+            outcome(&c, "/reports", &with(&[("X-Tenant-Id", "acme")])),
+            "allow:header-tenant"
+        );
+        assert_eq!(outcome(&c, "/reports", &with(&[("x-tenant-id", "globex")])), "deny");
+        assert_eq!(outcome(&c, "/reports", &with(&[("x-tenant-id", "ACME")])), "deny");
+        assert_eq!(outcome(&c, "/reports", &with(&[("x-tenant-id", "acme ")])), "deny");
+        assert_eq!(outcome(&c, "/reports", &with(&[("x-tenant-id", "")])), "deny");
+        assert_eq!(outcome(&c, "/reports", &with(&[])), "deny");
+        // A header a rule reads may appear once.
+        assert_eq!(
+            outcome(
+                &c,
+                "/reports",
+                &with(&[("x-tenant-id", "acme"), ("x-tenant-id", "acme")])
+            ),
+            "400"
+        );
+        for (path, want) in [
+            ("/search?tenant=acme", "allow:query-tenant"),
+            ("/search?q=x&tenant=acme&page=2", "allow:query-tenant"),
+            ("/search?tenant=ac%6De", "allow:query-tenant"),
+            ("/search?tenan%74=acme", "allow:query-tenant"),
+            ("/search?tenant=globex", "deny"),
+            ("/search?tenant=ACME", "deny"),
+            ("/search?tenant=", "deny"),
+            ("/search?tenant", "deny"),
+            ("/search", "deny"),
+            // Servers disagree on which copy (or case) they read: never a match.
+            ("/search?tenant=acme&tenant=globex", "deny"),
+            ("/search?tenant=acme&tenant=acme", "deny"),
+            ("/search?tenant=acme&Tenant=globex", "deny"),
+            ("/search?Tenant=acme", "deny"),
+            ("/search?tenant=acme&%zz=1", "deny"),
+            ("/search?tenant=acme%00", "deny"),
+        ] {
+            assert_eq!(outcome(&c, path, &with(&[])), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn bindings_compare_integers_booleans_and_absent_claims_by_text() {
+        let (c, k) = tenancy_config(json!({}));
+        let t = tenant_token(&k);
+        let auth = [("authorization", t.as_str())];
+        assert_eq!(outcome(&c, "/accounts/42", &auth), "allow:numeric");
+        assert_eq!(outcome(&c, "/accounts/042", &auth), "deny");
+        assert_eq!(outcome(&c, "/accounts/42.0", &auth), "deny");
+        assert_eq!(outcome(&c, "/flags/true", &auth), "allow:flag");
+        assert_eq!(outcome(&c, "/flags/True", &auth), "deny");
+        assert_eq!(outcome(&c, "/ci/AcMe", &auth), "allow:any-case");
+        assert_eq!(outcome(&c, "/ci/acmx", &auth), "deny");
+        // No such claim: a positive binding never holds, a negative one does.
+        let bare = bearer(&k, json!({}));
+        let auth = [("authorization", bare.as_str())];
+        assert_eq!(outcome(&c, "/tenants/acme/orders", &auth), "deny:cross-tenant");
+        assert_eq!(outcome(&c, "/accounts/42", &auth), "deny");
+        assert_eq!(outcome(&c, "/reports", &[auth[0], ("x-tenant-id", "acme")]), "deny");
+        // Objects, floats and null never match.
+        let odd = bearer(&k, json!({"account": 42.0, "tenant": null, "org": {"id": {"x": 1}}}));
+        let auth = [("authorization", odd.as_str())];
+        assert_eq!(outcome(&c, "/accounts/42", &auth), "deny");
+        assert_eq!(outcome(&c, "/search?tenant=null", &auth), "deny");
+    }
+
+    #[test]
+    fn bindings_in_dry_run_and_audit_rules_and_their_trace() {
+        let rules = json!({"rules": [
+            {"name": "cross-tenant", "action": "DENY", "dryRun": true, "paths": ["/tenants/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+            {"name": "seen", "action": "AUDIT", "paths": ["/tenants/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]},
+            {"name": "everyone", "paths": ["/{**}"]}
+        ]});
+        let (c, k) = policy_config(rules);
+        let t = tenant_token(&k);
+        let ev = http(&c, "GET", "/tenants/initech/x", &[("authorization", &t)]);
+        assert!(matches!(ev.decision, Decision::Allow { .. }));
+        let pd = ev.policy.unwrap();
+        assert_eq!(
+            pd.shadow,
+            Some(Effect::Deny {
+                rule: Some(0),
+                insufficient_scope: false
+            })
+        );
+        let lines: Vec<String> = pd.trace.iter().map(|r| c.policy.describe(r, &pd.bound)).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"DENY cross-tenant: matched (when[0] tenants notValuesFrom path:tenant = "initech")"#,
+                r#"AUDIT seen: when[0] (tenants valuesFrom path:tenant = "initech") does not hold"#,
+                "ALLOW everyone: matched",
+            ]
+        );
+        let ev = http(&c, "GET", "/tenants/acme/x", &[("authorization", &t)]);
+        let pd = ev.policy.unwrap();
+        assert_eq!(pd.shadow, None);
+        assert_eq!(pd.trace[1].outcome, Ok(()));
+        // In dryRun mode nothing is enforced; the shadow says what would have been.
+        let (c, k) = tenancy_config(json!({"mode": "dryRun"}));
+        let t = tenant_token(&k);
+        let ev = http(&c, "GET", "/tenants/initech/x", &[("authorization", &t)]);
+        assert!(matches!(ev.decision, Decision::Allow { .. }));
+        assert_eq!(
+            ev.policy.unwrap().shadow,
+            Some(Effect::Deny {
+                rule: Some(0),
+                insufficient_scope: false
+            })
+        );
+        // Ambiguous and absent values are named as such; rules whose path did not match have none.
+        let (c, k) = tenancy_config(json!({}));
+        let t = tenant_token(&k);
+        let ev = http(&c, "GET", "/search?tenant=a&tenant=b", &[("authorization", &t)]);
+        let pd = ev.policy.unwrap();
+        let line = c.policy.describe(&pd.trace[5], &pd.bound);
+        assert_eq!(
+            line,
+            "ALLOW query-tenant: when[0] (tenant valuesFrom query:tenant = ambiguous) does not hold"
+        );
+        assert_eq!(pd.bound.len(), 1);
+        let ev = http(&c, "GET", "/reports", &[("authorization", &t)]);
+        let pd = ev.policy.unwrap();
+        assert_eq!(
+            pd.bound
+                .iter()
+                .filter_map(|b| c.policy.bound_line(b))
+                .collect::<Vec<_>>(),
+            ["header-tenant when[0]: org.id valuesFrom header:X-Tenant-Id = absent"]
+        );
+    }
+
+    #[test]
+    fn bindings_are_refused_unless_every_path_defines_the_capture() {
+        let (_, k) = policy_config(json!({}));
+        let refused = |rule: Value| {
+            let cfg = json!({
+                "providers": [{"name": "idp", "issuer": "https://a", "jwks": k.jwks()}],
+                "rules": [rule]
+            });
+            match Config::from_json(cfg.to_string().as_bytes()) {
+                Ok(_) => "accepted".to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        for (rule, want) in [
+            (json!({"name": "r", "paths": ["/t/{tenant}", "/x/{id}"], "when": [{"claim": "t", "valuesFrom": "path:tenant"}]}),
+             r#"rules[0].when[0].valuesFrom: "path:tenant" binds {tenant}, but paths[1] "/x/{id}" does not define it"#),
+            (json!({"name": "r", "when": [{"claim": "t", "notValuesFrom": "path:tenant"}]}),
+             r#"rules[0].when[0].notValuesFrom: "path:tenant" binds a path capture, but the rule has no paths to define {tenant}"#),
+            (json!({"name": "r", "paths": ["/t/*"], "when": [{"claim": "t", "valuesFrom": "path:tenant"}]}),
+             r#"rules[0].when[0].valuesFrom: "path:tenant" binds {tenant}, but paths[0] "/t/*" is not a template"#),
+            (json!({"name": "r", "paths": ["/t/{tenant}/{tenant}"], "when": [{"claim": "t", "valuesFrom": "path:tenant"}]}),
+             r#"rules[0].when[0].valuesFrom: "path:tenant" binds {tenant}, but paths[0] "/t/{tenant}/{tenant}" defines it twice"#),
+            (json!({"name": "r", "paths": ["/t/{*}"], "when": [{"claim": "t", "valuesFrom": "path:*"}]}),
+             r#"rules[0].when[0].valuesFrom: "path:*": expected path:NAME (a {NAME} of the rule's paths), header:NAME or query:NAME"#),
+            (json!({"name": "r", "when": [{"claim": "t", "valuesFrom": "cookie:t"}]}),
+             r#"rules[0].when[0].valuesFrom: "cookie:t": expected path:NAME (a {NAME} of the rule's paths), header:NAME or query:NAME"#),
+            (json!({"name": "r", "when": [{"claim": "t", "valuesFrom": "header:a", "notValuesFrom": "header:b"}]}),
+             "rules[0].when[0].notValuesFrom: give valuesFrom or notValuesFrom, not both"),
+            (json!({"name": "r", "when": [{"claim": "t", "values": ["x"], "valuesFrom": "header:a"}]}),
+             "rules[0].when[0].valuesFrom: cannot be combined with values, notValues or allValues in one condition (write two)"),
+            (json!({"name": "r", "when": [{"claim": "t", "values": ["x"], "ignoreCase": true}]}),
+             "rules[0].when[0].ignoreCase: applies only to valuesFrom and notValuesFrom"),
+            (json!({"name": "r", "when": [{"key": "request.headers[x]", "valuesFrom": "header:y"}]}),
+             r#"rules[0].when[0].key: valuesFrom compares a claim with the request; "request.headers[x]" is not a claim"#),
+            (json!({"name": "r", "when": [{"claim": "t"}]}),
+             "rules[0].when[0].values: one of values, notValues, allValues, valuesFrom or notValuesFrom is required"),
+            (json!({"name": "r", "paths": ["/t/{tenant}", "/u/{x}/{tenant}/{**}"], "when": [{"key": "request.auth.claims[t]", "valuesFrom": "path:tenant"}]}),
+             "accepted"),
+            (json!({"name": "r", "when": [{"key": "request.auth.principal", "notValuesFrom": "query:owner"}]}), "accepted"),
+        ] {
+            assert_eq!(refused(rule.clone()), want, "{rule}");
+        }
     }
 }

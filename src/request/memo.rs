@@ -11,8 +11,8 @@
 //!
 //! * `:method`, `:path` (query included), `:authority` and `host`;
 //! * every header a token may be read from (`fromHeaders`; `cookie` for `fromCookies`);
-//! * every header a rule reads (`request.headers[...]`) and, with `allowCorsPreflight`,
-//!   `origin` and `access-control-request-method`.
+//! * every header a rule reads (`request.headers[...]`, a `header:NAME` binding) and, with
+//!   `allowCorsPreflight`, `origin` and `access-control-request-method`.
 //!
 //! A remembered outcome holds only while the provider's keys are those the token was verified
 //! under, and while the token's time claims hold: both are checked on every hit, as the
@@ -754,5 +754,85 @@ mod tests {
             allowed += usize::from(matches!(ev.decision, Decision::Allow { identity: Some(_) }));
         }
         assert!(hits > allowed / 3, "{hits} hits of {allowed} allowed");
+    }
+
+    /// Claims bound to the request (`valuesFrom`): a remembered allow is never replayed for
+    /// another tenant or user. Random requests of three callers over tenants' and users' paths
+    /// (spelled to confuse the capture), a tenant header and a tenant query parameter, each
+    /// through full evaluation and the memo: every hit must be what evaluation decided.
+    #[test]
+    fn memo_never_replays_a_bound_allow_for_another_tenant_or_user() {
+        let w = world(json!({
+            "pathWithParametersAction": "MATCH_WITHOUT_PARAMETERS",
+            "rules": [
+                {"name": "cross-tenant", "action": "DENY", "paths": ["/tenants/{tenant}/{**}"],
+                 "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+                {"name": "tenant-members", "paths": ["/tenants/{tenant}/{**}"],
+                 "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]},
+                {"name": "own-user", "paths": ["/users/{sub}/{**}"],
+                 "when": [{"claim": "sub", "valuesFrom": "path:sub"}]},
+                {"name": "header-tenant", "paths": ["/reports"],
+                 "when": [{"claim": "tenants", "valuesFrom": "header:x-tenant-id"}]},
+                {"name": "query-tenant", "paths": ["/search"],
+                 "when": [{"claim": "tenants", "valuesFrom": "query:tenant"}]}
+            ]
+        }));
+        assert_eq!(MemoSpec::new(&w.config).off(), None);
+        let (mut cache, mut memo) = (VerifiedTokenCache::new(256, SEED), DecisionMemo::new(1024));
+        let keys = keys_at(&w.config, 0);
+        let sign = |sub: &str, tenants: &[&str]| {
+            w.key.sign(
+                &json!({"iss": "https://idp", "aud": "api", "sub": sub, "tenants": tenants,
+                "exp": NOW + 3600, "iat": NOW - 10}),
+            )
+        };
+        let tokens = [
+            sign("alice", &["acme"]),
+            sign("bob", &["globex"]),
+            sign("carol", &["acme", "globex"]),
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut pick = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let names = ["acme", "globex", "initech", "ACME", "alice", "bob", "carol"];
+        let (mut hits, mut allowed, mut denied) = (0, 0, 0);
+        for step in 0..8000u64 {
+            let t = &tokens[pick(3) as usize];
+            let a = names[pick(7) as usize];
+            let b = names[pick(7) as usize];
+            let path = match pick(12) {
+                0 => format!("/tenants/{a}/orders"),
+                1 => format!("/tenants/{a}/"),
+                2 => format!("/tenants/{a}/../{b}/x"),
+                3 => format!("//tenants//{a}//orders"),
+                4 => format!("/tenants/{a};{b}/orders"),
+                5 => format!("/tenants/{a}%2F{b}/orders"),
+                6 => format!("/users/{a}/profile"),
+                7 => format!("/users/{a}/./profile?u={b}"),
+                8 => "/reports".to_string(),
+                9 => format!("/search?tenant={a}"),
+                10 => format!("/search?tenant={a}&tenant={b}"),
+                _ => format!("/search?q=1&tenant={a}"),
+            };
+            let mut h = request("GET", &path, &[("authorization", &format!("Bearer {t}"))]);
+            if pick(2) == 0 {
+                h.push(("x-tenant-id".into(), b.into()));
+            }
+            let (ev, hit) = both(&w, &mut cache, &mut memo, &keys, &h, NOW + step / 100);
+            hits += usize::from(hit.is_some());
+            match ev.decision {
+                Decision::Allow { .. } => allowed += 1,
+                _ => denied += 1,
+            }
+        }
+        assert!(hits > allowed / 3, "{hits} hits of {allowed} allowed");
+        assert!(
+            denied > 1000,
+            "{denied} denied: the cross-tenant attempts must be there"
+        );
     }
 }

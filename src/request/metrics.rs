@@ -210,6 +210,11 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "sourceIp": req.peer.ip.map(|ip| ip.to_string()),
     });
     if let Some(m) = line.as_object_mut() {
+        // The request values claim bindings compared (`valuesFrom`), rule by rule.
+        if let Some(pd) = ev.policy.as_ref().filter(|pd| !pd.bound.is_empty()) {
+            let bound: Vec<String> = pd.bound.iter().filter_map(|b| config.policy.bound_line(b)).collect();
+            m.insert("bound".into(), json!(bound));
+        }
         for name in TRACE_HEADERS {
             if let Some((_, v)) = req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
                 m.insert((*name).to_string(), json!(v));

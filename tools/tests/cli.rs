@@ -1705,3 +1705,133 @@ fn keygen_rsa_keys_are_fresh_never_the_committed_test_keys() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Claims bound to the request (examples/tenancy.json)
+
+/// examples/tenancy.json with the shared test keys (as tests/envoy_tenancy.rs runs it).
+fn tenancy_config() -> Value {
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(root().join("examples/tenancy.json")).expect("tenancy.json"))
+            .expect("json");
+    let k = keys();
+    cfg["providers"][0]["issuer"] = json!(ISSUER);
+    cfg["providers"][0]["audiences"] = json!([AUDIENCE]);
+    cfg["providers"][0]["jwks"] = json!(json!({"keys": [k.rsa.public_jwk(), k.ec.public_jwk()]}).to_string());
+    cfg
+}
+
+#[test]
+fn explain_shows_the_request_values_bindings_compared() {
+    let t = Tmp::new("tenancy");
+    let cfg_path = t.write("tenancy.json", &tenancy_config().to_string());
+    let alice = keys().ec.sign(&with(good_claims(), "tenants", json!(["acme"])));
+    let o = run(&[
+        "explain",
+        "--config",
+        &cfg_path,
+        "--path",
+        "/tenants/acme/../globex/orders",
+        "--token",
+        &alice,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    for want in [
+        r#"DENY other-tenant: matched (when[0] tenants notValuesFrom path:tenant = "globex")"#,
+        r#"ALLOW tenant-members: when[0] (tenants valuesFrom path:tenant = "globex") does not hold"#,
+    ] {
+        assert!(text.contains(want), "wanted {want:?} in:\n{text}");
+    }
+    let v = json_out(&run(&[
+        "explain",
+        "--json",
+        "--config",
+        &cfg_path,
+        "--path",
+        "/reports",
+        "--header",
+        "x-tenant-id:acme",
+        "--token",
+        &keys().ec.sign(&with(good_claims(), "org", json!({"id": "acme"}))),
+    ]));
+    assert_eq!(v["status"], 200, "{v:#}");
+    let rules: Vec<&str> = v["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        rules
+            .contains(&r#"ALLOW reports-for-own-org: matched (when[0] org.id valuesFrom header:x-tenant-id = "acme")"#),
+        "{rules:#?}"
+    );
+}
+
+#[test]
+fn check_refuses_a_binding_to_a_capture_a_path_does_not_define() {
+    let t = Tmp::new("tenancy-check");
+    let mut cfg = tenancy_config();
+    cfg["rules"][2]["paths"] = json!(["/tenants/{tenant}", "/orgs/{org}/{**}"]);
+    let p = t.write("bad-binding.json", &cfg.to_string());
+    let o = run(&["check", &p]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let want = r#"bad-binding.json: rules[2].when[0].valuesFrom: "path:tenant" binds {tenant}, but paths[1] "/orgs/{org}/{**}" does not define it"#;
+    assert!(stderr(&o).contains(want), "wanted {want:?} in:\n{}", stderr(&o));
+    let ok = t.write("tenancy.json", &tenancy_config().to_string());
+    assert_eq!(run(&["check", &ok]).status.code(), Some(0));
+}
+
+#[test]
+fn import_istio_says_istio_has_no_equivalent_of_bindings() {
+    let help = stdout(&run(&["import-istio", "--help"]));
+    assert!(
+        help.contains("Istio has no equivalent of claimguard's claims bound to the request"),
+        "{help}"
+    );
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: api-jwt
+  namespace: api
+spec:
+  selector:
+    matchLabels:
+      app: api
+  jwtRules:
+  - issuer: https://login.example.net
+    jwksUri: https://login.example.net/.well-known/jwks.json
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: tenants
+  namespace: api
+spec:
+  selector:
+    matchLabels:
+      app: api
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        paths: ["/tenants/*"]
+    when:
+    - key: request.auth.claims[tenant]
+      valuesFrom: path:tenant
+"#;
+    let o = run_stdin(&["import-istio", "--json", "-"], policy);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_out(&o);
+    let reported: Vec<(&str, &str)> = v["untranslated"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|u| (u["path"].as_str().unwrap_or(""), u["message"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(reported.len(), 1, "{v:#}");
+    assert_eq!(reported[0].0, "spec.rules[0].when[0].valuesFrom");
+    assert!(reported[0].1.contains("Istio has no equivalent of valuesFrom"), "{v:#}");
+}

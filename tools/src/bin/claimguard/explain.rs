@@ -246,7 +246,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     let rules: Vec<String> = ev
         .policy
         .as_ref()
-        .map(|p| p.trace.iter().map(|t| cfg.policy().describe(t)).collect())
+        .map(|p| p.trace.iter().map(|t| cfg.policy().describe(t, &p.bound)).collect())
         .unwrap_or_default();
     let effect_text = |e: &Effect| match e {
         Effect::Allow { rule: Some(r) } => format!("allow (rule {:?})", cfg.policy().rule_name(*r)),

@@ -47,6 +47,12 @@ CUSTOM actions, when keys other than request.auth.* and request.headers[..], tar
 selectors that differ between inputs, unknown fields. ALLOW alternatives that need them are
 left out (fewer requests admitted), DENY rules lose only those conditions (more denied).
 
+Istio has no equivalent of claimguard's claims bound to the request (valuesFrom /
+notValuesFrom: a claim compared with a path capture, a header or a query parameter, for
+tenant and owner checks): AuthorizationPolicy values are fixed strings, so nothing imported
+uses them. Add them to the plugin's rules by hand (docs/rules.md, \"Claims bound to the
+request\"); a policy that spells one rule per tenant can then become one rule.
+
 Istio admits a request without any token unless a policy requires one, so every provider
 gets allowMissing: true; rules requiring requestPrincipals or claims still demand a token.
 
@@ -487,6 +493,16 @@ impl Import {
                 "key" => {}
                 "values" | "notValues" => {
                     c.insert(k.clone(), v.clone());
+                }
+                "valuesFrom" | "notValuesFrom" => {
+                    self.untranslated(
+                        o,
+                        &format!("{path}.{k}"),
+                        format!(
+                            "not translated: Istio has no equivalent of {k} (a claim compared with the request); it is claimguard's own, written in the plugin's rules; {consequence}"
+                        ),
+                    );
+                    return None;
                 }
                 _ => {
                     self.untranslated(
