@@ -260,6 +260,16 @@ impl PathPattern {
                         "{p:?}: template variable {s:?} must be {{name}}, {{*}} or {{**}}"
                     ));
                 }
+            } else if *s == "**" || *s == "*" {
+                // `/tenants/{tenant}/**` (glob style): say what the template form is.
+                return Err(format!(
+                    "{p:?}: in a template, write {{{s}}} for {}",
+                    if *s == "**" {
+                        "any number of segments"
+                    } else {
+                        "one segment"
+                    }
+                ));
             } else if s.contains(['{', '}', '*']) {
                 return Err(format!(
                     "{p:?}: a template segment must be a literal or a whole {{variable}}"
@@ -2700,5 +2710,21 @@ mod tests {
             let e = Config::from_json(cfg.to_string().as_bytes()).unwrap_err().to_string();
             assert!(e.contains(want), "{extra}: {e}");
         }
+    }
+
+    /// A glob-style `**` (or `*`) segment in a template is refused with the template form to
+    /// write instead, not matched as a literal `**` that no request has.
+    #[test]
+    fn glob_segments_in_templates_say_what_to_write() {
+        let e = PathPattern::compile("/tenants/{tenant}/**", false).err().unwrap();
+        assert!(
+            e.ends_with("in a template, write {**} for any number of segments"),
+            "{e}"
+        );
+        let e = PathPattern::compile("/tenants/{tenant}/*/x", false).err().unwrap();
+        assert!(e.ends_with("in a template, write {*} for one segment"), "{e}");
+        assert!(PathPattern::compile("/tenants/{tenant}/{**}", false).is_ok());
+        let e = PathPattern::compile("/tenants/{tenant}/a*", false).err().unwrap();
+        assert!(e.contains("a template segment must be a literal"), "{e}");
     }
 }
