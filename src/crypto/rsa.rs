@@ -649,7 +649,7 @@ impl FastRsa {
         let Some(salt) = tail.get(1..) else {
             return false;
         };
-        equal(&hash.digest(&[&[0u8; 8], m_hash, salt]), h)
+        hash.digest(&[&[0u8; 8], m_hash, salt]).as_slice() == h
     }
 }
 
@@ -678,11 +678,6 @@ impl PssHash {
             PssHash::Sha512 => Sha512::digest(parts.concat()).to_vec(),
         }
     }
-}
-
-/// Equality of public values (the recomputed and the signed hash).
-fn equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 fn rsa_pkcs1(k: &RsaPublicKey, scheme: Pkcs1v15Sign, hashed: &[u8], sig: &[u8]) -> bool {
