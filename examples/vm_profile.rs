@@ -3,7 +3,7 @@
 //! natively (`cargo run --release --example vm_profile < inputs.json`).
 //!
 //! Input on stdin (written by `claimguard-bench --profile-inputs`): `{"config": PLUGIN_CONFIG,
-//! "now": EPOCH, "rs256": [TOKEN...], "es256": [TOKEN...]}`, every token valid and distinct.
+//! "now": EPOCH, "rs256": [TOKEN...], "es256": [TOKEN...], "es384", "eddsa", "ps256": …}`, every token valid and distinct.
 //! Each stage runs over every token (so nothing is served from a cache it should not be) and
 //! prints the mean µs per token.
 
@@ -73,7 +73,7 @@ fn run() -> Result<(), String> {
     let provider = config.providers().first().ok_or("no provider")?;
     let keys = provider.keys();
     println!("stage                                        µs/token");
-    for alg in ["rs256", "es256"] {
+    for alg in ["rs256", "es256", "es384", "eddsa", "ps256"] {
         let tokens: Vec<String> = v[alg]
             .as_array()
             .ok_or("no tokens")?
@@ -131,6 +131,52 @@ fn run() -> Result<(), String> {
             verify_row("  RSA verify, rsa crate (general bignum)", &|j| {
                 slow.verify(Alg::RS256, j.signing_input.as_bytes(), &j.signature)
             });
+        }
+        if alg != "rs256" && alg != "es256" {
+            // The key's own path (`verify`) against the crate it is held to
+            // (`verify_reference`).
+            let jwa = parsed[0].alg;
+            let (kind, material) = match jwa {
+                Alg::ES384 => {
+                    let jwk = provider_jwk_where(&v, |k| k["crv"] == "P-384")?;
+                    (
+                        "p384",
+                        [vec![4u8], jwk_bytes(&jwk, "x")?, jwk_bytes(&jwk, "y")?].concat(),
+                    )
+                }
+                Alg::EdDSA => ("ed25519", jwk_bytes(&provider_jwk(&v, "OKP")?, "x")?),
+                _ => ("rsa", Vec::new()),
+            };
+            let rsa_jwk = provider_jwk_where(&v, |k| k["alg"] == jwa.name());
+            let make_key = || -> Result<PublicKey, String> {
+                match kind {
+                    "p384" => PublicKey::p384(&material),
+                    "ed25519" => PublicKey::ed25519(&material),
+                    _ => {
+                        let jwk = rsa_jwk.clone()?;
+                        PublicKey::rsa(&jwk_bytes(&jwk, "n")?, &jwk_bytes(&jwk, "e")?)
+                    }
+                }
+                .map_err(|e| format!("{e:?}"))
+            };
+            let key = make_key()?;
+            verify_row("  verify (claimguard's path)", &|j| {
+                key.verify(jwa, j.signing_input.as_bytes(), &j.signature)
+            });
+            verify_row("  verify_reference (the crate)", &|j| {
+                key.verify_reference(jwa, j.signing_input.as_bytes(), &j.signature)
+            });
+            if jwa != Alg::PS256 {
+                // A key's first verification builds its table: a new key per iteration.
+                let first = &parsed[..1];
+                row(
+                    "  first verify with a new key (its table)",
+                    time(first, 300, |j| {
+                        let fresh = make_key().expect("the same key again");
+                        assert!(fresh.verify(jwa, j.signing_input.as_bytes(), &j.signature));
+                    }),
+                );
+            }
         }
         if alg == "es256" {
             // The same key through the `ecdsa` crate's own verify (a wNAF ladder), and what
@@ -225,12 +271,17 @@ fn jwk_bytes(jwk: &Value, member: &str) -> Result<Vec<u8>, String> {
 }
 
 fn provider_jwk(v: &Value, kty: &str) -> Result<Value, String> {
+    provider_jwk_where(v, |k| k["kty"] == kty).map_err(|_| format!("no {kty} key"))
+}
+
+/// The provider's first JWK for which `pick` holds.
+fn provider_jwk_where(v: &Value, pick: impl Fn(&Value) -> bool) -> Result<Value, String> {
     let jwks: Value = serde_json::from_str(v["config"]["providers"][0]["jwks"].as_str().ok_or("no jwks")?)
         .map_err(|e| e.to_string())?;
     jwks["keys"]
         .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kty"] == kty).cloned())
-        .ok_or_else(|| format!("no {kty} key"))
+        .and_then(|keys| keys.iter().find(|k| pick(k)).cloned())
+        .ok_or_else(|| "no such key".to_string())
 }
 
 trait DigestBytes {

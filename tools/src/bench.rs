@@ -220,7 +220,7 @@ pub struct Scenario {
     pub pool: Pool,
 }
 
-pub const SCENARIOS: [Scenario; 5] = [
+pub const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "warm-rs256",
         alg: Alg::RS256,
@@ -246,7 +246,27 @@ pub const SCENARIOS: [Scenario; 5] = [
         alg: Alg::RS256,
         pool: Pool::BadSignature,
     },
+    // Not in the default set (see `DEFAULT_SCENARIOS`): the other families, mostly for
+    // `BENCH_METHOD=direct-nocache`, where a warm pool is verified on every request.
+    Scenario {
+        name: "warm-es384",
+        alg: Alg::ES384,
+        pool: Pool::Warm,
+    },
+    Scenario {
+        name: "warm-eddsa",
+        alg: Alg::EdDSA,
+        pool: Pool::Warm,
+    },
+    Scenario {
+        name: "warm-ps256",
+        alg: Alg::PS256,
+        pool: Pool::Warm,
+    },
 ];
+
+/// The scenarios `make bench` runs when `BENCH_SCENARIOS` is unset.
+pub const DEFAULT_SCENARIOS: [&str; 5] = ["warm-rs256", "warm-es256", "cold-rs256", "cold-es256", "deny-rs256"];
 
 impl Pool {
     /// The status listener `listener` (an entry of [`LISTENERS`]) must answer.
@@ -265,12 +285,18 @@ pub struct BenchKeys {
     pub ec: TestKey,
     /// Not in the JWKS, same kid as `rsa`: its signatures are well-formed but invalid.
     pub stranger: TestKey,
-    rsa_signer: Signer,
-    ec_signer: Signer,
+    /// One signing key per benchmarked algorithm ([`BENCH_ALGS`]), all in the JWKS.
+    signers: Vec<(Alg, String, Signer)>,
+    /// The JWKS entries of `signers`' keys.
+    public: Vec<Value>,
     /// A real RS256 signature by `stranger` over other bytes: invalid on every bad-signature
     /// token (each still costs the verifier a full public-key operation), minted once.
     stranger_signature: Vec<u8>,
 }
+
+/// The algorithms the benchmark's JWKS has a key for: every asymmetric family claimguard
+/// verifies (RSA PKCS#1 and PSS, P-256, P-384, Ed25519).
+pub const BENCH_ALGS: [Alg; 5] = [Alg::RS256, Alg::ES256, Alg::ES384, Alg::EdDSA, Alg::PS256];
 
 impl Default for BenchKeys {
     fn default() -> Self {
@@ -283,9 +309,22 @@ impl BenchKeys {
         let rsa = TestKey::rsa(Alg::RS256, "bench-rsa");
         let ec = TestKey::generate(Alg::ES256, "bench-ec");
         let stranger = TestKey::rsa(Alg::RS256, "bench-rsa");
+        // PS256 on its own RSA-2048 key: a JWK names one algorithm.
+        let others = [
+            TestKey::generate(Alg::ES384, "bench-ec384"),
+            TestKey::generate(Alg::EdDSA, "bench-ed25519"),
+            TestKey::rsa(Alg::PS256, "bench-pss"),
+        ];
+        let mut signers = Vec::new();
+        let mut public = Vec::new();
+        for (alg, k) in BENCH_ALGS.into_iter().zip([&rsa, &ec].into_iter().chain(others.iter())) {
+            debug_assert_eq!(alg.name(), k.alg.name());
+            signers.push((alg, k.kid.clone(), k.signer()));
+            public.push(k.public_jwk());
+        }
         BenchKeys {
-            rsa_signer: rsa.signer(),
-            ec_signer: ec.signer(),
+            signers,
+            public,
             stranger_signature: stranger.signer()(b"claimguard bench: not the signed bytes"),
             rsa,
             ec,
@@ -294,15 +333,15 @@ impl BenchKeys {
     }
 
     pub fn jwks(&self) -> Value {
-        json!({"keys": [self.rsa.public_jwk(), self.ec.public_jwk()]})
+        json!({ "keys": self.public })
     }
 
     /// Token `i` of a pool (distinct `jti` and `sub` per `tag` and `i`).
     pub fn token(&self, alg: Alg, pool: Pool, tag: &str, i: usize, now: u64) -> String {
         let group = if pool == Pool::Forbidden { "guests" } else { GROUP };
-        let (kid, signer) = match alg {
-            Alg::ES256 => (&self.ec.kid, &self.ec_signer),
-            _ => (&self.rsa.kid, &self.rsa_signer),
+        let (kid, signer) = match self.signers.iter().find(|(a, _, _)| *a == alg) {
+            Some((_, kid, signer)) => (kid, signer),
+            None => panic!("the benchmark has no {} key", alg.name()),
         };
         let kid = if pool == Pool::BadSignature {
             &self.stranger.kid
@@ -362,7 +401,7 @@ pub fn claimguard_config_for(jwks: &Value, method: Method) -> Value {
             "name": "bench-idp",
             "issuer": ISSUER,
             "audiences": [AUDIENCE],
-            "algorithms": ["RS256", "ES256"],
+            "algorithms": BENCH_ALGS.iter().map(|a| a.name()).collect::<Vec<_>>(),
             "jwks": jwks.to_string()
         }],
         "rules": [{"name": "readers", "when": [{"claim": "groups", "values": [GROUP]}]}]
@@ -857,7 +896,13 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
     let rig = Rig::start_with(BenchKeys::new(), o.method)?;
     let scenarios: Vec<Scenario> = SCENARIOS
         .iter()
-        .filter(|s| o.scenarios.is_empty() || o.scenarios.iter().any(|n| n == s.name))
+        .filter(|s| {
+            if o.scenarios.is_empty() {
+                DEFAULT_SCENARIOS.contains(&s.name)
+            } else {
+                o.scenarios.iter().any(|n| n == s.name)
+            }
+        })
         .copied()
         .collect();
 
@@ -867,7 +912,15 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
     let mut vm_memory_warm = None;
     let mut proxy_allocated_warm = None;
     let mut warm_pools: Vec<(Alg, PathBuf)> = Vec::new();
-    for alg in [Alg::RS256, Alg::ES256] {
+    // The warm scenarios' algorithms, and RS256 and ES256 always (V8 compiles the filter
+    // lazily, and the cold and deny scenarios need it compiled too).
+    let mut warm_algs = vec![Alg::RS256, Alg::ES256];
+    for s in scenarios.iter().filter(|s| s.pool == Pool::Warm) {
+        if !warm_algs.contains(&s.alg) {
+            warm_algs.push(s.alg);
+        }
+    }
+    for alg in warm_algs {
         let tag = format!("warm-{}", alg.name().to_ascii_lowercase());
         let pool = rig.keys.pool(alg, Pool::Warm, &tag, WARM_POOL);
         let path = rig.write_pool(&tag, &pool)?;
@@ -1387,6 +1440,9 @@ mod tests {
         for (alg, pool, want) in [
             (Alg::RS256, Pool::Cold, 200u32),
             (Alg::ES256, Pool::Warm, 200),
+            (Alg::ES384, Pool::Warm, 200),
+            (Alg::EdDSA, Pool::Cold, 200),
+            (Alg::PS256, Pool::Warm, 200),
             (Alg::RS256, Pool::BadSignature, 401),
             (Alg::RS256, Pool::Forbidden, 403),
         ] {

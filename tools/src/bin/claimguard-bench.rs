@@ -49,6 +49,9 @@ fn run() -> Result<(), String> {
             "now": bench::unix_now(),
             "rs256": pool(claimguard::crypto::alg::Alg::RS256),
             "es256": pool(claimguard::crypto::alg::Alg::ES256),
+            "es384": pool(claimguard::crypto::alg::Alg::ES384),
+            "eddsa": pool(claimguard::crypto::alg::Alg::EdDSA),
+            "ps256": pool(claimguard::crypto::alg::Alg::PS256),
         });
         println!("{doc}");
         return Ok(());

@@ -413,7 +413,8 @@ pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String
 pub type Signer = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 impl TestKey {
-    /// A [`Signer`] for this key's algorithm: RS256/384/512, ES256 and ES384.
+    /// A [`Signer`] for this key's algorithm: RS256/384/512, PS256/384/512, ES256, ES384 and
+    /// EdDSA.
     pub fn signer(&self) -> Signer {
         use p256::ecdsa::signature::Signer as _;
         use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
@@ -431,6 +432,20 @@ impl TestKey {
                     r.unwrap_or_else(|e| fail("RSA sign", e))
                 })
             }
+            (Inner::Rsa(k), alg @ (Alg::PS256 | Alg::PS384 | Alg::PS512)) => {
+                use rsa::pkcs8::DecodePrivateKey;
+                let der = k.to_der().unwrap_or_else(|e| fail("RSA export", e));
+                let sk = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap_or_else(|e| fail("pkcs8", e));
+                Box::new(move |msg: &[u8]| {
+                    let mut rng = rand_core::OsRng;
+                    let r = match alg {
+                        Alg::PS384 => sk.sign_with_rng(&mut rng, rsa::Pss::new::<Sha384>(), &Sha384::digest(msg)),
+                        Alg::PS512 => sk.sign_with_rng(&mut rng, rsa::Pss::new::<Sha512>(), &Sha512::digest(msg)),
+                        _ => sk.sign_with_rng(&mut rng, rsa::Pss::new::<Sha256>(), &Sha256::digest(msg)),
+                    };
+                    r.unwrap_or_else(|e| fail("RSA-PSS sign", e))
+                })
+            }
             (Inner::Es256(k), _) => {
                 let sk = p256::ecdsa::SigningKey::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("p256", e));
                 Box::new(move |msg: &[u8]| {
@@ -445,7 +460,11 @@ impl TestKey {
                     sig.to_vec()
                 })
             }
-            _ => fail("signer", "RS256/384/512, ES256 and ES384 keys only"),
+            (Inner::Ed(k), _) => {
+                let kp = ed25519_compact::KeyPair::from_slice(&k.to_bytes()).unwrap_or_else(|e| fail("ed25519", e));
+                Box::new(move |msg: &[u8]| kp.sk.sign(msg, None).to_vec())
+            }
+            _ => fail("signer", "RSA, ES256, ES384 and EdDSA keys only"),
         }
     }
 }
