@@ -152,6 +152,10 @@ struct Keys {
     rsa_public: PublicKey,
     p256: p256::ecdsa::SigningKey,
     p256_public: PublicKey,
+    p384: p384::ecdsa::SigningKey,
+    p384_public: PublicKey,
+    ed25519: ed25519_compact::KeyPair,
+    ed25519_public: PublicKey,
 }
 
 fn keys() -> &'static Keys {
@@ -168,7 +172,15 @@ fn keys() -> &'static Keys {
         let p256 = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let point = p256.verifying_key().to_sec1_point(false);
         let p256_public = PublicKey::p256(point.as_bytes()).unwrap();
+        let p384 = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
+        let p384_public = PublicKey::p384(p384.verifying_key().to_sec1_point(false).as_bytes()).unwrap();
+        let ed25519 = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7u8; 32]));
+        let ed25519_public = PublicKey::ed25519(ed25519.pk.as_ref()).unwrap();
         Keys {
+            p384,
+            p384_public,
+            ed25519,
+            ed25519_public,
             rsa,
             rsa_public,
             p256,
@@ -188,22 +200,38 @@ fn mutate(sig: &mut Vec<u8>, ops: &[u8], order: Option<&[u8]>) {
             1 => sig.truncate(sig.len().saturating_sub(1 + a % 4)),
             2 => sig.push(b),
             3 if !sig.is_empty() => sig.insert(0, 0),
-            4 if sig.len() == 64 => {
-                // r and s swapped.
-                let (r, s) = sig.split_at(32);
+            4 if sig.len() == 64 || sig.len() == 96 => {
+                // r and s swapped (R and s, for Ed25519).
+                let (r, s) = sig.split_at(sig.len() / 2);
                 *sig = [s, r].concat();
             }
-            5 if sig.len() == 64 => {
-                // The high-S twin (n - s), or s + n for RSA-sized values handled by kind 6.
+            5 if order.is_some_and(|n| sig.len() == 2 * n.len()) => {
+                // The high-S twin (n - s) of an ECDSA signature.
                 if let Some(n) = order {
-                    let s = BigUint::from_bytes_be(&sig[32..]);
+                    let half = n.len();
+                    let s = BigUint::from_bytes_be(&sig[half..]);
                     let n = BigUint::from_bytes_be(n);
                     if s < n {
                         let t = (&n - &s).to_bytes_be();
-                        let mut padded = vec![0u8; 32 - t.len().min(32)];
+                        let mut padded = vec![0u8; half - t.len().min(half)];
                         padded.extend_from_slice(&t);
-                        sig.splice(32.., padded);
+                        sig.splice(half.., padded);
                     }
+                }
+            }
+            7 if sig.len() == 64 && order.is_none() => {
+                // Ed25519: s + L (the same equation with a non-canonical s), or R replaced by
+                // a point of small order.
+                if b % 2 == 0 {
+                    let s = BigUint::from_bytes_le(&sig[32..]) + BigUint::from_bytes_le(&ED25519_L);
+                    let mut t = s.to_bytes_le();
+                    if t.len() <= 32 {
+                        t.resize(32, 0);
+                        sig.splice(32.., t);
+                    }
+                } else {
+                    let small = SMALL_ORDER_ENCODINGS[a % SMALL_ORDER_ENCODINGS.len()];
+                    sig.splice(..32, small);
                 }
             }
             6 if !sig.is_empty() => {
@@ -217,15 +245,40 @@ fn mutate(sig: &mut Vec<u8>, ops: &[u8], order: Option<&[u8]>) {
     }
 }
 
+/// The order `L` of Ed25519's prime-order subgroup, little-endian.
+const ED25519_L: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Encodings of Ed25519 points of small order: the identity, `(0, -1)` and `y = 0`.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 3] = [
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+    ],
+    [0; 32],
+];
+
+/// The order of the P-384 group.
+const P384_N: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf, 0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0,
+    0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+
 /// The order of the P-256 group.
 const P256_N: [u8; 32] = [
     0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
     0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
 
-/// Differential: claimguard's own RSA and P-256 arithmetic against the crate implementations
-/// they are held to (`rsa`'s general bignum, `p256`'s `ecdsa`). On every input the two must
-/// give the same answer:
+/// Differential: claimguard's own RSA, P-256, P-384 and Ed25519 arithmetic against the crate
+/// implementations they are held to (`rsa`'s general bignum, `p256`'s and `p384`'s `ecdsa`,
+/// `ed25519-compact`). On every input the two must give the same answer:
 ///
 /// * RSA public operation: an arbitrary odd modulus of 2048, 3072 or 4096 bits, exponent and
 ///   signature, `s^e mod n` by the fast Montgomery path and by `BigUint::modpow`;
@@ -303,13 +356,27 @@ pub fn crypto_diff(data: &[u8]) {
             let k = keys();
             let split = rest.first().map_or(0, |b| *b as usize) % (rest.len().max(1));
             let (msg, ops) = rest.split_at(split.min(rest.len()));
-            let sig: p256::ecdsa::Signature = k.p256.sign(msg);
-            let mut sig = sig.to_vec();
-            mutate(&mut sig, ops, Some(&P256_N));
+            let (alg, public, mut sig, order): (Alg, &PublicKey, Vec<u8>, Option<&[u8]>) = match selector / 3 % 3 {
+                0 => {
+                    let sig: p256::ecdsa::Signature = k.p256.sign(msg);
+                    (Alg::ES256, &k.p256_public, sig.to_vec(), Some(&P256_N))
+                }
+                1 => {
+                    let sig: p384::ecdsa::Signature = k.p384.sign(msg);
+                    (Alg::ES384, &k.p384_public, sig.to_vec(), Some(&P384_N))
+                }
+                _ => (
+                    Alg::EdDSA,
+                    &k.ed25519_public,
+                    k.ed25519.sk.sign(msg, None).to_vec(),
+                    None,
+                ),
+            };
+            mutate(&mut sig, ops, order);
             assert_eq!(
-                k.p256_public.verify(Alg::ES256, msg, &sig),
-                k.p256_public.verify_reference(Alg::ES256, msg, &sig),
-                "ES256: fast path and ecdsa disagree"
+                public.verify(alg, msg, &sig),
+                public.verify_reference(alg, msg, &sig),
+                "{alg}: fast path and crate disagree"
             );
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod alg;
 pub mod ed25519;
+pub mod fixed_base;
 pub mod hmac;
 pub mod p256;
 pub mod p384;
@@ -37,7 +38,8 @@ pub enum PublicKey {
     Rsa(rsa::RsaKey),
     /// The point with its fixed-base table for verification, shared by the key's clones.
     P256(Arc<p256::P256Key>),
-    P384(p384::P384Key),
+    /// As for P-256: the table is shared by the key's clones.
+    P384(Arc<p384::P384Key>),
     Ed25519(ed25519::Ed25519Key),
     /// A shared secret (`hmacSecret`), never from a JWKS.
     Hmac(hmac::HmacKey),
@@ -74,7 +76,7 @@ impl PublicKey {
     }
 
     pub fn p384(sec1: &[u8]) -> Result<PublicKey, KeyError> {
-        p384::P384Key::new(sec1).map(PublicKey::P384)
+        p384::P384Key::new(sec1).map(|k| PublicKey::P384(Arc::new(k)))
     }
 
     pub fn ed25519(x: &[u8]) -> Result<PublicKey, KeyError> {

@@ -1,18 +1,11 @@
 //! ES256 (ECDSA over P-256 with SHA-256): the key, its fast path with fixed-base tables, and
 //! the `p256` crate's `ecdsa` verification as the reference.
 //!
-//! A verify computes `u1·G + u2·Q` and compares its x coordinate with `r`. The RustCrypto
-//! `ecdsa` crate does that with a joint wNAF ladder: about 256 point doublings and a hundred
-//! additions, which costs about 740 µs inside V8 (`make vm-profile`). But neither point
-//! changes between requests: `G` is the curve's generator and `Q` one of a JWKS's few keys.
-//! So each gets a table, built once, of every multiple `j·2^(6i)·P` for the 43 six-bit
-//! windows `i` of a scalar and `j = 1..=32`, in affine form. A scalar written in signed
-//! base-64 digits `d_i ∈ [-31, 32]` is then `Σ d_i·2^(6i)`, and its multiple of `P` is the sum
-//! of one table entry (negated for a negative digit) per non-zero digit: at most 43 mixed
-//! additions and no doublings, 86 for the whole verify. Measured in V8 (`make vm-profile`):
-//! 720–840 µs a verify with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 183–217 µs
-//! with six, about 3.9× faster than the ladder in each of three runs (`jwt_authn` with
-//! BoringSSL: about 120 µs of filter CPU a cold ES256 request in `make bench`).
+//! A verify computes `u1·G + u2·Q` with two fixed-base tables ([`super::fixed_base`]): one
+//! for the generator, one per key. Measured in V8 (`make vm-profile`): 720–840 µs a verify
+//! with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 183–217 µs with six, about 3.9×
+//! faster than the ladder in each of three runs (`jwt_authn` with BoringSSL: about 120 µs of
+//! filter CPU a cold ES256 request in `make bench`).
 
 //! Everything here is public (signature, message, key), so lookups are variable time. The
 //! field and point arithmetic (complete formulas) is still the `p256` crate's; only the
@@ -27,109 +20,17 @@
 //! set replaced by a JWKS refresh gets new tables as its keys are used).
 
 use super::alg::Alg;
+use super::fixed_base;
 use super::{KeyError, Verifier};
 use ::p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-use ::p256::elliptic_curve::group::{Curve, Group};
 use ::p256::elliptic_curve::ops::Reduce;
 use ::p256::elliptic_curve::point::AffineCoordinates;
-use ::p256::elliptic_curve::PrimeField;
-use ::p256::{AffinePoint, ProjectivePoint, Scalar, U256};
+use ::p256::{AffinePoint, NistP256, ProjectivePoint, Scalar, U256};
 use ::rsa::sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
-/// Bits per digit.
-const W: usize = 6;
-/// Table entries per window: the largest digit magnitude, `2^(W-1)`.
-const HALF: usize = 1 << (W - 1);
-/// Windows of a 256-bit scalar; the top one takes the last bit and the carry into it.
-const WINDOWS: usize = 256usize.div_ceil(W);
-
-/// The multiples `j·2^(W·i)·P`, `i < WINDOWS`, `1 ≤ j ≤ HALF`, at `i·HALF + j - 1`.
-pub struct Table {
-    points: Box<[AffinePoint]>,
-}
-
-impl Table {
-    pub fn new(p: &AffinePoint) -> Table {
-        let base0 = ProjectivePoint::from(*p);
-        let mut projective = Vec::with_capacity(WINDOWS * HALF);
-        let mut base = base0;
-        for _ in 0..WINDOWS {
-            let mut multiple = base;
-            projective.push(multiple);
-            for _ in 1..HALF {
-                multiple += base;
-                projective.push(multiple);
-            }
-            // HALF·base doubled: the next window's base, 2^W·base.
-            base = multiple.double();
-        }
-        let mut points = vec![AffinePoint::IDENTITY; projective.len()];
-        ProjectivePoint::batch_normalize(&projective, &mut points);
-        Table {
-            points: points.into_boxed_slice(),
-        }
-    }
-
-    /// Adds `k·P` to `acc`.
-    fn add_multiple(&self, acc: &mut ProjectivePoint, k: &Scalar) -> bool {
-        let digits = signed_digits(k);
-        for (i, d) in digits.iter().enumerate() {
-            let magnitude = d.unsigned_abs() as usize;
-            if magnitude == 0 {
-                continue;
-            }
-            let Some(point) = self.points.get(i * HALF + magnitude - 1) else {
-                return false;
-            };
-            if *d < 0 {
-                *acc += -*point;
-            } else {
-                *acc += point;
-            }
-        }
-        true
-    }
-
-    /// `k·P`, for the tests.
-    #[cfg(test)]
-    fn mul(&self, k: &Scalar) -> ProjectivePoint {
-        let mut acc = ProjectivePoint::IDENTITY;
-        assert!(self.add_multiple(&mut acc, k));
-        acc
-    }
-}
-
-/// `k = Σ d_i·2^(W·i)` with every `d_i` in `[-(HALF-1), HALF]`.
-fn signed_digits(k: &Scalar) -> [i8; WINDOWS] {
-    let bytes = k.to_repr(); // big-endian
-    let bit = |i: usize| -> u8 {
-        if i >= 256 {
-            return 0;
-        }
-        bytes.get(31 - i / 8).map_or(0, |b| (b >> (i % 8)) & 1)
-    };
-    let mut digits = [0i8; WINDOWS];
-    let mut carry = 0u8;
-    for (w, digit) in digits.iter_mut().enumerate() {
-        let mut v = carry;
-        for b in 0..W {
-            v += bit(W * w + b) << b;
-        }
-        // v ≤ 2^W: above HALF, borrow from the next window.
-        if usize::from(v) > HALF {
-            *digit = (i16::from(v) - (1 << W)) as i8;
-            carry = 1;
-        } else {
-            *digit = v as i8;
-            carry = 0;
-        }
-    }
-    // A scalar is below n < 2^256, so the top window (bits 252..257, of which 256 and 257 are
-    // zero) is at most 15 + carry ≤ HALF and never carries further.
-    debug_assert_eq!(carry, 0);
-    digits
-}
+/// A P-256 fixed-base table.
+pub type Table = fixed_base::Table<NistP256>;
 
 fn generator_table() -> &'static Table {
     static G: OnceLock<Table> = OnceLock::new();
@@ -219,6 +120,7 @@ mod tests {
     use super::*;
     use ::p256::ecdsa::signature::hazmat::PrehashVerifier;
     use ::p256::ecdsa::{SigningKey, VerifyingKey};
+    use ::p256::elliptic_curve::PrimeField as _;
 
     /// A deterministic stream of test bytes (SHA-256 in counter mode).
     fn bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -264,10 +166,12 @@ mod tests {
 
     #[test]
     fn digits_recompose_the_scalar_and_stay_in_range() {
+        use fixed_base::{signed_digits, HALF, W};
         for k in edge_scalars().into_iter().chain((0..200).map(scalar)) {
-            let digits = signed_digits(&k);
+            let (digits, n) = signed_digits::<NistP256>(&k);
+            assert_eq!(n, 43);
             let mut back = Scalar::ZERO;
-            for d in digits.iter().rev() {
+            for d in digits[..n].iter().rev() {
                 for _ in 0..W {
                     back = back.double();
                 }
