@@ -1,12 +1,13 @@
 //! ES256 (ECDSA over P-256 with SHA-256): the key, its fast path with fixed-base tables, and
 //! the `p256` crate's `ecdsa` verification as the reference.
 //!
-//! A verify computes `u1·G + u2·Q` with two fixed-base tables ([`super::fixed_base`]): one
-//! for the generator, one per key. Measured in V8 (`make vm-profile`): 720–840 µs a verify
-//! with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 183–217 µs with six, about 3.9×
-//! faster than the ladder in each of three runs (`jwt_authn` with BoringSSL: about 120 µs of
-//! filter CPU a cold ES256 request in `make bench`).
-
+//! A verify computes `u1·G + u2·Q` with two fixed-base tables ([`super::fixed_base`]), eight
+//! bits a window: one for the generator, one per key. Measured in V8 (`make vm-profile`):
+//! 720–840 µs a verify with `ecdsa`'s ladder, 220–250 µs with five-bit windows, 183–217 µs
+//! with six (about 3.9× faster than the ladder in each of three runs), and eight-bit windows
+//! take about a quarter off six-bit ones (`jwt_authn` with BoringSSL: about 120 µs of filter
+//! CPU a cold ES256 request in `make bench`).
+//!
 //! Everything here is public (signature, message, key), so lookups are variable time. The
 //! field and point arithmetic (complete formulas) is still the `p256` crate's; only the
 //! multiplication is organised differently. Parsing of `r` and `s` (non-zero, below `n`),
@@ -14,9 +15,9 @@
 //! `verify_prehashed`; the unit tests compare the two on random and edge-case signatures and
 //! `tests/wycheproof.rs` runs every Wycheproof P-256 vector through this path.
 //!
-//! Memory: a table is 1376 affine points (about 97 KiB). The generator's is built once per
-//! process (per VM) on first use; a key's on its first verification: about 1400 point
-//! additions and one batched inversion (3.3–4.3 ms inside V8), once per key and VM (a key
+//! Memory: a table is 4224 affine points (about 300 KiB). The generator's is built once per
+//! process (per VM) on first use; a key's on its first verification: about 4200 point
+//! additions and one batched inversion (about 13 ms inside V8), once per key and VM (a key
 //! set replaced by a JWKS refresh gets new tables as its keys are used).
 
 use super::alg::Alg;
@@ -30,7 +31,7 @@ use ::rsa::sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
 /// A P-256 fixed-base table.
-pub type Table = fixed_base::Table<NistP256>;
+pub type Table = fixed_base::Table<NistP256, 8>;
 
 fn generator_table() -> &'static Table {
     static G: OnceLock<Table> = OnceLock::new();
@@ -166,18 +167,18 @@ mod tests {
 
     #[test]
     fn digits_recompose_the_scalar_and_stay_in_range() {
-        use fixed_base::{signed_digits, HALF, W};
+        use fixed_base::{half, signed_digits};
         for k in edge_scalars().into_iter().chain((0..200).map(scalar)) {
-            let (digits, n) = signed_digits::<NistP256>(&k);
-            assert_eq!(n, 43);
+            let (digits, n) = signed_digits::<NistP256, 8>(&k);
+            assert_eq!(n, 33);
             let mut back = Scalar::ZERO;
             for d in digits[..n].iter().rev() {
-                for _ in 0..W {
+                for _ in 0..8 {
                     back = back.double();
                 }
                 let m = Scalar::from(u64::from(d.unsigned_abs()));
                 back += if *d < 0 { -m } else { m };
-                assert!(-(HALF as i16 - 1) <= i16::from(*d) && i16::from(*d) <= HALF as i16);
+                assert!(-(half(8) as i16 - 1) <= *d && *d <= half(8) as i16);
             }
             assert_eq!(back, k);
         }

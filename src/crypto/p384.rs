@@ -25,7 +25,7 @@ use ::rsa::sha2::{Digest, Sha384};
 use std::sync::OnceLock;
 
 /// A P-384 fixed-base table.
-pub type Table = fixed_base::Table<NistP384>;
+pub type Table = fixed_base::Table<NistP384, 6>;
 
 fn generator_table() -> &'static Table {
     static G: OnceLock<Table> = OnceLock::new();
@@ -111,7 +111,7 @@ mod tests {
     use ::p384::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
     use ::p384::ecdsa::{SigningKey, VerifyingKey};
     use ::p384::elliptic_curve::PrimeField as _;
-    use fixed_base::{signed_digits, HALF, W};
+    use fixed_base::{half, signed_digits};
 
     /// A deterministic stream of test bytes (SHA-384 in counter mode).
     fn bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -162,16 +162,16 @@ mod tests {
     #[test]
     fn digits_recompose_the_scalar_and_stay_in_range() {
         for k in edge_scalars().into_iter().chain((0..200).map(scalar)) {
-            let (digits, n) = signed_digits::<NistP384>(&k);
+            let (digits, n) = signed_digits::<NistP384, 6>(&k);
             assert_eq!(n, 65);
             let mut back = Scalar::ZERO;
             for d in digits[..n].iter().rev() {
-                for _ in 0..W {
+                for _ in 0..6 {
                     back = back.double();
                 }
                 let m = Scalar::from(u64::from(d.unsigned_abs()));
                 back += if *d < 0 { -m } else { m };
-                assert!(-(HALF as i16 - 1) <= i16::from(*d) && i16::from(*d) <= HALF as i16);
+                assert!(-(half(6) as i16 - 1) <= *d && *d <= half(6) as i16);
             }
             assert_eq!(back, k);
         }
