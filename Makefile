@@ -38,7 +38,7 @@ export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
 .PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools cli
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
-.PHONY: bench bench-tools vm-profile host-profile wasm-opt-tool
+.PHONY: bench bench-tools empty-filter vm-profile host-profile wasm-opt-tool
 
 all: build
 
@@ -89,7 +89,7 @@ endif
 # (bench-tools: tests/bench_smoke.rs drives the benchmark's listeners with wrk for a few seconds.)
 # The tools' tests (CLI, examples, Istio manifests) run beside the filter's: most of both is
 # waiting on Envoy, and every test picks its own free ports. Their output follows the filter's.
-test: build build-faults envoy bench-tools lint istio-check oci-tools
+test: build build-faults envoy bench-tools empty-filter lint istio-check oci-tools
 	$(CARGO) test --workspace --all-targets --no-run
 	@$(CARGO) test -p claimguard-tools -p claimguard-testkeys --all-targets > target/tools-tests.log 2>&1 & tools=$$!; \
 	  $(CARGO) test -p claimguard --all-targets; filter=$$?; \
@@ -220,7 +220,16 @@ WRK_DEB_VERSION   := 4.1.0-3+b2
 bench-tools:
 	@dpkg-query -W -f='$${Version}' wrk 2>/dev/null | grep -qxF '$(WRK_DEB_VERSION)' || { 	  $(SUDO) apt-get update -qq && 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'wrk=$(WRK_DEB_VERSION)'; }
 
-bench: build envoy bench-tools
+# The benchmark's floor listener: examples/empty_filter reading the request header map once
+# (its `headers` feature), the least any proxy-wasm filter that looks at a request pays.
+EMPTY_FILTER_WASM := $(CURDIR)/target/empty_filter/$(WASM_TARGET)/release/empty_filter.wasm
+export EMPTY_FILTER_WASM
+
+empty-filter: wasm-target
+	$(CARGO) build --quiet --release --target $(WASM_TARGET) --manifest-path examples/empty_filter/Cargo.toml \
+	  --target-dir target/empty_filter --features headers
+
+bench: build envoy bench-tools empty-filter
 	$(CARGO) build --quiet --release -p claimguard-tools --bin claimguard-bench
 	target/release/claimguard-bench --out BENCHMARKS.md \
 	  --command 'make bench BENCH_SECONDS=$(BENCH_SECONDS) BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS)$(if $(strip $(BENCH_SCENARIOS)), BENCH_SCENARIOS="$(strip $(BENCH_SCENARIOS))")$(if $(strip $(BENCH_METHOD)), BENCH_METHOD=$(strip $(BENCH_METHOD)))'

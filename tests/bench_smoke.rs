@@ -1,13 +1,13 @@
 //! The benchmark's proof of honesty, run by `make test`: the harness behind `make bench`,
 //! for about two seconds per listener, must see exactly the statuses the benchmark assumes
-//! (200 for valid tokens on all three listeners; 401 for invalid signatures and 403 for a
-//! claim-rule denial on both jwt_authn + RBAC and claimguard), counted by the same wrk Lua
-//! script. Otherwise `make bench` could be measuring error pages.
+//! (200 for valid tokens on all four listeners, the empty proxy-wasm filter included; 401 for
+//! invalid signatures and 403 for a claim-rule denial on both jwt_authn + RBAC and claimguard),
+//! counted by the same wrk Lua script. Otherwise `make bench` could be measuring error pages.
 
 use claimguard_tools::bench::{self, BenchOptions, Method, Pool};
 
 #[test]
-fn the_three_listeners_answer_what_the_benchmark_assumes() {
+fn the_listeners_answer_what_the_benchmark_assumes() {
     let o = BenchOptions::from_env().unwrap_or_else(|e| panic!("{e}"));
     assert_statuses(
         &BenchOptions {
@@ -65,6 +65,7 @@ fn assert_statuses(o: &BenchOptions, seconds: u64) {
             ("no_auth", Pool::Warm, 200),
             ("native", Pool::Warm, 200),
             ("claimguard", Pool::Warm, 200),
+            ("empty_wasm", Pool::Warm, 200),
             ("native", Pool::BadSignature, 401),
             ("claimguard", Pool::BadSignature, 401),
             ("native", Pool::Forbidden, 403),

@@ -39,8 +39,29 @@ pub const JWT_CACHE_SIZE: usize = claimguard::request::cache::DEFAULT_CAPACITY;
 /// Distinct tokens the warm scenarios rotate through.
 pub const WARM_POOL: usize = 100;
 
-/// The three listeners, in the order every round runs them.
-pub const LISTENERS: [&str; 3] = ["no_auth", "native", "claimguard"];
+/// The listeners, in the order every round starts from. `empty_wasm` is the floor any
+/// proxy-wasm filter pays: `examples/empty_filter` built with its `headers` feature, which
+/// reads the request header map once (as claimguard does first) and lets the request through.
+pub const LISTENERS: [&str; 4] = ["no_auth", "native", "claimguard", "empty_wasm"];
+
+/// `examples/empty_filter` with `--features headers`: `$EMPTY_FILTER_WASM`, else where
+/// `make empty-filter` builds it.
+pub fn empty_filter_path() -> PathBuf {
+    match std::env::var_os("EMPTY_FILTER_WASM") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => envoy::repo_root().join("target/empty_filter/wasm32-wasip1/release/empty_filter.wasm"),
+    }
+}
+
+/// The `empty_wasm` listener's filter: its own VM, no configuration.
+fn empty_filter() -> Value {
+    let mut f = envoy::wasm_filter(&empty_filter_path(), "");
+    f["name"] = json!("empty_filter");
+    f["typed_config"]["config"]["name"] = json!("empty_filter");
+    f["typed_config"]["config"]["root_id"] = json!("");
+    f["typed_config"]["config"]["vm_config"]["vm_id"] = json!("empty_filter");
+    f
+}
 
 /// The wrk script: rotates tokens from a file (one per line), counts unexpected statuses.
 /// Arguments after `--`: TOKENS_FILE EXPECTED_STATUS MODE, where MODE `cycle` reuses the
@@ -272,7 +293,7 @@ impl Pool {
     /// The status listener `listener` (an entry of [`LISTENERS`]) must answer.
     pub fn expected_status(self, listener: &str) -> u16 {
         match (self, listener) {
-            (_, "no_auth") | (Pool::Warm | Pool::Cold, _) => 200,
+            (_, "no_auth" | "empty_wasm") | (Pool::Warm | Pool::Cold, _) => 200,
             (Pool::BadSignature, _) => 401,
             (Pool::Forbidden, _) => 403,
         }
@@ -498,12 +519,12 @@ pub fn upstream_bootstrap() -> Value {
     })
 }
 
-/// The proxy under test: three listeners, one upstream cluster.
+/// The proxy under test: the four [`LISTENERS`], one upstream cluster.
 pub fn proxy_bootstrap(wasm: &Path, jwks: &Value, upstream_port: u16) -> Value {
     proxy_bootstrap_for(wasm, jwks, upstream_port, Method::Upstream)
 }
 
-/// The proxy under test under `method`: three listeners routing to the upstream cluster, or
+/// The proxy under test under `method`: the four [`LISTENERS`] routing to the upstream cluster, or
 /// each answering 200 itself.
 pub fn proxy_bootstrap_for(wasm: &Path, jwks: &Value, upstream_port: u16, method: Method) -> Value {
     let to_app = match method {
@@ -520,7 +541,8 @@ pub fn proxy_bootstrap_for(wasm: &Path, jwks: &Value, upstream_port: u16, method
             "listeners": [
                 listener("no_auth", to_app.clone(), vec![]),
                 listener("native", to_app.clone(), native_filters_for(jwks, method)),
-                listener("claimguard", to_app, vec![cg]),
+                listener("claimguard", to_app.clone(), vec![cg]),
+                listener("empty_wasm", to_app, vec![empty_filter()]),
             ],
             "clusters": [app_cluster(upstream_port)]
         }
@@ -583,7 +605,7 @@ pub struct Rig {
     pub upstream: Envoy,
     pub proxy: Envoy,
     /// Ports of [`LISTENERS`], same order.
-    pub ports: [u16; 3],
+    pub ports: [u16; 4],
     pub keys: BenchKeys,
     pub dir: PathBuf,
     /// The proxy has CPU 0 to itself; the upstream and wrk share CPU 1 (see [`Rig::pin`]).
@@ -639,7 +661,7 @@ impl Rig {
         o.concurrency = 1;
         let proxy = Envoy::start(&o, Duration::from_secs(60)).map_err(|e| format!("proxy: {e}"))?;
         let bound = proxy.listener_ports();
-        let mut ports = [0u16; 3];
+        let mut ports = [0u16; 4];
         for (i, name) in LISTENERS.iter().enumerate() {
             ports[i] = bound
                 .iter()
@@ -773,8 +795,8 @@ pub struct SmokeRun {
     pub result: RunResult,
 }
 
-/// The quick proof (part of `make test`) that the three listeners answer what the benchmark
-/// assumes: 200 to valid tokens on all three (`seconds` each), 401 to invalid signatures and
+/// The quick proof (part of `make test`) that the listeners answer what the benchmark
+/// assumes: 200 to valid tokens on all four (`seconds` each), 401 to invalid signatures and
 /// 403 to a claim-rule denial on `native` and `claimguard` (1 s each), counted by the same
 /// wrk script the benchmark uses.
 pub fn smoke(o: &BenchOptions, seconds: u64) -> Result<Vec<SmokeRun>, String> {
@@ -782,8 +804,8 @@ pub fn smoke(o: &BenchOptions, seconds: u64) -> Result<Vec<SmokeRun>, String> {
     let mut out = Vec::new();
     for (pool, listeners, secs) in [
         (Pool::Warm, &LISTENERS[..], seconds),
-        (Pool::BadSignature, &LISTENERS[1..], 1),
-        (Pool::Forbidden, &LISTENERS[1..], 1),
+        (Pool::BadSignature, &LISTENERS[1..3], 1),
+        (Pool::Forbidden, &LISTENERS[1..3], 1),
     ] {
         let tokens = rig.keys.pool(Alg::RS256, pool, &format!("smoke-{pool:?}"), WARM_POOL);
         let path = rig.write_pool(&format!("smoke-{pool:?}"), &tokens)?;
@@ -875,7 +897,7 @@ pub struct Report {
     pub started: u64,
     pub options: BenchOptions,
     /// (scenario, series per listener in [`LISTENERS`] order)
-    pub scenarios: Vec<(Scenario, [Series; 3])>,
+    pub scenarios: Vec<(Scenario, [Series; 4])>,
     pub module_bytes: u64,
     pub vm_memory_warm: Option<u64>,
     pub vm_memory_end: Option<u64>,
@@ -937,7 +959,7 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
 
     let mut results = Vec::new();
     for s in scenarios {
-        let mut series: [Series; 3] = Default::default();
+        let mut series: [Series; 4] = Default::default();
         let warm_pool = match s.pool {
             Pool::Warm => match warm_pools.iter().find(|(a, _)| *a == s.alg) {
                 Some((_, path)) => Some(path.clone()),
@@ -947,7 +969,7 @@ pub fn run(o: &BenchOptions) -> Result<Report, String> {
         };
         for round in 0..o.rounds {
             // Never-seen pools: new tokens per round, each sent once to each listener (the
-            // listeners' caches are separate, so one pool serves all three).
+            // listeners' caches are separate, so one pool serves them all).
             let fresh = match &warm_pool {
                 Some(_) => None,
                 None => {
@@ -1175,7 +1197,8 @@ impl Report {
             s,
             "* Envoy {} `--concurrency 1`, wrk 1 thread × {} connections, {} s × {} rounds per \
              listener and scenario, interleaved, each round starting at the next listener \
-             (no_auth, native, claimguard; native, claimguard, no_auth; …); figures are medians \
+             (no_auth, native, claimguard, empty_wasm; native, claimguard, empty_wasm, no_auth; …); \
+             figures are medians \
              over the rounds",
             self.envoy_version, o.connections, o.seconds, o.rounds
         );
@@ -1215,10 +1238,10 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n| scenario | claimguard / native req/s | claimguard / no_auth req/s | p99 claimguard / native | filters' CPU µs/req: native | claimguard | rounds claimguard ≥ native: req/s | p99 |"
+            "\n| scenario | claimguard / native req/s | claimguard / empty_wasm req/s | claimguard / no_auth req/s | p99 claimguard / native | filters' CPU µs/req: native | claimguard | empty_wasm | rounds claimguard ≥ native: req/s | p99 |"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
-        for (sc, [a, b, c]) in &self.scenarios {
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (sc, [a, b, c, e]) in &self.scenarios {
             let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}", x / y) } else { "n/a".into() };
             // What the filters add to the proxy's CPU time per request, over no_auth's.
             let added = |x: &Series| match (x.cpu_us(), a.cpu_us()) {
@@ -1233,13 +1256,15 @@ impl Report {
             let tail = pairs().filter(|(n, g)| g.p99_us <= n.p99_us).count();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {ahead} of {rounds} | {tail} of {rounds} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {ahead} of {rounds} | {tail} of {rounds} |",
                 sc.name,
                 ratio(c.rps(), b.rps()),
+                ratio(c.rps(), e.rps()),
                 ratio(c.rps(), a.rps()),
                 ratio(c.p99_ms(), b.p99_ms()),
                 added(b),
-                added(c)
+                added(c),
+                added(e)
             );
         }
         let _ = writeln!(s, "\n| footprint | |\n|---|--:|");
@@ -1256,7 +1281,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| proxy heap (`/memory` allocated, all three listeners) after warm-up | {} |",
+            "| proxy heap (`/memory` allocated, all four listeners) after warm-up | {} |",
             mib(self.proxy_allocated_warm)
         );
         s
@@ -1369,12 +1394,21 @@ mod tests {
     }
 
     #[test]
-    fn three_listeners_one_cluster_and_the_same_rule() {
+    fn four_listeners_one_cluster_and_the_same_rule() {
         let jwks = json!({"keys": []});
         let b = proxy_bootstrap(Path::new("/x.wasm"), &jwks, 4242);
         let listeners = b["static_resources"]["listeners"].as_array().unwrap();
         let names: Vec<&str> = listeners.iter().map(|l| l["name"].as_str().unwrap()).collect();
         assert_eq!(names, LISTENERS);
+        // The floor: the empty proxy-wasm filter, in its own VM, without configuration.
+        let empty = &listeners[3]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+        assert_eq!(empty["typed_config"]["config"]["vm_config"]["vm_id"], "empty_filter");
+        assert!(
+            empty["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+                .as_str()
+                .unwrap()
+                .ends_with("empty_filter.wasm")
+        );
         for l in listeners {
             let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
             assert_eq!(l["address"]["socket_address"]["address"], "127.0.0.1");
