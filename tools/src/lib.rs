@@ -16,4 +16,5 @@ pub mod echo;
 pub mod envoy;
 pub mod http;
 pub mod jwks_server;
+pub mod mesh;
 pub mod oci;
