@@ -11,6 +11,7 @@
 pub use claimguard_testkeys as keys;
 
 pub mod bench;
+pub mod chain;
 pub mod demo_edge;
 pub mod echo;
 pub mod envoy;
