@@ -526,11 +526,13 @@ pub struct ChainExample {
     pub realm: Option<&'static str>,
     /// Whether the orders app and the reports app saw the request.
     pub reaches: (bool, bool),
+    /// Who refuses it (printed; the realm and `reaches` check it).
+    pub refused_by: &'static str,
 }
 
 #[rustfmt::skip]
 pub fn examples() -> Vec<ChainExample> {
-    let ex = |what, entry, method, path, token, want, reason, realm, reaches| ChainExample {
+    let ex = |what, entry, method, path, token, want, reason, realm, reaches, refused_by| ChainExample {
         what,
         entry,
         method,
@@ -540,35 +542,36 @@ pub fn examples() -> Vec<ChainExample> {
         reason,
         realm,
         reaches,
+        refused_by,
     };
     let (gw, app) = (Entry::Gateway, Entry::OrdersApp);
     vec![
         ex("alice reads order 42 through the gateway: every hop verifies her token, reports gets it from orders",
-           gw, "GET", "/api/orders/42", "alice.jwt", 200, None, None, (true, true)),
+           gw, "GET", "/api/orders/42", "alice.jwt", 200, None, None, (true, true), ""),
         ex("bob is not in group reporting: orders serves him, reports refuses the call orders makes for him",
-           gw, "GET", "/api/orders/42", "bob.jwt", 403, Some("policy_denied"), None, (true, false)),
+           gw, "GET", "/api/orders/42", "bob.jwt", 403, Some("policy_denied"), None, (true, false), "reports (its rule; orders relays the 403)"),
         ex("orders may only read reports: a POST with alice's token is refused by the rule",
-           app, "POST", "/reports/orders/42", "alice.jwt", 403, Some("policy_denied"), None, (false, false)),
+           app, "POST", "/reports/orders/42", "alice.jwt", 403, Some("policy_denied"), None, (false, false), "reports (its rule)"),
         ex("replay: the billing workload sends alice's token to reports (mTLS, not orders)",
-           Entry::Pod("billing-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false)),
+           Entry::Pod("billing-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false), "reports (trustedPrincipals)"),
         ex("replay: the gateway skips orders and calls reports with alice's token",
-           Entry::Pod("gateway-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false)),
+           Entry::Pod("gateway-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false), "reports (trustedPrincipals)"),
         ex("replay: a pod without a certificate sends alice's token to reports in plain text",
-           Entry::Pod("plain-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false)),
+           Entry::Pod("plain-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false), "reports (trustedPrincipals: no mTLS, no principal)"),
         ex("replay: TLS without a client certificate: reports' listener refuses the handshake (the client proxy answers 503)",
-           Entry::Pod("nocert-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 503, None, None, (false, false)),
+           Entry::Pod("nocert-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 503, None, None, (false, false), "reports' TLS listener (no filter involved)"),
         ex("replay: a certificate for orders' ID from another CA: the handshake fails (503)",
-           Entry::Pod("rogue-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 503, None, None, (false, false)),
+           Entry::Pod("rogue-to-reports"), "GET", "/reports/orders/42", "alice.jwt", 503, None, None, (false, false), "reports' TLS listener (no filter involved)"),
         ex("replay: the billing workload sends alice's token to orders",
-           Entry::Pod("billing-to-orders"), "GET", "/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false)),
+           Entry::Pod("billing-to-orders"), "GET", "/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false), "orders (trustedPrincipals)"),
         ex("replay: plain text to orders with alice's token",
-           Entry::Pod("plain-to-orders"), "GET", "/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false)),
+           Entry::Pod("plain-to-orders"), "GET", "/orders/42", "alice.jwt", 403, Some("untrusted_peer"), None, (false, false), "orders (trustedPrincipals)"),
         ex("a token for another API (aud billing-api) at the gateway",
-           gw, "GET", "/api/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("shop"), (false, false)),
+           gw, "GET", "/api/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("shop"), (false, false), "the gateway (audiences)"),
         ex("the same token at orders, from the gateway's identity",
-           Entry::Pod("gateway-to-orders"), "GET", "/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("orders"), (false, false)),
+           Entry::Pod("gateway-to-orders"), "GET", "/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("orders"), (false, false), "orders (audiences)"),
         ex("the same token at reports, from orders",
-           app, "GET", "/reports/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("reports"), (false, false)),
+           app, "GET", "/reports/orders/42", "other-api.jwt", 401, Some("wrong_audience"), Some("reports"), (false, false), "reports (audiences)"),
     ]
 }
 
@@ -600,12 +603,16 @@ impl Chain {
             if let Some(realm) = realm(&r) {
                 print!(" (realm {realm})");
             }
-            let saw = |app: bool, name: &str| if app { name.to_string() } else { format!("not {name}") };
-            println!(
-                "; reached {}, {}",
-                saw(reaches.0, "orders' app"),
-                saw(reaches.1, "reports' app")
-            );
+            let apps = match reaches {
+                (true, true) => "orders and reports",
+                (true, false) => "orders only",
+                (false, true) => "reports only",
+                (false, false) => "neither",
+            };
+            println!("; apps reached: {apps}");
+            if r.status != 200 && !ex.refused_by.is_empty() {
+                println!("  refused by {}", ex.refused_by);
+            }
             if r.status == 200 {
                 for line in identity_lines(&r) {
                     println!("  {line}");
@@ -663,7 +670,7 @@ pub fn identity_lines(r: &Response) -> Vec<String> {
             "no token"
         };
         format!(
-            "{who}'s app got x-user-sub: {}, x-user-scope: {}, x-user-groups: {}, {token}; caller (XFCC URI): {caller}",
+            "{who} app got x-user-sub: {}, x-user-scope: {}, x-user-groups: {}, {token}; caller (XFCC URI): {caller}",
             h("x-user-sub"),
             h("x-user-scope"),
             h("x-user-groups")
