@@ -36,7 +36,7 @@ export ENVOY
 export CLAIMGUARD_WASM := $(WASM)
 export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
-.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge clean fuzz fuzz-smoke fuzz-tools cli
+.PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge demo-chain clean fuzz fuzz-smoke fuzz-tools cli
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
 .PHONY: bench bench-tools empty-filter vm-profile host-profile wasm-opt-tool
 
@@ -273,6 +273,16 @@ demo: build envoy
 DEMO_EDGE_PORT ?= 10001
 demo-edge: build envoy
 	$(CARGO) run --quiet --release --example demo_edge -- --port $(DEMO_EDGE_PORT)
+
+# Three hops with mTLS between them (docs/istio.md, "Multi-hop"): gateway → orders → reports,
+# each running its istio/overlays plugin config (rendered with kubectl kustomize). Sends the
+# requests that pass and the replays that are refused, prints them, and exits;
+# DEMO_CHAIN_FLAGS=--serve keeps the chain up until Ctrl-C.
+DEMO_CHAIN_PORT  ?= 10002
+DEMO_CHAIN_FLAGS ?=
+demo-chain: build envoy
+	@command -v kubectl >/dev/null || { echo "demo-chain renders istio/overlays with kubectl kustomize: install kubectl" >&2; exit 1; }
+	$(CARGO) run --quiet --release --example demo_chain -- --port $(DEMO_CHAIN_PORT) $(DEMO_CHAIN_FLAGS)
 
 clean:
 	$(CARGO) clean

@@ -5,18 +5,16 @@
 //! 127.0.0.1 and on ::1) beside its plain-text one, and a client-side Envoy that presents a
 //! chosen workload's certificate: the `x-via` header picks the identity (a cluster per
 //! workload, as an Istio client sidecar has its own). Configs are the shipped
-//! `examples/mesh-identity.json` and `examples/delegation.json`, with the test keys.
+//! `examples/mesh-identity.json` and `examples/delegation.json`, with the test keys. The CA
+//! and the client Envoy are `claimguard_tools::mesh`'s (tests/envoy_chain.rs uses them too).
 
 mod common;
 
 use claimguard_tools::echo::EchoUpstream;
 use claimguard_tools::envoy::{DownstreamTls, Envoy, EnvoyOptions, ExtraListener};
 use claimguard_tools::http::{self, Response};
+use claimguard_tools::mesh::{client_bootstrap, ClientTls, Pki, Route};
 use common::*;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,135 +24,6 @@ const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
 const WEB_ADMIN: &str = "spiffe://cluster.local/ns/web/sa/admin";
 const LEGACY: &str = "spiffe://cluster.local/ns/legacy/sa/old";
 const AGENT: &str = "spiffe://cluster.local/ns/agents/sa/assistant";
-
-/// A CA and the PEM files of the certificates it signed, in a directory removed on drop.
-struct Pki {
-    dir: PathBuf,
-    ca: Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
-        std::fs::create_dir_all(dir).expect("pki dir");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_key = KeyPair::generate().expect("ca key");
-        let ca = params.self_signed(&ca_key).expect("ca cert");
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-            ca,
-            ca_key,
-        };
-        std::fs::write(pki.ca_file(), pki.ca.pem()).expect("write ca");
-        pki
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A leaf with the SPIFFE ID as its URI SAN (and `dns`, for a server); returns (cert, key).
-    fn leaf(&self, file: &str, spiffe_id: &str, dns: Option<&str>) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(dns.map(|d| vec![d.to_string()]).unwrap_or_default()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, file);
-        params
-            .subject_alt_names
-            .push(SanType::URI(spiffe_id.try_into().expect("ia5 uri")));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).expect("sign leaf");
-        let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-}
-
-/// How the client Envoy reaches the sidecar for one `x-via` value.
-struct Route {
-    via: String,
-    address: &'static str,
-    port: u16,
-    /// Client certificate and key; None: TLS without a client certificate.
-    client_cert: Option<(PathBuf, PathBuf)>,
-    /// False: plain text.
-    tls: bool,
-}
-
-/// The client-side Envoy: one plain-text listener, `x-via: NAME` → cluster NAME, which
-/// connects to the sidecar presenting NAME's certificate (validating the sidecar against the
-/// mesh CA).
-fn client_bootstrap(routes: &[Route], ca: &Path) -> Value {
-    let clusters: Vec<Value> = routes
-        .iter()
-        .map(|r| {
-            let mut cluster = json!({
-                "name": &r.via,
-                "connect_timeout": "2s",
-                "type": "STATIC",
-                "load_assignment": {"cluster_name": &r.via, "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": r.address, "port_value": r.port}}}}
-                ]}]}
-            });
-            if r.tls {
-                let mut common = json!({"validation_context": {"trusted_ca": {"filename": ca.display().to_string()}}});
-                if let Some((c, k)) = &r.client_cert {
-                    common["tls_certificates"] = json!([{
-                        "certificate_chain": {"filename": c.display().to_string()},
-                        "private_key": {"filename": k.display().to_string()}
-                    }]);
-                }
-                cluster["transport_socket"] = json!({
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": "orders.test",
-                        "common_tls_context": common
-                    }
-                });
-            }
-            cluster
-        })
-        .collect();
-    let routes: Vec<Value> = routes
-        .iter()
-        .map(|r| {
-            json!({
-                "match": {"prefix": "/", "headers": [{"name": "x-via", "string_match": {"exact": &r.via}}]},
-                "route": {"cluster": &r.via}
-            })
-        })
-        .collect();
-    let loopback = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
-    json!({
-        "node": {"id": "claimguard-test-client", "cluster": "client"},
-        "admin": {"address": loopback},
-        "static_resources": {
-            "listeners": [{
-                "name": "client",
-                "address": loopback,
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "client",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-                        "http_filters": [{"name": "envoy.filters.http.router",
-                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-                    }
-                }]}]
-            }],
-            "clusters": clusters
-        }
-    })
-}
 
 /// Sidecar (claimguard, plain-text + mTLS listeners on 127.0.0.1 and ::1) and client Envoys.
 struct Mesh {
@@ -176,14 +45,16 @@ impl Mesh {
     fn start(plugin_config: &Value, tag: &str, peers: &[(&'static str, &str)], use_remote_address: bool) -> Mesh {
         let dir = std::env::temp_dir().join(format!("claimguard-mtls-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let pki = Pki::new(&dir.join("mesh"), "claimguard test mesh CA");
+        let pki = Pki::new(&dir.join("mesh"), "claimguard test mesh CA").expect("mesh CA");
         // Another CA that issues a certificate with a trusted workload's ID: must not get in.
-        let rogue_ca = Pki::new(&dir.join("rogue"), "rogue CA");
-        let (server_cert, server_key) = pki.leaf(
-            "orders",
-            "spiffe://cluster.local/ns/orders/sa/orders",
-            Some("orders.test"),
-        );
+        let rogue_ca = Pki::new(&dir.join("rogue"), "rogue CA").expect("rogue CA");
+        let server = pki
+            .leaf(
+                "orders",
+                "spiffe://cluster.local/ns/orders/sa/orders",
+                Some("orders.test"),
+            )
+            .expect("server certificate");
 
         let upstream = EchoUpstream::start(0).expect("echo upstream");
         let mut opts = EnvoyOptions::new(plugin_config, upstream.port);
@@ -194,8 +65,8 @@ impl Mesh {
                 name: name.into(),
                 address: address.into(),
                 tls: Some(DownstreamTls {
-                    cert_chain: server_cert.clone(),
-                    private_key: server_key.clone(),
+                    cert_chain: server.cert.clone(),
+                    private_key: server.key.clone(),
                     client_ca: pki.ca_file(),
                 }),
             });
@@ -213,56 +84,40 @@ impl Mesh {
         };
         let (mtls4, mtls6, plain6) = (port("mtls4"), port("mtls6"), port("plain6"));
 
+        // How the client Envoy reaches the sidecar for each `x-via`: TLS validating the sidecar
+        // against the mesh CA, with the named workload's certificate (or none).
+        let tls = |cert| {
+            Some(ClientTls {
+                ca: pki.ca_file(),
+                cert,
+                sni: "orders.test".into(),
+            })
+        };
+        let route = |via: &str, address: &str, port: u16, tls: Option<ClientTls>| Route {
+            via: via.into(),
+            address: address.into(),
+            port,
+            tls,
+        };
         let mut routes = vec![
-            Route {
-                via: "plain".into(),
-                address: "127.0.0.1",
-                port: sidecar.port,
-                client_cert: None,
-                tls: false,
-            },
-            Route {
-                via: "plain6".into(),
-                address: "::1",
-                port: plain6,
-                client_cert: None,
-                tls: false,
-            },
-            Route {
-                via: "nocert".into(),
-                address: "127.0.0.1",
-                port: mtls4,
-                client_cert: None,
-                tls: true,
-            },
-            Route {
-                via: "rogue".into(),
-                address: "127.0.0.1",
-                port: mtls4,
-                client_cert: Some(rogue_ca.leaf("rogue", GATEWAY, None)),
-                tls: true,
-            },
+            route("plain", "127.0.0.1", sidecar.port, None),
+            route("plain6", "::1", plain6, None),
+            route("nocert", "127.0.0.1", mtls4, tls(None)),
+            route(
+                "rogue",
+                "127.0.0.1",
+                mtls4,
+                tls(Some(rogue_ca.leaf("rogue", GATEWAY, None).expect("rogue leaf"))),
+            ),
         ];
         for (via, id) in peers {
-            let cert = pki.leaf(via, id, None);
-            routes.push(Route {
-                via: via.to_string(),
-                address: "127.0.0.1",
-                port: mtls4,
-                client_cert: Some(cert.clone()),
-                tls: true,
-            });
+            let cert = pki.leaf(via, id, None).expect("workload certificate");
+            routes.push(route(via, "127.0.0.1", mtls4, tls(Some(cert.clone()))));
             // The same workload over IPv6 loopback: "NAME6".
-            routes.push(Route {
-                via: format!("{via}6"),
-                address: "::1",
-                port: mtls6,
-                client_cert: Some(cert),
-                tls: true,
-            });
+            routes.push(route(&format!("{via}6"), "::1", mtls6, tls(Some(cert))));
         }
         let mut client_opts = EnvoyOptions::new(&json!({}), 0);
-        client_opts.raw_bootstrap = Some(client_bootstrap(&routes, &pki.ca_file()));
+        client_opts.raw_bootstrap = Some(client_bootstrap(&routes));
         let client = Envoy::start(&client_opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("client: {e}"));
         Mesh {
             _upstream: upstream,

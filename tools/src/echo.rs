@@ -5,11 +5,16 @@
 //! keeps every header line in order, repeats and all. It also keeps the last requests it
 //! served ([`EchoUpstream::received`]), so a test can tell what a proxy let through, and
 //! that a refused request never arrived.
+//!
+//! [`EchoUpstream::relay`] is the same server playing an application that calls another
+//! service on its user's behalf (`make demo-chain`): it records the request, makes its own
+//! call through its sidecar's outbound listener with some of the request's headers (the
+//! user's token), and answers with what it received and what the other service said.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -19,6 +24,8 @@ const REMEMBERED: usize = 512;
 
 pub struct EchoUpstream {
     pub port: u16,
+    /// A relay's outbound port (see [`EchoUpstream::set_relay_port`]).
+    relay_port: Option<Arc<AtomicU16>>,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     received: Arc<Mutex<VecDeque<Received>>>,
@@ -55,9 +62,95 @@ impl Received {
     }
 }
 
+/// What the server answers.
+#[derive(Debug, Clone)]
+enum Responder {
+    /// The request, as JSON.
+    Echo,
+    Relay(Relay),
+}
+
+/// An application's call to another service, made for each request it serves.
+#[derive(Debug, Clone)]
+struct Relay {
+    /// Named in the answer (`{"app": NAME, ...}`).
+    name: String,
+    /// Its sidecar's outbound listener on 127.0.0.1 (0 until known: the call then fails).
+    outbound_port: Arc<AtomicU16>,
+    /// The call's path: this, then the request's path.
+    path_prefix: String,
+    /// Request headers passed on to the call (lower-case names), e.g. `authorization`.
+    forward: Vec<String>,
+}
+
+impl Relay {
+    /// Makes the call; answers with its status (502 if it failed) and
+    /// `{"app", "received": {method, path, headers}, "called": {path, status, reason, body}}`,
+    /// `reason` being the other side's `x-claimguard-reason`, if any.
+    fn answer(&self, req: &RequestHead) -> (u16, String) {
+        let path = format!("{}{}", self.path_prefix, req.path);
+        let headers: Vec<(&str, &str)> = req
+            .header_list
+            .iter()
+            .filter(|(k, _)| self.forward.contains(k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (status, called) =
+            match crate::http::request(self.outbound_port.load(Ordering::SeqCst), &req.method, &path, &headers) {
+                Ok(r) => {
+                    let body = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body.clone()));
+                    let reason = r.header("x-claimguard-reason").map(str::to_owned);
+                    (
+                        r.status,
+                        serde_json::json!({"path": path, "status": r.status, "reason": reason, "body": body}),
+                    )
+                }
+                Err(e) => (502, serde_json::json!({"path": path, "error": e})),
+            };
+        let body = serde_json::json!({
+            "app": self.name,
+            "received": {"method": req.method, "path": req.path, "headers": req.headers},
+            "called": called,
+        });
+        (status, body.to_string())
+    }
+}
+
 impl EchoUpstream {
     /// Listens on 127.0.0.1 at `port` (0 = any free port).
     pub fn start(port: u16) -> std::io::Result<EchoUpstream> {
+        EchoUpstream::serve_with(port, Responder::Echo)
+    }
+
+    /// An application named `name` on any free port of 127.0.0.1 that, for each request,
+    /// calls `PATH_PREFIX + path` with the same method through 127.0.0.1:`outbound_port`,
+    /// passing on the request's `forward` headers (lower-case names), and answers with that
+    /// call's status and a JSON account of both (see the module's documentation). The port
+    /// may be given later ([`EchoUpstream::set_relay_port`]): a sidecar needs the app's port
+    /// before it starts, and the app the sidecar's outbound port.
+    pub fn relay(name: &str, outbound_port: u16, path_prefix: &str, forward: &[&str]) -> std::io::Result<EchoUpstream> {
+        let port = Arc::new(AtomicU16::new(outbound_port));
+        let mut app = EchoUpstream::serve_with(
+            0,
+            Responder::Relay(Relay {
+                name: name.to_string(),
+                outbound_port: port.clone(),
+                path_prefix: path_prefix.to_string(),
+                forward: forward.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            }),
+        )?;
+        app.relay_port = Some(port);
+        Ok(app)
+    }
+
+    /// Where a relay's calls go from now on (nothing for an echo upstream).
+    pub fn set_relay_port(&self, port: u16) {
+        if let Some(p) = &self.relay_port {
+            p.store(port, Ordering::SeqCst);
+        }
+    }
+
+    fn serve_with(port: u16, responder: Responder) -> std::io::Result<EchoUpstream> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,13 +163,14 @@ impl EchoUpstream {
                     break;
                 }
                 if let Ok(c) = conn {
-                    let (served, received) = (served2.clone(), received2.clone());
-                    thread::spawn(move || serve(c, &served, &received));
+                    let (served, received, responder) = (served2.clone(), received2.clone(), responder.clone());
+                    thread::spawn(move || serve(c, &served, &received, &responder));
                 }
             }
         });
         Ok(EchoUpstream {
             port,
+            relay_port: None,
             stop,
             served,
             received,
@@ -188,7 +282,7 @@ pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RequestH
     })
 }
 
-fn serve(conn: TcpStream, served: &AtomicU64, received: &Mutex<VecDeque<Received>>) {
+fn serve(conn: TcpStream, served: &AtomicU64, received: &Mutex<VecDeque<Received>>, responder: &Responder) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let Ok(mut writer) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
@@ -205,18 +299,25 @@ fn serve(conn: TcpStream, served: &AtomicU64, received: &Mutex<VecDeque<Received
             });
         }
         served.fetch_add(1, Ordering::SeqCst);
-        let out = serde_json::json!({
-            "method": req.method,
-            "path": req.path,
-            "headers": req.headers,
-            "rawPath": req.raw_target,
-            "headerList": req.header_list,
-        })
-        .to_string();
+        let (status, out) = match responder {
+            Responder::Echo => (
+                200,
+                serde_json::json!({
+                    "method": req.method,
+                    "path": req.path,
+                    "headers": req.headers,
+                    "rawPath": req.raw_target,
+                    "headerList": req.header_list,
+                })
+                .to_string(),
+            ),
+            Responder::Relay(relay) => relay.answer(&req),
+        };
         // A response to HEAD carries the length of the body it would have, and no body.
         let body = if req.method == "HEAD" { "" } else { out.as_str() };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            if status == 200 { "OK" } else { "Relayed" },
             out.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() || req.close {

@@ -11,9 +11,11 @@
 pub use claimguard_testkeys as keys;
 
 pub mod bench;
+pub mod chain;
 pub mod demo_edge;
 pub mod echo;
 pub mod envoy;
 pub mod http;
 pub mod jwks_server;
+pub mod mesh;
 pub mod oci;

@@ -19,9 +19,11 @@ use claimguard::crypto::alg::Alg;
 use claimguard::keys::remote::HttpUrl;
 use claimguard_tools::echo::{EchoUpstream, Received};
 use claimguard_tools::envoy::{wasm_path, Envoy, EnvoyOptions, OutboundListener};
+use claimguard_tools::envoy::{DownstreamTls, ExtraListener};
 use claimguard_tools::http::{self, Response};
 use claimguard_tools::jwks_server::JwksServer;
 use claimguard_tools::keys::TestKey;
+use claimguard_tools::mesh::{self, ClientTls, Pki, Route};
 use claimguard_tools::oci::{self, read_layout, WasmImage, MODULE_SHA256_ANNOTATION};
 use common::{keys, now, prom_value};
 use serde::Deserialize;
@@ -320,6 +322,102 @@ fn every_plugin_config_is_accepted_by_the_filter_config_code() {
         wasm_plugin(&reports)["spec"]["selector"]["matchLabels"]["app"],
         "reports"
     );
+}
+
+// --- The chain gateway → orders → reports (docs/istio.md, "Multi-hop") ------------------
+
+/// The Istio principal of a sidecar workload: its namespace and, as the overlays assume, a
+/// service account named after its `app` label.
+fn sidecar_principal(ext: &Value) -> String {
+    format!(
+        "cluster.local/ns/{}/sa/{}",
+        ext["metadata"]["namespace"].as_str().unwrap(),
+        ext["spec"]["selector"]["matchLabels"]["app"].as_str().unwrap()
+    )
+}
+
+/// The Istio principal of the pods Istio deploys for a Gateway API `Gateway` of class
+/// `istio`: service account `NAME-istio` in the Gateway's namespace (Istio's gateway
+/// naming, `gateway.istio.io/service-account` aside).
+fn gateway_principal(ext: &Value) -> String {
+    let gateway = &ext["spec"]["targetRefs"][0];
+    assert_eq!(gateway["kind"], "Gateway");
+    format!(
+        "cluster.local/ns/{}/sa/{}-istio",
+        ext["metadata"]["namespace"].as_str().unwrap(),
+        gateway["name"].as_str().unwrap()
+    )
+}
+
+/// The shipped overlays form one chain: a token the gateway accepts is accepted by every hop
+/// behind it, each hop takes it only from the hop before (mTLS principals), the token travels
+/// on as far as the last hop, and every workload hands its application the user.
+/// tests/envoy_chain.rs runs the same overlays in Envoy with real mTLS between the hops.
+#[test]
+fn the_overlays_pass_the_users_token_along_gateway_orders_reports() {
+    let docs: Vec<Vec<Value>> = ["ingress-gateway", "orders", "reports"]
+        .iter()
+        .map(|o| render(o))
+        .collect();
+    let hops: Vec<&Value> = docs.iter().map(|d| extension(d)).collect();
+    let (gateway, orders, reports) = (hops[0], hops[1], hops[2]);
+    let config = |ext: &Value| wasm_fields(ext)["pluginConfig"].clone();
+    let provider = |ext: &Value| config(ext)["providers"][0].clone();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    // One identity provider, one audience for the API: the gateway's audiences are accepted
+    // at every hop (a token for the API is good along the whole chain).
+    let gateway_auds = strings(&provider(gateway)["audiences"]);
+    assert!(!gateway_auds.is_empty());
+    for hop in [orders, reports] {
+        let name = hop["metadata"]["namespace"].as_str().unwrap();
+        assert_eq!(provider(hop)["issuer"], provider(gateway)["issuer"], "{name}");
+        assert_eq!(provider(hop)["jwksUri"], provider(gateway)["jwksUri"], "{name}");
+        let auds = strings(&provider(hop)["audiences"]);
+        assert!(
+            gateway_auds.iter().all(|a| auds.contains(a)),
+            "{name} must accept the gateway's audiences {gateway_auds:?}, has {auds:?}"
+        );
+    }
+    // Each hop takes user tokens only from the hop before it; the gateway from anyone.
+    assert_eq!(provider(gateway).get("trustedPrincipals"), None);
+    assert_eq!(
+        strings(&provider(orders)["trustedPrincipals"]),
+        vec![gateway_principal(gateway)]
+    );
+    assert_eq!(
+        strings(&provider(reports)["trustedPrincipals"]),
+        vec![sidecar_principal(orders)]
+    );
+    // reports' ALLOW rules name their caller, and only a trusted one.
+    let trusted = strings(&provider(reports)["trustedPrincipals"]);
+    for rule in config(reports)["rules"].as_array().unwrap() {
+        if rule["action"].as_str().unwrap_or("ALLOW") == "ALLOW" && rule["public"] != true {
+            let principals = strings(&rule["principals"]);
+            assert!(!principals.is_empty(), "reports rule {rule}: name the caller");
+            assert!(principals.iter().all(|p| trusted.contains(p)), "reports rule {rule}");
+        }
+    }
+    // The token goes on to the hops that call on (the gateway, orders' application) and
+    // stops at the last one.
+    assert_eq!(provider(gateway)["forwardOriginalToken"], true);
+    assert_eq!(provider(orders)["forwardOriginalToken"], true);
+    assert_ne!(provider(reports)["forwardOriginalToken"], true);
+    // Each workload's application learns the user from headers claimguard sets.
+    for hop in [orders, reports] {
+        let headers = provider(hop)["outputClaimToHeaders"].clone();
+        assert!(
+            headers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["header"] == "x-user-sub" && h["claim"] == "sub"),
+            "{hop}"
+        );
+    }
 }
 
 /// The cluster a provider's keys are fetched through, as claimguard resolves it.
@@ -899,12 +997,20 @@ const ELSEWHERE_CLUSTER: &str = "outbound|8080||inventory.shop.svc.cluster.local
 /// (`elsewhere`), for a gateway its listener. The JWKS host is served from 127.0.0.1 through
 /// a cluster named as istiod names the ServiceEntry's (TLS origination is the sidecar's job
 /// and not modelled: the test cluster is plain HTTP).
+///
+/// A workload whose provider takes tokens only through `trustedPrincipals` (the chain's
+/// orders and reports, docs/istio.md "Multi-hop") also gets an inbound mTLS listener, and a
+/// client Envoy that calls it as the first trusted principal (`trusted`) or as a workload
+/// that is not trusted (`other`), with certificates from a test mesh CA: [`Deployed::call`]
+/// goes through `trusted`, as the hop before this one would.
 struct Deployed {
     jwks: JwksServer,
     upstream: EchoUpstream,
     /// The service behind the outbound listener (sidecars only).
     elsewhere: Option<EchoUpstream>,
     envoy: Envoy,
+    /// The client Envoy playing the trusted hop and another workload, and the certificates.
+    peers: Option<(Envoy, PathBuf)>,
     key: TestKey,
     issuer: String,
     audience: String,
@@ -914,12 +1020,35 @@ struct Deployed {
     managed: Vec<String>,
 }
 
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        if let Some((_, dir)) = &self.peers {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A workload that is nobody's trusted hop.
+const UNTRUSTED_PEER: &str = "cluster.local/ns/billing/sa/billing";
+
+/// Which peer a request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// The provider's first trusted principal, over mTLS (plain text when there is none).
+    Trusted,
+    /// Another workload, over mTLS.
+    Other,
+    /// Plain text, no certificate (Istio's PERMISSIVE mode).
+    Plain,
+}
+
 fn deploy(overlay: &str) -> Deployed {
     deploy_docs(overlay, render(overlay), |_| {})
 }
 
 /// Deploys a rendering; `tweak` adjusts the Envoy options before the start.
 fn deploy_docs(what: &str, docs: Vec<Value>, tweak: impl FnOnce(&mut EnvoyOptions)) -> Deployed {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let ext = extension(&docs).clone();
     let provider = &wasm_fields(&ext)["pluginConfig"]["providers"][0];
     let (jwks_cluster, _) = jwks_cluster(provider)
@@ -946,14 +1075,63 @@ fn deploy_docs(what: &str, docs: Vec<Value>, tweak: impl FnOnce(&mut EnvoyOption
         });
         elsewhere = Some(other);
     }
+    let trusted = provider["trustedPrincipals"][0].as_str().map(|p| {
+        assert!(
+            !p.contains('*'),
+            "{what}: a pattern as the first trusted principal: {p}"
+        );
+        let dir = scratch(&format!(
+            "pki-{}",
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let pki = Pki::new(&dir, "test mesh CA").unwrap();
+        let server = pki
+            .leaf(
+                "workload",
+                "spiffe://cluster.local/ns/test/sa/workload",
+                Some("workload.test"),
+            )
+            .unwrap();
+        opts.extra_listeners.push(ExtraListener {
+            name: "inbound-mtls".into(),
+            address: "127.0.0.1".into(),
+            tls: Some(DownstreamTls {
+                cert_chain: server.cert,
+                private_key: server.key,
+                client_ca: pki.ca_file(),
+            }),
+        });
+        (pki, dir, p.to_string())
+    });
     tweak(&mut opts);
     opts.filter = Some(istiod_filter(&ext, &opts.wasm));
     let envoy = Envoy::start(&opts, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let peers = trusted.map(|(pki, dir, principal)| {
+        let port = envoy.listener_port_named("inbound-mtls").expect("the mTLS listener");
+        let routes: Vec<Route> = [("trusted", principal.as_str()), ("other", UNTRUSTED_PEER)]
+            .into_iter()
+            .map(|(via, who)| Route {
+                via: via.into(),
+                address: "127.0.0.1".into(),
+                port,
+                tls: Some(ClientTls {
+                    ca: pki.ca_file(),
+                    cert: Some(pki.leaf(via, &mesh::spiffe_id(who), None).unwrap()),
+                    sni: "workload.test".into(),
+                }),
+            })
+            .collect();
+        let mut client = EnvoyOptions::new(&json!({}), 0);
+        client.raw_bootstrap = Some(mesh::client_bootstrap(&routes));
+        let client = Envoy::start(&client, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{what}: client: {e}"));
+        (client, dir)
+    });
     Deployed {
         jwks,
         upstream,
         elsewhere,
         envoy,
+        peers,
         key,
         issuer: provider["issuer"].as_str().unwrap_or_default().to_string(),
         audience: provider["audiences"][0].as_str().unwrap_or_default().to_string(),
@@ -974,10 +1152,49 @@ impl Deployed {
         self.key.sign(&claims)
     }
 
+    /// A request from `peer` to the workload's inbound side.
+    fn send(&self, peer: Peer, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        let port = match (peer, &self.peers) {
+            (Peer::Plain, _) | (Peer::Trusted, None) => self.envoy.port,
+            (Peer::Trusted, Some((client, _))) => {
+                all.push(("x-via", "trusted"));
+                client.port
+            }
+            (Peer::Other, Some((client, _))) => {
+                all.push(("x-via", "other"));
+                client.port
+            }
+            (Peer::Other, None) => panic!("no peers: the provider has no trustedPrincipals"),
+        };
+        http::request(port, method, path, &all).unwrap_or_else(|e| panic!("{e}\n{}", self.envoy.log()))
+    }
+
+    /// A request as the hop before this one sends it (see [`Deployed`]).
     fn call(&self, method: &str, path: &str, token: Option<&str>) -> Response {
+        self.call_from(Peer::Trusted, method, path, token)
+    }
+
+    fn call_from(&self, peer: Peer, method: &str, path: &str, token: Option<&str>) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        http::request(self.envoy.port, method, path, &headers).unwrap_or_else(|e| panic!("{e}\n{}", self.envoy.log()))
+        self.send(peer, method, path, &headers)
+    }
+
+    /// A valid token from a peer that is not the trusted hop: 403 `untrusted_peer`, and the
+    /// workload never sees it.
+    fn expect_replays_refused(&self, method: &str, path: &str, token: &str) {
+        let served = self.upstream.served();
+        for peer in [Peer::Other, Peer::Plain] {
+            let r = self.call_from(peer, method, path, Some(token));
+            assert_eq!(r.status, 403, "{peer:?}: {r:?}\n{}", self.envoy.log());
+            assert!(
+                r.body.contains("only accepted through a trusted workload"),
+                "{peer:?}: {}",
+                r.body
+            );
+        }
+        assert_eq!(self.upstream.served(), served, "a replay reached the workload");
     }
 
     /// Runs (what, method, path, token, status) cases; the first one may wait for the JWKS.
@@ -1077,6 +1294,11 @@ fn orders_in_envoy(d: Deployed) {
         ("probes need no token", "GET", "/healthz", None, 200),
     ]);
     assert_eq!(d.upstream.served(), 5, "only the allowed requests reached the workload");
+    // The user's token counts only from the gateway (docs/istio.md, "Multi-hop"): another
+    // workload, or plain text, replaying it gets 403. Probes still need nothing.
+    d.expect_replays_refused("GET", "/orders", &reader);
+    assert_eq!(d.call_from(Peer::Plain, "GET", "/healthz", None).status, 200);
+    assert_eq!(d.upstream.served(), 6);
     // Exact series values. The JWKS came through the overlay's jwksCluster, at least once:
     // that a proxy fetches once for all its VMs is envoy_jwks.rs's to prove (it counts the
     // JWKS server's hits), not this overlay test's; under a loaded machine a lease may
@@ -1113,7 +1335,7 @@ fn orders_in_envoy(d: Deployed) {
     }
     // The decision log says why, per request.
     let line = d.wait_for_log(
-        r#""method":"POST","path":"/orders","peerPrincipal":null,"provider":"keycloak","reason":"insufficient_scope""#,
+        r#""method":"POST","path":"/orders","peerPrincipal":"spiffe://cluster.local/ns/istio-ingress/sa/shop-istio","provider":"keycloak","reason":"insufficient_scope""#,
     );
     assert!(line.contains(r#""claimguard":"decision","decision":"deny""#), "{line}");
     assert!(line.contains(r#""status":403"#), "{line}");
@@ -1131,11 +1353,18 @@ fn orders_in_envoy(d: Deployed) {
     assert_eq!(received.header("authorization"), Some(auth.as_str()), "{received:?}");
     // The same token inbound is judged: not for this workload.
     d.expect_all(&[("inventory's token, inbound", "GET", "/orders", Some(for_inventory), 401)]);
-    // Inbound, the token is consumed: the workload gets no Authorization header.
+    // Inbound, the token is kept for the workload to forward to reports
+    // (forwardOriginalToken), beside the identity headers.
     let served = d.upstream.served();
     d.expect_all(&[("reader again", "GET", "/orders", Some(reader.clone()), 200)]);
     assert_eq!(d.upstream.served(), served + 1);
-    assert_eq!(d.upstream.last_received().unwrap().header("authorization"), None);
+    let received = d.upstream.last_received().unwrap();
+    assert_eq!(
+        received.header("authorization"),
+        Some(format!("Bearer {reader}").as_str())
+    );
+    assert_eq!(received.header("x-user-sub"), Some("alice"));
+    assert_eq!(received.header("x-user-scope"), Some("orders:read"));
     // SERVER mode changes listeners, not clusters: istiod builds the ServiceEntry's cluster
     // for every sidecar that sees the service, and the callout reaches it (the fetches above).
     assert!(d.has_cluster(&d.jwks_cluster), "no cluster {}", d.jwks_cluster);
@@ -1148,13 +1377,14 @@ fn reports_overlay_in_envoy() {
     let member = d.token(json!({"groups": ["reporting", "staff"]}));
     let contractor = d.token(json!({"groups": ["reporting"], "employment": "contractor", "sub": "carol"}));
     let outsider = d.token(json!({"groups": ["sales"], "scope": "orders:read orders:write"}));
-    let orders_token = d
+    let other_api = d
         .key
         .sign(&json!({"iss": d.issuer, "aud": "orders-api", "groups": ["reporting"], "exp": now() + 600}));
     let s = |t: &String| Some(t.clone());
+    // From orders (the trusted hop), as in the chain.
     d.expect_all(&[
         ("member reads", "GET", "/reports/q3", s(&member), 200),
-        ("member may use any method", "POST", "/reports", s(&member), 200),
+        ("orders may only read", "POST", "/reports", s(&member), 403),
         ("other group", "GET", "/reports/q3", s(&outsider), 403),
         (
             "dry-run rule does not block yet",
@@ -1165,15 +1395,19 @@ fn reports_overlay_in_envoy() {
         ),
         ("no token", "GET", "/reports/q3", None, 401),
         ("healthz is not public here", "GET", "/healthz", None, 401),
-        (
-            "token for the orders workload",
-            "GET",
-            "/reports/q3",
-            s(&orders_token),
-            401,
-        ),
+        ("token for another API", "GET", "/reports/q3", s(&other_api), 401),
     ]);
-    assert_eq!(d.upstream.served(), 3);
+    assert_eq!(d.upstream.served(), 2);
+    let received = d.upstream.last_received().unwrap();
+    assert_eq!(received.header("x-user-sub"), Some("carol"));
+    assert_eq!(received.header("x-user-groups"), Some("reporting"));
+    assert_eq!(
+        received.header("authorization"),
+        None,
+        "the last hop consumes the token"
+    );
+    // Anyone but orders replaying a member's token: 403.
+    d.expect_replays_refused("GET", "/reports/q3", &member);
     let line = d.wait_for_log(r#""decision":"dry_run_denied""#);
     assert!(line.contains(r#""rule":"no-contractors""#), "{line}");
     assert!(line.contains(r#""subject":"carol""#), "{line}");
@@ -1203,22 +1437,22 @@ fn ingress_gateway_overlay_in_envoy() {
 /// one that lets requests through unchecked.
 #[test]
 fn a_wasm_plugin_and_a_traffic_extension_on_one_workload_refuse_valid_tokens() {
-    let wp_docs = render("orders");
-    let te_docs = render_traffic_extension("orders");
+    // reports: its provider consumes the token once verified (claimguard's default).
+    let wp_docs = render("reports");
+    let te_docs = render_traffic_extension("reports");
     let wp = extension(&wp_docs).clone();
-    let d = deploy_docs("orders, WasmPlugin and TrafficExtension", te_docs, |o| {
+    let d = deploy_docs("reports, WasmPlugin and TrafficExtension", te_docs, |o| {
         o.filters_before.push(istiod_filter(&wp, &o.wasm));
     });
-    let reader = d.token(json!({"scope": "orders:read"}));
+    let member = d.token(json!({"groups": ["reporting"]}));
     d.expect_all(&[
-        ("valid token, judged twice", "GET", "/orders", Some(reader), 401),
-        ("no token", "GET", "/orders", None, 401),
-        ("public route", "GET", "/healthz", None, 200),
+        ("valid token, judged twice", "GET", "/reports/q3", Some(member), 401),
+        ("no token", "GET", "/reports/q3", None, 401),
     ]);
-    assert_eq!(d.upstream.served(), 1, "only the public route got through");
+    assert_eq!(d.upstream.served(), 0, "nothing got through");
     // The first filter admitted the token; the second found none (one VM, both counted).
     let admitted =
-        r#"claimguard_requests_total{outcome="allowed",reason="none",rule="orders-read",provider="keycloak"}"#;
+        r#"claimguard_requests_total{outcome="allowed",reason="none",rule="reporting-group",provider="keycloak"}"#;
     let missing =
         r#"claimguard_requests_total{outcome="unauthenticated",reason="missing_token",rule="none",provider="none"}"#;
     let stats = d.envoy.admin_until("stats/prometheus", |p| {
@@ -1408,7 +1642,7 @@ fn after_a_trap_fail_reload_serves_and_enforces_again_fail_close_refuses_everyth
         let auth = format!("Bearer {reader}");
         d.expect_all(&[("before the trap", "GET", "/orders", Some(reader.clone()), 200)]);
         let served = d.upstream.served();
-        let get = |headers: &[(&str, &str)]| http::get(d.envoy.port, "/orders", headers).unwrap().status;
+        let get = |headers: &[(&str, &str)]| d.send(Peer::Trusted, "GET", "/orders", headers).status;
         let trap = get(&[("authorization", &auth), ("x-claimguard-fault", "trap")]);
         assert!(trap >= 500, "{strategy}: the trapping request must fail closed: {trap}");
         let trapped = Instant::now();
