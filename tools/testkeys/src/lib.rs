@@ -275,6 +275,16 @@ impl TestKey {
 
     /// Signs exactly `claims` (no claim is added) with this key's algorithm and kid.
     pub fn sign(&self, claims: &Value) -> String {
+        self.sign_typed("JWT", claims)
+    }
+
+    /// As [`TestKey::sign`], with the JOSE header's `typ` set to `typ` (`JWT` for `sign`),
+    /// e.g. `txntoken+jwt` for a Transaction Token or `at+jwt` for an RFC 9068 access token.
+    pub fn sign_typed(&self, typ: &str, claims: &Value) -> String {
+        let opts = HeaderOptions {
+            signature_type: Some(typ.to_string()),
+            ..HeaderOptions::default()
+        };
         let map: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
         let mut c = Claims::with_custom_claims(map, Duration::from_secs(1));
         c.issued_at = None;
@@ -283,14 +293,14 @@ impl TestKey {
         let kid = self.kid.as_str();
         macro_rules! with_kid {
             ($k:expr) => {
-                with_kid!($k, sign)
+                with_kid!($k, sign_with_options)
             };
             ($k:expr, $method:ident) => {{
                 let mut k = $k;
                 if !kid.is_empty() {
                     k = k.with_key_id(kid);
                 }
-                k.$method(c)
+                k.$method(c, &opts)
             }};
         }
         let r = match (&self.inner, self.alg) {
@@ -327,9 +337,9 @@ impl TestKey {
             (Inner::Ed(k), _) => {
                 with_kid!(Ed25519KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
             }
-            (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate),
-            (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate),
-            (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate),
+            (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate_with_options),
+            (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate_with_options),
+            (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate_with_options),
             (_, other) => fail("sign", format!("{other} with this key")),
         };
         r.unwrap_or_else(|e| fail("sign", e))
