@@ -827,6 +827,7 @@ impl TokenNotes {
             Err(AuthError::LifetimeTooLong { .. }) => Some("lifetime"),
             Err(AuthError::WrongTokenUse) => Some("token_use"),
             Err(AuthError::WrongSubject) => Some("sub"),
+            Err(AuthError::MissingClaim(_)) => Some("claims"),
             Err(AuthError::InvalidClaim { claim, .. }) if *claim != "aud" && *claim != "client_id" => {
                 Some("claim types")
             }
@@ -891,6 +892,9 @@ impl TokenNotes {
             )
         };
         order.push(("aud", aud_detail));
+        if !p.required_claims.is_empty() {
+            order.push(("claims", format!("required: {}", p.required_claims.join(", "))));
+        }
         if failed == Some("claim types") {
             if let Err(e) = result {
                 self.step("claim types", false, || e.description());
