@@ -407,6 +407,27 @@ impl TestKey {
     }
 }
 
+/// A random (version 4) UUID, e.g. a Transaction Token's `txn`: 122 bits from the same
+/// generator as the keys.
+pub fn random_uuid() -> String {
+    let bytes = HS256Key::generate().to_bytes();
+    let mut b = [0u8; 16];
+    for (d, s) in b.iter_mut().zip(&bytes) {
+        *d = *s;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// A token with the given header and payload and a junk signature: for `alg: none` and other
 /// tokens no key should ever accept.
 pub fn unsigned_token(header: &Value, claims: &Value, signature: &str) -> String {
