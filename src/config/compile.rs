@@ -25,6 +25,16 @@ pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_REALM: &str = "claimguard";
 
+/// The `txnToken` preset follows draft-ietf-oauth-transaction-tokens-10 (July 2026; -08 of
+/// March 2026 requires the same claims). Besides `iat` and `exp` (which `maxLifetime` needs)
+/// and `aud` (the trust domain), a Txn-Token must carry these.
+pub const TXN_TOKEN_CLAIMS: &[&str] = &["txn", "sub", "scope", "req_wl"];
+/// The `txnToken` preset's `maxLifetime` unless the provider gives one. The draft expects
+/// Txn-Tokens to live "on the order of minutes or less" and its example lives 6 minutes:
+/// 10 minutes accepts that with room for a slow call chain, and bounds what a replayed
+/// Txn-Token is good for to a sixth of a typical one-hour access token.
+pub const TXN_TOKEN_MAX_LIFETIME: &str = "10m";
+
 /// The compiled configuration the request path runs on.
 ///
 /// Only obtainable through validation: [`Config::from_json`] parses and compiles the plugin
@@ -300,7 +310,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> Result<Provider, ConfigError> {
     let mut rp = rp;
     let mut aliases: Vec<(String, String)> = Vec::new();
+    let mut required_claims: &'static [&'static str] = &[];
     if let Some(preset) = rp.preset.take() {
+        if preset.name == PresetName::TxnToken {
+            required_claims = TXN_TOKEN_CLAIMS;
+        }
         apply_preset(path, preset, &mut rp, &mut aliases)?;
     }
     let raw_alb = rp.alb.take();
@@ -425,6 +439,7 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         claim_aliases,
         trusted_principals: crate::policy::principal_patterns(path, "trustedPrincipals", rp.trusted_principals)?,
         subjects: crate::policy::patterns(path, "subjects", rp.subjects, false)?,
+        required_claims,
     })
 }
 
@@ -694,8 +709,9 @@ fn apply_preset(
     aliases: &mut Vec<(String, String)>,
 ) -> Result<(), ConfigError> {
     let at = |field: &str| format!("{path}.preset.{field}");
-    // All four sign access and ID tokens with RS256 only: accept nothing else by default.
-    if rp.algorithms.is_none() {
+    // The four identity providers sign access and ID tokens with RS256 only: accept nothing
+    // else by default. (A Transaction Token Service may use any algorithm.)
+    if rp.algorithms.is_none() && preset.name != PresetName::TxnToken {
         rp.algorithms = Some(vec!["RS256".into()]);
     }
     let need = |v: Option<String>, field: &str| -> Result<String, ConfigError> {
@@ -737,6 +753,7 @@ fn apply_preset(
                 format!("https://{domain}/.well-known/jwks.json"),
             )
         }
+        PresetName::TxnToken => return apply_txn_token(path, rp),
         PresetName::Entra => {
             let tenant = need(preset.tenant_id, "tenantId")?;
             // Entra puts delegated scopes in `scp` (space-separated) and app roles in `roles`.
@@ -775,6 +792,52 @@ fn apply_preset(
     if rp.jwks.is_none() && rp.jwks_uri.is_none() && !rp.oidc_discovery {
         rp.jwks_uri = Some(jwks_uri);
     }
+    Ok(())
+}
+
+/// The `txnToken` preset: Transaction Tokens (draft-ietf-oauth-transaction-tokens-10), minted
+/// by the trust domain's Transaction Token Service and carried in the `Txn-Token` header
+/// (no scheme). Pins `typ` `txntoken+jwt` and `aud` to the trust domain (neither can be
+/// overridden: they are what tell a Txn-Token from an access token), requires
+/// [`TXN_TOKEN_CLAIMS`], bounds the lifetime ([`TXN_TOKEN_MAX_LIFETIME`] unless `maxLifetime`
+/// says otherwise), forwards the token (each workload must pass it on unmodified) and hands
+/// the application the transaction id and subject (unless `outputClaimToHeaders` is given).
+/// The draft makes `iss` optional; claimguard picks the provider by it, so `issuer` is required.
+fn apply_txn_token(path: &str, rp: &mut RawProvider) -> Result<(), ConfigError> {
+    if rp.audiences.is_empty() {
+        return Err(err(
+            format!("{path}.audiences"),
+            "the txnToken preset needs the trust domain (the aud of its Txn-Tokens)",
+        ));
+    }
+    if let Some((field, _)) = [
+        ("clientIds", rp.client_ids.is_some()),
+        ("tokenType", rp.token_type.is_some()),
+    ]
+    .iter()
+    .find(|(_, set)| *set)
+    {
+        return Err(err(format!("{path}.{field}"), "is set by the txnToken preset"));
+    }
+    rp.token_type = Some("txntoken+jwt".into());
+    rp.forward_original_token = true;
+    rp.max_lifetime.get_or_insert_with(|| TXN_TOKEN_MAX_LIFETIME.into());
+    if rp.from_headers.is_none() && rp.from_params.is_none() && rp.from_cookies.is_none() {
+        rp.from_headers = Some(vec![RawHeader {
+            name: "txn-token".into(),
+            prefix: None,
+        }]);
+    }
+    rp.output_claim_to_headers.get_or_insert_with(|| {
+        [("x-txn-id", "txn"), ("x-txn-subject", "sub")]
+            .map(|(header, claim)| RawClaimHeader {
+                header: header.into(),
+                claim: RawClaimPath::Dotted(claim.into()),
+                array_format: None,
+                separator: None,
+            })
+            .into()
+    });
     Ok(())
 }
 
@@ -1285,7 +1348,7 @@ mod tests {
             (
                 json!({"providers": [p, {"preset": {"name": "keycloak"}}]}),
                 "providers[1].preset.name",
-                r#""keycloak" is not one of cognito, okta, auth0, entra"#,
+                r#""keycloak" is not one of cognito, okta, auth0, entra, txnToken"#,
             ),
             // The value is quoted as Rust's Debug does, escapes and all, as `one_of` did.
             (
@@ -1869,7 +1932,7 @@ mod tests {
             ),
             (
                 json!({"preset": {"name": "keycloak"}}),
-                "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra",
+                "providers[0].preset.name: \"keycloak\" is not one of cognito, okta, auth0, entra, txnToken",
             ),
             (
                 json!({"preset": {"name": "entra", "tenantId": tid, "version": "3"}}),
@@ -1895,6 +1958,118 @@ mod tests {
         for (p, want) in cases {
             let e = error_of(json!({"providers": [p]}));
             assert!(e.contains(want), "{e}");
+        }
+    }
+
+    /// The `txnToken` preset expands into the checks a Transaction Token needs
+    /// (draft-ietf-oauth-transaction-tokens-10): the `Txn-Token` header without a scheme,
+    /// `typ` `txntoken+jwt`, the trust domain as the only audience, the draft's required
+    /// claims, a ten-minute lifetime bound, the token forwarded, the transaction id and
+    /// subject for the application; any algorithm (not the identity-provider presets' RS256).
+    #[test]
+    fn txn_token_preset_compiles_to_the_drafts_checks() {
+        let c = check(json!({"providers": [{"name": "txn", "preset": {"name": "txnToken"},
+            "issuer": "https://tts.trust-domain.example", "audiences": ["trust-domain.example"],
+            "jwksUri": "https://tts.trust-domain.example/jwks"}]}))
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(
+            p.locations,
+            vec![Location::Header {
+                name: "txn-token".into(),
+                prefix: String::new()
+            }]
+        );
+        assert_eq!(p.token_type.as_deref(), Some("txntoken+jwt"));
+        assert_eq!(p.audiences, ["trust-domain.example"]);
+        assert!(p.client_ids.is_empty());
+        assert_eq!(p.required_claims, ["txn", "sub", "scope", "req_wl"]);
+        assert_eq!(p.max_lifetime_seconds, Some(600));
+        assert!(p.require_expiration);
+        assert!(p.forward_original_token, "each workload passes the Txn-Token on");
+        assert_eq!(p.algorithms, Alg::DEFAULT_ALLOWED.to_vec());
+        let headers: Vec<(&str, String)> = p
+            .claim_headers
+            .iter()
+            .map(|h| (h.header.as_str(), h.claim.join(".")))
+            .collect();
+        assert_eq!(headers, [("x-txn-id", "txn".into()), ("x-txn-subject", "sub".into())]);
+        assert_eq!(c.managed_headers, ["x-txn-id", "x-txn-subject"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Other presets require nothing beyond the registered claims.
+        let okta =
+            check(json!({"providers": [{"preset": {"name": "okta", "domain": "acme.okta.com"}, "audiences": ["a"]}]}))
+                .unwrap();
+        assert!(okta.providers[0].required_claims.is_empty());
+
+        // Explicit settings win where they may: the lifetime bound, the header, the
+        // application's headers, the algorithms.
+        let own = check(
+            json!({"providers": [{"preset": {"name": "txnToken"}, "issuer": "https://tts",
+            "audiences": ["td-a", "td-b"], "jwks": jwks(), "maxLifetime": "1m", "algorithms": ["ES256"],
+            "fromHeaders": [{"name": "x-txn-token"}],
+            "outputClaimToHeaders": [{"header": "x-action", "claim": "tctx.action"}]}]}),
+        )
+        .unwrap();
+        let p = &own.providers[0];
+        assert_eq!(p.max_lifetime_seconds, Some(60));
+        assert_eq!(p.algorithms, vec![Alg::ES256]);
+        assert_eq!(p.audiences, ["td-a", "td-b"]);
+        assert_eq!(
+            p.locations,
+            vec![Location::Header {
+                name: "x-txn-token".into(),
+                prefix: String::new()
+            }]
+        );
+        assert_eq!(own.managed_headers, ["x-action"]);
+        assert_eq!(p.token_type.as_deref(), Some("txntoken+jwt"));
+    }
+
+    #[test]
+    fn txn_token_preset_errors_name_the_field() {
+        let base =
+            || json!({"preset": {"name": "txnToken"}, "issuer": "https://tts", "audiences": ["td"], "jwks": jwks()});
+        let with = |k: &str, v: Value| {
+            let mut p = base();
+            if v.is_null() {
+                p.as_object_mut().unwrap().remove(k);
+            } else {
+                p[k] = v;
+            }
+            json!({"providers": [p]})
+        };
+        let cases = vec![
+            (
+                with("audiences", Value::Null),
+                "providers[0].audiences: the txnToken preset needs the trust domain (the aud of its Txn-Tokens)",
+            ),
+            (
+                with("audiences", json!([])),
+                "providers[0].audiences: the txnToken preset needs the trust domain",
+            ),
+            (
+                with("audiences", json!([""])),
+                "providers[0].audiences[0]: must not be empty",
+            ),
+            (
+                with("clientIds", json!(["web"])),
+                "providers[0].clientIds: is set by the txnToken preset",
+            ),
+            (
+                with("tokenType", json!("at+jwt")),
+                "providers[0].tokenType: is set by the txnToken preset",
+            ),
+            (with("issuer", Value::Null), "providers[0].issuer: is required"),
+            (with("maxLifetime", json!("soon")), "providers[0].maxLifetime: "),
+            (
+                with("preset", json!({"name": "txnToken", "trustDomain": "td"})),
+                "providers[0].preset.trustDomain: unknown field `trustDomain`",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = error_of(cfg.clone());
+            assert!(e.starts_with(want), "{cfg}: {e}");
         }
     }
 }

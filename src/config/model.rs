@@ -467,6 +467,9 @@ closed_set! {
         Okta = "okta",
         Auth0 = "auth0",
         Entra = "entra",
+        /// Transaction Tokens (draft-ietf-oauth-transaction-tokens-10), not an identity
+        /// provider: what a trust domain's Transaction Token Service mints.
+        TxnToken = "txnToken",
     }
 }
 

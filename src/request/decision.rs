@@ -19,6 +19,10 @@ use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::rc::Rc;
 
+/// The longest `txn` a decision line carries, in bytes: a transaction id is a UUID (36) or
+/// so; the rest of a longer one (it comes from a token) is cut off at a character boundary.
+pub const TXN_MAX_BYTES: usize = 128;
+
 /// Who the verified token says the caller is.
 #[derive(Debug, Clone, PartialEq)]
 ///
@@ -108,6 +112,9 @@ pub struct Evaluation {
     /// Verified issuer and subject (also for a valid token the policy refused).
     pub issuer: Option<Rc<str>>,
     pub subject: Option<Rc<str>>,
+    /// The verified token's `txn` (RFC 8417 transaction id, as Transaction Tokens carry it),
+    /// when it is a string: at most [`TXN_MAX_BYTES`] of it, for the decision line.
+    pub txn: Option<String>,
     /// Where the token was, if one was sent (an index in `token_locations`): only ever used
     /// for [`Evaluation::token_fingerprint`]. The token itself is never logged nor kept.
     token_at: Option<usize>,
@@ -400,6 +407,7 @@ fn evaluate_request(
         header_ops: HeaderOps::default(),
         issuer: None,
         subject: None,
+        txn: None,
         token_at: None,
         token_cache: None,
         auth_steps: Vec::new(),
@@ -541,6 +549,13 @@ fn evaluate_request(
     };
     ev.issuer = identity.as_ref().map(|i| i.issuer.clone());
     ev.subject = identity.as_ref().and_then(|i| i.subject.clone());
+    ev.txn = identity.as_ref().and_then(|i| i.claims.get("txn")?.as_str()).map(|t| {
+        let mut n = t.len().min(TXN_MAX_BYTES);
+        while !t.is_char_boundary(n) {
+            n -= 1;
+        }
+        t.get(..n).unwrap_or_default().to_owned()
+    });
     // Trusted hop: a valid token of a provider with trustedPrincipals counts only when it came
     // through one of those workloads. 403, not 401: the token is fine and a new one would not
     // help; where it came from is what is refused (a pod replaying a user's token).
@@ -827,6 +842,7 @@ impl TokenNotes {
             Err(AuthError::LifetimeTooLong { .. }) => Some("lifetime"),
             Err(AuthError::WrongTokenUse) => Some("token_use"),
             Err(AuthError::WrongSubject) => Some("sub"),
+            Err(AuthError::MissingClaim(_)) => Some("claims"),
             Err(AuthError::InvalidClaim { claim, .. }) if *claim != "aud" && *claim != "client_id" => {
                 Some("claim types")
             }
@@ -891,6 +907,9 @@ impl TokenNotes {
             )
         };
         order.push(("aud", aud_detail));
+        if !p.required_claims.is_empty() {
+            order.push(("claims", format!("required: {}", p.required_claims.join(", "))));
+        }
         if failed == Some("claim types") {
             if let Err(e) = result {
                 self.step("claim types", false, || e.description());
@@ -2403,5 +2422,65 @@ mod tests {
         ] {
             assert_eq!(refused(rule.clone()), want, "{rule}");
         }
+    }
+
+    /// Transaction Tokens through the whole decision: read from `Txn-Token` (no scheme,
+    /// never from `Authorization`), rules on the nested transaction and request context
+    /// (`tctx.action`, `rctx.authn`) allow and deny, the application gets the transaction id
+    /// and subject and the token itself (forwarded), and the evaluation keeps the `txn` for
+    /// the decision line, also when the rules refuse.
+    #[test]
+    fn txn_tokens_meet_rules_on_their_context() {
+        let k = TestKey::generate(Alg::ES256, "tts");
+        let cfg = json!({
+            "providers": [{"name": "txn", "preset": {"name": "txnToken"}, "issuer": "https://tts",
+                           "audiences": ["trust-domain.example"], "jwks": k.jwks()}],
+            "rules": [
+                {"name": "no-password-trades", "action": "DENY", "when": [{"claim": "rctx.authn", "values": ["pwd"]}]},
+                {"name": "buy", "methods": ["POST"], "paths": ["/trades"],
+                 "when": [{"claim": "tctx.action", "values": ["BUY"]}, {"claim": "scope", "values": ["trade.stocks"]}]}
+            ]
+        });
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let txn = "97053963-771d-49cc-a4e3-20aad399c312";
+        let token = |action: &str, authn: &str| {
+            k.sign_typed(
+                "txntoken+jwt",
+                &json!({"iss": "https://tts", "aud": "trust-domain.example", "iat": NOW - 5, "exp": NOW + 55,
+                        "txn": txn, "sub": "alice", "scope": "trade.stocks", "req_wl": "apigateway",
+                        "rctx": {"req_ip": "69.151.72.123", "authn": authn},
+                        "tctx": {"action": action, "ticker": "MSFT"}}),
+            )
+        };
+        let buy = token("BUY", "face");
+        let ev = http(&c, "POST", "/trades", &[("txn-token", &buy)]);
+        assert!(matches!(ev.decision, Decision::Allow { .. }), "{:?}", ev.decision);
+        assert_eq!(ev.txn.as_deref(), Some(txn));
+        assert_eq!(
+            ev.header_ops.set,
+            [
+                ("x-txn-id".to_string(), txn.to_string()),
+                ("x-txn-subject".to_string(), "alice".to_string())
+            ]
+        );
+        assert!(
+            ev.header_ops.remove.is_empty(),
+            "the Txn-Token is forwarded: {:?}",
+            ev.header_ops.remove
+        );
+
+        let denied = |ev: &Evaluation| match &ev.decision {
+            Decision::Deny(d) => (d.status, d.reason),
+            other => panic!("{other:?}"),
+        };
+        let sell = http(&c, "POST", "/trades", &[("txn-token", &token("SELL", "face"))]);
+        assert_eq!(denied(&sell), (403, "policy_denied"));
+        assert_eq!(sell.txn.as_deref(), Some(txn), "a refused transaction is still named");
+        let pwd = http(&c, "POST", "/trades", &[("txn-token", &token("BUY", "pwd"))]);
+        assert_eq!(denied(&pwd), (403, "policy_denied"));
+        // A Txn-Token is not a bearer token: Authorization is not where the provider reads.
+        let bearer = http(&c, "POST", "/trades", &[("authorization", &format!("Bearer {buy}"))]);
+        assert_eq!(denied(&bearer), (401, "missing_token"));
+        assert_eq!(bearer.txn, None);
     }
 }

@@ -220,6 +220,11 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
                 m.insert((*name).to_string(), json!(v));
             }
         }
+        // The verified token's transaction id (Transaction Tokens), beside the trace ids: one
+        // transaction followed hop by hop. JSON-escaped like every value, and capped.
+        if let Some(t) = &ev.txn {
+            m.insert("txn".into(), json!(t));
+        }
     }
     line
 }
@@ -433,6 +438,66 @@ mod tests {
             (&line["receivedPath"], &line["path"], &line["canonicalPath"]),
             (&Value::from("/orders"), &Value::from("/orders"), &Value::Null)
         );
+    }
+
+    /// A verified token's `txn` sits in the decision line beside the trace ids: as a JSON
+    /// string (quotes and control characters escaped, one line), cut at 128 bytes on a
+    /// character boundary; a token without one adds nothing.
+    #[test]
+    fn decision_lines_carry_the_transaction_id() {
+        use crate::crypto::alg::Alg;
+        use crate::request::decision::{evaluate, TXN_MAX_BYTES};
+        use claimguard_testkeys::TestKey;
+        let k = TestKey::generate(Alg::ES256, "k");
+        let cfg = serde_json::json!({
+            "providers": [{"name": "idp", "issuer": "https://i", "jwks": k.jwks()}],
+            "rules": [{"name": "nobody", "paths": ["/nowhere"]}]
+        });
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let line_for = |txn: Value| {
+            let mut claims = serde_json::json!({"iss": "https://i", "sub": "u", "exp": now + 60});
+            if !txn.is_null() {
+                claims["txn"] = txn;
+            }
+            let t = k.sign(&claims);
+            let h = vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), "/".to_string()),
+                ("authorization".to_string(), format!("Bearer {t}")),
+                (
+                    "traceparent".to_string(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+                ),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            let req = HttpRequest::from_headers(&h_refs);
+            let ev = evaluate(&c, &c, &req, now, true);
+            decision_line(&c, &req, &ev, &labels(&c, &ev))
+        };
+        let line = line_for(serde_json::json!("97053963-771d-49cc-a4e3-20aad399c312"));
+        assert_eq!(line["decision"], "deny");
+        assert_eq!(line["txn"], "97053963-771d-49cc-a4e3-20aad399c312");
+        assert_eq!(
+            line["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert!(line_for(Value::Null).get("txn").is_none());
+        assert!(
+            line_for(serde_json::json!(42)).get("txn").is_none(),
+            "only a string txn"
+        );
+        let hostile = format!("\"}}\n{{\"decision\":\"allow\"{}", "é".repeat(200));
+        let line = line_for(serde_json::json!(hostile));
+        let txn = line["txn"].as_str().unwrap();
+        assert!(
+            txn.len() <= TXN_MAX_BYTES && txn.len() >= TXN_MAX_BYTES - 1,
+            "{}",
+            txn.len()
+        );
+        assert!(hostile.starts_with(txn));
+        let text = line.to_string();
+        assert!(!text.contains('\n') && text.contains(r#"\"}\n{\"decision"#), "{text}");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum AuthError {
     },
     MissingAudience,
     WrongAudience,
+    /// A claim the provider requires (the `txnToken` preset's) is absent or null.
+    MissingClaim(&'static str),
 }
 
 impl AuthError {
@@ -88,6 +90,7 @@ impl AuthError {
             AuthError::InvalidClaim { .. } => "invalid_claim",
             AuthError::MissingAudience => "missing_audience",
             AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingClaim(_) => "missing_claim",
         }
     }
 
@@ -129,6 +132,7 @@ impl AuthError {
             AuthError::InvalidClaim { claim, why } => format!("claim {claim} {why}"),
             AuthError::MissingAudience => "token has no audience (aud)".into(),
             AuthError::WrongAudience => "token audience is not allowed".into(),
+            AuthError::MissingClaim(c) => format!("token has no {c} claim, which is required"),
         }
     }
 }
@@ -287,7 +291,8 @@ pub struct ClaimChecks {
     /// `maxLifetime`: `exp - iat` within the provider's limit (time-independent, checked after
     /// the dates).
     lifetime: Result<(), AuthError>,
-    /// `token_use` and the audience: after the time comparisons.
+    /// `token_use`, `subjects`, the audience and the required claims: after the time
+    /// comparisons.
     after: Result<(), AuthError>,
 }
 
@@ -337,7 +342,15 @@ impl ClaimChecks {
                     return Err(AuthError::WrongSubject);
                 }
             }
-            check_audience(provider, claims)
+            check_audience(provider, claims)?;
+            match provider
+                .required_claims
+                .iter()
+                .find(|c| claims.get(**c).is_none_or(Value::is_null))
+            {
+                Some(c) => Err(AuthError::MissingClaim(c)),
+                None => Ok(()),
+            }
         })();
         c
     }
@@ -781,5 +794,100 @@ mod tests {
         let empty = json!({"providers": [{"issuer": "https://i", "jwksUri": "https://i/j", "subjects": []}]});
         let e = Config::from_json(empty.to_string().as_bytes()).unwrap_err().to_string();
         assert!(e.starts_with("providers[0].subjects: must not be empty"), "{e}");
+    }
+
+    /// The `txnToken` preset at verification: a Txn-Token with the draft's claims passes; a
+    /// user's access token (another `typ`, or none), a token without `txn` (or a null one),
+    /// one that lives longer than ten minutes, one for another trust domain and one without
+    /// `req_wl` are refused, each with its own reason.
+    #[test]
+    fn txn_tokens_verify_as_the_draft_says() {
+        let key = TestKey::generate(Alg::ES256, "tts");
+        let cfg = json!({"providers": [{"name": "txn", "preset": {"name": "txnToken"},
+            "issuer": "https://tts.trust-domain.example", "audiences": ["trust-domain.example"],
+            "jwks": {"keys": [key.public_jwk()]}}]});
+        let c = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let p = &c.providers[0];
+        let check = |token: String| verify(p, &p.keys, &parse(&token, 8192).unwrap(), NOW);
+        let txn = |claims: &Value| key.sign_typed("txntoken+jwt", claims);
+        // The draft's example body (iat..exp is 6 minutes), with the issuer claimguard needs.
+        let good = json!({"iss": "https://tts.trust-domain.example", "iat": NOW - 10, "exp": NOW + 350,
+            "aud": "trust-domain.example", "txn": "97053963-771d-49cc-a4e3-20aad399c312",
+            "sub": "d084sdrt234fsaw34tr23t", "req_wl": "apigateway.trust-domain.example",
+            "rctx": {"req_ip": "69.151.72.123", "authn": "face"}, "scope": "trade.stocks",
+            "tctx": {"action": "BUY", "ticker": "MSFT", "quantity": "100",
+                     "customer_type": {"geo": "US", "level": "VIP"}}});
+        assert_eq!(check(txn(&good)), Ok(()));
+        assert_eq!(check(key.sign_typed("application/txntoken+jwt", &good)), Ok(()));
+        let cases: Vec<(&str, String, AuthError)> = vec![
+            ("AccessTokenTyp", key.sign_typed("at+jwt", &good), AuthError::WrongType),
+            ("PlainJwt", key.sign(&good), AuthError::WrongType),
+            (
+                "NoTxn",
+                txn(&with(good.clone(), "txn", Value::Null)),
+                AuthError::MissingClaim("txn"),
+            ),
+            (
+                "NoReqWl",
+                txn(&with(good.clone(), "req_wl", Value::Null)),
+                AuthError::MissingClaim("req_wl"),
+            ),
+            (
+                "NoScope",
+                txn(&with(good.clone(), "scope", Value::Null)),
+                AuthError::MissingClaim("scope"),
+            ),
+            (
+                "NoSub",
+                txn(&with(good.clone(), "sub", Value::Null)),
+                AuthError::MissingClaim("sub"),
+            ),
+            (
+                "TooLongLived",
+                txn(&with(good.clone(), "exp", json!(NOW + 591))),
+                AuthError::LifetimeTooLong {
+                    max: 600,
+                    lifetime: Some(601),
+                },
+            ),
+            (
+                "NoIat",
+                txn(&with(good.clone(), "iat", Value::Null)),
+                AuthError::LifetimeTooLong {
+                    max: 600,
+                    lifetime: None,
+                },
+            ),
+            (
+                "Expired",
+                txn(&with(good.clone(), "exp", json!(NOW - 61))),
+                AuthError::Expired,
+            ),
+            (
+                "OtherTrustDomain",
+                txn(&with(good.clone(), "aud", json!("other-domain.example"))),
+                AuthError::WrongAudience,
+            ),
+            (
+                "NoAud",
+                txn(&with(good.clone(), "aud", Value::Null)),
+                AuthError::MissingAudience,
+            ),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(check(token), Err(want), "{name}");
+        }
+        let null_txn: Value = serde_json::from_str(
+            &good
+                .to_string()
+                .replace(r#""txn":"97053963-771d-49cc-a4e3-20aad399c312""#, r#""txn":null"#),
+        )
+        .unwrap();
+        let e = check(txn(&null_txn)).unwrap_err();
+        assert_eq!(e, AuthError::MissingClaim("txn"));
+        assert_eq!(
+            (e.reason(), e.description().as_str()),
+            ("missing_claim", "token has no txn claim, which is required")
+        );
     }
 }

@@ -62,6 +62,8 @@ pub struct Provider {
     /// `subjects` (Envoy's `subjects`): the token's `sub` must match one of these (exact,
     /// `prefix*`, `*suffix` or `*`). Empty: any subject.
     pub(crate) subjects: Vec<crate::policy::StrPattern>,
+    /// Claims every token must carry, not null (the `txnToken` preset's; none otherwise).
+    pub(crate) required_claims: &'static [&'static str],
 }
 
 impl Provider {

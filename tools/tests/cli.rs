@@ -1036,6 +1036,126 @@ fn keygen_mint_explain_round_trip_for_each_algorithm() {
     assert!(stderr(&o).contains("not a RS256 key"), "{}", stderr(&o));
 }
 
+/// `mint --txn-token` (test tooling standing in for a Transaction Token Service): a token
+/// typed txntoken+jwt with a fresh UUID txn, five minutes to live and the claims given, which
+/// the filter's txnToken preset accepts and hands to the application; the draft's required
+/// claims are insisted on, and one audience (the trust domain).
+#[test]
+fn mint_txn_token_makes_what_the_txn_token_preset_accepts() {
+    let t = Tmp::new("txn-token");
+    let dir = t.path("keys");
+    let o = run(&["keygen", "--alg", "ES256", "--kid", "tts", "--out", &dir]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let key = format!("{dir}/tts.pem");
+    let base = [
+        "mint",
+        "--txn-token",
+        "--key",
+        &key,
+        "--kid",
+        "tts",
+        "--iss",
+        "https://tts.trust-domain.example",
+    ];
+    let mint = |extra: &[&str]| run(&[&base[..], extra].concat());
+    let o = mint(&[
+        "--aud",
+        "trust-domain.example",
+        "--sub",
+        "alice",
+        "--claim",
+        "scope=trade.stocks",
+        "--claim",
+        "req_wl=apigateway.trust-domain.example",
+        "--claim",
+        r#"tctx={"action":"BUY","ticker":"MSFT"}"#,
+        "--claim",
+        r#"rctx={"req_ip":"69.151.72.123","authn":"face"}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TEST TOOLING"), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let part = |i: usize| -> Value {
+        let seg = token.split('.').nth(i).expect("three parts");
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, seg).expect("base64url");
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    let (header, claims) = (part(0), part(1));
+    assert_eq!(header["typ"], "txntoken+jwt");
+    assert_eq!(header["kid"], "tts");
+    let txn = claims["txn"].as_str().expect("txn");
+    let groups: Vec<usize> = txn.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{txn}");
+    assert!(
+        txn.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) && txn.as_bytes()[14] == b'4',
+        "{txn}"
+    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
+    assert_eq!(claims["aud"], "trust-domain.example");
+    assert_eq!(claims["tctx"]["action"], "BUY");
+    // Another token, another transaction.
+    let again = stdout(&mint(&[
+        "--aud", "td", "--sub", "a", "--claim", "scope=s", "--claim", "req_wl=w",
+    ]));
+    assert!(!again.contains(txn));
+
+    let jwks = t.path("keys/jwks.json");
+    let cfg = json!({
+        "providers": [{"name": "txn", "preset": {"name": "txnToken"}, "issuer": "https://tts.trust-domain.example",
+                       "audiences": ["trust-domain.example"], "jwksUri": "https://tts.trust-domain.example/jwks"}],
+        "rules": [{"name": "buy", "when": [{"claim": "tctx.action", "values": ["BUY"]}]}]
+    });
+    let cfg_path = t.write("txn.json", &cfg.to_string());
+    let header_arg = format!("txn-token:{token}");
+    let o = run(&[
+        "explain",
+        "--json",
+        "--config",
+        &cfg_path,
+        "--jwks",
+        &jwks,
+        "--header",
+        &header_arg,
+    ]);
+    let v = json_out(&o);
+    assert_eq!(o.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["txn"], txn);
+    assert_eq!(
+        v["upstreamHeaders"],
+        json!([["x-txn-id", txn], ["x-txn-subject", "alice"]]),
+        "{v:#}"
+    );
+    assert_eq!(v["removedHeaders"], json!([]), "the Txn-Token is passed on: {v:#}");
+
+    // The draft's required claims, and one trust domain.
+    let o = mint(&["--sub", "alice"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("a Transaction Token needs --aud TRUST_DOMAIN, --claim scope=..., --claim req_wl="),
+        "{}",
+        stderr(&o)
+    );
+    let o = mint(&[
+        "--aud", "a", "--aud", "b", "--sub", "s", "--claim", "scope=x", "--claim", "req_wl=w",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("give --aud once"), "{}", stderr(&o));
+    // An explicit txn and lifetime win.
+    let o = mint(&[
+        "--aud", "td", "--sub", "s", "--claim", "scope=x", "--claim", "req_wl=w", "--claim", "txn=tx-1", "--ttl", "30s",
+    ]);
+    let claims: Value = {
+        let seg = stdout(&o).trim().split('.').nth(1).expect("payload").to_string();
+        serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, seg).expect("b64"),
+        )
+        .expect("json")
+    };
+    assert_eq!(claims["txn"], "tx-1");
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 30);
+    assert!(stdout(&run(&["mint", "--help"])).contains("--txn-token"));
+}
+
 #[test]
 fn explain_fetches_jwks_from_a_url_with_a_timeout() {
     let key = TestKey::generate(Alg::ES256, "served-1");

@@ -275,6 +275,16 @@ impl TestKey {
 
     /// Signs exactly `claims` (no claim is added) with this key's algorithm and kid.
     pub fn sign(&self, claims: &Value) -> String {
+        self.sign_typed("JWT", claims)
+    }
+
+    /// As [`TestKey::sign`], with the JOSE header's `typ` set to `typ` (`JWT` for `sign`),
+    /// e.g. `txntoken+jwt` for a Transaction Token or `at+jwt` for an RFC 9068 access token.
+    pub fn sign_typed(&self, typ: &str, claims: &Value) -> String {
+        let opts = HeaderOptions {
+            signature_type: Some(typ.to_string()),
+            ..HeaderOptions::default()
+        };
         let map: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
         let mut c = Claims::with_custom_claims(map, Duration::from_secs(1));
         c.issued_at = None;
@@ -283,14 +293,14 @@ impl TestKey {
         let kid = self.kid.as_str();
         macro_rules! with_kid {
             ($k:expr) => {
-                with_kid!($k, sign)
+                with_kid!($k, sign_with_options)
             };
             ($k:expr, $method:ident) => {{
                 let mut k = $k;
                 if !kid.is_empty() {
                     k = k.with_key_id(kid);
                 }
-                k.$method(c)
+                k.$method(c, &opts)
             }};
         }
         let r = match (&self.inner, self.alg) {
@@ -327,9 +337,9 @@ impl TestKey {
             (Inner::Ed(k), _) => {
                 with_kid!(Ed25519KeyPair::from_bytes(&k.to_bytes()).unwrap_or_else(|e| fail("key", e)))
             }
-            (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate),
-            (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate),
-            (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate),
+            (Inner::Hmac(s), Alg::HS256) => with_kid!(HS256Key::from_bytes(s), authenticate_with_options),
+            (Inner::Hmac(s), Alg::HS384) => with_kid!(HS384Key::from_bytes(s), authenticate_with_options),
+            (Inner::Hmac(s), Alg::HS512) => with_kid!(HS512Key::from_bytes(s), authenticate_with_options),
             (_, other) => fail("sign", format!("{other} with this key")),
         };
         r.unwrap_or_else(|e| fail("sign", e))
@@ -395,6 +405,27 @@ impl TestKey {
             _ => fail("sign_bytes", "RS256/384/512, ES256, ES384 and HMAC keys only"),
         }
     }
+}
+
+/// A random (version 4) UUID, e.g. a Transaction Token's `txn`: 122 bits from the same
+/// generator as the keys.
+pub fn random_uuid() -> String {
+    let bytes = HS256Key::generate().to_bytes();
+    let mut b = [0u8; 16];
+    for (d, s) in b.iter_mut().zip(&bytes) {
+        *d = *s;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// A token with the given header and payload and a junk signature: for `alg: none` and other

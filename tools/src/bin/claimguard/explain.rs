@@ -306,7 +306,7 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
             // `reason` as it always was (code and description); `reasonCode` for scripts.
             "decision": verdict, "status": status, "reasonCode": reason, "description": description,
             "reason": if description.is_empty() { reason.clone() } else { format!("{reason} ({description})") },
-            "provider": provider, "issuer": ev.issuer, "subject": ev.subject, "at": at,
+            "provider": provider, "issuer": ev.issuer, "subject": ev.subject, "txn": ev.txn, "at": at,
             "peerPrincipal": peer_principal, "sourceIp": source_ip,
             "request": {"method": a.method, "path": a.path, "host": a.host},
             "path": ev.normalized_path, "canonicalPath": ev.canonical_path,
@@ -373,6 +373,9 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
         }
         println!("provider: {}", provider.as_deref().unwrap_or("-"));
         println!("subject:  {}", ev.subject.as_deref().unwrap_or("-"));
+        if let Some(t) = &ev.txn {
+            println!("txn:      {t} (the transaction id in decision lines)");
+        }
         println!(
             "peer:     {} from {}",
             peer_principal.as_deref().unwrap_or("- (no mTLS peer)"),

@@ -50,7 +50,8 @@ enum Command {
     /// matching public JWKS.
     #[command(after_help = EXIT_CODES)]
     Keygen(tokens::KeygenArgs),
-    /// TEST TOOLING: sign a development token with a key from `keygen`.
+    /// TEST TOOLING: sign a development token with a key from `keygen` (with --txn-token, a
+    /// Transaction Token, standing in for a Transaction Token Service).
     #[command(after_help = tokens::MINT_AFTER_HELP)]
     Mint(tokens::MintArgs),
     /// Convert Istio RequestAuthentication + AuthorizationPolicy YAML into a claimguard

@@ -18,6 +18,16 @@ Example (TEST TOOLING):
   claimguard mint --key keys/dev.pem --kid dev --iss https://idp.example --aud orders \\
       --sub alice --claim scope='orders:read orders:write' --claim 'roles=[\"admin\"]' --ttl 15m
 
+A Transaction Token (draft-ietf-oauth-transaction-tokens-10) for the txnToken preset, as a
+development stand-in for a Transaction Token Service (TEST TOOLING):
+  claimguard mint --txn-token --key keys/tts.pem --kid tts --iss https://tts.trust-domain.example \\
+      --aud trust-domain.example --sub alice --claim scope=trade.stocks \\
+      --claim req_wl=apigateway.trust-domain.example \\
+      --claim 'tctx={\"action\":\"BUY\",\"ticker\":\"MSFT\"}' --claim 'rctx={\"req_ip\":\"69.151.72.123\"}'
+It is typed txntoken+jwt, gets a fresh txn (a UUID) unless --claim txn=... gives one, and
+lives 5m unless --ttl says otherwise; exactly one --aud (the trust domain), --sub, scope
+and req_wl are required, as the draft requires them.
+
 --claim NAME=VALUE takes VALUE as JSON when it parses as JSON (numbers, booleans, arrays,
 objects, \"quoted strings\"), else as a plain string. --ttl takes 90, 30s, 15m, 1h, 24h.
 
@@ -117,16 +127,29 @@ pub struct MintArgs {
     /// Extra claim NAME=VALUE (VALUE as JSON when it is JSON); repeatable, may override others.
     #[arg(long, value_name = "NAME=VALUE", value_parser = claim_arg)]
     claim: Vec<(String, Value)>,
-    /// Lifetime: exp = iat + TTL (e.g. 90, 30s, 15m, 1h).
-    #[arg(long, default_value = "1h", value_parser = ttl_seconds)]
-    ttl: u64,
+    /// Lifetime: exp = iat + TTL (e.g. 90, 30s, 15m, 1h); 1h, or 5m with --txn-token.
+    #[arg(long, value_parser = ttl_seconds)]
+    ttl: Option<u64>,
     /// Issue time (`iat`), seconds since the epoch; now by default.
     #[arg(long, value_name = "EPOCH")]
     iat: Option<u64>,
     /// `nbf`: not before iat + this duration (e.g. 0s, 5m).
     #[arg(long, value_parser = ttl_seconds, value_name = "DURATION")]
     nbf_in: Option<u64>,
+    /// A Transaction Token (draft-ietf-oauth-transaction-tokens-10): typ txntoken+jwt, a
+    /// fresh txn, and the draft's required claims checked (see below).
+    #[arg(long)]
+    txn_token: bool,
 }
+
+/// What a Transaction Token must carry besides iat and exp (the filter's `txnToken` preset
+/// requires the same), and how to give each to `mint`.
+const TXN_TOKEN_NEEDS: &[(&str, &str)] = &[
+    ("aud", "--aud TRUST_DOMAIN"),
+    ("sub", "--sub SUBJECT"),
+    ("scope", "--claim scope=..."),
+    ("req_wl", "--claim req_wl=REQUESTING_WORKLOAD"),
+];
 
 pub fn mint(a: &MintArgs) -> Result<Verdict, String> {
     let pem = std::fs::read_to_string(&a.key).map_err(|e| format!("{}: {e}", a.key.display()))?;
@@ -155,15 +178,38 @@ pub fn mint(a: &MintArgs) -> Result<Verdict, String> {
             claims.insert("aud".into(), json!(many));
         }
     }
+    let ttl = a.ttl.unwrap_or(if a.txn_token { 300 } else { 3600 });
     claims.insert("iat".into(), json!(iat));
-    claims.insert("exp".into(), json!(iat.saturating_add(a.ttl)));
+    claims.insert("exp".into(), json!(iat.saturating_add(ttl)));
+    if a.txn_token {
+        claims.insert("txn".into(), json!(claimguard_tools::keys::random_uuid()));
+    }
     if let Some(n) = a.nbf_in {
         claims.insert("nbf".into(), json!(iat.saturating_add(n)));
     }
     for (name, value) in &a.claim {
         claims.insert(name.clone(), value.clone());
     }
+    let token = if a.txn_token {
+        if a.aud.len() > 1 {
+            return Err("a Transaction Token has one audience, the trust domain: give --aud once".into());
+        }
+        let missing: Vec<&str> = TXN_TOKEN_NEEDS
+            .iter()
+            .filter(|(claim, _)| claims.get(*claim).is_none_or(Value::is_null))
+            .map(|(_, how)| *how)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "a Transaction Token needs {} (draft-ietf-oauth-transaction-tokens-10)",
+                missing.join(", ")
+            ));
+        }
+        key.sign_typed("txntoken+jwt", &Value::Object(claims))
+    } else {
+        key.sign(&Value::Object(claims))
+    };
     eprintln!("{TEST_TOOLING}");
-    println!("{}", key.sign(&Value::Object(claims)));
+    println!("{token}");
     Ok(Verdict::Ok)
 }
