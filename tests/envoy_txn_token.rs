@@ -282,21 +282,32 @@ fn decision_lines_name_the_transaction_beside_the_trace_id() {
     // Allowed requests are logged at debug: the same transaction at the next hop.
     let r = http::request(stack.envoy.admin_port, "POST", "/logging?wasm=debug", &[]).expect("admin");
     assert_eq!(r.status, 200, "{r:?}");
-    // The filter reads the log level again at most once a second.
-    std::thread::sleep(Duration::from_millis(1100));
+    // The filter reads the log level again at most once a second (later on a busy machine):
+    // send the allowed request until its line appears.
     let buy = txn_token(&txn_claims());
-    let r = send(
-        &stack,
-        "POST",
-        "/trades",
-        &[
-            ("txn-token", &buy),
-            ("traceparent", TRACEPARENT),
-            ("x-request-id", "req-buy"),
-        ],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let v = decision_line(&stack, &["req-buy"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let r = send(
+            &stack,
+            "POST",
+            "/trades",
+            &[
+                ("txn-token", &buy),
+                ("traceparent", TRACEPARENT),
+                ("x-request-id", "req-buy"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let log = stack.envoy.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("\"claimguard\":\"decision\"") && l.contains("req-buy"))
+        {
+            break serde_json::from_str::<Value>(&l[l.find('{').expect("json")..]).expect("a JSON decision line");
+        }
+        assert!(Instant::now() < deadline, "no allow line at debug:\n{log}");
+    };
     assert_eq!((v["decision"].clone(), v["txn"].clone()), (json!("allow"), json!(TXN)));
 
     // A transaction id is a token's word: escaped, on one line, and capped at 128 bytes.
