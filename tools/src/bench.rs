@@ -150,6 +150,11 @@ pub enum Method {
     /// `jwt_cache_config`, claimguard with `jwtCacheSize: 0` (which also turns its decision
     /// memo off). What a user who has not tuned either side gets on tokens that never repeat.
     DirectNoCache,
+    /// `direct`: every route answers 200 itself, as in `direct-nocache`, with both token caches
+    /// on at their defaults, as in `upstream`. Without an upstream Envoy on the load
+    /// generator's core capping every listener's requests/s, a warm lead (or its absence)
+    /// shows in requests/s, not only in CPU per request.
+    Direct,
 }
 
 impl Method {
@@ -157,11 +162,12 @@ impl Method {
         match self {
             Method::Upstream => "upstream",
             Method::DirectNoCache => "direct-nocache",
+            Method::Direct => "direct",
         }
     }
 
     fn caches(self) -> bool {
-        self == Method::Upstream
+        self != Method::DirectNoCache
     }
 }
 
@@ -191,9 +197,10 @@ impl BenchOptions {
             method: match std::env::var("BENCH_METHOD").unwrap_or_default().trim() {
                 "" | "upstream" => Method::Upstream,
                 "direct-nocache" => Method::DirectNoCache,
+                "direct" => Method::Direct,
                 other => {
                     return Err(format!(
-                        "BENCH_METHOD={other:?}: known methods are upstream and direct-nocache"
+                        "BENCH_METHOD={other:?}: known methods are upstream, direct and direct-nocache"
                     ))
                 }
             },
@@ -529,7 +536,9 @@ pub fn proxy_bootstrap(wasm: &Path, jwks: &Value, upstream_port: u16) -> Value {
 pub fn proxy_bootstrap_for(wasm: &Path, jwks: &Value, upstream_port: u16, method: Method) -> Value {
     let to_app = match method {
         Method::Upstream => json!({"route": {"cluster": "app"}}),
-        Method::DirectNoCache => json!({"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
+        Method::DirectNoCache | Method::Direct => {
+            json!({"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}})
+        }
     };
     let cg = envoy::wasm_filter(wasm, &claimguard_config_for(jwks, method).to_string());
     json!({
@@ -1189,6 +1198,8 @@ impl Report {
             o.method.name(),
             match o.method {
                 Method::Upstream => "listeners route to an upstream Envoy answering 200; token caches on at their defaults",
+                Method::Direct =>
+                    "routes answer 200 themselves (`direct_response`); token caches on at their defaults",
                 Method::DirectNoCache =>
                     "routes answer 200 themselves (`direct_response`); `jwt_authn` without `jwt_cache_config`, claimguard `jwtCacheSize: 0`",
             }
@@ -1462,6 +1473,23 @@ mod tests {
         assert_eq!(c.jwt_cache_size(), 0);
         // The default method is unchanged.
         assert!(claimguard_config(&jwks).get("jwtCacheSize").is_none());
+    }
+
+    #[test]
+    fn direct_answers_on_every_route_with_both_caches_on() {
+        let jwks = json!({"keys": []});
+        let b = proxy_bootstrap_for(Path::new("/x.wasm"), &jwks, 4242, Method::Direct);
+        for l in b["static_resources"]["listeners"].as_array().unwrap() {
+            let hcm = &l["filter_chains"][0]["filters"][0]["typed_config"];
+            let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0];
+            assert_eq!(route["direct_response"]["status"], 200, "{}", l["name"]);
+        }
+        let native = native_filters_for(&jwks, Method::Direct);
+        assert_eq!(
+            native[0]["typed_config"]["providers"]["bench-idp"]["jwt_cache_config"]["jwt_cache_size"],
+            JWT_CACHE_SIZE
+        );
+        assert!(claimguard_config_for(&jwks, Method::Direct).get("jwtCacheSize").is_none());
     }
 
     #[test]
