@@ -133,8 +133,9 @@ pub fn policy_eval(data: &[u8]) {
         claims: &claims,
     };
     let d = c.policy().evaluate(&facts, Some(&subject));
+    let bound = c.policy().bound_values(&facts, &d.trace);
     for t in &d.trace {
-        let _ = c.policy().describe(t, &d.bound);
+        let _ = c.policy().describe(t, &bound);
     }
     let _ = c.policy().evaluate(&facts, None);
 }

@@ -31,7 +31,9 @@ use crate::keys::remote::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, 
 use crate::policy::identity::HeaderOps;
 use crate::policy::RuleAction;
 use crate::request::cache::VerifiedTokenCache;
-use crate::request::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
+use crate::request::decision::{
+    bound_values, evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer,
+};
 use crate::request::memo::{memo_bytes, DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
 use crate::request::metrics::{
     decision_line, jwks_metric, labels, request_metric, Labels, LogBudget, MEMO_EVICTIONS, REJECTED_CACHE_EVICTIONS,
@@ -1147,7 +1149,8 @@ fn report<H: Host>(vm: &mut Vm<H>, req: &HttpRequest, ev: &Evaluation, now_ms: u
     let mut line = line(ev, &l);
     if l.outcome == "dry_run_denied" {
         if let (Some(pd), Some(m)) = (&ev.policy, line.as_object_mut()) {
-            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t, &pd.bound)).collect();
+            let bound = bound_values(&config, req, ev);
+            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t, &bound)).collect();
             m.insert("trace".into(), json!(why));
         }
     }

@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::policy::Effect;
-use crate::request::decision::{Decision, Evaluation, HttpRequest};
+use crate::request::decision::{bound_values, Decision, Evaluation, HttpRequest};
 use serde_json::{json, Value};
 
 /// The request counter's base name.
@@ -210,9 +210,13 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "sourceIp": req.peer.ip.map(|ip| ip.to_string()),
     });
     if let Some(m) = line.as_object_mut() {
-        // The request values claim bindings compared (`valuesFrom`), rule by rule.
-        if let Some(pd) = ev.policy.as_ref().filter(|pd| !pd.bound.is_empty()) {
-            let bound: Vec<String> = pd.bound.iter().filter_map(|b| config.policy.bound_line(b)).collect();
+        // The request values claim bindings compared (`valuesFrom`), rule by rule: read only
+        // now, for a line that is written.
+        let bound: Vec<String> = bound_values(config, req, ev)
+            .iter()
+            .filter_map(|b| config.policy.bound_line(b))
+            .collect();
+        if !bound.is_empty() {
             m.insert("bound".into(), json!(bound));
         }
         for name in TRACE_HEADERS {
