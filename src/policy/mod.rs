@@ -382,12 +382,23 @@ impl ReqValue<'_> {
     }
 }
 
+/// How many characters of a request value traces and log lines show; a longer value is cut
+/// there and its length in bytes given.
+pub const SHOWN_CHARS: usize = 64;
+
+/// As traces and log lines show it: `absent`, `ambiguous`, or the value quoted with `"` and
+/// escaped as Rust's `{:?}` escapes (quotes, backslashes, control and format characters
+/// such as U+202E or U+2028), so that a value cannot end its field or its line, nor pass for
+/// another field; at most [`SHOWN_CHARS`] characters of it (`"aaaa"... (4096 bytes)`).
 impl std::fmt::Display for ReqValue<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReqValue::Absent => f.write_str("absent"),
             ReqValue::Ambiguous => f.write_str("ambiguous"),
-            ReqValue::Value(v) => write!(f, "{v:?}"),
+            ReqValue::Value(v) => match v.char_indices().nth(SHOWN_CHARS) {
+                None => write!(f, "{v:?}"),
+                Some((cut, _)) => write!(f, "{:?}... ({} bytes)", v.get(..cut).unwrap_or_default(), v.len()),
+            },
         }
     }
 }
@@ -2746,6 +2757,37 @@ mod tests {
         assert!(PathPattern::compile("/tenants/{tenant}/{**}", false).is_ok());
         let e = PathPattern::compile("/tenants/{tenant}/a*", false).err().unwrap();
         assert!(e.contains("a template segment must be a literal"), "{e}");
+    }
+
+    /// A request value as lines show it: quoted and escaped, so that it cannot end its field,
+    /// its line or pass for another field, and cut to [`SHOWN_CHARS`] characters.
+    #[test]
+    fn request_values_are_shown_escaped_and_cut() {
+        let shown = |v: &str| ReqValue::Value(Cow::Owned(v.to_string())).to_string();
+        assert_eq!(shown("acme"), r#""acme""#);
+        assert_eq!(ReqValue::Absent.to_string(), "absent");
+        assert_eq!(ReqValue::Ambiguous.to_string(), "ambiguous");
+        // Quotes, backslashes, line breaks, control and format characters are escaped.
+        assert_eq!(
+            shown("a\",\"decision\":\"allow\\\n\r\u{0}\u{202e}\u{2028}\u{feff}jörg"),
+            r#""a\",\"decision\":\"allow\\\n\r\0\u{202e}\u{2028}\u{feff}jörg""#
+        );
+        let exact = "x".repeat(SHOWN_CHARS);
+        assert_eq!(shown(&exact), format!("\"{exact}\""));
+        // Longer: the first SHOWN_CHARS characters (never half of one), then the length.
+        let long = format!("{exact}y");
+        assert_eq!(shown(&long), format!("\"{exact}\"... ({} bytes)", SHOWN_CHARS + 1));
+        let wide = "ö".repeat(10_000);
+        assert_eq!(
+            shown(&wide),
+            format!("\"{}\"... (20000 bytes)", "ö".repeat(SHOWN_CHARS))
+        );
+        // However a value is made up, what is shown stays short and on one line.
+        for v in ["\n".repeat(10_000), "\u{202e}".repeat(10_000), "\"".repeat(10_000)] {
+            let s = shown(&v);
+            assert!(s.len() <= SHOWN_CHARS * 10 + 32, "{}", s.len());
+            assert!(!s.chars().any(|c| c.is_control() || c == '\u{202e}'), "{s}");
+        }
     }
 
     /// The bound values are read off the trace (rules whose method, path and host matched)

@@ -212,10 +212,7 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
     if let Some(m) = line.as_object_mut() {
         // The request values claim bindings compared (`valuesFrom`), rule by rule: read only
         // now, for a line that is written.
-        let bound: Vec<String> = bound_values(config, req, ev)
-            .iter()
-            .filter_map(|b| config.policy.bound_line(b))
-            .collect();
+        let bound = bound_lines(config, req, ev, None);
         if !bound.is_empty() {
             m.insert("bound".into(), json!(bound));
         }
@@ -226,6 +223,18 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         }
     }
     line
+}
+
+/// The request values `ev`'s claim bindings compared, one entry each (`tenant-members when[0]:
+/// tenants valuesFrom path:tenant = "acme"`), for every rule or only `rule`'s. Each value is
+/// quoted, escaped and cut to [`crate::policy::SHOWN_CHARS`] characters: a request cannot
+/// forge a field or a line with it, nor make a line long.
+pub fn bound_lines(config: &Config, req: &HttpRequest, ev: &Evaluation, rule: Option<usize>) -> Vec<String> {
+    bound_values(config, req, ev)
+        .iter()
+        .filter(|b| rule.is_none_or(|r| r == b.rule))
+        .filter_map(|b| config.policy.bound_line(b))
+        .collect()
 }
 
 /// A token bucket for decision lines: bounded log volume under a flood.
