@@ -166,6 +166,98 @@ fn a_cross_tenant_denial_names_the_values_compared() {
     }
 }
 
+/// The claimguard lines of Envoy's log (`{"claimguard": kind, ...}`), parsed, once `ready`
+/// holds of them (lines reach the log asynchronously), or what there is after 10 s.
+fn claimguard_lines(stack: &Stack, kind: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = stack
+            .envoy
+            .log()
+            .lines()
+            .filter_map(|l| {
+                l.split_once("wasm log ")
+                    .and_then(|(_, m)| m.find('{').map(|at| &m[at..]))
+            })
+            .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+            .filter(|v| v["claimguard"] == kind)
+            .collect();
+        if ready(&lines) || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The bound values in Envoy's log: a header value crafted to forge fields stays one escaped,
+/// cut field of one line; an AUDIT line and a dry-run line show the values their rules
+/// compared.
+#[test]
+fn bound_values_in_the_log_are_escaped_cut_and_on_audit_and_dry_run_lines() {
+    let mut cfg = tenancy_config();
+    let rules = cfg["rules"].as_array_mut().expect("rules");
+    rules.push(
+        json!({"name": "audit-tenant-access", "action": "AUDIT", "paths": ["/tenants/{tenant}/{**}"],
+                      "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]}),
+    );
+    rules.push(
+        json!({"name": "owner-only-search", "action": "DENY", "dryRun": true, "paths": ["/search"],
+                      "when": [{"claim": "sub", "notValuesFrom": "query:owner"}]}),
+    );
+    let stack = Stack::start(&cfg);
+    let alice = format!(
+        "Bearer {}",
+        token("alice", json!({"tenants": ["acme"], "org": {"id": "acme"}}))
+    );
+
+    let forged = format!(r#"acme","decision":"allow","rule":"x\{}"#, "x".repeat(3000));
+    let r = stack.get("/reports", &[("authorization", &alice), ("x-tenant-id", &forged)]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let denials = claimguard_lines(&stack, "decision", |l| !l.is_empty());
+    let [line] = denials.as_slice() else {
+        panic!("want one decision line: {denials:?}\n{}", stack.envoy.log())
+    };
+    assert_eq!(
+        (&line["decision"], &line["rule"]),
+        (&json!("deny"), &json!(null)),
+        "{line}"
+    );
+    let bound = line["bound"].as_array().expect("bound");
+    let shown = bound[0].as_str().expect("a string");
+    assert!(
+        shown.starts_with(r#"reports-for-own-org when[0]: org.id valuesFrom header:x-tenant-id = "acme\",\"decision\":\"allow\",\"rule\":\"x\\xxxx"#),
+        "{shown}"
+    );
+    assert!(shown.ends_with(&format!("... ({} bytes)", forged.len())), "{shown}");
+    assert!(line.to_string().len() < 1500, "{line}");
+
+    let r = stack.get("/tenants/acme/orders", &[("authorization", &alice)]);
+    assert_eq!(r.status, 200);
+    let audits = claimguard_lines(&stack, "audit", |l| !l.is_empty());
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0]["rule"], "audit-tenant-access");
+    assert_eq!(
+        audits[0]["bound"],
+        json!([r#"audit-tenant-access when[0]: tenants valuesFrom path:tenant = "acme""#])
+    );
+
+    let r = stack.get("/search?tenant=acme&owner=bob", &[("authorization", &alice)]);
+    assert_eq!(r.status, 200);
+    let lines = claimguard_lines(&stack, "decision", |l| l.len() > 1);
+    let dry = lines
+        .iter()
+        .find(|l| l["decision"] == "dry_run_denied")
+        .unwrap_or_else(|| panic!("no dry-run line: {lines:?}"));
+    assert_eq!(dry["rule"], "owner-only-search");
+    assert_eq!(
+        dry["bound"],
+        json!([
+            r#"search-own-tenants when[0]: tenants valuesFrom query:tenant = "acme""#,
+            r#"owner-only-search when[0]: sub notValuesFrom query:owner = "bob""#
+        ])
+    );
+}
+
 // ---- under each path setting ------------------------------------------------------------
 
 /// A caller of the table and its claims: (sub, tenants, org.id, roles, groups).
