@@ -97,6 +97,10 @@ pub fn config_parse(data: &[u8]) {
 
 /// Policy evaluation over arbitrary requests and arbitrary (already verified) claims:
 /// input = method \n path \n host \n claims-json.
+///
+/// Under [`CONFIG`]: evaluation and its trace must not crash. Then claims bound to the request
+/// ([`policy_bindings`]), under each of [`binding_configs`]: the path (query included) as the
+/// request target, `host` also as the `x-tenant-id` header, the claims as a signed token's.
 pub fn policy_eval(data: &[u8]) {
     use claimguard::policy::path::normalize;
     use claimguard::policy::{Peer, RequestFacts, Subject};
@@ -133,10 +137,310 @@ pub fn policy_eval(data: &[u8]) {
         claims: &claims,
     };
     let d = c.policy().evaluate(&facts, Some(&subject));
+    let bound = c.policy().bound_values(&facts, &d.trace);
     for t in &d.trace {
-        let _ = c.policy().describe(t, &d.bound);
+        let _ = c.policy().describe(t, &bound);
     }
     let _ = c.policy().evaluate(&facts, None);
+    for bc in binding_configs() {
+        policy_bindings(bc, method, raw_path, host, &claims);
+    }
+}
+
+// --- policy_eval: claims bound to the request ----------------------------------------------
+
+/// Rules binding claims to the request (`valuesFrom` / `notValuesFrom`): path captures in
+/// templates of several shapes, a header and query parameters, `ignoreCase`, in ALLOW,
+/// DENY and dry-run DENY rules. (No AUDIT rule: it would turn the decision memo off.)
+const BINDING_RULES: &str = r#"[
+    {"name": "public", "public": true, "paths": ["/healthz"]},
+    {"name": "other-tenant", "action": "DENY", "paths": ["/tenants/{tenant}", "/tenants/{tenant}/{**}"],
+     "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+    {"name": "members", "methods": ["GET", "POST"], "paths": ["/tenants/{tenant}", "/tenants/{tenant}/{**}"],
+     "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]},
+    {"name": "owner", "paths": ["/users/{sub}/{**}", "/u/{*}/{sub}"],
+     "when": [{"claim": "sub", "valuesFrom": "path:sub"}]},
+    {"name": "org-header", "paths": ["/reports", "/reports/{*}"],
+     "when": [{"claim": "org.id", "valuesFrom": "header:x-tenant-id", "ignoreCase": true}]},
+    {"name": "not-org-header", "action": "DENY", "paths": ["/admin/{**}"],
+     "when": [{"claim": "org.id", "notValuesFrom": "header:x-tenant-id"}]},
+    {"name": "admin", "paths": ["/admin/{**}"], "when": [{"claim": "roles", "values": ["admin"]}]},
+    {"name": "search", "methods": ["GET"], "paths": ["/search"],
+     "when": [{"claim": "tenants", "valuesFrom": "query:tenant"}]},
+    {"name": "owner-query", "action": "DENY", "dryRun": true, "paths": ["/search"],
+     "when": [{"claim": "sub", "notValuesFrom": "query:owner"}]},
+    {"name": "any-case", "paths": ["/ci/{t}", "/ci/{t}/{**}"],
+     "when": [{"claim": "tenant", "valuesFrom": "path:t", "ignoreCase": true},
+              {"claim": "level", "notValuesFrom": "query:level"}]}
+]"#;
+
+/// Each binding of [`BINDING_RULES`]: (rule, `when` index, claim path, negated, ignoreCase).
+const BINDINGS: &[(&str, usize, &str, bool, bool)] = &[
+    ("other-tenant", 0, "tenants", true, false),
+    ("members", 0, "tenants", false, false),
+    ("owner", 0, "sub", false, false),
+    ("org-header", 0, "org.id", false, true),
+    ("not-org-header", 0, "org.id", true, false),
+    ("search", 0, "tenants", false, false),
+    ("owner-query", 0, "sub", true, false),
+    ("any-case", 0, "tenant", false, true),
+    ("any-case", 1, "level", true, false),
+];
+
+const BINDING_ISSUER: &str = "https://bindings.fuzz";
+const NOW: u64 = 1_800_000_000;
+
+/// The key binding tokens are signed with (a fixed scalar; not the key of [`CONFIG`]).
+fn binding_key() -> &'static p256::ecdsa::SigningKey {
+    static K: OnceLock<p256::ecdsa::SigningKey> = OnceLock::new();
+    K.get_or_init(|| p256::ecdsa::SigningKey::from_slice(&[0x5a; 32]).unwrap())
+}
+
+/// [`BINDING_RULES`] under the default path actions, and under the opt-in ones
+/// (`MATCH_WITHOUT_PARAMETERS`, `KEEP_UNCHANGED`, `caseInsensitivePaths`), where a capture is
+/// read without its parameters, may hold an escaped slash, and keeps the case served.
+fn binding_configs() -> &'static [Config; 2] {
+    thread_local! {
+        static C: &'static [Config; 2] = {
+            use base64::Engine;
+            let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+            let point = binding_key().verifying_key().to_sec1_point(false);
+            let p = point.as_bytes();
+            let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "b1", "alg": "ES256",
+                "x": b64(&p[1..33]), "y": b64(&p[33..65])}]});
+            let rules: serde_json::Value = serde_json::from_str(BINDING_RULES).unwrap();
+            let build = |extra: serde_json::Value| {
+                let mut cfg = serde_json::json!({
+                    "providers": [{"name": "b", "issuer": BINDING_ISSUER, "audiences": ["api"],
+                        "jwks": jwks.to_string(),
+                        "outputClaimToHeaders": [{"header": "x-user", "claim": "sub"}]}],
+                    "rules": rules,
+                });
+                for (k, v) in extra.as_object().unwrap() {
+                    cfg[k] = v.clone();
+                }
+                match Config::from_json(cfg.to_string().as_bytes()) {
+                    Ok(c) => c,
+                    Err(e) => panic!("binding config: {e}"),
+                }
+            };
+            Box::leak(Box::new([
+                build(serde_json::json!({})),
+                build(serde_json::json!({"pathWithParametersAction": "MATCH_WITHOUT_PARAMETERS",
+                    "pathWithEscapedSlashesAction": "KEEP_UNCHANGED", "caseInsensitivePaths": true})),
+            ]))
+        };
+    }
+    C.with(|c| *c)
+}
+
+/// A compact ES256 token of the binding key over `claims`, with its registered claims
+/// replaced by valid ones.
+fn binding_token(claims: &serde_json::Map<String, serde_json::Value>) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut c = claims.clone();
+    for k in ["nbf", "exp", "iat", "iss", "aud"] {
+        c.remove(k);
+    }
+    c.insert("iss".into(), BINDING_ISSUER.into());
+    c.insert("aud".into(), "api".into());
+    c.insert("iat".into(), (NOW - 10).into());
+    c.insert("exp".into(), (NOW + 3600).into());
+    let signing_input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"ES256","typ":"JWT","kid":"b1"}"#),
+        b64(serde_json::Value::Object(c).to_string().as_bytes())
+    );
+    let sig: p256::ecdsa::Signature = binding_key().sign(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&sig.to_vec()))
+}
+
+/// The text forms a claim value compares by (strings, integers and booleans as their JSON
+/// text, array elements the same way; objects, floats and null none), read independently
+/// of the filter's own.
+fn claim_texts(v: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Bool(b) => out.push(b.to_string()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => out.push(n.to_string()),
+        Value::Array(items) => items.iter().filter(|i| !i.is_array()).for_each(|i| claim_texts(i, out)),
+        _ => {}
+    }
+}
+
+/// Claims bound to the request under `c`, for one request (`host` doubling as `x-tenant-id`)
+/// and `claims`:
+///
+/// * Policy: every binding of a rule whose method, path and host matched is reported, and
+///   the trace agrees with the value reported: a rule that matched had each binding hold, a
+///   rule that failed on a binding had it fail, judged here from the value and the claims
+///   (an absent value holds only for `notValuesFrom`, an ambiguous one only in a DENY rule).
+///   With or without a subject. The lines showing the values are short and on one line.
+/// * The whole decision: the values `bound_values` reads back from the request and the
+///   evaluation are those of the facts built here straight from the request.
+/// * The decision memo: the request, and variants of it (the header gone or changed, the
+///   capture's tenants swapped, an unkeyed header added), each through the memo and through
+///   full evaluation, twice: whenever the memo answers, it answers what evaluation decided.
+pub fn policy_bindings(
+    c: &Config,
+    method: &str,
+    raw_path: &str,
+    host: &str,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) {
+    use claimguard::policy::path::{canonical_host, canonicalize};
+    use claimguard::policy::{Peer, ReqValue, RequestFacts, RuleAction, Subject};
+    use claimguard::request::decision::{bound_values, evaluate_cached, Decision, HttpRequest};
+    use claimguard::token::claims::claim_at;
+    let policy = c.policy();
+    let Ok(canonical) = canonicalize(raw_path, c.path()) else {
+        return;
+    };
+    let (received, query) = raw_path.split_once('?').unwrap_or((raw_path, ""));
+    let header_pairs = [("x-tenant-id", host)];
+    let headers: &[(&str, &str)] = if host.is_empty() { &[] } else { &header_pairs };
+    let request_host = canonical_host("api.example.com");
+    let facts = RequestFacts {
+        method,
+        path: &canonical.matched,
+        served_path: canonical.canonical.as_deref().unwrap_or(received),
+        query,
+        host: &request_host,
+        headers,
+        peer: &Peer::NONE,
+    };
+    let subject = Subject {
+        provider: 0,
+        principal: "https://bindings.fuzz/x",
+        claims,
+    };
+    for subject in [Some(&subject), None] {
+        let d = policy.evaluate(&facts, subject);
+        let bound = policy.bound_values(&facts, &d.trace);
+        for t in &d.trace {
+            let rule = &policy.rules()[t.rule];
+            let deny = rule.action == RuleAction::Deny;
+            for &(_, when, claim, negated, ignore_case) in BINDINGS.iter().filter(|b| b.0 == rule.name) {
+                let Some(b) = bound.iter().find(|b| b.rule == t.rule && b.when == when) else {
+                    assert!(
+                        matches!(t.outcome, Err(m) if m.is_request_half()),
+                        "{}: when[{when}] not reported, yet its request half matched: {t:?}",
+                        rule.name
+                    );
+                    continue;
+                };
+                let mut texts = Vec::new();
+                if let Some(s) = subject {
+                    let segs: Vec<String> = claim.split('.').map(String::from).collect();
+                    if let Some(v) = claim_at(s.claims, &segs) {
+                        claim_texts(v, &mut texts);
+                    }
+                }
+                let holds = match &b.value {
+                    ReqValue::Absent => negated,
+                    ReqValue::Ambiguous => deny,
+                    ReqValue::Value(v) => {
+                        assert!(!v.is_empty(), "an empty value is absent");
+                        let equal = texts
+                            .iter()
+                            .any(|s| if ignore_case { s.eq_ignore_ascii_case(v) } else { s == v });
+                        equal != negated
+                    }
+                };
+                match t.outcome {
+                    Ok(()) => assert!(
+                        holds,
+                        "{} matched, yet when[{when}] ({:?}) does not hold",
+                        rule.name, b.value
+                    ),
+                    Err(claimguard::policy::Mismatch::When(i)) if i == when => {
+                        assert!(
+                            !holds,
+                            "{} failed on when[{when}] ({:?}), which holds",
+                            rule.name, b.value
+                        )
+                    }
+                    _ => {}
+                }
+                let line = policy.bound_line(b).unwrap();
+                assert!(
+                    line.len() < 1024 && !line.chars().any(char::is_control),
+                    "a bound line must be short and one line: {line:?}"
+                );
+            }
+            let _ = policy.describe(t, &bound);
+        }
+    }
+
+    // The whole decision, through the memo and in full.
+    let token = format!("Bearer {}", binding_token(claims));
+    let mut variants: Vec<(String, Option<&str>, bool)> = vec![
+        (raw_path.to_string(), headers.first().map(|h| h.1), false),
+        (raw_path.to_string(), None, false),
+        (raw_path.to_string(), Some("acme"), false),
+        (raw_path.to_string(), headers.first().map(|h| h.1), true),
+        (raw_path.replace("acme", "globex"), headers.first().map(|h| h.1), false),
+        (raw_path.replace("globex", "acme"), headers.first().map(|h| h.1), false),
+    ];
+    variants.dedup();
+    let spec = claimguard::request::memo::MemoSpec::new(c);
+    assert_eq!(spec.off(), None, "the binding configs are memoized");
+    let mut memo = claimguard::request::memo::DecisionMemo::new(64);
+    let mut cache = claimguard::request::cache::VerifiedTokenCache::new(16, 0x5eed);
+    for _round in 0..2 {
+        for (path, tenant, unkeyed) in &variants {
+            let mut pairs = vec![
+                (":method", method),
+                (":path", path.as_str()),
+                (":authority", "api.example.com"),
+                ("authorization", token.as_str()),
+            ];
+            if let Some(t) = tenant {
+                pairs.push(("x-tenant-id", t));
+            }
+            if *unkeyed {
+                pairs.push(("x-other", "1"));
+            }
+            let buf = claimguard::base::abi::encode_pairs(&pairs);
+            let key = spec.key(&buf, 7);
+            let hit = key.as_ref().and_then(|k| memo.get(c, c, k, NOW));
+            let req = HttpRequest::from_headers(&pairs);
+            let ev = evaluate_cached(c, c, Some(&mut cache), &req, NOW, true);
+            let labels = claimguard::request::metrics::labels(c, &ev);
+            if let Some(h) = &hit {
+                assert!(
+                    matches!(ev.decision, Decision::Allow { .. }),
+                    "memo allowed, evaluation did not: {pairs:?}"
+                );
+                assert_eq!(h.labels, labels, "{pairs:?}");
+                assert_eq!(h.header_ops, ev.header_ops, "{pairs:?}");
+            }
+            if let Some(k) = &key {
+                memo.offer(c, k, &ev, &labels);
+            }
+            // The values a line reads back are those of the facts as built from the request.
+            if let (Some(pd), Ok(canonical)) = (&ev.policy, canonicalize(path, c.path())) {
+                let (received, query) = path.split_once('?').unwrap_or((path, ""));
+                let tenant_pair = tenant.map(|t| [("x-tenant-id", t)]);
+                let facts = RequestFacts {
+                    method,
+                    path: &canonical.matched,
+                    served_path: canonical.canonical.as_deref().unwrap_or(received),
+                    query,
+                    host: &request_host,
+                    headers: tenant_pair.as_ref().map_or(&[], |p| p.as_slice()),
+                    peer: &Peer::NONE,
+                };
+                assert_eq!(
+                    bound_values(c, &req, &ev),
+                    policy.bound_values(&facts, &pd.trace),
+                    "{pairs:?}"
+                );
+            }
+        }
+    }
 }
 
 // --- crypto_diff ------------------------------------------------------------------

@@ -31,11 +31,13 @@ use crate::keys::remote::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, 
 use crate::policy::identity::HeaderOps;
 use crate::policy::RuleAction;
 use crate::request::cache::VerifiedTokenCache;
-use crate::request::decision::{evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer};
+use crate::request::decision::{
+    bound_values, evaluate_cached, managed_present, Decision, Evaluation, HttpRequest, KeyLookup, Peer,
+};
 use crate::request::memo::{memo_bytes, DecisionMemo, MemoOutcome, MemoSpec, RequestKey};
 use crate::request::metrics::{
-    decision_line, jwks_metric, labels, request_metric, Labels, LogBudget, MEMO_EVICTIONS, REJECTED_CACHE_EVICTIONS,
-    TOKEN_CACHE_EVICTIONS,
+    bound_lines, decision_line, jwks_metric, labels, request_metric, Labels, LogBudget, MEMO_EVICTIONS,
+    REJECTED_CACHE_EVICTIONS, TOKEN_CACHE_EVICTIONS,
 };
 use crate::token::Header;
 use proxy_wasm::types::{Action, LogLevel, MetricType};
@@ -1128,8 +1130,13 @@ fn report<H: Host>(vm: &mut Vm<H>, req: &HttpRequest, ev: &Evaluation, now_ms: u
                     incr(&host, vm.dropped_metric);
                     continue;
                 }
-                let line = json!({"claimguard": "audit", "rule": config.policy.rule_name(t.rule),
+                let mut line = json!({"claimguard": "audit", "rule": config.policy.rule_name(t.rule),
                     "method": req.method, "path": ev.normalized_path, "subject": ev.subject});
+                // The request values its bindings compared, as in the decision line.
+                let bound = bound_lines(&config, req, ev, Some(t.rule));
+                if let (false, Some(m)) = (bound.is_empty(), line.as_object_mut()) {
+                    m.insert("bound".into(), json!(bound));
+                }
                 host.log(LogLevel::Warn, &line.to_string());
             }
         }
@@ -1147,7 +1154,8 @@ fn report<H: Host>(vm: &mut Vm<H>, req: &HttpRequest, ev: &Evaluation, now_ms: u
     let mut line = line(ev, &l);
     if l.outcome == "dry_run_denied" {
         if let (Some(pd), Some(m)) = (&ev.policy, line.as_object_mut()) {
-            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t, &pd.bound)).collect();
+            let bound = bound_values(&config, req, ev);
+            let why: Vec<String> = pd.trace.iter().map(|t| config.policy.describe(t, &bound)).collect();
             m.insert("trace".into(), json!(why));
         }
     }
@@ -1507,9 +1515,14 @@ mod tests {
 
         /// `GET /orders` on `api.example.com` with `extra` headers, as stream `context`.
         fn request(&self, context: u32, extra: &[(&str, &str)]) -> Action {
+            self.request_to(context, "/orders", extra)
+        }
+
+        /// `GET path` on `api.example.com` with `extra` headers, as stream `context`.
+        fn request_to(&self, context: u32, path: &str, extra: &[(&str, &str)]) -> Action {
             let mut headers: Pairs = vec![
                 (":method".into(), "GET".into()),
-                (":path".into(), "/orders".into()),
+                (":path".into(), path.into()),
                 (":authority".into(), "api.example.com".into()),
             ];
             headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -1710,6 +1723,103 @@ mod tests {
             .unwrap()
             .contains("error=\"invalid_token\""));
         assert!(p.ops(12).iter().all(|op| !matches!(op, Op::Set(..))));
+    }
+
+    /// Claims bound to the request: the decision line of a denial, a dry-run denial and an
+    /// AUDIT line show the request values compared (`bound`), escaped and cut, however the
+    /// request spells them.
+    #[test]
+    fn decision_and_audit_lines_show_the_bound_values() {
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let mut cfg = config(json!({"jwks": key.jwks()}));
+        cfg["rules"] = json!([
+            {"name": "other-tenant", "action": "DENY", "paths": ["/t/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+            {"name": "header-tenant", "action": "DENY", "paths": ["/reports"],
+             "when": [{"claim": "tenants", "notValuesFrom": "header:x-tenant-id"}]},
+            {"name": "dry-owner", "action": "DENY", "dryRun": true, "paths": ["/t/{tenant}/{**}"],
+             "when": [{"claim": "sub", "notValuesFrom": "query:owner"}]},
+            {"name": "seen", "action": "AUDIT", "paths": ["/t/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "valuesFrom": "path:tenant", "ignoreCase": true}]},
+            {"name": "members", "paths": ["/t/{tenant}/{**}"],
+             "when": [{"claim": "tenants", "valuesFrom": "path:tenant"}]},
+            {"name": "reports", "paths": ["/reports"]}
+        ]);
+        let p = Proxy::new(cfg);
+        let token = bearer(&key, json!({"tenants": ["acme"]}));
+        let auth = ("authorization", token.as_str());
+
+        // A header value made to forge fields and lines: 403, one line, the value escaped.
+        let forged = format!(
+            "acme\",\"decision\":\"allow\"}}\n{{\"claimguard\":\"decision\u{202e}{}",
+            "x".repeat(5000)
+        );
+        assert_eq!(
+            p.request_to(21, "/reports", &[auth, ("x-tenant-id", &forged)]),
+            Action::Pause
+        );
+        assert_eq!(p.replies()[0].status, 403);
+        let lines = p.lines("decision");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0].1;
+        assert_eq!(
+            (&line["decision"], &line["rule"]),
+            (&json!("deny"), &json!("header-tenant"))
+        );
+        let bound = line["bound"].as_array().unwrap();
+        assert_eq!(bound.len(), 1, "{line}");
+        let shown = bound[0].as_str().unwrap();
+        assert!(
+            shown.starts_with(
+                r#"header-tenant when[0]: tenants notValuesFrom header:x-tenant-id = "acme\",\"decision\":\"allow\"}\n{\"claimguard\":\"decision\u{202e}xxx"#
+            ),
+            "{shown}"
+        );
+        assert!(shown.ends_with(&format!("... ({} bytes)", forged.len())), "{shown}");
+        assert!(shown.len() < 300, "{}", shown.len());
+        let raw = p.host.0.logs.borrow()[0].1.clone();
+        assert!(
+            !raw.contains('\n') && !raw.contains('\u{202e}') && raw.len() < 1500,
+            "{raw}"
+        );
+
+        // Allowed, with an AUDIT rule matching: its line shows its own binding's value.
+        assert_eq!(
+            p.request_to(22, "/t/acme/orders?owner=alice", &[auth]),
+            Action::Continue
+        );
+        let audits = p.lines("audit");
+        assert_eq!(audits.len(), 1, "{audits:?}");
+        assert_eq!(
+            audits[0].1["bound"],
+            json!([r#"seen when[0]: tenants valuesFrom path:tenant = "acme" (ignoreCase)"#])
+        );
+        assert_eq!(p.lines("decision").len(), 1, "an allow is logged at debug only");
+
+        // A dry-run denial: every compared value, and the trace names them.
+        assert_eq!(p.request_to(23, "/t/acme/orders?owner=bob", &[auth]), Action::Continue);
+        let lines = p.lines("decision");
+        let line = &lines.last().unwrap().1;
+        assert_eq!(
+            (&line["decision"], &line["rule"]),
+            (&json!("dry_run_denied"), &json!("dry-owner"))
+        );
+        assert_eq!(
+            line["bound"],
+            json!([
+                r#"other-tenant when[0]: tenants notValuesFrom path:tenant = "acme""#,
+                r#"dry-owner when[0]: sub notValuesFrom query:owner = "bob""#,
+                r#"seen when[0]: tenants valuesFrom path:tenant = "acme" (ignoreCase)"#,
+                r#"members when[0]: tenants valuesFrom path:tenant = "acme""#
+            ])
+        );
+        assert!(
+            line["trace"].as_array().unwrap().contains(&json!(
+                r#"DENY dry-owner: matched (when[0] sub notValuesFrom query:owner = "bob")"#
+            )),
+            "{line}"
+        );
+        assert_eq!(p.lines("audit").len(), 2);
     }
 
     #[test]

@@ -382,12 +382,23 @@ impl ReqValue<'_> {
     }
 }
 
+/// How many characters of a request value traces and log lines show; a longer value is cut
+/// there and its length in bytes given.
+pub const SHOWN_CHARS: usize = 64;
+
+/// As traces and log lines show it: `absent`, `ambiguous`, or the value quoted with `"` and
+/// escaped as Rust's `{:?}` escapes (quotes, backslashes, control and format characters
+/// such as U+202E or U+2028), so that a value cannot end its field or its line, nor pass for
+/// another field; at most [`SHOWN_CHARS`] characters of it (`"aaaa"... (4096 bytes)`).
 impl std::fmt::Display for ReqValue<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReqValue::Absent => f.write_str("absent"),
             ReqValue::Ambiguous => f.write_str("ambiguous"),
-            ReqValue::Value(v) => write!(f, "{v:?}"),
+            ReqValue::Value(v) => match v.char_indices().nth(SHOWN_CHARS) {
+                None => write!(f, "{v:?}"),
+                Some((cut, _)) => write!(f, "{:?}... ({} bytes)", v.get(..cut).unwrap_or_default(), v.len()),
+            },
         }
     }
 }
@@ -909,6 +920,22 @@ pub enum Mismatch {
     When(usize),
 }
 
+impl Mismatch {
+    /// A failure of the request half (method, path, host): what [`Rule::request_matches`]
+    /// returns, and a rule whose bindings therefore read nothing.
+    pub fn is_request_half(self) -> bool {
+        matches!(
+            self,
+            Mismatch::Method
+                | Mismatch::NotMethod
+                | Mismatch::Path
+                | Mismatch::NotPath
+                | Mismatch::Host
+                | Mismatch::NotHost
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleResult {
     pub rule: usize,
@@ -944,8 +971,6 @@ pub struct PolicyDecision {
     /// that differs from `effect`.
     pub shadow: Option<Effect>,
     pub trace: Vec<RuleResult>,
-    /// The request values bindings compared, for rules whose method, path and host matched.
-    pub bound: Vec<BoundValue>,
 }
 
 fn host_matches(pattern: &StrPattern, host: &str) -> bool {
@@ -1155,7 +1180,8 @@ impl WhenCondition {
 }
 
 impl Rule {
-    /// The request half of the rule (method, path, host).
+    /// The request half of the rule (method, path, host). Its failures are the ones
+    /// [`Mismatch::is_request_half`] names.
     fn request_matches(&self, req: &RequestFacts) -> Result<(), Mismatch> {
         // Frameworks serve HEAD with the GET handler, so a DENY on GET holds for HEAD too.
         let head_as_get = self.action == RuleAction::Deny && req.method == "HEAD";
@@ -1362,27 +1388,32 @@ impl Policy {
         };
         let shadow =
             shadow.filter(|s| *s != effect && (self.mode == Mode::DryRun || self.rules.iter().any(|r| r.dry_run)));
+        PolicyDecision { effect, shadow, trace }
+    }
+
+    /// The request values the bindings of `trace`'s rules compared (`trace`: what
+    /// [`Policy::evaluate`] returned for `req`), for every rule whose method, path and host
+    /// matched. Only asked for when they are shown (a decision or AUDIT line, `explain`): a
+    /// request that is not reported pays nothing for them. Which rules matched that far is read
+    /// off the trace, not matched again.
+    pub fn bound_values(&self, req: &RequestFacts, trace: &[RuleResult]) -> Vec<BoundValue> {
         let mut bound = Vec::new();
-        for (i, r) in self.rules.iter().enumerate() {
-            if r.when.iter().all(|w| w.binding.is_none()) || r.request_matches(req).is_err() {
+        for t in trace {
+            let request_half_failed = matches!(t.outcome, Err(m) if m.is_request_half());
+            let Some(r) = self.rules.get(t.rule).filter(|_| !request_half_failed) else {
                 continue;
-            }
+            };
             for (j, w) in r.when.iter().enumerate() {
                 if let Some(value) = w.request_value(req, &r.paths) {
                     bound.push(BoundValue {
-                        rule: i,
+                        rule: t.rule,
                         when: j,
                         value: value.into_owned(),
                     });
                 }
             }
         }
-        PolicyDecision {
-            effect,
-            shadow,
-            trace,
-            bound,
-        }
+        bound
     }
 
     fn decide(
@@ -2327,7 +2358,7 @@ mod tests {
             peer: &Peer::NONE,
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
-        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &d.bound)).collect();
+        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &[])).collect();
         assert!(
             lines.contains(&"ALLOW readers: when[0] (scope) does not hold".to_string()),
             "{lines:?}"
@@ -2582,7 +2613,7 @@ mod tests {
             claims: claims.as_object().unwrap(),
         };
         let d = c.policy.evaluate(&facts, Some(&subject));
-        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &d.bound)).collect();
+        let lines: Vec<String> = d.trace.iter().map(|t| c.policy.describe(t, &[])).collect();
         assert!(
             lines.contains(&"ALLOW frontend-buyers: peer principal not in principals".to_string()),
             "{lines:?}"
@@ -2726,5 +2757,118 @@ mod tests {
         assert!(PathPattern::compile("/tenants/{tenant}/{**}", false).is_ok());
         let e = PathPattern::compile("/tenants/{tenant}/a*", false).err().unwrap();
         assert!(e.contains("a template segment must be a literal"), "{e}");
+    }
+
+    /// A request value as lines show it: quoted and escaped, so that it cannot end its field,
+    /// its line or pass for another field, and cut to [`SHOWN_CHARS`] characters.
+    #[test]
+    fn request_values_are_shown_escaped_and_cut() {
+        let shown = |v: &str| ReqValue::Value(Cow::Owned(v.to_string())).to_string();
+        assert_eq!(shown("acme"), r#""acme""#);
+        assert_eq!(ReqValue::Absent.to_string(), "absent");
+        assert_eq!(ReqValue::Ambiguous.to_string(), "ambiguous");
+        // Quotes, backslashes, line breaks, control and format characters are escaped.
+        assert_eq!(
+            shown("a\",\"decision\":\"allow\\\n\r\u{0}\u{202e}\u{2028}\u{feff}jörg"),
+            r#""a\",\"decision\":\"allow\\\n\r\0\u{202e}\u{2028}\u{feff}jörg""#
+        );
+        let exact = "x".repeat(SHOWN_CHARS);
+        assert_eq!(shown(&exact), format!("\"{exact}\""));
+        // Longer: the first SHOWN_CHARS characters (never half of one), then the length.
+        let long = format!("{exact}y");
+        assert_eq!(shown(&long), format!("\"{exact}\"... ({} bytes)", SHOWN_CHARS + 1));
+        let wide = "ö".repeat(10_000);
+        assert_eq!(
+            shown(&wide),
+            format!("\"{}\"... (20000 bytes)", "ö".repeat(SHOWN_CHARS))
+        );
+        // However a value is made up, what is shown stays short and on one line.
+        for v in ["\n".repeat(10_000), "\u{202e}".repeat(10_000), "\"".repeat(10_000)] {
+            let s = shown(&v);
+            assert!(s.len() <= SHOWN_CHARS * 10 + 32, "{}", s.len());
+            assert!(!s.chars().any(|c| c.is_control() || c == '\u{202e}'), "{s}");
+        }
+    }
+
+    /// The bound values are read off the trace (rules whose method, path and host matched)
+    /// rather than by matching each rule again: the same values, in the same order, as matching
+    /// the request half again gives, over requests of every shape.
+    #[test]
+    fn bound_values_come_from_the_trace() {
+        let c = config(json!({
+            "pathWithParametersAction": "MATCH_WITHOUT_PARAMETERS",
+            "rules": [
+                {"name": "cross-tenant", "action": "DENY", "methods": ["GET", "POST"], "paths": ["/t/{tenant}/{**}"],
+                 "when": [{"claim": "tenants", "notValuesFrom": "path:tenant"}]},
+                {"name": "members", "paths": ["/t/{tenant}", "/t/{tenant}/{**}"], "hosts": ["api.example.com"],
+                 "when": [{"claim": "groups", "values": ["staff"]}, {"claim": "tenants", "valuesFrom": "path:tenant", "ignoreCase": true}]},
+                {"name": "owner", "paths": ["/u/{sub}/{**}"], "principals": ["spiffe://x"],
+                 "when": [{"claim": "sub", "valuesFrom": "path:sub"}]},
+                {"name": "reports", "notMethods": ["DELETE"], "paths": ["/reports"],
+                 "when": [{"claim": "org", "valuesFrom": "header:x-tenant-id"}, {"claim": "sub", "notValuesFrom": "query:not"}]},
+                {"name": "audit", "action": "AUDIT", "notPaths": ["/t/x/{**}"],
+                 "when": [{"claim": "sub", "valuesFrom": "query:user"}]},
+                {"name": "plain", "paths": ["/{**}"]}
+            ]
+        }));
+        let claims = json!({"sub": "alice", "tenants": ["acme"], "groups": ["staff"], "org": "acme"});
+        let subject = Subject {
+            provider: 0,
+            principal: "https://idp.example/alice",
+            claims: claims.as_object().unwrap(),
+        };
+        let mut compared = 0;
+        for method in ["GET", "DELETE", "PUT"] {
+            for host in ["api.example.com", "other.example.com"] {
+                for path in [
+                    "/t/acme/x",
+                    "/t/ACME",
+                    "/t/globex/x?user=alice",
+                    "/t/x/y",
+                    "/u/alice/p",
+                    "/u/bob/p?not=alice",
+                    "/reports?not=bob&user=bob",
+                    "/reports",
+                    "/t/acme;v=1/x",
+                    "/other?user=alice",
+                ] {
+                    let (raw, query) = path.split_once('?').unwrap_or((path, ""));
+                    let normalized = normalize(raw, &c.path).unwrap();
+                    let headers = [("x-tenant-id", "acme")];
+                    let facts = RequestFacts {
+                        method,
+                        path: &normalized,
+                        served_path: raw,
+                        query,
+                        host,
+                        headers: &headers,
+                        peer: &Peer::NONE,
+                    };
+                    for subject in [Some(&subject), None] {
+                        let d = c.policy.evaluate(&facts, subject);
+                        // What evaluation used to compute for every request, matching again.
+                        let mut again = Vec::new();
+                        for (i, r) in c.policy.rules.iter().enumerate() {
+                            if r.request_matches(&facts).is_err() {
+                                continue;
+                            }
+                            for (j, w) in r.when.iter().enumerate() {
+                                if let Some(value) = w.request_value(&facts, &r.paths) {
+                                    again.push(BoundValue {
+                                        rule: i,
+                                        when: j,
+                                        value: value.into_owned(),
+                                    });
+                                }
+                            }
+                        }
+                        let from_trace = c.policy.bound_values(&facts, &d.trace);
+                        assert_eq!(from_trace, again, "{method} {host} {path}");
+                        compared += from_trace.len();
+                    }
+                }
+            }
+        }
+        assert!(compared > 50, "{compared}");
     }
 }

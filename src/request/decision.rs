@@ -9,7 +9,7 @@ use crate::keys::jwk::KeySet;
 use crate::policy::identity::{render, ArrayFormat, HeaderOps, HeaderToAdd, Rendered};
 use crate::policy::path::{canonical_host, canonicalize, is_canonical_method};
 pub use crate::policy::Peer;
-use crate::policy::{Effect, PolicyDecision, RequestFacts, Subject};
+use crate::policy::{BoundValue, Effect, PolicyDecision, RequestFacts, Subject};
 use crate::request::cache::{CachedToken, TokenOwner, VerifiedTokenCache};
 use crate::token::claims::claim_at;
 use crate::token::{extract, parse, Header, Jwt, Location, Request};
@@ -429,9 +429,8 @@ fn evaluate_request(
         }
     };
     let path = canonical.matched;
-    // Path bindings read the path as served (its case kept); query bindings the query as
-    // received. The canonical path is only copied when it differs from the one received.
-    let (received_path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
+    // Path bindings read the path as served (its case kept): the canonical path, only copied
+    // when it differs from the one received.
     let served_path = canonical.canonical.clone();
     ev.canonical_path = canonical.canonical;
     let path_rewrite = canonical.rewrite;
@@ -463,15 +462,7 @@ fn evaluate_request(
         return ev;
     }
     let host = canonical_host(req.host);
-    let facts = RequestFacts {
-        method: req.method,
-        path: &path,
-        served_path: served_path.as_deref().unwrap_or(received_path),
-        query,
-        host: &host,
-        headers,
-        peer: &req.peer,
-    };
+    let facts = request_facts(req, &path, served_path.as_deref(), &host, headers);
     ev.public_rule = config.policy.public_rule(&facts);
     // A token header in a form no provider reads is never passed on as "no token".
     let unreadable = crate::token::unreadable_token_header(
@@ -624,6 +615,44 @@ fn evaluate_request(
     ev.policy = Some(pd);
     ev.normalized_path = Some(path);
     ev
+}
+
+/// The request as the rules judge it, from what evaluation computed: `path` (as rules match
+/// it), `served` (the canonical path, when it differs from the one received: where path
+/// bindings read), `host` (canonical) and `headers` (without managed ones). Query bindings
+/// read the query as received. [`bound_values`] builds the same facts again from the
+/// evaluation, so both go through here.
+fn request_facts<'f>(
+    req: &'f HttpRequest<'_>,
+    path: &'f str,
+    served: Option<&'f str>,
+    host: &'f str,
+    headers: &'f [Header<'f>],
+) -> RequestFacts<'f> {
+    let (received_path, query) = req.path.split_once('?').unwrap_or((req.path, ""));
+    RequestFacts {
+        method: req.method,
+        path,
+        served_path: served.unwrap_or(received_path),
+        query,
+        host,
+        headers,
+        peer: &req.peer,
+    }
+}
+
+/// The request values `ev`'s claim bindings compared ([`crate::policy::Policy::bound_values`]),
+/// for the lines and traces that show them. Evaluation does not keep them: they are read again
+/// from `req` (the request `ev` is the evaluation of) only for a request that is reported, so
+/// one that is not pays nothing for them.
+pub fn bound_values(config: &Config, req: &HttpRequest, ev: &Evaluation) -> Vec<BoundValue> {
+    let (Some(pd), Some(path)) = (&ev.policy, &ev.normalized_path) else {
+        return Vec::new();
+    };
+    let headers = unmanaged(config, req.headers);
+    let host = canonical_host(req.host);
+    let facts = request_facts(req, path, ev.canonical_path.as_deref(), &host, &headers);
+    config.policy.bound_values(&facts, &pd.trace)
 }
 
 /// A verified token's claims and payload, ready to cache and to share with its requests.
@@ -1456,6 +1485,21 @@ mod tests {
         h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let h_refs = crate::token::header_refs(&h);
         evaluate(c, c, &HttpRequest::from_headers(&h_refs), NOW, true)
+    }
+
+    /// [`http`], and the bound values a line about it would show.
+    fn http_bound(c: &Config, method: &str, path: &str, headers: &[(&str, &str)]) -> (Evaluation, Vec<BoundValue>) {
+        let mut h: Vec<(String, String)> = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "api.example.com".into()),
+        ];
+        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let h_refs = crate::token::header_refs(&h);
+        let req = HttpRequest::from_headers(&h_refs);
+        let ev = evaluate(c, c, &req, NOW, true);
+        let bound = bound_values(c, &req, &ev);
+        (ev, bound)
     }
 
     fn policy_config(extra: Value) -> (Config, TestKey) {
@@ -2323,7 +2367,7 @@ mod tests {
         ]});
         let (c, k) = policy_config(rules);
         let t = tenant_token(&k);
-        let ev = http(&c, "GET", "/tenants/initech/x", &[("authorization", &t)]);
+        let (ev, bound) = http_bound(&c, "GET", "/tenants/initech/x", &[("authorization", &t)]);
         assert!(matches!(ev.decision, Decision::Allow { .. }));
         let pd = ev.policy.unwrap();
         assert_eq!(
@@ -2333,7 +2377,7 @@ mod tests {
                 insufficient_scope: false
             })
         );
-        let lines: Vec<String> = pd.trace.iter().map(|r| c.policy.describe(r, &pd.bound)).collect();
+        let lines: Vec<String> = pd.trace.iter().map(|r| c.policy.describe(r, &bound)).collect();
         assert_eq!(
             lines,
             [
@@ -2361,21 +2405,17 @@ mod tests {
         // Ambiguous and absent values are named as such; rules whose path did not match have none.
         let (c, k) = tenancy_config(json!({}));
         let t = tenant_token(&k);
-        let ev = http(&c, "GET", "/search?tenant=a&tenant=b", &[("authorization", &t)]);
+        let (ev, bound) = http_bound(&c, "GET", "/search?tenant=a&tenant=b", &[("authorization", &t)]);
         let pd = ev.policy.unwrap();
-        let line = c.policy.describe(&pd.trace[5], &pd.bound);
+        let line = c.policy.describe(&pd.trace[5], &bound);
         assert_eq!(
             line,
             "ALLOW query-tenant: when[0] (tenant valuesFrom query:tenant = ambiguous) does not hold"
         );
-        assert_eq!(pd.bound.len(), 1);
-        let ev = http(&c, "GET", "/reports", &[("authorization", &t)]);
-        let pd = ev.policy.unwrap();
+        assert_eq!(bound.len(), 1);
+        let (_, bound) = http_bound(&c, "GET", "/reports", &[("authorization", &t)]);
         assert_eq!(
-            pd.bound
-                .iter()
-                .filter_map(|b| c.policy.bound_line(b))
-                .collect::<Vec<_>>(),
+            bound.iter().filter_map(|b| c.policy.bound_line(b)).collect::<Vec<_>>(),
             ["header-tenant when[0]: org.id valuesFrom header:X-Tenant-Id = absent"]
         );
     }

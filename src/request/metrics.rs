@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::policy::Effect;
-use crate::request::decision::{Decision, Evaluation, HttpRequest};
+use crate::request::decision::{bound_values, Decision, Evaluation, HttpRequest};
 use serde_json::{json, Value};
 
 /// The request counter's base name.
@@ -210,9 +210,10 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         "sourceIp": req.peer.ip.map(|ip| ip.to_string()),
     });
     if let Some(m) = line.as_object_mut() {
-        // The request values claim bindings compared (`valuesFrom`), rule by rule.
-        if let Some(pd) = ev.policy.as_ref().filter(|pd| !pd.bound.is_empty()) {
-            let bound: Vec<String> = pd.bound.iter().filter_map(|b| config.policy.bound_line(b)).collect();
+        // The request values claim bindings compared (`valuesFrom`), rule by rule: read only
+        // now, for a line that is written.
+        let bound = bound_lines(config, req, ev, None);
+        if !bound.is_empty() {
             m.insert("bound".into(), json!(bound));
         }
         for name in TRACE_HEADERS {
@@ -227,6 +228,18 @@ pub fn decision_line(config: &Config, req: &HttpRequest, ev: &Evaluation, l: &La
         }
     }
     line
+}
+
+/// The request values `ev`'s claim bindings compared, one entry each (`tenant-members when[0]:
+/// tenants valuesFrom path:tenant = "acme"`), for every rule or only `rule`'s. Each value is
+/// quoted, escaped and cut to [`crate::policy::SHOWN_CHARS`] characters: a request cannot
+/// forge a field or a line with it, nor make a line long.
+pub fn bound_lines(config: &Config, req: &HttpRequest, ev: &Evaluation, rule: Option<usize>) -> Vec<String> {
+    bound_values(config, req, ev)
+        .iter()
+        .filter(|b| rule.is_none_or(|r| r == b.rule))
+        .filter_map(|b| config.policy.bound_line(b))
+        .collect()
 }
 
 /// A token bucket for decision lines: bounded log volume under a flood.

@@ -1489,7 +1489,9 @@ mod tests {
             native[0]["typed_config"]["providers"]["bench-idp"]["jwt_cache_config"]["jwt_cache_size"],
             JWT_CACHE_SIZE
         );
-        assert!(claimguard_config_for(&jwks, Method::Direct).get("jwtCacheSize").is_none());
+        assert!(claimguard_config_for(&jwks, Method::Direct)
+            .get("jwtCacheSize")
+            .is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::{display_name, read_input, JsonFlag, Verdict};
 use claimguard::config::model::parse_duration_ms;
 use claimguard::config::Config;
 use claimguard::policy::Effect;
-use claimguard::request::decision::{evaluate_traced, Decision, HttpRequest, Peer};
+use claimguard::request::decision::{bound_values, evaluate_traced, Decision, HttpRequest, Peer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -236,17 +236,15 @@ pub fn run(a: &ExplainArgs) -> Result<Verdict, String> {
     let peer_principal = peer.uri_san.clone();
     let source_ip = peer.ip.map(|ip| ip.to_string());
     let headers_refs = claimguard::token::header_refs(&headers);
-    let ev = evaluate_traced(
-        &cfg,
-        &cfg,
-        &HttpRequest::from_headers(&headers_refs).with_peer(peer),
-        at,
-    );
+    let req = HttpRequest::from_headers(&headers_refs).with_peer(peer);
+    let ev = evaluate_traced(&cfg, &cfg, &req, at);
+    // The request values claim bindings compared, shown with the rules that compared them.
+    let bound = bound_values(&cfg, &req, &ev);
 
     let rules: Vec<String> = ev
         .policy
         .as_ref()
-        .map(|p| p.trace.iter().map(|t| cfg.policy().describe(t, &p.bound)).collect())
+        .map(|p| p.trace.iter().map(|t| cfg.policy().describe(t, &bound)).collect())
         .unwrap_or_default();
     let effect_text = |e: &Effect| match e {
         Effect::Allow { rule: Some(r) } => format!("allow (rule {:?})", cfg.policy().rule_name(*r)),
