@@ -408,6 +408,14 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
             Some(ms / 1000)
         }
     };
+    if raw_is_alb && rp.subjects.is_some() {
+        // The ALB path checks its own claims (verify/alb.rs) and never reads `subjects`:
+        // refused rather than silently ignored.
+        return Err(err(
+            format!("{path}.subjects"),
+            "does not apply to ALB tokens; constrain sub with a rule (when: claim sub)",
+        ));
+    }
     let max_token_bytes = rp.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if !(256..=65536).contains(&max_token_bytes) {
         return Err(err(format!("{path}.maxTokenBytes"), "must be between 256 and 65536"));
@@ -1856,6 +1864,8 @@ mod tests {
             (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "audiences": ["x"]}]}), "providers[0].audiences: ALB tokens carry no aud"),
             (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "jwksUri": "https://x/j"}]}), "providers[0].jwksUri: does not apply to an ALB provider"),
             (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "algorithms": ["RS256"]}]}), "providers[0].algorithms: ALB tokens are always ES256"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "maxLifetime": "5m"}]}), "providers[0].maxLifetime: does not apply to ALB tokens"),
+            (json!({"providers": [{"alb": {"region": "eu-west-1", "signers": [ARN]}, "subjects": ["user-*"]}]}), "providers[0].subjects: does not apply to ALB tokens"),
             (json!({"providers": [
                 {"alb": {"region": "eu-west-1", "signers": [ARN]}},
                 {"issuer": "https://idp", "jwks": jwks(), "fromHeaders": [{"name": "x-amzn-oidc-data"}]}
