@@ -25,7 +25,7 @@
 //! `p384` are built on; only the multiplication is organised differently.
 
 use ::p256::elliptic_curve::group::{Curve, Group};
-use ::p256::elliptic_curve::PrimeField;
+use ::p256::elliptic_curve::{Field, PrimeField};
 use primeorder::{AffinePoint, PrimeCurveParams, ProjectivePoint};
 
 /// The narrowest window any table here uses.
@@ -45,15 +45,119 @@ pub fn windows<C: PrimeCurveParams, const W: usize>() -> usize {
     (C::Scalar::NUM_BITS as usize + 1).div_ceil(W)
 }
 
+/// A table entry: an affine point's coordinates (never the identity: `j·2^(Wi)·P` with
+/// `0 < j < n` and `n` prime is not).
+#[derive(Clone, Copy)]
+struct Entry<F> {
+    x: F,
+    y: F,
+}
+
 /// The multiples `j·2^(W·i)·P`, `i < windows`, `1 ≤ j ≤ 2^(W-1)`, at `i·2^(W-1) + j - 1`.
 pub struct Table<C: PrimeCurveParams, const W: usize> {
-    points: Box<[AffinePoint<C>]>,
+    points: Box<[Entry<C::FieldElement>]>,
+}
+
+/// A sum of table entries in projective coordinates `(X : Y : Z)`, `x = X/Z`, `y = Y/Z`.
+/// Kept here rather than as `primeorder`'s `ProjectivePoint` so that the final comparison with
+/// `r` can be made as `X = r·Z`, without the field inversion `to_affine` costs (about a
+/// quarter of a P-256 verify).
+pub struct Sum<C: PrimeCurveParams> {
+    x: C::FieldElement,
+    y: C::FieldElement,
+    z: C::FieldElement,
+}
+
+impl<C: PrimeCurveParams> Sum<C> {
+    /// The identity, `(0 : 1 : 0)`.
+    pub fn identity() -> Sum<C> {
+        Sum {
+            x: C::FieldElement::ZERO,
+            y: C::FieldElement::ONE,
+            z: C::FieldElement::ZERO,
+        }
+    }
+
+    /// Adds the affine point `(x2, y2)` (not the identity): `primeorder`'s complete mixed
+    /// addition for `a = -3` (Renes–Costello–Batina 2015, algorithm 5), the same formula its
+    /// `ProjectivePoint += AffinePoint` uses, which is also correct when `self` is the
+    /// identity or equals the point added.
+    fn add_mixed(&mut self, x2: &C::FieldElement, y2: &C::FieldElement) {
+        let b = C::EQUATION_B;
+        let (x1, y1, z1) = (self.x, self.y, self.z);
+        let xx = x1 * x2;
+        let yy = y1 * y2;
+        let xy_pairs = ((x1 + y1) * (*x2 + y2)) - (xx + yy);
+        let yz_pairs = (*y2 * z1) + y1;
+        let xz_pairs = (*x2 * z1) + x1;
+        let bz_part = xz_pairs - (b * z1);
+        let bz3_part = bz_part.double() + bz_part;
+        let yy_m_bzz3 = yy - bz3_part;
+        let yy_p_bzz3 = yy + bz3_part;
+        let z3 = z1.double() + z1;
+        let bxz_part = (b * xz_pairs) - (z3 + xx);
+        let bxz3_part = bxz_part.double() + bxz_part;
+        let xx3_m_zz3 = xx.double() + xx - z3;
+        self.x = (yy_p_bzz3 * xy_pairs) - (yz_pairs * bxz3_part);
+        self.y = (yy_p_bzz3 * yy_m_bzz3) + (xx3_m_zz3 * bxz3_part);
+        self.z = (yy_m_bzz3 * yz_pairs) + (xy_pairs * xx3_m_zz3);
+    }
+
+    /// ECDSA's last step: whether `x(R) mod n = r`, for `R` this sum and `0 < r < n`. As
+    /// `n < p < 2n` on both curves, that is `x(R) = r` or `x(R) = r + n` (if below `p`),
+    /// compared as `X = r·Z`, resp. `X = (r + n)·Z`. The identity (`Z = 0`) never matches,
+    /// as in `ecdsa`.
+    pub fn x_is(&self, r: &C::Scalar) -> bool {
+        if bool::from(self.z.is_zero()) {
+            return false;
+        }
+        let r_bytes = r.to_repr();
+        let Some(r_fe) = Option::<C::FieldElement>::from(C::FieldElement::from_repr(r_bytes)) else {
+            return false;
+        };
+        if self.x == r_fe * self.z {
+            return true;
+        }
+        // r + n, big-endian: r + (n - 1) + 1; above p (or 2^bits), no such x.
+        let n_minus_1 = (-C::Scalar::ONE).to_repr();
+        let mut sum = r_bytes;
+        let mut carry = 1u16;
+        let n_minus_1: &[u8] = n_minus_1.as_ref();
+        let digits: &mut [u8] = sum.as_mut();
+        for (out, m) in digits.iter_mut().zip(n_minus_1).rev() {
+            let v = u16::from(*out) + u16::from(*m) + carry;
+            *out = v as u8;
+            carry = v >> 8;
+        }
+        if carry != 0 {
+            return false;
+        }
+        match Option::<C::FieldElement>::from(C::FieldElement::from_repr(sum)) {
+            Some(r_plus_n) => self.x == r_plus_n * self.z,
+            None => false,
+        }
+    }
+
+    /// The affine coordinates, for the tests.
+    #[cfg(test)]
+    pub fn to_affine(&self) -> AffinePoint<C> {
+        use ::p256::elliptic_curve::point::AffineCoordinates;
+        match Option::<C::FieldElement>::from(self.z.invert()) {
+            None => AffinePoint::<C>::IDENTITY,
+            Some(zi) => {
+                let (x, y) = ((self.x * zi).to_repr(), (self.y * zi).to_repr());
+                Option::from(AffinePoint::<C>::from_coordinates(&x, &y)).expect("on the curve")
+            }
+        }
+    }
 }
 
 impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
     const HALF: usize = half(W);
 
-    pub fn new(p: &AffinePoint<C>) -> Table<C, W> {
+    /// `None` only if a multiple's coordinates do not decode (never: they are field elements).
+    pub fn new(p: &AffinePoint<C>) -> Option<Table<C, W>> {
+        use ::p256::elliptic_curve::point::AffineCoordinates;
         const { assert!(MIN_W <= W && W <= 14, "digits are i16 and windows at most MAX_WINDOWS") };
         let windows = windows::<C, W>();
         let mut projective = Vec::with_capacity(windows * Self::HALF);
@@ -68,16 +172,24 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
             // 2^(W-1)·base doubled: the next window's base, 2^W·base.
             base = Group::double(&multiple);
         }
-        let mut points = vec![AffinePoint::<C>::IDENTITY; projective.len()];
-        <ProjectivePoint<C> as Curve>::batch_normalize(&projective, &mut points);
-        Table {
+        let mut affine = vec![AffinePoint::<C>::IDENTITY; projective.len()];
+        <ProjectivePoint<C> as Curve>::batch_normalize(&projective, &mut affine);
+        let points = affine
+            .iter()
+            .map(|a| {
+                let x = Option::<C::FieldElement>::from(C::FieldElement::from_repr(a.x()))?;
+                let y = Option::<C::FieldElement>::from(C::FieldElement::from_repr(a.y()))?;
+                Some(Entry { x, y })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Table {
             points: points.into_boxed_slice(),
-        }
+        })
     }
 
     /// Adds `k·P` to `acc`; false only if the table is shorter than the curve's scalars need
     /// (never, by construction).
-    pub fn add_multiple(&self, acc: &mut ProjectivePoint<C>, k: &C::Scalar) -> bool {
+    pub fn add_multiple(&self, acc: &mut Sum<C>, k: &C::Scalar) -> bool {
         let (digits, n) = signed_digits::<C, W>(k);
         for (i, d) in digits.iter().take(n).enumerate() {
             let magnitude = d.unsigned_abs() as usize;
@@ -88,9 +200,9 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
                 return false;
             };
             if *d < 0 {
-                *acc += -*point;
+                acc.add_mixed(&point.x, &-point.y);
             } else {
-                *acc += point;
+                acc.add_mixed(&point.x, &point.y);
             }
         }
         true
@@ -99,9 +211,9 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
     /// `k·P`, for the tests.
     #[cfg(test)]
     pub fn mul(&self, k: &C::Scalar) -> ProjectivePoint<C> {
-        let mut acc = ProjectivePoint::<C>::IDENTITY;
+        let mut acc = Sum::identity();
         assert!(self.add_multiple(&mut acc, k));
-        acc
+        ProjectivePoint::from(acc.to_affine())
     }
 }
 
@@ -139,4 +251,59 @@ pub fn signed_digits<C: PrimeCurveParams, const W: usize>(k: &C::Scalar) -> ([i1
     // carries further.
     debug_assert_eq!(carry, 0);
     (digits, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::p256::elliptic_curve::ops::Reduce;
+
+    /// `(x·z : y·z : z)`: the affine point `(x, y)` with a projective scale.
+    fn scaled<C: PrimeCurveParams>(x: C::FieldElement, y: C::FieldElement, z: C::FieldElement) -> Sum<C> {
+        Sum { x: x * z, y: y * z, z }
+    }
+
+    /// A point whose x coordinate lies in `[n, p)`, so `x(R) mod n = x - n`: the branch of
+    /// [`Sum::x_is`] that random signatures reach with probability about 2^-32 (P-256).
+    fn check_large_x<C: PrimeCurveParams>()
+    where
+        C::Scalar: Reduce<C::Uint>,
+    {
+        let n_minus_1 = (-C::Scalar::ONE).to_repr();
+        // x = n + i for the first i that puts x on the curve.
+        let mut x =
+            Option::<C::FieldElement>::from(C::FieldElement::from_repr(n_minus_1)).unwrap() + C::FieldElement::ONE;
+        let mut i = 0u64;
+        let y = loop {
+            let rhs = x.square() * x + C::EQUATION_A * x + C::EQUATION_B;
+            if let Some(y) = Option::<C::FieldElement>::from(rhs.sqrt()) {
+                break y;
+            }
+            x += C::FieldElement::ONE;
+            i += 1;
+            assert!(i < 1000);
+        };
+        let r = C::Scalar::from(i); // x - n
+        let z = C::FieldElement::from(7) + x;
+        let sum = scaled::<C>(x, y, z);
+        assert!(sum.x_is(&r), "x(R) = r + n");
+        assert!(!sum.x_is(&(r + C::Scalar::ONE)));
+        // An x below n matches itself only.
+        let g = AffinePoint::<C>::GENERATOR;
+        use ::p256::elliptic_curve::point::AffineCoordinates;
+        let gx = Option::<C::FieldElement>::from(C::FieldElement::from_repr(g.x())).unwrap();
+        let gy = Option::<C::FieldElement>::from(C::FieldElement::from_repr(g.y())).unwrap();
+        let r_g = Option::<C::Scalar>::from(C::Scalar::from_repr(g.x())).unwrap();
+        assert!(scaled::<C>(gx, gy, z).x_is(&r_g));
+        assert!(!scaled::<C>(gx, gy, z).x_is(&(r_g + C::Scalar::ONE)));
+        // The identity matches nothing.
+        assert!(!Sum::<C>::identity().x_is(&r_g));
+        assert!(!Sum::<C>::identity().x_is(&C::Scalar::ZERO));
+    }
+
+    #[test]
+    fn x_of_r_at_or_above_n_is_compared_modulo_n() {
+        check_large_x::<::p256::NistP256>();
+        check_large_x::<::p384::NistP384>();
+    }
 }

@@ -25,23 +25,22 @@ use super::fixed_base;
 use super::{KeyError, Verifier};
 use ::p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use ::p256::elliptic_curve::ops::Reduce;
-use ::p256::elliptic_curve::point::AffineCoordinates;
-use ::p256::{AffinePoint, NistP256, ProjectivePoint, Scalar, U256};
+use ::p256::{AffinePoint, NistP256, Scalar, U256};
 use ::rsa::sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
 /// A P-256 fixed-base table.
 pub type Table = fixed_base::Table<NistP256, 8>;
 
-fn generator_table() -> &'static Table {
-    static G: OnceLock<Table> = OnceLock::new();
-    G.get_or_init(|| Table::new(&AffinePoint::GENERATOR))
+fn generator_table() -> Option<&'static Table> {
+    static G: OnceLock<Option<Table>> = OnceLock::new();
+    G.get_or_init(|| Table::new(&AffinePoint::GENERATOR)).as_ref()
 }
 
 /// A P-256 public key with its table, built on first use.
 pub struct P256Key {
     point: AffinePoint,
-    table: OnceLock<Table>,
+    table: OnceLock<Option<Table>>,
 }
 
 impl P256Key {
@@ -83,15 +82,18 @@ impl P256Key {
         };
         let u1 = z * s_inv;
         let u2 = *r * s_inv;
-        let table = self.table.get_or_init(|| Table::new(&self.point));
-        let mut sum = ProjectivePoint::IDENTITY;
-        if !generator_table().add_multiple(&mut sum, &u1) || !table.add_multiple(&mut sum, &u2) {
+        let (Some(g), Some(q)) = (
+            generator_table(),
+            self.table.get_or_init(|| Table::new(&self.point)).as_ref(),
+        ) else {
+            return false;
+        };
+        let mut sum = fixed_base::Sum::identity();
+        if !g.add_multiple(&mut sum, &u1) || !q.add_multiple(&mut sum, &u2) {
             return false;
         }
-        // The identity's affine x is 0 here, and r is never 0: rejected below, as in `ecdsa`.
-        let x = sum.to_affine().x();
-        let x = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&x));
-        x == *r
+        // x(R) mod n = r, without normalising R; the identity never matches (as in `ecdsa`).
+        sum.x_is(&r)
     }
 }
 
@@ -122,6 +124,7 @@ mod tests {
     use ::p256::ecdsa::signature::hazmat::PrehashVerifier;
     use ::p256::ecdsa::{SigningKey, VerifyingKey};
     use ::p256::elliptic_curve::PrimeField as _;
+    use ::p256::ProjectivePoint;
 
     /// A deterministic stream of test bytes (SHA-256 in counter mode).
     fn bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -187,10 +190,10 @@ mod tests {
     #[test]
     fn table_multiples_match_the_ladder() {
         let q = (ProjectivePoint::GENERATOR * scalar(7)).to_affine();
-        let table = Table::new(&q);
+        let table = Table::new(&q).unwrap();
         for k in edge_scalars().into_iter().chain((100..140).map(scalar)) {
             assert_eq!(table.mul(&k), ProjectivePoint::from(q) * k);
-            assert_eq!(generator_table().mul(&k), ProjectivePoint::GENERATOR * k);
+            assert_eq!(generator_table().unwrap().mul(&k), ProjectivePoint::GENERATOR * k);
         }
     }
 
