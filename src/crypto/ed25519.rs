@@ -119,16 +119,8 @@ impl Verifier for Ed25519Key {
 mod tests {
     use super::*;
 
-    /// A deterministic stream of test bytes (SHA-512 in counter mode).
     fn bytes(seed: u64, n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0u64;
-        while out.len() < n {
-            out.extend_from_slice(&Sha512::digest([seed.to_le_bytes(), i.to_le_bytes()].concat()));
-            i += 1;
-        }
-        out.truncate(n);
-        out
+        crate::crypto::test_bytes::<Sha512>(seed, n)
     }
 
     fn keypair(seed: u64) -> ed25519_compact::KeyPair {

@@ -58,11 +58,26 @@ pub struct Table<C: PrimeCurveParams, const W: usize> {
     points: Box<[Entry<C::FieldElement>]>,
 }
 
+/// ECDSA's verification equation on two tables, as `ecdsa`'s `verify_prehashed` computes
+/// it: `x(u1·G + u2·Q) mod n = r` with `u1 = z·s⁻¹`, `u2 = r·s⁻¹` (`z` the reduced digest; the
+/// caller has checked `0 < r, s < n`).
+pub fn ecdsa_holds<C: PrimeCurveParams, const W: usize>(
+    g: &Table<C, W>,
+    q: &Table<C, W>,
+    z: &C::Scalar,
+    r: &C::Scalar,
+    s_inv: &C::Scalar,
+) -> bool {
+    let mut sum = Sum::identity();
+    // x(R) mod n = r without normalising R; the identity never matches (as in `ecdsa`).
+    g.add_multiple(&mut sum, &(*z * s_inv)) && q.add_multiple(&mut sum, &(*r * s_inv)) && sum.x_is(r)
+}
+
 /// A sum of table entries in projective coordinates `(X : Y : Z)`, `x = X/Z`, `y = Y/Z`.
 /// Kept here rather than as `primeorder`'s `ProjectivePoint` so that the final comparison with
 /// `r` can be made as `X = r·Z`, without the field inversion `to_affine` costs (about a
 /// quarter of a P-256 verify).
-pub struct Sum<C: PrimeCurveParams> {
+struct Sum<C: PrimeCurveParams> {
     x: C::FieldElement,
     y: C::FieldElement,
     z: C::FieldElement,
@@ -70,7 +85,7 @@ pub struct Sum<C: PrimeCurveParams> {
 
 impl<C: PrimeCurveParams> Sum<C> {
     /// The identity, `(0 : 1 : 0)`.
-    pub fn identity() -> Sum<C> {
+    fn identity() -> Sum<C> {
         Sum {
             x: C::FieldElement::ZERO,
             y: C::FieldElement::ONE,
@@ -107,7 +122,7 @@ impl<C: PrimeCurveParams> Sum<C> {
     /// `n < p < 2n` on both curves, that is `x(R) = r` or `x(R) = r + n` (if below `p`),
     /// compared as `X = r·Z`, resp. `X = (r + n)·Z`. The identity (`Z = 0`) never matches,
     /// as in `ecdsa`.
-    pub fn x_is(&self, r: &C::Scalar) -> bool {
+    fn x_is(&self, r: &C::Scalar) -> bool {
         if bool::from(self.z.is_zero()) {
             return false;
         }
@@ -140,7 +155,7 @@ impl<C: PrimeCurveParams> Sum<C> {
 
     /// The affine coordinates, for the tests.
     #[cfg(test)]
-    pub fn to_affine(&self) -> AffinePoint<C> {
+    fn to_affine(&self) -> AffinePoint<C> {
         use ::p256::elliptic_curve::point::AffineCoordinates;
         match Option::<C::FieldElement>::from(self.z.invert()) {
             None => AffinePoint::<C>::IDENTITY,
@@ -189,7 +204,7 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
 
     /// Adds `k·P` to `acc`; false only if the table is shorter than the curve's scalars need
     /// (never, by construction).
-    pub fn add_multiple(&self, acc: &mut Sum<C>, k: &C::Scalar) -> bool {
+    fn add_multiple(&self, acc: &mut Sum<C>, k: &C::Scalar) -> bool {
         let (digits, n) = signed_digits::<C, W>(k);
         for (i, d) in digits.iter().take(n).enumerate() {
             let magnitude = d.unsigned_abs() as usize;
@@ -210,7 +225,7 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
 
     /// `k·P`, for the tests.
     #[cfg(test)]
-    pub fn mul(&self, k: &C::Scalar) -> ProjectivePoint<C> {
+    fn mul(&self, k: &C::Scalar) -> ProjectivePoint<C> {
         let mut acc = Sum::identity();
         assert!(self.add_multiple(&mut acc, k));
         ProjectivePoint::from(acc.to_affine())
@@ -299,6 +314,77 @@ mod tests {
         // The identity matches nothing.
         assert!(!Sum::<C>::identity().x_is(&r_g));
         assert!(!Sum::<C>::identity().x_is(&C::Scalar::ZERO));
+    }
+
+    /// A scalar from the test stream, below `2^(bits - 1)` (so below `n`).
+    fn scalar<C: PrimeCurveParams>(seed: u64) -> C::Scalar {
+        let mut repr = C::Scalar::ZERO.to_repr();
+        let bytes: &mut [u8] = repr.as_mut();
+        let len = bytes.len();
+        bytes.copy_from_slice(&crate::crypto::test_bytes::<::rsa::sha2::Sha512>(seed, len));
+        bytes[0] &= 0x7f;
+        Option::from(C::Scalar::from_repr(repr)).unwrap()
+    }
+
+    /// 0, ±1, ±2, single bits (given) with their neighbours, and all ones below the top bit.
+    fn edge_scalars<C: PrimeCurveParams>(bits: &[u32]) -> Vec<C::Scalar> {
+        let two = C::Scalar::ONE.double();
+        let mut v = vec![C::Scalar::ZERO, C::Scalar::ONE, -C::Scalar::ONE, two, -two];
+        for &bit in bits {
+            let mut s = C::Scalar::ONE;
+            for _ in 0..bit {
+                s = s.double();
+            }
+            v.extend([s, s - C::Scalar::ONE, -s]);
+        }
+        let mut ones = C::Scalar::ZERO;
+        for _ in 0..C::Scalar::NUM_BITS - 1 {
+            ones = ones.double() + C::Scalar::ONE;
+        }
+        v.push(ones);
+        v
+    }
+
+    fn check_digits<C: PrimeCurveParams, const W: usize>(windows: usize, bits: &[u32]) {
+        for k in edge_scalars::<C>(bits).into_iter().chain((0..200).map(scalar::<C>)) {
+            let (digits, n) = signed_digits::<C, W>(&k);
+            assert_eq!(n, windows);
+            let mut back = C::Scalar::ZERO;
+            for d in digits[..n].iter().rev() {
+                for _ in 0..W {
+                    back = back.double();
+                }
+                let m = C::Scalar::from(u64::from(d.unsigned_abs()));
+                back += if *d < 0 { -m } else { m };
+                assert!(-(half(W) as i16 - 1) <= *d && *d <= half(W) as i16);
+            }
+            assert!(back == k);
+        }
+    }
+
+    fn check_table<C: PrimeCurveParams, const W: usize>(bits: &[u32]) {
+        let g = ProjectivePoint::<C>::GENERATOR;
+        let q = (g * scalar::<C>(7)).to_affine();
+        let (table, g_table) = (
+            Table::<C, W>::new(&q).unwrap(),
+            Table::<C, W>::new(&g.to_affine()).unwrap(),
+        );
+        for k in edge_scalars::<C>(bits).into_iter().chain((100..120).map(scalar::<C>)) {
+            assert!(table.mul(&k) == ProjectivePoint::from(q) * k);
+            assert!(g_table.mul(&k) == g * k);
+        }
+    }
+
+    #[test]
+    fn digits_recompose_the_scalar_and_stay_in_range() {
+        check_digits::<::p256::NistP256, 8>(33, &[4, 5, 15, 16, 31, 254, 255]);
+        check_digits::<::p384::NistP384, 6>(65, &[4, 5, 6, 31, 32, 377, 378, 382, 383]);
+    }
+
+    #[test]
+    fn table_multiples_match_the_ladder() {
+        check_table::<::p256::NistP256, 8>(&[4, 5, 15, 16, 31, 254, 255]);
+        check_table::<::p384::NistP384, 6>(&[4, 5, 6, 31, 32, 377, 378, 382, 383]);
     }
 
     #[test]

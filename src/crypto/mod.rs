@@ -133,6 +133,19 @@ impl PublicKey {
     }
 }
 
+/// A deterministic stream of test bytes: digest `D` of (seed, counter), concatenated.
+#[cfg(test)]
+pub(crate) fn test_bytes<D: ::rsa::sha2::Digest>(seed: u64, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(&D::digest([seed.to_le_bytes(), i.to_le_bytes()].concat()));
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

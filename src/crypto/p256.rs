@@ -80,20 +80,13 @@ impl P256Key {
         let Some(s_inv) = Option::<Scalar>::from(s.invert_vartime()) else {
             return false;
         };
-        let u1 = z * s_inv;
-        let u2 = *r * s_inv;
         let (Some(g), Some(q)) = (
             generator_table(),
             self.table.get_or_init(|| Table::new(&self.point)).as_ref(),
         ) else {
             return false;
         };
-        let mut sum = fixed_base::Sum::identity();
-        if !g.add_multiple(&mut sum, &u1) || !q.add_multiple(&mut sum, &u2) {
-            return false;
-        }
-        // x(R) mod n = r, without normalising R; the identity never matches (as in `ecdsa`).
-        sum.x_is(&r)
+        fixed_base::ecdsa_holds(g, q, &z, &r, &s_inv)
     }
 }
 
@@ -124,77 +117,9 @@ mod tests {
     use ::p256::ecdsa::signature::hazmat::PrehashVerifier;
     use ::p256::ecdsa::{SigningKey, VerifyingKey};
     use ::p256::elliptic_curve::PrimeField as _;
-    use ::p256::ProjectivePoint;
 
-    /// A deterministic stream of test bytes (SHA-256 in counter mode).
     fn bytes(seed: u64, n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0u64;
-        while out.len() < n {
-            out.extend_from_slice(&Sha256::digest([seed.to_le_bytes(), i.to_le_bytes()].concat()));
-            i += 1;
-        }
-        out.truncate(n);
-        out
-    }
-
-    fn scalar(seed: u64) -> Scalar {
-        <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&bytes(seed, 32)))
-    }
-
-    fn edge_scalars() -> Vec<Scalar> {
-        let mut v = vec![
-            Scalar::ZERO,
-            Scalar::ONE,
-            -Scalar::ONE,
-            Scalar::ONE.double(),
-            -Scalar::ONE.double(),
-        ];
-        // Single bits, runs of ones, and values near the digit boundaries.
-        for bit in [4u32, 5, 15, 16, 31, 254, 255] {
-            let mut s = Scalar::ONE;
-            for _ in 0..bit {
-                s = s.double();
-            }
-            v.push(s);
-            v.push(s - Scalar::ONE);
-            v.push(-s);
-        }
-        let mut ones = Scalar::ZERO;
-        for _ in 0..255 {
-            ones = ones.double() + Scalar::ONE;
-        }
-        v.push(ones);
-        v
-    }
-
-    #[test]
-    fn digits_recompose_the_scalar_and_stay_in_range() {
-        use fixed_base::{half, signed_digits};
-        for k in edge_scalars().into_iter().chain((0..200).map(scalar)) {
-            let (digits, n) = signed_digits::<NistP256, 8>(&k);
-            assert_eq!(n, 33);
-            let mut back = Scalar::ZERO;
-            for d in digits[..n].iter().rev() {
-                for _ in 0..8 {
-                    back = back.double();
-                }
-                let m = Scalar::from(u64::from(d.unsigned_abs()));
-                back += if *d < 0 { -m } else { m };
-                assert!(-(half(8) as i16 - 1) <= *d && *d <= half(8) as i16);
-            }
-            assert_eq!(back, k);
-        }
-    }
-
-    #[test]
-    fn table_multiples_match_the_ladder() {
-        let q = (ProjectivePoint::GENERATOR * scalar(7)).to_affine();
-        let table = Table::new(&q).unwrap();
-        for k in edge_scalars().into_iter().chain((100..140).map(scalar)) {
-            assert_eq!(table.mul(&k), ProjectivePoint::from(q) * k);
-            assert_eq!(generator_table().unwrap().mul(&k), ProjectivePoint::GENERATOR * k);
-        }
+        crate::crypto::test_bytes::<Sha256>(seed, n)
     }
 
     #[test]
