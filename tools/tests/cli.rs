@@ -719,15 +719,21 @@ fn check_says_what_to_change_beside_istio_security() {
 // ---------------------------------------------------------------------------------------------
 // explain against a real Envoy
 
-/// examples/policy.json with the shared test keys (as tests/envoy_policy.rs runs it).
-fn policy_config() -> Value {
+/// `examples/NAME` with its first provider on the shared test keys, issuer and audience (as
+/// the Envoy tests run the examples).
+fn example_with_test_keys(name: &str) -> Value {
     let mut cfg: Value =
-        serde_json::from_slice(&std::fs::read(root().join("examples/policy.json")).expect("policy.json"))
-            .expect("json");
+        serde_json::from_slice(&std::fs::read(root().join("examples").join(name)).expect(name)).expect("json");
     let k = keys();
     cfg["providers"][0]["issuer"] = json!(ISSUER);
     cfg["providers"][0]["audiences"] = json!([AUDIENCE]);
     cfg["providers"][0]["jwks"] = json!(json!({"keys": [k.rsa.public_jwk(), k.ec.public_jwk()]}).to_string());
+    cfg
+}
+
+/// examples/policy.json with the shared test keys (as tests/envoy_policy.rs runs it).
+fn policy_config() -> Value {
+    let mut cfg = example_with_test_keys("policy.json");
     cfg["providers"][0]["outputClaimToHeaders"] = json!([{"header": "x-user", "claim": "sub"}]);
     cfg
 }
@@ -1831,14 +1837,7 @@ fn keygen_rsa_keys_are_fresh_never_the_committed_test_keys() {
 
 /// examples/tenancy.json with the shared test keys (as tests/envoy_tenancy.rs runs it).
 fn tenancy_config() -> Value {
-    let mut cfg: Value =
-        serde_json::from_slice(&std::fs::read(root().join("examples/tenancy.json")).expect("tenancy.json"))
-            .expect("json");
-    let k = keys();
-    cfg["providers"][0]["issuer"] = json!(ISSUER);
-    cfg["providers"][0]["audiences"] = json!([AUDIENCE]);
-    cfg["providers"][0]["jwks"] = json!(json!({"keys": [k.rsa.public_jwk(), k.ec.public_jwk()]}).to_string());
-    cfg
+    example_with_test_keys("tenancy.json")
 }
 
 #[test]
