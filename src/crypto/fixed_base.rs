@@ -15,9 +15,10 @@
 //! | P-384 | 6 | 65 | 2080 points, about 203 KiB | 130 | about 20 ms |
 //!
 //! The window width trades a key's first verification (and the table's memory) for every
-//! later one: for P-256, eight-bit windows verify about a quarter faster than six-bit ones
-//! (`make vm-profile`, the ratio to the `ecdsa` ladder in one run: 0.16 against 0.27), for a
-//! table built in about 13 ms instead of 4–6 ms. For P-384, eight-bit windows would make a
+//! later one. For P-256 (`make vm-profile`, one run of each on a busy machine, so compared
+//! through the `ecdsa` ladder timed in the same run): six-bit windows 218 µs against the
+//! ladder's 818 (0.27), eight-bit ones 168 µs against 1,061 (0.16), for a table built in about
+//! 13 ms instead of 4–6 ms. For P-384, eight-bit windows would make a
 //! key's table take about 50 ms and 650 KiB, so it keeps six.
 //!
 //! Everything here is public (signature, message, key), so lookups are variable time. The
@@ -75,8 +76,8 @@ pub fn ecdsa_holds<C: PrimeCurveParams, const W: usize>(
 
 /// A sum of table entries in projective coordinates `(X : Y : Z)`, `x = X/Z`, `y = Y/Z`.
 /// Kept here rather than as `primeorder`'s `ProjectivePoint` so that the final comparison with
-/// `r` can be made as `X = r·Z`, without the field inversion `to_affine` costs (about a
-/// quarter of a P-256 verify).
+/// `r` can be made as `X = r·Z`, without the field inversion `to_affine` costs (a P-256
+/// verify went from 146 to 135 µs, `make vm-profile` alternating builds; P-384 unchanged).
 struct Sum<C: PrimeCurveParams> {
     x: C::FieldElement,
     y: C::FieldElement,
