@@ -6,15 +6,37 @@
 //
 //   node examples/host_profile.mjs MODULE.wasm < target/vm-profile-inputs.json
 //
-// Env: HOST_PROFILE_REQUESTS (default 200000), HOST_PROFILE_ALG (rs256 | es256).
+// Env: HOST_PROFILE_REQUESTS (default 200000; 20000 cold), HOST_PROFILE_ALG (rs256 | es256 |
+// es384 | ps256 | eddsa), HOST_PROFILE_COLD=1: the benchmark's `direct-nocache` path, every
+// request verified (`jwtCacheSize: 0`, which also turns the decision memo off), the tokens
+// (distinct, 200 per alg) taken in turn. HOST_PROFILE_ALG=hs256: the rs256 tokens' claims,
+// re-signed here with HS256 and a `hmacSecret` added to the provider: the whole request but
+// for the public-key operation (an HMAC is two SHA-256 passes), what everything around the
+// signature costs.
 import { readFileSync } from "node:fs";
 import { WASI } from "node:wasi";
+import { createHmac } from "node:crypto";
 
 const input = JSON.parse(readFileSync(0, "utf8"));
 const alg = process.env.HOST_PROFILE_ALG || "rs256";
-const tokens = input[alg].slice(0, 100);
-const requests = Number(process.env.HOST_PROFILE_REQUESTS || 200000);
-const pluginConfig = new TextEncoder().encode(JSON.stringify(input.config));
+const cold = process.env.HOST_PROFILE_COLD === "1";
+const hmacSecret = Buffer.alloc(32, 7);
+const hs256 = (t) => {
+  const b64 = (b) => Buffer.from(b).toString("base64url");
+  const head = JSON.parse(Buffer.from(t.split(".")[0], "base64url"));
+  const input = `${b64(JSON.stringify({ ...head, alg: "HS256" }))}.${t.split(".")[1]}`;
+  return `${input}.${createHmac("sha256", hmacSecret).update(input).digest("base64url")}`;
+};
+const all = alg === "hs256" ? input.rs256.map(hs256) : input[alg];
+const tokens = cold ? all : all.slice(0, 100);
+const requests = Number(process.env.HOST_PROFILE_REQUESTS || (cold ? 20000 : 200000));
+let config = cold ? { ...input.config, jwtCacheSize: 0 } : input.config;
+if (alg === "hs256") {
+  config = { ...config, providers: config.providers.map((p) => ({
+    ...p, algorithms: [...p.algorithms, "HS256"], hmacSecret: hmacSecret.toString("base64url"),
+  })) };
+}
+const pluginConfig = new TextEncoder().encode(JSON.stringify(config));
 
 const wasi = new WASI({ version: "preview1", args: [], env: {}, returnOnExit: true });
 const module = await WebAssembly.compile(readFileSync(process.argv[2]));
@@ -126,7 +148,7 @@ function request(id) {
 }
 // Warm-up: fills the verified-token cache and lets V8 tier the hot functions up.
 let id = 2;
-for (let i = 0; i < 20000; i++) request(id++);
+for (let i = 0; i < (cold ? 4000 : 20000); i++) request(id++);
 calls.clear();
 // HOST_PROFILE_SYNC=DIR: hand over to a counting harness (valgrind's callgrind_control) before
 // and after the measured requests: write DIR/ready, wait for DIR/go; write DIR/done, wait for
@@ -157,5 +179,5 @@ for (let i = 0; i < requests; i++) {
 }
 const us = Number(process.hrtime.bigint() - t0) / 1000 / requests;
 await handOver("done", "exit");
-console.log(`${alg}: ${us.toFixed(2)} µs per cached request (VM side, ${requests} requests)`);
+console.log(`${alg}: ${us.toFixed(2)} µs per ${cold ? "verified (cold)" : "cached"} request (VM side, ${requests} requests)`);
 console.log("host calls per request:", Object.fromEntries([...calls].map(([k, v]) => [k, +(v / requests).toFixed(3)])));
