@@ -67,12 +67,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            // One search of the map per member, not two (`contains_key`, then `insert`).
+            let serde_json::map::Entry::Vacant(slot) = out.entry(key) else {
                 // The member name is attacker-controlled: say what, not which.
                 return Err(de::Error::custom("duplicate member name"));
-            }
-            let v = map.next_value_seed(StrictValue)?;
-            out.insert(key, v);
+            };
+            slot.insert(map.next_value_seed(StrictValue)?);
         }
         Ok(Value::Object(out))
     }

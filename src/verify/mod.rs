@@ -186,6 +186,12 @@ pub fn verify_signed(provider: &Provider, keys: &KeySet, jwt: &Jwt) -> Result<()
 /// Registered claims must have their RFC 7519 types: `iss`, `sub`, `jti`, `nonce` strings;
 /// `aud` a string or array of strings; `exp`, `nbf`, `iat` non-negative integers.
 pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
+    claim_types(claims).map(drop)
+}
+
+/// [`check_claim_types`], returning the dates it read (`exp`, `nbf`, `iat`) so that
+/// [`ClaimChecks::new`] does not look them up again.
+fn claim_types(claims: &Map<String, Value>) -> Result<Dates, AuthError> {
     for claim in ["iss", "sub", "jti", "nonce"] {
         if claims.get(claim).is_some_and(|v| !v.is_string()) {
             return Err(AuthError::InvalidClaim {
@@ -194,10 +200,13 @@ pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
             });
         }
     }
-    for claim in ["exp", "nbf", "iat"] {
-        numeric_date(claims, claim)?;
-    }
-    audiences(claims.get("aud")).map(drop)
+    let dates = (
+        numeric_date(claims, "exp")?,
+        numeric_date(claims, "nbf")?,
+        numeric_date(claims, "iat")?,
+    );
+    audiences(claims.get("aud"))?;
+    Ok(dates)
 }
 
 /// Chooses the key by `kid` and algorithm and checks the signature (nothing else).
@@ -307,15 +316,11 @@ impl ClaimChecks {
             after: Ok(()),
         };
         let before = || -> Result<Dates, AuthError> {
-            check_claim_types(claims)?;
+            let dates = claim_types(claims)?;
             if claims.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
                 return Err(AuthError::UnknownIssuer);
             }
-            Ok((
-                numeric_date(claims, "exp")?,
-                numeric_date(claims, "nbf")?,
-                numeric_date(claims, "iat")?,
-            ))
+            Ok(dates)
         };
         match before() {
             Ok((exp, nbf, iat)) => (c.exp, c.nbf, c.iat) = (exp, nbf, iat),
