@@ -351,8 +351,14 @@ fn parse_compact(raw: &str, max_bytes: usize, jwt: bool) -> Result<Jwt<'_>, Toke
     match header.get("typ") {
         None => {}
         Some(Value::String(t)) => {
-            let t = t.to_ascii_uppercase();
-            if t != "JWT" && !t.ends_with("+JWT") {
+            // Case-insensitively `JWT` or `…+JWT`, without an upper-cased copy.
+            let b = t.as_bytes();
+            let jwt_suffix = b
+                .len()
+                .checked_sub(4)
+                .and_then(|at| b.get(at..))
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(b"+JWT"));
+            if !t.eq_ignore_ascii_case("JWT") && !jwt_suffix {
                 return Err(TokenError::Malformed("header typ is not a JWT type".into()));
             }
         }
@@ -573,6 +579,35 @@ mod tests {
                 Err(TokenError::Malformed(m)) => assert!(m.contains(want), "{t}: {m}"),
                 other => panic!("{t}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn typ_is_jwt_or_a_jwt_suffix_in_any_case() {
+        for typ in [
+            "JWT",
+            "jwt",
+            "Jwt",
+            "at+jwt",
+            "AT+JWT",
+            "+jwt",
+            "+JWT",
+            "x+Jwt",
+            "JWS",
+            "jwtx",
+            "at-jwt",
+            "+jw",
+            "",
+            "é+jwt",
+            "+jwté",
+            "JOSE+JSON",
+            "ǰwt",
+        ] {
+            let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), "{}");
+            // The rule as it was first written: upper-cased, `JWT` or ending `+JWT`.
+            let up = typ.to_ascii_uppercase();
+            let want = up == "JWT" || up.ends_with("+JWT");
+            assert_eq!(parse(&t, 8192).is_ok(), want, "{typ:?}");
         }
     }
 
