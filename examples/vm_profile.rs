@@ -258,6 +258,14 @@ fn run() -> Result<(), String> {
         }
         let per = (ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / headers.len() as f64;
         println!("{alg} {:<40} {per:>9.1}", "allocations per warm request");
+        let before = ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+        for h in &headers {
+            let h_refs = claimguard::token::header_refs(h);
+            let req = HttpRequest::from_headers(&h_refs);
+            drop(evaluate_cached(&config, &config, None, &req, now, true));
+        }
+        let per = (ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / headers.len() as f64;
+        println!("{alg} {:<40} {per:>9.1}", "allocations per cold request");
     }
     Ok(())
 }
