@@ -242,12 +242,14 @@ vm-profile: wasm-target
 	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
 	node --no-warnings examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
 
-# The shipped module's whole cached-request path in Node's V8 behind a minimal proxy-wasm host
-# (examples/host_profile.mjs): µs per request on the VM side and the host calls it makes.
+# The shipped module's whole request path in Node's V8 behind a minimal proxy-wasm host
+# (examples/host_profile.mjs): µs per request on the VM side and the host calls it makes,
+# cached, then verified on every request (`jwtCacheSize: 0`; hs256: all but the public-key op).
 host-profile: build
 	@command -v node >/dev/null || { echo "host-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
 	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
 	for alg in rs256 es256; do HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
+	for alg in rs256 hs256; do HOST_PROFILE_COLD=1 HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
 
 unit:
 	$(CARGO) test --workspace --lib
