@@ -110,6 +110,34 @@ impl Fe {
         l
     }
 
+    /// `self^(2^k)`.
+    fn square_n(&self, k: u32) -> Fe {
+        let mut x = *self;
+        for _ in 0..k {
+            x = x.square();
+        }
+        x
+    }
+
+    /// `self^(p-2)`, the inverse of a non-zero value (0 for 0), by Fermat: 255 squarings and
+    /// 12 multiplications along `p - 2 = ffffffff 00000001 0…0 (96 bits) ffffffff ffffffff
+    /// fffffffd` (hex). Only the table builds invert, once per window and once per batch.
+    pub fn invert(&self) -> Fe {
+        let a = self;
+        let x2 = a.square().mul(a); // a^(2^2 - 1)
+        let x3 = x2.square().mul(a);
+        let x6 = x3.square_n(3).mul(&x3);
+        let x12 = x6.square_n(6).mul(&x6);
+        let x15 = x12.square_n(3).mul(&x3);
+        let x30 = x15.square_n(15).mul(&x15);
+        let x32 = x30.square_n(2).mul(&x2);
+        let t = x32.square_n(32).mul(a); // ffffffff 00000001
+        let t = t.square_n(96 + 32).mul(&x32); // … 0 (96 bits) ffffffff
+        let t = t.square_n(32).mul(&x32); // ffffffff
+        let t = t.square_n(30).mul(&x30); // 3fffffff: fffffffd is 3fffffff·4 + 1
+        t.square_n(2).mul(a)
+    }
+
     /// Whether the value is 0 mod p.
     pub fn is_zero(&self) -> bool {
         self.canonical() == [0; 10]
@@ -505,6 +533,8 @@ mod tests {
             assert!(back(&fa.add(&fb)) == *a + b);
             assert!(back(&fa.sub(&fb)) == *a - b);
             assert!(back(&fa.neg()) == -*a);
+            assert!(back(&fa.invert()) == a.invert().unwrap_or(Ref::ZERO));
+            assert!(back(&fa.times(4).sub(&fb).invert()) == (a.double().double() - b).invert().unwrap_or(Ref::ZERO));
             assert!(back(&fa.times(3)) == a.double() + a);
             assert_eq!(fa.is_zero(), bool::from(a.is_zero()));
             assert!(fa.equals(&fa.add(&Fe::ZERO)));
