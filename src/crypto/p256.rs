@@ -67,7 +67,8 @@ pub struct Table {
 impl Table {
     /// The multiples window by window in [`Jacobian`] coordinates: `B = 2^(W·i)·P` in affine
     /// form, `2B` by doubling, `3B … 2^(W-1)·B` by mixed additions of `B` (never exceptional:
-    /// `jB = ±B` would need `n | j ∓ 1`), and the next window's base as `2·2^(W-1)·B`. Each
+    /// `jB = ±B` would need `n | j ∓ 1`; checked all the same, for 4 % of the build), and the
+    /// next window's base as `2·2^(W-1)·B`. Each
     /// window's 129 points then become affine with one shared inversion. `None` for the
     /// identity (which no parsed key is) or if an inversion meets a zero (never).
     pub fn new(p: &AffinePoint) -> Option<Table> {
@@ -81,12 +82,12 @@ impl Table {
         for _ in 0..windows {
             window.clear();
             let mut acc = Jacobian::new();
-            acc.add_affine(&base.0, &base.1);
+            acc.add_affine(&base.0, &base.1, true);
             window.push(acc.clone());
             acc = acc.double();
             window.push(acc.clone());
             for _ in 2..HALF {
-                acc.add_affine(&base.0, &base.1);
+                acc.add_affine(&base.0, &base.1, true);
                 window.push(acc.clone());
             }
             window.push(acc.double());
@@ -105,7 +106,7 @@ impl Table {
 
     /// Adds `k·P` to `acc`; false only if the table is shorter than a scalar needs (never, by
     /// construction).
-    fn add_multiple(&self, acc: &mut Jacobian, k: &Scalar) -> bool {
+    fn add_multiple(&self, acc: &mut Jacobian, k: &Scalar, checked: bool) -> bool {
         let (digits, n) = fixed_base::signed_digits::<NistP256, W>(k);
         for (i, d) in digits.iter().take(n).enumerate() {
             let magnitude = usize::from(d.unsigned_abs());
@@ -116,7 +117,7 @@ impl Table {
                 return false;
             };
             let y = point.y.get();
-            acc.add_affine(&point.x.get(), &if *d < 0 { y.neg() } else { y });
+            acc.add_affine(&point.x.get(), &if *d < 0 { y.neg() } else { y }, checked);
         }
         true
     }
@@ -130,9 +131,11 @@ impl Table {
 /// negation (`H = 0` below), and the sum must not be the identity. The identity is only ever
 /// the empty sum here (`empty`): the first entry is copied in. An exceptional case makes `Z`
 /// zero (`Z3 = 2·Z1·H`), and every later addition keeps it zero, so one check at the end tells
-/// whether any addition was exceptional; the caller then asks the `ecdsa` crate. Signatures
-/// never reach that path by chance (it takes a collision between partial sums), but one built
-/// for it may, and is then judged exactly as the reference judges it.
+/// whether any addition was exceptional; the verify then sums again with every addition
+/// checked ([`Jacobian::add_affine`]). Signatures never take that path by chance (it takes a
+/// collision between partial sums), but one built for it may, and costs then two sums.
+/// (Handing such signatures to the `ecdsa` crate instead would link its ladder into the filter:
+/// 10 KB more of a module close to its 1 MiB budget.)
 ///
 /// Limb weights ([`super::p256_field`]): the sum's `X`, `Y`, `Z` weigh at most 4, 3, 3 after
 /// every addition (1 when copied in), entries 1; the largest product below weighs 8·8 = 64,
@@ -176,9 +179,12 @@ impl Jacobian {
     }
 
     /// Adds the affine point `(x2, y2)` (weights 1). Weights in the comments, `X1, Y1, Z1` at
-    /// 4, 3, 3.
-    #[inline(always)]
-    fn add_affine(&mut self, x2: &Fe, y2: &Fe) {
+    /// 4, 3, 3. With `checked`, the exceptional cases are recognised (`H = 0`, one
+    /// [`Fe::is_zero`]) and handled: the sum doubled if `r = 0` too (the point equals the sum),
+    /// else the identity (it is the sum's negation). Not inlined: one copy serves the verify and
+    /// the table build (the module is near its size budget).
+    #[inline(never)]
+    fn add_affine(&mut self, x2: &Fe, y2: &Fe, checked: bool) {
         if self.empty {
             (self.x, self.y, self.z, self.empty) = (*x2, *y2, Fe::ONE, false);
             return;
@@ -188,10 +194,14 @@ impl Jacobian {
         let u2 = x2.mul(&z1z1);
         let s2 = y2.mul(z1).mul(&z1z1); // 1·3, 1·1
         let h = u2.sub(x1); // weight 5
+        let r = s2.sub(y1).times(2); // 8
+        if checked && h.is_zero() {
+            *self = if r.is_zero() { self.double() } else { Jacobian::new() };
+            return;
+        }
         let hh = h.square(); // 5·5
         let i = hh.times(4); // 4
         let j = h.mul(&i); // 5·4
-        let r = s2.sub(y1).times(2); // 8
         let v = x1.mul(&i); // 4·4
         let x3 = r.square().sub(&j).sub(&v.times(2)); // 8·8; X3 weighs 1 + 1 + 2 = 4
         let y3 = r.mul(&v.sub(&x3)).sub(&y1.mul(&j).times(2)); // 8·5, 3·1; Y3 weighs 3
@@ -233,20 +243,24 @@ fn normalize(points: &[Jacobian]) -> Option<Vec<(Fe, Fe)>> {
 }
 
 /// `x(u1·G + u2·Q) mod n = r` with `u1 = z·s⁻¹`, `u2 = r·s⁻¹` (`z` the reduced digest; the
-/// caller has checked `0 < r, s < n`), as `ecdsa`'s `verify_prehashed` computes it; `None` if an
-/// addition was exceptional (see [`Jacobian`]) and the caller must ask the reference.
-fn ecdsa_holds(g: &Table, q: &Table, z: &Scalar, r: &Scalar, s_inv: &Scalar) -> Option<bool> {
-    let mut sum = Jacobian::new();
-    if !(g.add_multiple(&mut sum, &(*z * s_inv)) && q.add_multiple(&mut sum, &(*r * s_inv))) {
-        return Some(false);
+/// caller has checked `0 < r, s < n`), as `ecdsa`'s `verify_prehashed` computes it. The sum is
+/// first taken without looking for exceptional additions; if one happened (`Z = 0`, see
+/// [`Jacobian`]), it is taken again with each addition checked.
+fn ecdsa_holds(g: &Table, q: &Table, z: &Scalar, r: &Scalar, s_inv: &Scalar) -> bool {
+    let (u1, u2) = (*z * s_inv, *r * s_inv);
+    for checked in [false, true] {
+        let mut sum = Jacobian::new();
+        if !(g.add_multiple(&mut sum, &u1, checked) && q.add_multiple(&mut sum, &u2, checked)) {
+            return false;
+        }
+        if sum.empty {
+            return false; // the identity never matches (as in `ecdsa`)
+        }
+        if !sum.z.is_zero() {
+            return x_is(&sum, r);
+        }
     }
-    if sum.empty {
-        return Some(false); // u1 = u2 = 0; the identity never matches (as in `ecdsa`)
-    }
-    if sum.z.is_zero() {
-        return None;
-    }
-    Some(x_is(&sum, r))
+    false // Z = 0 with every addition checked: never
 }
 
 /// Whether `x(R) mod n = r` for `R` the (non-identity) sum and `0 < r < n`. As `n < p < 2n`,
@@ -328,10 +342,7 @@ impl P256Key {
         ) else {
             return false;
         };
-        match ecdsa_holds(g, q, &z, &r, &s_inv) {
-            Some(holds) => holds,
-            None => self.reference_prehashed(digest, &signature),
-        }
+        ecdsa_holds(g, q, &z, &r, &s_inv)
     }
 
     /// `ecdsa`'s `verify_prehash`.
@@ -442,36 +453,72 @@ mod tests {
                 to_fe(&Ref::from_repr(p.x()).unwrap()),
                 to_fe(&Ref::from_repr(p.y()).unwrap()),
             );
-            ours.add_affine(&x, &y);
+            ours.add_affine(&x, &y, seed % 2 == 0);
             theirs += p;
             assert!(point_of(&ours) == theirs, "{seed}");
             assert!(!ours.z.is_zero());
         }
-        // Adding the sum itself (doubling) or its negation (the identity) is exceptional: Z
-        // becomes zero and stays so.
-        for negate in [false, true] {
+        // Adding the sum itself (doubling) or its negation (the identity) is exceptional:
+        // unchecked, Z becomes zero and stays so; checked, the result is right.
+        for (negate, checked) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut j = Jacobian::new();
             let p = (g * scalar(99)).to_affine();
             let (x, y) = (
                 to_fe(&Ref::from_repr(p.x()).unwrap()),
                 to_fe(&Ref::from_repr(p.y()).unwrap()),
             );
-            j.add_affine(&x, &y);
+            j.add_affine(&x, &y, checked);
             let q = (g * scalar(98)).to_affine();
             let (qx, qy) = (
                 to_fe(&Ref::from_repr(q.x()).unwrap()),
                 to_fe(&Ref::from_repr(q.y()).unwrap()),
             );
-            j.add_affine(&qx, &qy); // p + q, then add p + q or -(p + q) in affine form
-            let pq = (ProjectivePoint::from(p) + q).to_affine();
+            j.add_affine(&qx, &qy, checked); // p + q, then add p + q or -(p + q) in affine form
+            let pq = ProjectivePoint::from(p) + q;
+            let pq_affine = pq.to_affine();
             let (sx, sy) = (
-                to_fe(&Ref::from_repr(pq.x()).unwrap()),
-                to_fe(&Ref::from_repr(pq.y()).unwrap()),
+                to_fe(&Ref::from_repr(pq_affine.x()).unwrap()),
+                to_fe(&Ref::from_repr(pq_affine.y()).unwrap()),
             );
-            j.add_affine(&sx, &if negate { sy.neg() } else { sy });
-            assert!(j.z.is_zero());
-            j.add_affine(&x, &y);
-            assert!(j.z.is_zero());
+            j.add_affine(&sx, &if negate { sy.neg() } else { sy }, checked);
+            if !checked {
+                assert!(j.z.is_zero());
+                j.add_affine(&x, &y, false);
+                assert!(j.z.is_zero());
+                continue;
+            }
+            let expect = if negate { ProjectivePoint::IDENTITY } else { pq + pq };
+            assert!(point_of(&j) == expect, "{negate}");
+            assert!(negate == j.empty);
+            // And the sum goes on from there.
+            j.add_affine(&x, &y, true);
+            assert!(point_of(&j) == expect + p);
+        }
+    }
+
+    #[test]
+    fn doubling_matches_primeorder() {
+        let g = ProjectivePoint::GENERATOR;
+        let mut j = Jacobian::new();
+        let p = (g * scalar(5)).to_affine();
+        j.add_affine(
+            &to_fe(&Ref::from_repr(p.x()).unwrap()),
+            &to_fe(&Ref::from_repr(p.y()).unwrap()),
+            false,
+        );
+        let mut theirs = ProjectivePoint::from(p);
+        for seed in 0..20 {
+            // A sum at its largest weights (after a mixed addition), then doubled.
+            let q = (g * scalar(40 + seed)).to_affine();
+            j.add_affine(
+                &to_fe(&Ref::from_repr(q.x()).unwrap()),
+                &to_fe(&Ref::from_repr(q.y()).unwrap()),
+                false,
+            );
+            theirs += q;
+            j = j.double();
+            theirs = theirs + theirs;
+            assert!(point_of(&j) == theirs, "{seed}");
         }
     }
 
@@ -482,14 +529,14 @@ mod tests {
         let (tq, tg) = (Table::new(&q).unwrap(), generator_table().unwrap());
         for (i, k) in edge_scalars().into_iter().chain((100..130).map(scalar)).enumerate() {
             let mut j = Jacobian::new();
-            assert!(tq.add_multiple(&mut j, &k));
+            assert!(tq.add_multiple(&mut j, &k, false));
             assert!(point_of(&j) == ProjectivePoint::from(q) * k, "{i}");
             let mut j = Jacobian::new();
-            assert!(tg.add_multiple(&mut j, &k));
+            assert!(tg.add_multiple(&mut j, &k, i % 2 == 0));
             assert!(point_of(&j) == g * k, "{i}");
             // u1·G + u2·Q, as a verify sums them.
             let k2 = scalar(200 + i as u64);
-            assert!(tq.add_multiple(&mut j, &k2));
+            assert!(tq.add_multiple(&mut j, &k2, false));
             assert!(point_of(&j) == g * k + ProjectivePoint::from(q) * k2, "{i}");
         }
     }
@@ -545,11 +592,11 @@ mod tests {
     }
 
     /// Signatures built so that the last addition adds `Q` to `Q` (`u1 = d`, `u2 = 1`: a valid
-    /// signature whose `R = 2Q`) or to `-Q` (`u1 = -d`: `R` is the identity), for which the
-    /// fast path hands over to the reference; and `u1 = 0` (a zero digest), where the sum
-    /// starts from a `Q` entry.
+    /// signature whose `R = 2Q`) or to `-Q` (`u1 = -d`: `R` is the identity), which the
+    /// unchecked sum gets wrong (`Z = 0`) and the checked one right; and `u1 = 0` (a zero
+    /// digest), where the sum starts from a `Q` entry. The verdicts are `ecdsa`'s.
     #[test]
-    fn exceptional_sums_are_judged_by_the_reference() {
+    fn exceptional_sums_are_summed_again_with_checks() {
         use ::p256::elliptic_curve::point::AffineCoordinates as _;
         for seed in 0..4u64 {
             let sk = SigningKey::from_bytes(&bytes(3000 + seed, 32)[..].try_into().unwrap()).unwrap();
@@ -558,17 +605,24 @@ mod tests {
             let key = P256Key::new(*vk.as_affine());
             let q = ProjectivePoint::from(*vk.as_affine());
             let r = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&(q + q).to_affine().x()));
+            let (g, t) = (generator_table().unwrap(), Table::new(vk.as_affine()).unwrap());
             for (u1, expect) in [(d, true), (-d, false)] {
                 // u1 = z/s, u2 = r/s = 1: s = r, z = u1·r.
                 let digest: [u8; 32] = (u1 * r).to_repr().into();
                 let sig = [r.to_repr(), r.to_repr()].concat();
                 let signature = ::p256::ecdsa::Signature::from_slice(&sig).unwrap();
-                let (g, t) = (generator_table().unwrap(), Table::new(vk.as_affine()).unwrap());
-                let s_inv = r.invert().unwrap();
-                let z = <Scalar as Reduce<U256>>::reduce(&U256::from_be_slice(&digest));
-                assert_eq!(ecdsa_holds(g, &t, &z, &r, &s_inv), None, "{seed}");
+                let mut sum = Jacobian::new();
+                assert!(g.add_multiple(&mut sum, &u1, false) && t.add_multiple(&mut sum, &Scalar::ONE, false));
+                assert!(sum.z.is_zero() && !sum.empty);
+                let mut sum = Jacobian::new();
+                assert!(g.add_multiple(&mut sum, &u1, true) && t.add_multiple(&mut sum, &Scalar::ONE, true));
+                assert_eq!(sum.empty, !expect);
                 assert_eq!(vk.verify_prehash(&digest, &signature).is_ok(), expect);
                 assert_eq!(key.verify_prehashed(&digest, &sig), expect, "{seed} {expect}");
+                assert_eq!(
+                    key.verify(Alg::ES256, b"x", &sig),
+                    key.verify_reference(Alg::ES256, b"x", &sig)
+                );
             }
             let zero = [0u8; 32];
             let sig: ::p256::ecdsa::Signature =

@@ -110,7 +110,8 @@ impl Fe {
         l
     }
 
-    /// `self^(2^k)`.
+    /// `self^(2^k)` (a loop, not unrolled into [`Fe::invert`]: 5 KB of module).
+    #[inline(never)]
     fn square_n(&self, k: u32) -> Fe {
         let mut x = *self;
         for _ in 0..k {
