@@ -1,4 +1,17 @@
-//! Microbenchmark of the ES256 fast path's parts (wasm32-wasip1 under Node, or native).
+//! The ES256 fast path's parts timed one by one, inside V8 or natively: a verify, a key's
+//! table, a field multiplication and squaring in this crate's field (`p256_field`) and in the
+//! `p256` crate's, and the scalar steps of a verify (inversion of `s`, products, digits).
+//! `make vm-profile` times whole verifies among everything else; this answers "which part,
+//! and did this change make it faster" in seconds. Run it in Node's V8 (as `make vm-profile`
+//! does for its example):
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip1 --example p256_micro
+//! node --no-warnings examples/vm_profile.mjs target/wasm32-wasip1/release/examples/p256_micro.wasm
+//! ```
+//!
+//! or natively with `cargo run --release --example p256_micro`. Prints µs per operation.
+
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::elliptic_curve::ops::Reduce;
@@ -10,7 +23,7 @@ use std::time::Instant;
 type Fe = <NistP256 as p256::elliptic_curve::hazmat::FieldArithmetic>::FieldElement;
 
 fn time(name: &str, per: f64, mut f: impl FnMut()) {
-    // warm up
+    // A few calls first (the generator table, and V8 tiers hot code up as it runs).
     for _ in 0..3 {
         f();
     }

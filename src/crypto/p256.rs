@@ -12,12 +12,11 @@
 //! The field is then this crate's own ([`super::p256_field`]: 26-bit limbs in `i64`, which
 //! WebAssembly's 64-bit multiply suits) and the sum is kept in Jacobian coordinates with a
 //! 7M + 4S mixed addition instead of the complete 11M formula (see [`Jacobian`] for its
-//! exceptional cases, which go to the reference). In V8 (`examples/p256_micro.rs`, one busy
-//! machine): a field multiplication 126 → 51 ns, a squaring 164 → 30 ns; a verify 147 → 37 µs
-//! with the new field and addition, 34 µs once the tables are built with them too. In `make
-//! vm-profile`, alternating builds on a busy machine (so also compared with the ladder timed in
-//! the same run): 135.5, 302 and 208 µs before (0.19–0.20 of the ladder), 42 and 59 µs after
-//! (0.055–0.058 of it); a cold ES256 request 142–241 µs before, 66–67 µs after.
+//! exceptional cases). In V8 (`examples/p256_micro.rs`, a busy machine): a field
+//! multiplication 126 → 51 ns, a squaring 164 → 30 ns; a verify 147 → 35 µs. In `make
+//! vm-profile`, three rounds of alternating builds on a busy machine: 132.5, 154 and 169.5 µs
+//! a verify before (0.19–0.20 of the ladder timed in the same run), 37.8, 50.2 and 42.8 µs
+//! after (0.05); a cold ES256 request 138–169 µs before, 43–60 µs after.
 //!
 //! Everything here is public (signature, message, key), so lookups and the arithmetic are
 //! variable time. Parsing of `r` and `s` (non-zero, below `n`), `s⁻¹`, the reduction of the
@@ -29,9 +28,9 @@
 //! Memory: a table is 4224 affine points in canonical 26-bit limbs held in `u32` (80 bytes a
 //! point, about 330 KiB). The generator's is built once per process (per VM) on first use; a
 //! key's on its first verification: about 4200 point additions and one inversion per window
-//! (4.1–5.5 ms inside V8 in the runs above, 20.8–21.9 ms before with `primeorder`'s
-//! arithmetic and 13.4–13.9 ms in quieter ones), once per key and VM (a key set replaced by a
-//! JWKS refresh gets new tables as its keys are used).
+//! (4.0–5.2 ms inside V8 in the rounds above, against 13.6–16.3 ms with `primeorder`'s
+//! arithmetic), once per key and VM (a key set replaced by a JWKS refresh gets new tables as
+//! its keys are used).
 
 use super::alg::Alg;
 use super::fixed_base::{self, half};
