@@ -19,9 +19,12 @@
 //! [`Fe::mul`]'s bounds.
 //!
 //! Bounds. A *reduced* element (the result of [`Fe::mul`], [`Fe::square`], [`Fe::from_bytes`])
-//! has limbs 0–8 within 2^21.4 of `[0, 2^26)` and limb 9 in `[0, 2^22)`, so every limb is
-//! below 2^26.1 in magnitude and the value below 2^256.1. Adding, subtracting or negating
-//! adds limb bounds; multiplying by a small constant multiplies them. [`Fe::mul`] is exact
+//! has limbs 0–8 within 11·2^18 < 2^21.5 of `[0, 2^26)` and limb 9 in `[0, 2^22)`, so every
+//! limb is below 2^26.1 in magnitude and the value below 2^256.1. (Before the fold the value
+//! is below `128·2^512.2/2^260 + p < 2^259.4`, so the folded-back multiple `t` of 2^256 is at
+//! most 11 in magnitude, and the largest fold term `t·2^18` goes into limb 3.) Adding,
+//! subtracting or negating adds limb bounds; multiplying by a small constant multiplies them.
+//! [`Fe::mul`] is exact
 //! when its inputs are sums of reduced elements with total weights `w1`, `w2` (a reduced
 //! element weighs 1; `a + b` weighs 2, `4·a` 4) such that `w1·w2 ≤ 128`: a column is then at
 //! most `10·128·2^52.2 < 2^62.6` plus the reduction terms (each below 2^48) and the carry. The
@@ -553,11 +556,11 @@ mod tests {
     }
 
     /// Every limb at the largest magnitude a weight-`w` input can have (the reduced bound
-    /// 2^26 + 2^21.4 times `w`, and its negation), with `w1·w2` up to 128 (a square: `w² ≤ 128`):
+    /// 2^26 + 2^21.5 times `w`, and its negation), with `w1·w2` up to 128 (a square: `w² ≤ 128`):
     /// no column overflows (the debug build checks) and the result is still right.
     #[test]
     fn products_at_the_limb_bounds() {
-        let top = (1i64 << 26) + (1 << 21) + (1 << 20) + (1 << 18); // above 2^26 + 2^21.4
+        let top = (1i64 << 26) + (1 << 21) + (1 << 20) + (1 << 18); // above 2^26 + 2^21.5
         for (w1, w2) in [(8i64, 16i64), (16, 8), (11, 11), (1, 128)] {
             for signs in [[1i64; 2], [1, -1], [-1, -1]] {
                 let a = Fe([top * w1 * signs[0]; 10]);
