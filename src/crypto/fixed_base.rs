@@ -11,7 +11,7 @@
 //!
 //! | curve | `W` | windows | table | mixed additions a verify (at most) | a key's table in V8 |
 //! |---|--:|--:|--:|--:|--:|
-//! | P-256 | 8 | 33 | 4224 points, about 300 KiB | 66 | about 13 ms |
+//! | P-256 | 8 | 33 | 4224 points, about 330 KiB | 66 | 4–5 ms |
 //! | P-384 | 6 | 65 | 2080 points, about 203 KiB | 130 | about 20 ms |
 //!
 //! The window width trades a key's first verification (and the table's memory) for every
@@ -21,9 +21,12 @@
 //! 13 ms instead of 4–6 ms. For P-384, eight-bit windows would make a
 //! key's table take about 50 ms and 650 KiB, so it keeps six.
 //!
-//! Everything here is public (signature, message, key), so lookups are variable time. The
-//! field and point arithmetic (complete formulas) is `primeorder`'s, the crate `p256` and
-//! `p384` are built on; only the multiplication is organised differently.
+//! Everything here is public (signature, message, key), so lookups are variable time. For
+//! P-384 the field and point arithmetic (complete formulas) is `primeorder`'s, the crate `p256`
+//! and `p384` are built on; only the multiplication is organised differently. P-256 uses this
+//! module's layout and digits with a field and Jacobian sums of its own (`super::p256`: a
+//! verify 132.5 → 37.8 µs, a key's table 13.6 → 4.0 ms in the quietest of three alternating
+//! `make vm-profile` rounds).
 
 use ::p256::elliptic_curve::group::{Curve, Group};
 use ::p256::elliptic_curve::{Field, PrimeField};
@@ -174,23 +177,7 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
     /// `None` only if a multiple's coordinates do not decode (never: they are field elements).
     pub fn new(p: &AffinePoint<C>) -> Option<Table<C, W>> {
         use ::p256::elliptic_curve::point::AffineCoordinates;
-        const { assert!(MIN_W <= W && W <= 14, "digits are i16 and windows at most MAX_WINDOWS") };
-        let windows = windows::<C, W>();
-        let mut projective = Vec::with_capacity(windows * Self::HALF);
-        let mut base = ProjectivePoint::<C>::from(*p);
-        for _ in 0..windows {
-            let mut multiple = base;
-            projective.push(multiple);
-            for _ in 1..Self::HALF {
-                multiple += base;
-                projective.push(multiple);
-            }
-            // 2^(W-1)·base doubled: the next window's base, 2^W·base.
-            base = Group::double(&multiple);
-        }
-        let mut affine = vec![AffinePoint::<C>::IDENTITY; projective.len()];
-        <ProjectivePoint<C> as Curve>::batch_normalize(&projective, &mut affine);
-        let points = affine
+        let points = multiples::<C, W>(p)
             .iter()
             .map(|a| {
                 let x = Option::<C::FieldElement>::from(C::FieldElement::from_repr(a.x()))?;
@@ -231,6 +218,31 @@ impl<C: PrimeCurveParams, const W: usize> Table<C, W> {
         assert!(self.add_multiple(&mut acc, k));
         ProjectivePoint::from(acc.to_affine())
     }
+}
+
+/// The table's points in affine form, `j·2^(W·i)·P` at `i·2^(W-1) + j - 1` (`i` below
+/// [`windows`], `1 ≤ j ≤ 2^(W-1)`), computed with `primeorder`'s complete formulas and one
+/// batched inversion, kept by [`Table`] in the curve's field. (P-256's tables, in a field of
+/// their own, are built in `super::p256` and compared with these in its tests.)
+pub fn multiples<C: PrimeCurveParams, const W: usize>(p: &AffinePoint<C>) -> Vec<AffinePoint<C>> {
+    const { assert!(MIN_W <= W && W <= 14, "digits are i16 and windows at most MAX_WINDOWS") };
+    let half = half(W);
+    let windows = windows::<C, W>();
+    let mut projective = Vec::with_capacity(windows * half);
+    let mut base = ProjectivePoint::<C>::from(*p);
+    for _ in 0..windows {
+        let mut multiple = base;
+        projective.push(multiple);
+        for _ in 1..half {
+            multiple += base;
+            projective.push(multiple);
+        }
+        // 2^(W-1)·base doubled: the next window's base, 2^W·base.
+        base = Group::double(&multiple);
+    }
+    let mut affine = vec![AffinePoint::<C>::IDENTITY; projective.len()];
+    <ProjectivePoint<C> as Curve>::batch_normalize(&projective, &mut affine);
+    affine
 }
 
 /// `k = Σ d_i·2^(W·i)` over the first `n` digits (`n` = [`windows`]), every `d_i` in

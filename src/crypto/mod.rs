@@ -14,6 +14,7 @@ pub mod ed25519;
 pub mod fixed_base;
 pub mod hmac;
 pub mod p256;
+pub mod p256_field;
 pub mod p384;
 pub mod rsa;
 
