@@ -11,7 +11,9 @@
 //!   target/claimguard.wasm target/claimguard.wasm+filterState
 //! ```
 //!
-//! A module path ending in `+filterState` runs with `"filterState": true`. `AB_PIN=1` pins the
+//! A module path ending in `+filterState` runs with `"filterState": true`, one ending in
+//! `+nocache` (after any `+filterState`) with `"jwtCacheSize": 0`, so that every request is
+//! verified (`make bench`'s `direct-nocache` method, but through the upstream). `AB_PIN=1` pins the
 //! proxy to CPU 0 and the upstream and wrk to CPU 1 (as `make bench` does); `AB_ONLY_CG=1`
 //! skips the two reference listeners (e.g. to `perf record -p` the proxy on one module).
 use claimguard_tools::bench::{

@@ -585,12 +585,20 @@ pub fn modules_bootstrap(
         names.extend(["no_auth".to_string(), "native".to_string()]);
     }
     for (i, m) in modules.iter().enumerate() {
-        let (path, filter_state) = match m.strip_suffix("+filterState") {
+        // Suffixes: `+filterState` (filter state on), `+nocache` (`jwtCacheSize: 0`).
+        let (path, no_cache) = match m.strip_suffix("+nocache") {
             Some(p) => (p, true),
             None => (m.as_str(), false),
         };
+        let (path, filter_state) = match path.strip_suffix("+filterState") {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
         let mut config = claimguard_config(jwks);
         config["filterState"] = json!(filter_state);
+        if no_cache {
+            config["jwtCacheSize"] = json!(0);
+        }
         let mut f = envoy::wasm_filter(Path::new(path), &config.to_string());
         f["typed_config"]["config"]["vm_config"]["vm_id"] = json!(format!("m{i}"));
         let name = format!("m{i}");
