@@ -137,20 +137,10 @@ impl<C: PrimeCurveParams> Sum<C> {
         if self.x == r_fe * self.z {
             return true;
         }
-        // r + n, big-endian: r + (n - 1) + 1; above p (or 2^bits), no such x.
-        let n_minus_1 = (-C::Scalar::ONE).to_repr();
-        let mut sum = r_bytes;
-        let mut carry = 1u16;
-        let n_minus_1: &[u8] = n_minus_1.as_ref();
-        let digits: &mut [u8] = sum.as_mut();
-        for (out, m) in digits.iter_mut().zip(n_minus_1).rev() {
-            let v = u16::from(*out) + u16::from(*m) + carry;
-            *out = v as u8;
-            carry = v >> 8;
-        }
-        if carry != 0 {
+        // Above p there is no such x; above 2^bits not even the bytes.
+        let Some(sum) = r_plus_n::<C>(r) else {
             return false;
-        }
+        };
         match Option::<C::FieldElement>::from(C::FieldElement::from_repr(sum)) {
             Some(r_plus_n) => self.x == r_plus_n * self.z,
             None => false,
@@ -243,6 +233,23 @@ pub fn multiples<C: PrimeCurveParams, const W: usize>(p: &AffinePoint<C>) -> Vec
     let mut affine = vec![AffinePoint::<C>::IDENTITY; projective.len()];
     <ProjectivePoint<C> as Curve>::batch_normalize(&projective, &mut affine);
     affine
+}
+
+/// `r + n` in the scalar's big-endian encoding, for ECDSA's last step (`x(R) mod n = r` also
+/// holds for `x(R) = r + n`), computed as `r + (n - 1) + 1`; `None` if it does not fit in
+/// those bytes.
+pub fn r_plus_n<C: PrimeCurveParams>(r: &C::Scalar) -> Option<<C::Scalar as PrimeField>::Repr> {
+    let n_minus_1 = (-C::Scalar::ONE).to_repr();
+    let mut sum = r.to_repr();
+    let mut carry = 1u16;
+    let n_minus_1: &[u8] = n_minus_1.as_ref();
+    let digits: &mut [u8] = sum.as_mut();
+    for (out, m) in digits.iter_mut().zip(n_minus_1).rev() {
+        let v = u16::from(*out) + u16::from(*m) + carry;
+        *out = v as u8;
+        carry = v >> 8;
+    }
+    (carry == 0).then_some(sum)
 }
 
 /// `k = Σ d_i·2^(W·i)` over the first `n` digits (`n` = [`windows`]), every `d_i` in

@@ -275,16 +275,10 @@ fn x_is(sum: &Jacobian, r: &Scalar) -> bool {
     if sum.x.equals(&r_fe.mul(&zz)) {
         return true;
     }
-    // r + n, big-endian, as r + (n - 1) + 1; above p (or 2^256) there is no such x.
-    let n_minus_1: [u8; 32] = (-Scalar::ONE).to_repr().into();
-    let mut r_plus_n = r_bytes;
-    let mut carry = 1u16;
-    for (out, m) in r_plus_n.iter_mut().zip(n_minus_1).rev() {
-        let v = u16::from(*out) + u16::from(m) + carry;
-        *out = v as u8;
-        carry = v >> 8;
-    }
-    carry == 0 && Fe::from_bytes(&r_plus_n).is_some_and(|x| sum.x.equals(&x.mul(&zz)))
+    // x(R) = r + n, if that is below p.
+    fixed_base::r_plus_n::<NistP256>(r)
+        .and_then(|bytes| Fe::from_bytes(&bytes.into()))
+        .is_some_and(|x| sum.x.equals(&x.mul(&zz)))
 }
 
 fn generator_table() -> Option<&'static Table> {

@@ -67,7 +67,9 @@ impl Fe {
         Some(Fe(limbs).mul(&Fe(R2)))
     }
 
-    /// The canonical big-endian encoding of the value.
+    /// The canonical big-endian encoding of the value (the tests compare values with the
+    /// crate's through it).
+    #[cfg(test)]
     pub fn to_bytes(&self) -> [u8; 32] {
         // Out of Montgomery form: a·R · 1 / R.
         let mut one = [0i64; 10];
@@ -415,7 +417,8 @@ fn limbs_of(bytes: &[u8; 32]) -> [i64; 10] {
     limbs
 }
 
-/// Canonical limbs to big-endian bytes.
+/// Canonical limbs to big-endian bytes (for [`Fe::to_bytes`]).
+#[cfg(test)]
 fn bytes_of(l: &[i64; 10]) -> [u8; 32] {
     let mut out = [0u8; 32];
     let (mut acc, mut bits) = (0u64, 0u32);
