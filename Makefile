@@ -11,9 +11,13 @@ WASM_TARGET  := wasm32-wasip1
 # (about 11% smaller; V8 compiles it either way).
 RAW_WASM     := $(CURDIR)/target/$(WASM_TARGET)/release/claimguard.wasm
 WASM         := $(CURDIR)/target/claimguard.wasm
-BINARYEN_DEB_VERSION := 108-1
+# binaryen (wasm-opt, wasm-metadce, wasm-dis, wasm-as) from npm, pinned by
+# tools/binaryen/package-lock.json: Debian's 108 predates relaxed SIMD's final opcodes.
+BINARYEN     := $(CURDIR)/tools/binaryen
+BINARYEN_BIN := $(BINARYEN)/node_modules/binaryen/bin
+# SIMD with relaxed fused multiply-add (.cargo/config.toml, src/crypto/rsa_fma.rs).
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-                 --enable-nontrapping-float-to-int
+                 --enable-nontrapping-float-to-int --enable-simd --enable-relaxed-simd
 # The proxy-wasm callbacks the filter implements (src/host/exports.json). Envoy enters the VM
 # for each one exported (response headers and body, stream log, ...) and skips those that are
 # not, so wasm-metadce drops the rest. The SDK's dispatcher exports every `proxy_on_*` name;
@@ -48,10 +52,10 @@ wasm-target:
 # $(call finish,CARGO_OUTPUT,MODULE[,OPT_LEVEL]): optimise (-O3 unless given), keep only the
 # callbacks, rename them.
 define finish
-	wasm-opt $(or $(3),-O3) $(WASM_FEATURES) '$(1)' -o '$(2).opt'
-	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(2).opt' -o '$(2).tmp' > /dev/null
-	wasm-dis '$(2).tmp' | sed -E 's/^( *\(export )"claimguard_on_/\1"proxy_on_/' > '$(2).wat'
-	wasm-as $(WASM_FEATURES) '$(2).wat' -o '$(2)'
+	'$(BINARYEN_BIN)/wasm-opt' $(or $(3),-O3) $(WASM_FEATURES) '$(1)' -o '$(2).opt'
+	'$(BINARYEN_BIN)/wasm-metadce' $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(2).opt' -o '$(2).tmp' > /dev/null
+	'$(BINARYEN_BIN)/wasm-dis' $(WASM_FEATURES) '$(2).tmp' | sed -E 's/^( *\(export )"claimguard_on_/\1"proxy_on_/' > '$(2).wat'
+	'$(BINARYEN_BIN)/wasm-as' $(WASM_FEATURES) '$(2).wat' -o '$(2)'
 	rm -f '$(2).opt' '$(2).tmp' '$(2).wat'
 endef
 
@@ -60,11 +64,14 @@ build: wasm-target wasm-opt-tool
 	$(call finish,$(RAW_WASM),$(WASM))
 	@echo "claimguard.wasm: $$(stat -c %s '$(WASM)') bytes (cargo's: $$(stat -c %s '$(RAW_WASM)'))"
 
-# binaryen's wasm-opt from Debian, pinned; installed once, then only checked.
-wasm-opt-tool:
-	@dpkg-query -W -f='$${Version}' binaryen 2>/dev/null | grep -qxF '$(BINARYEN_DEB_VERSION)' || { \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends 'binaryen=$(BINARYEN_DEB_VERSION)'; }
+# binaryen from npm (a JavaScript build, run by Node), pinned by its lock file; npm ci runs
+# again only when the lock file changes.
+$(BINARYEN)/node_modules/.package-lock.json: $(BINARYEN)/package-lock.json
+	@command -v npm >/dev/null || { echo "make build needs Node.js and npm (apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(BINARYEN) && npm ci --no-audit --no-fund --loglevel=error
+	@touch '$@'
+
+wasm-opt-tool: $(BINARYEN)/node_modules/.package-lock.json
 
 build-faults: wasm-target wasm-opt-tool
 	$(CARGO) build --profile faults --target $(WASM_TARGET) --lib --features fault-injection
@@ -236,11 +243,15 @@ bench: build envoy bench-tools empty-filter
 
 # Where a request's time goes inside V8, stage by stage (examples/vm_profile.rs under
 # Node's WASI, the engine Envoy embeds). Needs Node.js >= 18 (Debian: apt-get install nodejs).
+# Node for the profiles: the module uses relaxed SIMD, which Node's V8 runs by default from
+# Node 22 and behind a flag before (Node 20).
+NODE_WASM = node --no-warnings $(shell node --experimental-wasm-relaxed-simd -e 0 2>/dev/null && echo --experimental-wasm-relaxed-simd)
+
 vm-profile: wasm-target
 	@command -v node >/dev/null || { echo "vm-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
 	$(CARGO) build --quiet --release --target $(WASM_TARGET) --example vm_profile
 	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
-	node --no-warnings examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
+	$(NODE_WASM) examples/vm_profile.mjs target/$(WASM_TARGET)/release/examples/vm_profile.wasm < target/vm-profile-inputs.json
 
 # The shipped module's whole request path in Node's V8 behind a minimal proxy-wasm host
 # (examples/host_profile.mjs): µs per request on the VM side and the host calls it makes,
@@ -248,8 +259,8 @@ vm-profile: wasm-target
 host-profile: build
 	@command -v node >/dev/null || { echo "host-profile needs Node.js (apt-get install nodejs)" >&2; exit 1; }
 	$(CARGO) run --quiet --release -p claimguard-tools --bin claimguard-bench -- --profile-inputs > target/vm-profile-inputs.json
-	for alg in rs256 es256; do HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
-	for alg in rs256 hs256; do HOST_PROFILE_COLD=1 HOST_PROFILE_ALG=$$alg node --no-warnings examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
+	for alg in rs256 es256; do HOST_PROFILE_ALG=$$alg $(NODE_WASM) examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
+	for alg in rs256 hs256; do HOST_PROFILE_COLD=1 HOST_PROFILE_ALG=$$alg $(NODE_WASM) examples/host_profile.mjs '$(WASM)' < target/vm-profile-inputs.json || exit 1; done
 
 unit:
 	$(CARGO) test --workspace --lib
