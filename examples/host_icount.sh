@@ -11,11 +11,13 @@ set -euo pipefail
 alg=$1 n=$2 module=$3
 here=$(cd "$(dirname "$0")" && pwd)
 inputs=${HOST_PROFILE_INPUTS:-$here/../target/vm-profile-inputs.json}
+# The module uses relaxed SIMD: a flag before Node 22.
+relaxed=$(node --experimental-wasm-relaxed-simd -e 0 2>/dev/null && echo --experimental-wasm-relaxed-simd || true)
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 HOST_PROFILE_SYNC=$d HOST_PROFILE_ALG=$alg HOST_PROFILE_REQUESTS=$n \
   valgrind --tool=callgrind --smc-check=all-non-file --instr-atstart=no --callgrind-out-file="$d/cg.%p" \
-  node --no-warnings --single-threaded "$here/host_profile.mjs" "$module" < "$inputs" > "$d/out" 2> "$d/err" &
+  node --no-warnings --single-threaded $relaxed "$here/host_profile.mjs" "$module" < "$inputs" > "$d/out" 2> "$d/err" &
 pid=$!
 until [ -e "$d/ready" ]; do
   sleep 0.5

@@ -445,7 +445,10 @@ pub fn policy_bindings(
 
 // --- crypto_diff ------------------------------------------------------------------
 use claimguard::crypto::alg::Alg;
-use claimguard::crypto::{rsa::fast_public_op, PublicKey};
+use claimguard::crypto::{
+    rsa::{fast_public_op, fast_public_op_integer},
+    PublicKey,
+};
 use p256::ecdsa::signature::Signer as _;
 use rsa::traits::PublicKeyParts;
 use rsa::BigUint;
@@ -627,6 +630,8 @@ pub fn crypto_diff(data: &[u8]) {
             if let (Some(want), Some(got)) = (&expected, &got) {
                 assert_eq!(want, got, "s^e mod n differs");
             }
+            // The integer form of the fast path (where the runtime does not fuse).
+            assert_eq!(fast_public_op_integer(&n, &e, s), got, "the integer form differs");
             if eb != BigUint::from(0u8) {
                 assert_eq!(
                     expected.is_some(),

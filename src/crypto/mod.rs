@@ -17,6 +17,7 @@ pub mod p256;
 pub mod p256_field;
 pub mod p384;
 pub mod rsa;
+pub mod rsa_fma;
 
 use crate::crypto::alg::Alg;
 use std::sync::Arc;

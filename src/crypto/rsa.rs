@@ -3,7 +3,8 @@
 //!
 //! PKCS#1 v1.5 and PSS signatures with a 2048-, 3072- or 4096-bit modulus are verified by the
 //! Montgomery arithmetic below ([`FastRsa`]: `s^e mod n`, then the EMSA-PKCS1-v1_5 encoding
-//! compared whole, or EMSA-PSS-VERIFY); every other modulus size by the `rsa` crate, which is
+//! compared whole, or EMSA-PSS-VERIFY), in its fused-multiply-add form (`rsa_fma.rs`) where the
+//! runtime has one; every other modulus size by the `rsa` crate, which is
 //! also the reference the fast path is held to: unit tests against the general bignum,
 //! `tests/wycheproof.rs` (every RSA PKCS#1 and PSS vector through both, their answers
 //! compared), and the differential fuzz target `crypto_diff`. Verification handles public values only, so nothing here needs
@@ -44,6 +45,21 @@ impl RsaKey {
     /// Whether PKCS#1 v1.5 signatures take the fast path (2048, 3072 and 4096 bits).
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// Whether the fast path computes with fused multiply-add (`rsa_fma.rs`) here.
+    pub fn has_fma_path(&self) -> bool {
+        self.fast.as_ref().is_some_and(FastRsa::has_fma)
+    }
+
+    /// The same key with the fast path on the integer code only: the tests hold both forms of
+    /// the fast path to the crate.
+    #[doc(hidden)]
+    pub fn integer_only(&self) -> RsaKey {
+        RsaKey {
+            key: self.key.clone(),
+            fast: self.fast.as_ref().map(FastRsa::integer_only),
+        }
     }
 
     /// The same key without the fast path: every signature through the `rsa` crate (profiling).
@@ -142,8 +158,15 @@ pub enum FastRsa {
 /// code took 117 µs there): one column at a time 87 µs, two at a time 73 µs, four 64 µs;
 /// unrolling by 8, or 6 or 8 columns, spills registers and is slower (74–87 µs), and so is
 /// summing `a·b` and `m·n` in one loop (tried one column at a time).
+///
+/// Where the runtime fuses multiply-add, the key also carries the same operation on 52-bit
+/// limbs (`rsa_fma.rs`, checked against this code at set-up) and verifies with that; this
+/// code stays the reference it is checked against and the path everywhere else.
 #[derive(Clone)]
 pub struct FastKey<const L: usize> {
+    /// The same operation on 52-bit limbs with fused multiply-add (`rsa_fma.rs`), where the
+    /// runtime fuses it and the key's self-check passed; `None` otherwise.
+    fma: Option<super::rsa_fma::Key>,
     modulus: Modulus,
     /// `R^e mod n`.
     r_e: Limbs,
@@ -476,7 +499,34 @@ impl<const L: usize> FastKey<L> {
         let mut r_e = ZERO;
         modulus.mul(&mut r_e, &modulus.pow(&modulus.r_squared(), &e_bits), &one);
         modulus.reduce(&mut r_e);
-        Some(FastKey { modulus, r_e, e_bits })
+        let mut key = FastKey {
+            fma: None,
+            modulus,
+            r_e,
+            e_bits,
+        };
+        key.fma = key.fma_path(n);
+        Some(key)
+    }
+
+    /// The fused-multiply-add form of this key, if this runtime fuses and the key's public
+    /// operation there gives the integer code's answer ([`FastKey::checked`]).
+    fn fma_path(&self, n: &[u8]) -> Option<super::rsa_fma::Key> {
+        if !super::rsa_fma::available() {
+            return None;
+        }
+        let fma = super::rsa_fma::Key::new(n, &self.e_bits, |x| self.public_op_be_integer(x))?;
+        self.checked(fma, n)
+    }
+
+    /// `fma` if its public operation agrees with the integer code's on a value below `n` that
+    /// fills every limb (`n` with its first non-zero byte halved).
+    fn checked(&self, fma: super::rsa_fma::Key, n: &[u8]) -> Option<super::rsa_fma::Key> {
+        let mut probe = n.to_vec();
+        let top = probe.iter_mut().find(|b| **b != 0)?;
+        *top >>= 1;
+        let want = self.public_op_be_integer(&probe)?;
+        (fma.public_op_be(&probe)? == want).then_some(fma)
     }
 
     /// `s^e mod n` for a big-endian `s`; `None` if `s >= n` or too long.
@@ -497,6 +547,9 @@ impl<const L: usize> FastKey<L> {
     }
 
     fn verify(&self, em: &[u8], sig: &[u8]) -> bool {
+        if let Some(fma) = &self.fma {
+            return fma.public_op_be(sig).is_some_and(|m| m == em);
+        }
         match (self.public_op(sig), limbs_from_be(em, self.modulus.k)) {
             (Some(m), Some(em)) => m == em,
             _ => false,
@@ -514,6 +567,24 @@ impl FastRsa {
             512 => FastKey::new(n, e).map(|k| FastRsa::R4096(Box::new(k))),
             _ => None,
         }
+    }
+
+    fn has_fma(&self) -> bool {
+        match self {
+            FastRsa::R2048(key) => key.fma.is_some(),
+            FastRsa::R3072(key) => key.fma.is_some(),
+            FastRsa::R4096(key) => key.fma.is_some(),
+        }
+    }
+
+    fn integer_only(&self) -> FastRsa {
+        let mut fast = self.clone();
+        match &mut fast {
+            FastRsa::R2048(key) => key.fma = None,
+            FastRsa::R3072(key) => key.fma = None,
+            FastRsa::R4096(key) => key.fma = None,
+        }
+        fast
     }
 
     fn len(&self) -> usize {
@@ -554,9 +625,23 @@ pub fn fast_public_op(n: &[u8], e: &[u8], s: &[u8]) -> Option<Vec<u8>> {
     FastRsa::new(n, e)?.public_op_be(s)
 }
 
+/// [`fast_public_op`] by the integer code, where the fused-multiply-add form would be taken.
+#[doc(hidden)]
+pub fn fast_public_op_integer(n: &[u8], e: &[u8], s: &[u8]) -> Option<Vec<u8>> {
+    FastRsa::new(n, e)?.integer_only().public_op_be(s)
+}
+
 impl<const L: usize> FastKey<L> {
     /// `s^e mod n` as `4L` big-endian bytes.
     fn public_op_be(&self, s: &[u8]) -> Option<Vec<u8>> {
+        match &self.fma {
+            Some(fma) => fma.public_op_be(s),
+            None => self.public_op_be_integer(s),
+        }
+    }
+
+    /// `s^e mod n` as `4L` big-endian bytes by the integer code.
+    fn public_op_be_integer(&self, s: &[u8]) -> Option<Vec<u8>> {
         let k = self.modulus.k;
         let r = self.public_op(s)?;
         let len = 4 * L;
@@ -792,12 +877,18 @@ mod tests {
             cases.push(be(v.clone()));
             cases.push(be(&big_n - 1u32 - v));
         }
+        assert!(key.fma.is_some(), "natively the fused-multiply-add form is taken");
         for s in cases {
             let got = key.public_op(&s).unwrap();
             assert_eq!(
                 limbs_to_be(&got, k, 4 * L),
                 reference(&n, e, &s),
                 "L={L} e={e:?} s={s:?}"
+            );
+            assert_eq!(
+                key.public_op_be(&s).unwrap(),
+                reference(&n, e, &s),
+                "fused multiply-add: L={L} e={e:?} s={s:?}"
             );
             // The comparison the verifier makes: the expected encoding, as limbs.
             assert!(key.verify(&reference(&n, e, &s), &s), "L={L} e={e:?}");
@@ -910,6 +1001,23 @@ mod tests {
             FastRsa::new(&[0xff; 200], &[1, 0, 1]).is_none(),
             "other sizes use the rsa crate"
         );
+    }
+
+    #[test]
+    fn a_fused_multiply_add_form_that_disagrees_is_not_taken() {
+        let mut seed = 0xbad_f00d_u64;
+        let n = modulus(&mut seed, 256, Shape::Random);
+        let key = FastKey::<64>::new(&n, &[1, 0, 1]).unwrap();
+        let good = || super::super::rsa_fma::Key::new(&n, &key.e_bits, |x| key.public_op_be_integer(x)).unwrap();
+        assert!(key.checked(good(), &n).is_some());
+        // R^e mod n wrong (as unfused products would make every result wrong).
+        let broken = super::super::rsa_fma::Key::new(&n, &key.e_bits, |_| Some(vec![1])).unwrap();
+        assert!(key.checked(broken, &n).is_none());
+        // The integer code stays: a key without the form still verifies.
+        let s = bytes(&mut seed, 200);
+        let mut integer = key.clone();
+        integer.fma = None;
+        assert_eq!(integer.public_op_be(&s).unwrap(), reference(&n, &[1, 0, 1], &s));
     }
 
     #[test]
