@@ -1,7 +1,7 @@
 //! RSA's public operation `s^e mod n` on 52-bit limbs held in `f64`, with products split
 //! exactly by fused multiply-add: the fast path [`super::rsa::FastRsa`] takes when the
-//! WebAssembly runtime fuses `f64x2.relaxed_madd` (V8 on x86-64 with FMA3 and on arm64,
-//! Wasmtime with FMA), and the 28-bit integer code in `rsa.rs` otherwise.
+//! WebAssembly runtime fuses `f64x2.relaxed_madd` (V8 does on CPUs with FMA), and the 28-bit
+//! integer code in `rsa.rs` otherwise.
 //!
 //! Why: WebAssembly's widest integer multiply is 64×64→64 bits, so the integer code's limbs
 //! are 28 bits wide (a 2048-bit number is 74 limbs, a Montgomery squaring about 8,250 partial
