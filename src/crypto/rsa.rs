@@ -207,26 +207,72 @@ fn limb(x: &Limbs, i: usize) -> u64 {
 /// Big-endian bytes → `k` limbs; `None` if the value does not fit.
 fn limbs_from_be(bytes: &[u8], k: usize) -> Option<Limbs> {
     let mut out = ZERO;
-    let mut limbs = value_mut(&mut out, k).iter_mut();
-    let mut acc = 0u64;
-    let mut bits = 0;
+    let limbs = value_mut(&mut out, k);
+    be_to_limbs(bytes, LIMB_BITS, k, |i, l| {
+        if let Some(slot) = limbs.get_mut(i) {
+            *slot = l;
+        }
+    })
+    .then_some(out)
+}
+
+/// Big-endian bytes as limbs of `bits` bits, least significant first: `put(i, limb)` for each
+/// `i < k`; `false` if the value does not fit in `k` limbs. Shared with `rsa_fma.rs`.
+pub(super) fn be_to_limbs(bytes: &[u8], bits: u32, k: usize, mut put: impl FnMut(usize, u64)) -> bool {
+    let mask = (1u64 << bits) - 1;
+    let (mut i, mut acc, mut held) = (0, 0u64, 0);
     for &b in bytes.iter().rev() {
-        acc |= u64::from(b) << bits;
-        bits += 8;
-        if bits >= LIMB_BITS {
-            match limbs.next() {
-                Some(limb) => *limb = acc & LIMB_MASK,
-                None if acc & LIMB_MASK == 0 => {}
-                None => return None,
+        acc |= u64::from(b) << held;
+        held += 8;
+        if held >= bits {
+            match acc & mask {
+                l if i < k => put(i, l),
+                0 => {}
+                _ => return false,
             }
-            acc >>= LIMB_BITS;
-            bits -= LIMB_BITS;
+            i += 1;
+            acc >>= bits;
+            held -= bits;
         }
     }
-    if acc != 0 {
-        *limbs.next()? = acc;
+    match acc {
+        0 => true,
+        l if i < k => {
+            put(i, l);
+            true
+        }
+        _ => false,
     }
-    Some(out)
+}
+
+/// Limbs of `bits` bits, least significant first, as `len` big-endian bytes (bits beyond them
+/// dropped). Shared with `rsa_fma.rs`.
+pub(super) fn limbs_to_be(limbs: impl Iterator<Item = u64>, bits: u32, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for (i, l) in limbs.enumerate() {
+        // Limb i holds bits [bits·i, bits·(i + 1)): spread it into the bytes it covers.
+        let mut v = l;
+        let mut bit = i * bits as usize;
+        while v != 0 && bit / 8 < len {
+            if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
+                *byte |= ((v << (bit % 8)) & 0xff) as u8;
+            }
+            let taken = 8 - bit % 8;
+            v >>= taken;
+            bit += taken;
+        }
+    }
+    out
+}
+
+/// `-x⁻¹ mod 2⁶⁴` for an odd `x`, by Newton's iteration (each step doubles the correct low
+/// bits: 1 → 2 → … → 64). Shared with `rsa_fma.rs`.
+pub(super) fn neg_inverse(x: u64) -> u64 {
+    let mut inv: u64 = 1;
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(x.wrapping_mul(inv)));
+    }
+    inv.wrapping_neg()
 }
 
 /// The limbs in reverse order: limb `i` at `k - 1 - i`.
@@ -309,16 +355,11 @@ impl Modulus {
         if n0 & 1 == 0 {
             return None;
         }
-        // Newton's iteration doubles the correct low bits each step: 1 → 2 → … → 32 bits.
-        let mut inv: u64 = 1;
-        for _ in 0..5 {
-            inv = inv.wrapping_mul(2u64.wrapping_sub(n0.wrapping_mul(inv)));
-        }
         Some(Modulus {
             k,
             n_rev: reversed(&n, k),
             n,
-            n0_inv: inv.wrapping_neg() & LIMB_MASK,
+            n0_inv: neg_inverse(n0) & LIMB_MASK,
         })
     }
 
@@ -642,24 +683,8 @@ impl<const L: usize> FastKey<L> {
 
     /// `s^e mod n` as `4L` big-endian bytes by the integer code.
     fn public_op_be_integer(&self, s: &[u8]) -> Option<Vec<u8>> {
-        let k = self.modulus.k;
         let r = self.public_op(s)?;
-        let len = 4 * L;
-        let mut out = vec![0u8; len];
-        // Limb i holds bits [28i, 28i + 28): spread each into the bytes it covers.
-        for (i, l) in value(&r, k).iter().enumerate() {
-            let mut bits = *l;
-            let mut bit = i * LIMB_BITS as usize;
-            while bits != 0 && bit / 8 < len {
-                if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
-                    *byte |= ((bits << (bit % 8)) & 0xff) as u8;
-                }
-                let taken = 8 - bit % 8;
-                bits >>= taken;
-                bit += taken;
-            }
-        }
-        Some(out)
+        Some(limbs_to_be(value(&r, self.modulus.k).iter().copied(), LIMB_BITS, 4 * L))
     }
 }
 

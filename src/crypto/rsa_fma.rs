@@ -25,6 +25,7 @@
 //! fused) against the general bignum, and `tests/wycheproof.rs` runs every RSA vector.
 //! Everything here is public (signature, modulus, exponent): variable time is fine.
 
+use super::rsa::{be_to_limbs, limbs_to_be, neg_inverse};
 use lanes::{F2, I2};
 
 /// Limb width in bits.
@@ -325,49 +326,12 @@ fn reversed(x: &Num, k: usize) -> Num {
 /// Big-endian bytes → `k` limbs; `None` if the value does not fit.
 fn from_be(bytes: &[u8], k: usize) -> Option<Num> {
     let mut out = ZERO;
-    let mut i = 0;
-    let mut acc = 0u64;
-    let mut bits = 0;
-    for &b in bytes.iter().rev() {
-        acc |= u64::from(b) << bits;
-        bits += 8;
-        if bits >= W {
-            let l = acc & MASK as u64;
-            if i < k {
-                set(&mut out, i, l as f64);
-            } else if l != 0 {
-                return None;
-            }
-            i += 1;
-            acc >>= W;
-            bits -= W;
-        }
-    }
-    if acc != 0 {
-        if i >= k {
-            return None;
-        }
-        set(&mut out, i, acc as f64);
-    }
-    Some(out)
+    be_to_limbs(bytes, W, k, |i, l| set(&mut out, i, l as f64)).then_some(out)
 }
 
-/// `k` limbs → `len` big-endian bytes (the value must fit).
+/// `k` limbs → `len` big-endian bytes.
 fn to_be(x: &Num, k: usize, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for i in 0..k {
-        let mut v = limb(x, i) as u64;
-        let mut bit = i * W as usize;
-        while v != 0 && bit / 8 < len {
-            if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
-                *byte |= ((v << (bit % 8)) & 0xff) as u8;
-            }
-            let taken = 8 - bit % 8;
-            v >>= taken;
-            bit += taken;
-        }
-    }
-    out
+    limbs_to_be((0..k).map(|i| limb(x, i) as u64), W, len)
 }
 
 /// `a >= b` over `k` limbs.
@@ -442,20 +406,15 @@ impl Modulus {
             return None;
         }
         let n = from_be(n, k)?;
-        let n0 = limb(&n, 0) as i64;
+        let n0 = limb(&n, 0) as u64;
         if n0 & 1 == 0 {
             return None;
-        }
-        // Newton's iteration doubles the correct low bits each step: 1 → 2 → … → 64 bits.
-        let mut inv: i64 = 1;
-        for _ in 0..6 {
-            inv = inv.wrapping_mul(2i64.wrapping_sub(n0.wrapping_mul(inv)));
         }
         Some(Modulus {
             k,
             n_rev: reversed(&n, k),
             n,
-            n0_inv: inv.wrapping_neg() & MASK,
+            n0_inv: (neg_inverse(n0) & MASK as u64) as i64,
         })
     }
 
