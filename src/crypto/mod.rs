@@ -13,6 +13,7 @@ pub mod alg;
 pub mod ed25519;
 pub mod fixed_base;
 pub mod hmac;
+pub mod limbs;
 pub mod p256;
 pub mod p256_field;
 pub mod p384;

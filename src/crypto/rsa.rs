@@ -11,6 +11,7 @@
 //! to be constant time.
 
 use super::alg::Alg;
+use super::limbs::{be_to_limbs, limbs_to_be, neg_inverse};
 use super::{KeyError, Verifier};
 use ::rsa::sha2::{Digest, Sha256, Sha384, Sha512};
 use ::rsa::traits::PublicKeyParts;
@@ -214,65 +215,6 @@ fn limbs_from_be(bytes: &[u8], k: usize) -> Option<Limbs> {
         }
     })
     .then_some(out)
-}
-
-/// Big-endian bytes as limbs of `bits` bits, least significant first: `put(i, limb)` for each
-/// `i < k`; `false` if the value does not fit in `k` limbs. Shared with `rsa_fma.rs`.
-pub(super) fn be_to_limbs(bytes: &[u8], bits: u32, k: usize, mut put: impl FnMut(usize, u64)) -> bool {
-    let mask = (1u64 << bits) - 1;
-    let (mut i, mut acc, mut held) = (0, 0u64, 0);
-    for &b in bytes.iter().rev() {
-        acc |= u64::from(b) << held;
-        held += 8;
-        if held >= bits {
-            match acc & mask {
-                l if i < k => put(i, l),
-                0 => {}
-                _ => return false,
-            }
-            i += 1;
-            acc >>= bits;
-            held -= bits;
-        }
-    }
-    match acc {
-        0 => true,
-        l if i < k => {
-            put(i, l);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Limbs of `bits` bits, least significant first, as `len` big-endian bytes (bits beyond them
-/// dropped). Shared with `rsa_fma.rs`.
-pub(super) fn limbs_to_be(limbs: impl Iterator<Item = u64>, bits: u32, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for (i, l) in limbs.enumerate() {
-        // Limb i holds bits [bits·i, bits·(i + 1)): spread it into the bytes it covers.
-        let mut v = l;
-        let mut bit = i * bits as usize;
-        while v != 0 && bit / 8 < len {
-            if let Some(byte) = out.get_mut(len - 1 - bit / 8) {
-                *byte |= ((v << (bit % 8)) & 0xff) as u8;
-            }
-            let taken = 8 - bit % 8;
-            v >>= taken;
-            bit += taken;
-        }
-    }
-    out
-}
-
-/// `-x⁻¹ mod 2⁶⁴` for an odd `x`, by Newton's iteration (each step doubles the correct low
-/// bits: 1 → 2 → … → 64). Shared with `rsa_fma.rs`.
-pub(super) fn neg_inverse(x: u64) -> u64 {
-    let mut inv: u64 = 1;
-    for _ in 0..6 {
-        inv = inv.wrapping_mul(2u64.wrapping_sub(x.wrapping_mul(inv)));
-    }
-    inv.wrapping_neg()
 }
 
 /// The limbs in reverse order: limb `i` at `k - 1 - i`.

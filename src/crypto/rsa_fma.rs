@@ -25,7 +25,7 @@
 //! fused) against the general bignum, and `tests/wycheproof.rs` runs every RSA vector.
 //! Everything here is public (signature, modulus, exponent): variable time is fine.
 
-use super::rsa::{be_to_limbs, limbs_to_be, neg_inverse};
+use super::limbs::{be_to_limbs, limbs_to_be, neg_inverse};
 use lanes::{F2, I2};
 
 /// Limb width in bits.
