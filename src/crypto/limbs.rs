@@ -64,6 +64,7 @@ pub fn neg_inverse(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::rsa::BigUint;
 
     #[test]
     fn bytes_and_limbs_round_trip_at_both_widths() {
@@ -73,6 +74,12 @@ mod tests {
             let mut limbs = vec![0u64; k];
             assert!(be_to_limbs(&bytes, bits, k, |i, l| limbs[i] = l));
             assert!(limbs.iter().all(|&l| l < 1 << bits));
+            // Read back as base-2^bits digits, the limbs are the number (by the general bignum).
+            let got = limbs
+                .iter()
+                .rev()
+                .fold(BigUint::default(), |v, &l| (v << bits as usize) + l);
+            assert_eq!(got, BigUint::from_bytes_be(&bytes));
             assert_eq!(limbs_to_be(limbs.iter().copied(), bits, bytes.len()), bytes);
             // Leading zero bytes are no limbs; one limb too few does not fit.
             let mut padded = vec![0u8; 9];

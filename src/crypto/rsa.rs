@@ -756,8 +756,9 @@ mod tests {
         out
     }
 
-    /// A number's limbs → big-endian bytes, `len` of them.
-    fn limbs_to_be(x: &Limbs, k: usize, len: usize) -> Vec<u8> {
+    /// A number's limbs → big-endian bytes, `len` of them, by the general bignum (not the
+    /// conversion under test).
+    fn reference_be(x: &Limbs, k: usize, len: usize) -> Vec<u8> {
         let mut v = BigUint::default();
         for l in value(x, k).iter().rev() {
             v = (v << LIMB_BITS as usize) + BigUint::from(*l);
@@ -848,7 +849,7 @@ mod tests {
         for s in cases {
             let got = key.public_op(&s).unwrap();
             assert_eq!(
-                limbs_to_be(&got, k, 4 * L),
+                reference_be(&got, k, 4 * L),
                 reference(&n, e, &s),
                 "L={L} e={e:?} s={s:?}"
             );
@@ -875,7 +876,7 @@ mod tests {
         let big_n = BigUint::from_bytes_be(&n);
         let r = BigUint::from(1u32) << (LIMB_BITS as usize * k);
         assert!(BigUint::from(4u32) * &big_n < r, "4n < R");
-        let r2 = BigUint::from_bytes_be(&limbs_to_be(&m.r_squared(), k, 0));
+        let r2 = BigUint::from_bytes_be(&reference_be(&m.r_squared(), k, 0));
         assert_eq!(r2, (&r * &r) % &big_n, "R² mod n");
         let two_n = BigUint::from(2u32) * &big_n;
         let mut cases: Vec<BigUint> = [0u32, 1, 2, 3]
@@ -904,7 +905,7 @@ mod tests {
             let b = &cases[(idx * 7 + 3) % cases.len()];
             m.mul(&mut prod, &al, &to_limbs(b, k));
             for (x, y, res) in [(a, a, &sq), (a, b, &prod)] {
-                let got = BigUint::from_bytes_be(&limbs_to_be(res, k, 0));
+                let got = BigUint::from_bytes_be(&reference_be(res, k, 0));
                 assert!(got < two_n, "L={L}: below 2n");
                 // got = x·y·R⁻¹ (mod n) ⟺ got·R ≡ x·y.
                 assert_eq!((&got * &r) % &big_n, (x * y) % &big_n, "L={L} a={x} b={y}");
