@@ -121,7 +121,9 @@ pub fn policy_eval(data: &[u8]) {
     let headers = [("x-env", host)];
     // The host doubles as the peer: its SPIFFE ID (over mTLS) and source address.
     let peer = Peer::from_connection(true, Some(host), Some(host));
-    let canonical_host = claimguard::policy::path::canonical_host(host);
+    let Ok(canonical_host) = claimguard::policy::path::canonical_host(host) else {
+        return;
+    };
     let facts = RequestFacts {
         method,
         path: &path,
@@ -301,7 +303,9 @@ pub fn policy_bindings(
     let (received, query) = raw_path.split_once('?').unwrap_or((raw_path, ""));
     let header_pairs = [("x-tenant-id", host)];
     let headers: &[(&str, &str)] = if host.is_empty() { &[] } else { &header_pairs };
-    let request_host = canonical_host("api.example.com");
+    let Ok(request_host) = canonical_host("api.example.com") else {
+        return;
+    };
     let facts = RequestFacts {
         method,
         path: &canonical.matched,

@@ -16,6 +16,15 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+/// Whether two header names are one to a server that folds case and reads `_` as `-`, as
+/// CGI-style stacks do (WSGI, Rack, PHP: `x_user_email` and `X-User-Email` are both
+/// `HTTP_X_USER_EMAIL`). Envoy passes names with underscores by default
+/// (`headers_with_underscores_action: ALLOW`).
+pub fn same_header_loosely(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: &u8| if *c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.iter().map(fold).eq(b.iter().map(fold))
+}
+
 /// A decoded (name, value): borrowed from the buffer when valid UTF-8.
 pub type DecodedPair<'a> = (Cow<'a, str>, Cow<'a, str>);
 

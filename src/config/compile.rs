@@ -78,6 +78,11 @@ pub struct Config {
     pub(crate) expose_rule_names: bool,
     /// Every header claimguard can set, lower-case: removed from every incoming request.
     pub(crate) managed_headers: Vec<String>,
+    /// The managed and token header names with a `-` or `_` (lower-case): a request header
+    /// that is one of them spelled with the other (`x_user_email`, `x_access_token`) is removed
+    /// from every request too, since CGI-style upstreams read it as the same header
+    /// ([`crate::base::abi::same_header_loosely`]).
+    pub(crate) underscore_watched: Vec<String>,
     /// Every distinct place any provider reads a token from, in config order.
     pub(crate) token_locations: Vec<crate::token::Location>,
     /// For each of `token_locations`, the providers (indices, in order) reading it: what a
@@ -274,6 +279,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             token_locations.push(l.clone());
         }
     }
+    let mut underscore_watched: Vec<String> = Vec::new();
+    let token_headers = token_locations.iter().filter_map(|l| match l {
+        Location::Header { name, .. } => Some(&**name),
+        _ => None,
+    });
+    for name in managed_headers.iter().map(String::as_str).chain(token_headers) {
+        let lower = name.to_ascii_lowercase();
+        if lower.contains(['-', '_']) && !underscore_watched.contains(&lower) {
+            underscore_watched.push(lower);
+        }
+    }
     let location_readers = token_locations
         .iter()
         .map(|l| {
@@ -282,20 +298,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 .collect()
         })
         .collect();
+    let policy = Policy { rules, mode };
+    let named_reserved = policy.named_reserved();
     Ok(Config {
         providers,
         realm,
-        policy: Policy { rules, mode },
+        policy,
         path: PathOptions {
             escaped_slashes,
             backslashes,
             parameters,
             case_insensitive: raw.case_insensitive_paths,
+            named_reserved,
         },
         malformed_token_header,
         allow_cors_preflight: raw.allow_cors_preflight,
         expose_rule_names: raw.expose_rule_names,
         managed_headers,
+        underscore_watched,
         token_locations,
         location_readers,
         claim_header_max_bytes,
@@ -980,10 +1000,11 @@ fn managed_headers(providers: &[Provider], rules: &[crate::policy::Rule]) -> Res
     }
     let mut add = |h: &str, path: String| -> Result<(), ConfigError> {
         for p in providers {
-            if p.locations
-                .iter()
-                .any(|l| matches!(l, Location::Header { name, .. } if **name == *h))
-            {
+            // `x_token` is `x-token` to a CGI-style upstream: stripping one would strip both.
+            if p.locations.iter().any(|l| {
+                matches!(l, Location::Header { name, .. }
+                    if crate::base::abi::same_header_loosely(name.as_bytes(), h.as_bytes()))
+            }) {
                 return Err(err(
                     path,
                     format!("{h:?} is also where provider {:?} reads its token", p.name),

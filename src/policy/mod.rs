@@ -227,10 +227,12 @@ enum PathPattern {
 }
 
 impl PathPattern {
-    fn compile(p: &str, lowercase: bool) -> Result<PathPattern, String> {
-        if !p.starts_with('/') && !p.starts_with('*') {
-            return Err(format!("{p:?} must start with / (or be a *suffix pattern)"));
+    fn compile(written: &str, lowercase: bool) -> Result<PathPattern, String> {
+        if !written.starts_with('/') && !written.starts_with('*') {
+            return Err(format!("{written:?} must start with / (or be a *suffix pattern)"));
         }
+        let canonical = crate::policy::path::canonical_pattern(written)?;
+        let p = canonical.as_str();
         if !p.contains('{') && !p.contains('}') {
             let p = if lowercase {
                 p.to_ascii_lowercase()
@@ -646,8 +648,8 @@ pub(crate) fn compile_rules(
             not_methods: methods(&path, "notMethods", r.not_methods)?,
             paths: path_patterns(&path, "paths", r.paths, case_insensitive_paths)?,
             not_paths: path_patterns(&path, "notPaths", r.not_paths, case_insensitive_paths)?,
-            hosts: patterns(&path, "hosts", r.hosts, true)?,
-            not_hosts: patterns(&path, "notHosts", r.not_hosts, true)?,
+            hosts: host_patterns(&path, "hosts", r.hosts)?,
+            not_hosts: host_patterns(&path, "notHosts", r.not_hosts)?,
             principals: principal_patterns(&path, "principals", r.principals)?,
             not_principals: principal_patterns(&path, "notPrincipals", r.not_principals)?,
             namespaces: patterns(&path, "namespaces", r.namespaces, false)?,
@@ -977,24 +979,54 @@ fn host_matches(pattern: &StrPattern, host: &str) -> bool {
     // Port-tolerant: a pattern without a port compares against the host without its port.
     let host_only = strip_port(host);
     let pat_has_port = match pattern {
-        StrPattern::Exact(p) | StrPattern::Prefix(p) | StrPattern::Suffix(p) => strip_port(p) != p.as_str(),
+        StrPattern::Exact(p) | StrPattern::Prefix(p) | StrPattern::Suffix(p) => {
+            crate::policy::path::split_port(p).1.is_some()
+        }
         StrPattern::Any => false,
     };
     pattern.matches(if pat_has_port { host } else { host_only })
 }
 
+/// A canonical host ([`crate::policy::path::canonical_host`]) without its port.
 fn strip_port(h: &str) -> &str {
-    if let Some(rest) = h.strip_prefix('[') {
-        // [v6]:port
-        return match rest.find(']') {
-            Some(end) => h.get(..end + 2).unwrap_or(h),
-            None => h,
-        };
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => h,
-    }
+    crate::policy::path::split_port(h).0
+}
+
+/// `hosts`/`notHosts` patterns, in the form requests are compared in
+/// ([`crate::policy::path::canonical_host`]): `Internal.Example.com.` is the exact host
+/// `internal.example.com`, `*.example.com.:0443` the suffix `.example.com:443`. A pattern no
+/// canonical host could match (`user@host`, `host:x`) is refused rather than never matching.
+fn host_patterns(path: &str, field: &str, v: Option<Vec<String>>) -> Result<Vec<StrPattern>, ConfigError> {
+    use crate::policy::path::canonical_host;
+    let compile = |p: &str| -> Result<StrPattern, String> {
+        let refused = |e: crate::policy::path::HostError| format!("{p:?} {}", e.description());
+        Ok(match StrPattern::compile(p)? {
+            StrPattern::Any => StrPattern::Any,
+            StrPattern::Exact(h) => StrPattern::Exact(canonical_host(&h).map_err(refused)?.into_owned()),
+            // A host label in front makes the rest a whole host to canonicalise.
+            StrPattern::Suffix(s) => {
+                let whole = format!("x{s}");
+                let whole = canonical_host(&whole).map_err(refused)?;
+                StrPattern::Suffix(whole.get(1..).unwrap_or("").to_string())
+            }
+            StrPattern::Prefix(s) => {
+                // `api.*`, `internal.example.com:*`, `[fd00:*`: lower-cased; only bytes a
+                // canonical host has.
+                if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b)) {
+                    return Err(format!(
+                        "{p:?} {}",
+                        crate::policy::path::HostError::BadName.description()
+                    ));
+                }
+                StrPattern::Prefix(s.to_ascii_lowercase())
+            }
+        })
+    };
+    non_empty(path, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| compile(p).map_err(|e| err(format!("{path}.{field}[{i}]"), e)))
+        .collect()
 }
 
 /// Calls `f` on each string form of a claim value: strings (split on whitespace for
@@ -1055,10 +1087,20 @@ fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_>
 }
 
 /// The value of query parameter `name`: absent when not given, ambiguous when given twice,
-/// spelled in another case, or when any parameter name fails to decode.
+/// spelled in another case, or when any parameter name fails to decode; ambiguous too when
+/// reading `;` as a second separator (Rails, and Python and Go before 2021, do) gives another
+/// answer: `?user=alice&x=1;user=bob` and `?user=alice;bob`.
 fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
+    let amp = query_value_split(query, name, &['&']);
+    if query.contains(';') && amp != ReqValue::Ambiguous && query_value_split(query, name, &['&', ';']) != amp {
+        return ReqValue::Ambiguous;
+    }
+    amp
+}
+
+fn query_value_split<'a>(query: &'a str, name: &str, separators: &[char]) -> ReqValue<'a> {
     let mut found = ReqValue::Absent;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for pair in query.split(separators).filter(|p| !p.is_empty()) {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         let n = match decode_component(n, true, false) {
             ReqValue::Value(n) => n,
@@ -1183,23 +1225,33 @@ impl Rule {
     /// The request half of the rule (method, path, host). Its failures are the ones
     /// [`Mismatch::is_request_half`] names.
     fn request_matches(&self, req: &RequestFacts) -> Result<(), Mismatch> {
-        // Frameworks serve HEAD with the GET handler, so a DENY on GET holds for HEAD too.
-        let head_as_get = self.action == RuleAction::Deny && req.method == "HEAD";
-        if !self.methods.is_empty()
-            && !self
-                .methods
-                .iter()
-                .any(|m| m == req.method || (head_as_get && m == "GET"))
-        {
+        // Some requests reach the same handler as another spelling: HEAD runs the GET handler,
+        // and `/admin/` the `/admin` one in many routers (Express, Spring before 6). Where
+        // reading the request as that other spelling makes the outcome stricter, it is read so:
+        // a DENY rule's `methods`/`paths` and an ALLOW rule's `notMethods`/`notPaths` hold
+        // for either. (An ALLOW rule's `methods`/`paths` and a DENY rule's `not` forms stay
+        // exact: reading them broadly would admit more.)
+        let broad = |deny: bool| (self.action == RuleAction::Deny) == deny;
+        let as_get = req.method == "HEAD";
+        let unslashed = req.path.strip_suffix('/').filter(|p| !p.is_empty());
+        let method_in = |list: &[String], broadly: bool| {
+            list.iter()
+                .any(|m| m == req.method || (broadly && as_get && m == "GET"))
+        };
+        let path_in = |list: &[PathPattern], broadly: bool| {
+            list.iter()
+                .any(|p| p.matches(req.path) || (broadly && unslashed.is_some_and(|u| p.matches(u))))
+        };
+        if !self.methods.is_empty() && !method_in(&self.methods, broad(true)) {
             return Err(Mismatch::Method);
         }
-        if self.not_methods.iter().any(|m| m == req.method) {
+        if method_in(&self.not_methods, broad(false)) {
             return Err(Mismatch::NotMethod);
         }
-        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(req.path)) {
+        if !self.paths.is_empty() && !path_in(&self.paths, broad(true)) {
             return Err(Mismatch::Path);
         }
-        if self.not_paths.iter().any(|p| p.matches(req.path)) {
+        if path_in(&self.not_paths, broad(false)) {
             return Err(Mismatch::NotPath);
         }
         let host = req.host;
@@ -1322,6 +1374,31 @@ impl Policy {
     /// `mode`: whether rules decide or only report.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The reserved characters the rules' path patterns name
+    /// ([`crate::policy::path::PathOptions::named_reserved`]).
+    pub fn named_reserved(&self) -> u128 {
+        let literal = |p: &PathPattern| -> u128 {
+            match p {
+                PathPattern::Str(StrPattern::Exact(s) | StrPattern::Prefix(s) | StrPattern::Suffix(s)) => {
+                    crate::policy::path::reserved_named(s)
+                }
+                PathPattern::Str(StrPattern::Any) => 0,
+                PathPattern::Template(segs) => segs
+                    .iter()
+                    .map(|s| match s {
+                        Segment::Literal(l) => crate::policy::path::reserved_named(l),
+                        _ => 0,
+                    })
+                    .fold(0, |a, b| a | b),
+            }
+        };
+        self.rules
+            .iter()
+            .flat_map(|r| r.paths.iter().chain(&r.not_paths))
+            .map(literal)
+            .fold(0, |a, b| a | b)
     }
 
     /// The request headers rules read (`request.headers[name]`, `header:name` bindings), as
@@ -1554,6 +1631,11 @@ mod tests {
     use serde_json::json;
 
     fn config(extra: Value) -> Config {
+        try_config(extra).unwrap()
+    }
+
+    /// The test config with `extra`'s top-level fields in place of its own.
+    fn try_config(extra: Value) -> Result<Config, ConfigError> {
         let k = TestKey::generate(Alg::ES256, "k");
         let mut cfg = json!({
             "providers": [
@@ -1590,7 +1672,7 @@ mod tests {
                 cfg[k] = v;
             }
         }
-        Config::from_json(cfg.to_string().as_bytes()).unwrap()
+        Config::from_json(cfg.to_string().as_bytes())
     }
 
     /// Runs one request through path normalisation and policy; returns "allow[:rule]",
@@ -1606,7 +1688,10 @@ mod tests {
         let Ok(path) = normalize(raw_path, &c.path) else {
             return "reject".into();
         };
-        let host = &*crate::policy::path::canonical_host(host);
+        let Ok(host) = crate::policy::path::canonical_host(host) else {
+            return "reject".into();
+        };
+        let host = &*host;
         let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let h_refs = crate::token::header_refs(&h);
         let facts = RequestFacts {
@@ -2870,5 +2955,205 @@ mod tests {
             }
         }
         assert!(compared > 50, "{compared}");
+    }
+
+    // Other spellings of the same request, each of which escaped a rule before (security
+    // review, 2026-12-05). Each case states the outcome a server reading the request would
+    // need: the rule holds, or the request is refused (400, "reject" here).
+
+    fn tok() -> Option<(usize, Value)> {
+        Some((0usize, json!({"iss": "https://idp.example", "sub": "alice"})))
+    }
+
+    /// `internal.example.com:` (an empty port, RFC 3986 §3.2.3) is the host
+    /// `internal.example.com`; a port that is not a number is one servers cut differently.
+    #[test]
+    fn hosts_with_empty_or_malformed_ports_do_not_escape_hosts_or_not_hosts() {
+        let c = config(json!({"rules": [
+            {"name": "no-internal", "action": "DENY", "hosts": ["internal.example.com"]},
+            {"name": "public-docs", "public": true, "paths": ["/docs/*"], "notHosts": ["internal.example.com"]},
+            {"name": "any", "paths": ["*"]}
+        ]}));
+        let mut wrong = Vec::new();
+        for (h, want) in [
+            ("internal.example.com", "deny:no-internal"),
+            ("INTERNAL.example.com.", "deny:no-internal"),
+            ("internal.example.com:443", "deny:no-internal"),
+            ("internal.example.com.:443", "deny:no-internal"),
+            ("internal.example.com:0443", "deny:no-internal"),
+            ("internal.example.com:", "deny:no-internal"),
+            ("internal.example.com.:", "deny:no-internal"),
+            ("INTERNAL.EXAMPLE.COM:", "deny:no-internal"),
+            ("internal.example.com:80:80", "reject"),
+            ("internal.example.com:x", "reject"),
+            ("u@internal.example.com", "reject"),
+            ("internal%2Eexample.com", "reject"),
+        ] {
+            for (path, token) in [("/orders/1", tok()), ("/docs/x", None)] {
+                let got = run(&c, "GET", path, h, token.clone(), &[]);
+                if got != want {
+                    wrong.push(format!(
+                        "GET {path} host {h:?} token {}: {got}, want {want}",
+                        token.is_some()
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert_eq!(run(&c, "GET", "/docs/x", "docs.example.com:", None, &[]), "public");
+    }
+
+    /// A reserved character a rule names (`:cancel`, `$batch`, `@admin`) escaped in the
+    /// request (`%3A`), which most frameworks decode before routing: refused, as `%2F` is.
+    /// Escapes of characters no rule names stay as they were.
+    #[test]
+    fn escaped_reserved_characters_that_a_rule_names_are_refused() {
+        let c = config(json!({"rules": [
+            {"name": "no-cancel", "action": "DENY", "paths": ["*:cancel"]},
+            {"name": "no-batch", "action": "DENY", "paths": ["/odata/$batch"]},
+            {"name": "no-at-admin", "action": "DENY", "notPaths": ["/public/*"], "paths": ["/@admin/*"]},
+            {"name": "any", "paths": ["*"]}
+        ]}));
+        assert_eq!(
+            c.path.named_reserved,
+            [b':', b'$', b'@'].iter().fold(0, |m, b| m | 1u128 << b)
+        );
+        let h = "api.example.com";
+        for (m, p, want) in [
+            ("POST", "/v1/jobs/7:cancel", "deny:no-cancel"),
+            ("POST", "/odata/$batch", "deny:no-batch"),
+            ("GET", "/@admin/users", "deny:no-at-admin"),
+            ("POST", "/v1/jobs/7%3Acancel", "reject"),
+            ("POST", "/v1/jobs/7%3acancel", "reject"),
+            ("POST", "/odata/%24batch", "reject"),
+            ("GET", "/%40admin/users", "reject"),
+            ("GET", "/files/a%3Ab", "reject"),
+            // Not named by any rule: kept escaped, judged and served so.
+            ("GET", "/files/a%2Bb", "allow:any"),
+            ("GET", "/files/a%26b", "allow:any"),
+            ("GET", "/files/caf%C3%A9", "allow:any"),
+        ] {
+            assert_eq!(run(&c, m, p, h, tok(), &[]), want, "{m} {p}");
+        }
+        // No rule names a reserved character: nothing more is refused than before.
+        let plain = config(json!({"rules": [{"name": "any", "paths": ["/files/*"]}]}));
+        assert_eq!(plain.path.named_reserved, 0);
+        assert_eq!(run(&plain, "GET", "/files/a%3Ab", h, tok(), &[]), "allow:any");
+    }
+
+    /// Rule patterns are compared in the form requests are: `%7E` is `~`, `%c3%a9` is
+    /// `%C3%A9`, `é` is `%C3%A9`, a host's trailing dot and case go; a pattern no canonical
+    /// request could match is refused with its field named.
+    #[test]
+    fn rule_patterns_are_canonical_or_refused() {
+        let c = config(json!({"rules": [
+            {"name": "no-tilde", "action": "DENY", "paths": ["/files/%7Eroot/*"]},
+            {"name": "no-cafe", "action": "DENY", "paths": ["/caf%c3%a9", "/th\u{e9}"]},
+            {"name": "no-dot-host", "action": "DENY", "hosts": ["Internal.Example.com.", "*.Corp.Example.:0443"]},
+            {"name": "any", "paths": ["*"]}
+        ]}));
+        for (p, host, want) in [
+            ("/files/%7Eroot/x", "api.example.com", "deny:no-tilde"),
+            ("/files/~root/x", "api.example.com", "deny:no-tilde"),
+            ("/caf%c3%a9", "api.example.com", "deny:no-cafe"),
+            ("/caf%C3%A9", "api.example.com", "deny:no-cafe"),
+            ("/th%C3%A9", "api.example.com", "deny:no-cafe"),
+            ("/x", "internal.example.com.", "deny:no-dot-host"),
+            ("/x", "internal.example.com", "deny:no-dot-host"),
+            ("/x", "a.corp.example:443", "deny:no-dot-host"),
+            ("/x", "a.corp.example.:443", "deny:no-dot-host"),
+            ("/x", "a.corp.example", "allow:any"),
+        ] {
+            assert_eq!(run(&c, "GET", p, host, tok(), &[]), want, "GET {p} host {host}");
+        }
+        for (field, pattern, says) in [
+            ("paths", "/v1/jobs/*%3Acancel", "write ':' rather than %3A"),
+            ("paths", "/a/../admin", "\"..\" segment"),
+            ("paths", "/a/./b", "\".\" segment"),
+            ("paths", "/a//b", "empty segment"),
+            ("notPaths", "/a?x=1", "without its query"),
+            ("paths", "/a#b", "without its query"),
+            ("paths", "/a\\b", "backslash"),
+            ("paths", "/a b", "space or control"),
+            ("paths", "/a%zz", "invalid percent-escape"),
+            ("paths", "/users/{id}/%40me", "write '@' rather than %40"),
+            ("hosts", "u@internal.example.com", "is not a host name"),
+            ("notHosts", "internal.example.com:x", "port that is not a number"),
+            ("hosts", "internal example.com*", "is not a host name"),
+        ] {
+            let raw = json!({"rules": [{"name": "r", "action": "DENY", field: [pattern]}]});
+            let e = try_config(raw)
+                .err()
+                .unwrap_or_else(|| panic!("{field} {pattern:?} accepted"));
+            assert_eq!(e.path, format!("rules[0].{field}[0]"), "{pattern:?}: {e:?}");
+            assert!(e.message.contains(says), "{pattern:?}: {}", e.message);
+        }
+    }
+
+    /// HEAD runs the GET handler: an ALLOW rule that excludes GET excludes HEAD too, as a
+    /// DENY rule on GET holds for HEAD. An ALLOW rule for GET does not admit HEAD.
+    #[test]
+    fn head_is_get_wherever_that_is_stricter() {
+        let c = config(json!({"rules": [
+            {"name": "ingest-writes-only", "paths": ["/data/*"], "notMethods": ["GET"]},
+            {"name": "no-get-secret", "action": "DENY", "paths": ["/secret"], "methods": ["GET"]},
+            {"name": "no-writes-but-get", "action": "DENY", "paths": ["/ro/*"], "notMethods": ["GET"]},
+            {"name": "reads", "paths": ["/reads/*", "/secret", "/ro/*"], "methods": ["GET"]}
+        ]}));
+        let h = "api.example.com";
+        for (m, p, want) in [
+            ("GET", "/data/x", "deny"),
+            ("HEAD", "/data/x", "deny"),
+            ("POST", "/data/x", "allow:ingest-writes-only"),
+            ("GET", "/secret", "deny:no-get-secret"),
+            ("HEAD", "/secret", "deny:no-get-secret"),
+            ("HEAD", "/reads/x", "deny"),
+            ("GET", "/reads/x", "allow:reads"),
+            // A DENY rule's notMethods stays exact: HEAD is not exempted by GET.
+            ("HEAD", "/ro/x", "deny:no-writes-but-get"),
+            ("GET", "/ro/x", "allow:reads"),
+        ] {
+            assert_eq!(run(&c, m, p, h, tok(), &[]), want, "{m} {p}");
+        }
+    }
+
+    /// `/orders/42/` reaches the `/orders/{id}` handler in many routers: a DENY rule's paths
+    /// and an ALLOW rule's notPaths hold for the path with its trailing slash; an ALLOW
+    /// rule's paths and a DENY rule's notPaths stay exact.
+    #[test]
+    fn a_trailing_slash_does_not_escape_deny_paths_or_allow_not_paths() {
+        let c = config(json!({"rules": [
+            {"name": "no-delete", "action": "DENY", "methods": ["DELETE"], "paths": ["/orders/{id}", "/admin", "*.bak"]},
+            {"name": "no-internal", "action": "DENY", "paths": ["/api/*"], "notPaths": ["/api/health"]},
+            {"name": "api-but-admin", "paths": ["/api/*", "/orders/*", "/admin", "/x.bak"], "notPaths": ["/api/admin", "/api/users/{id}"]},
+            {"name": "exact", "paths": ["/exact"]}
+        ]}));
+        let h = "api.example.com";
+        for (m, p, want) in [
+            ("DELETE", "/orders/42", "deny:no-delete"),
+            ("DELETE", "/orders/42/", "deny:no-delete"),
+            ("DELETE", "/admin/", "deny:no-delete"),
+            ("DELETE", "/x.bak/", "deny:no-delete"),
+            ("GET", "/orders/42/", "allow:api-but-admin"),
+            ("GET", "/api/health", "allow:api-but-admin"),
+            ("GET", "/api/health/", "deny:no-internal"),
+            ("GET", "/exact", "allow:exact"),
+            ("GET", "/exact/", "deny"),
+            ("GET", "/", "deny"),
+        ] {
+            assert_eq!(run(&c, m, p, h, tok(), &[]), want, "{m} {p}");
+        }
+        let c = config(json!({"rules": [
+            {"name": "api-but-admin", "paths": ["/api/*"], "notPaths": ["/api/admin", "/api/users/{id}"]}
+        ]}));
+        for (p, want) in [
+            ("/api/admin", "deny"),
+            ("/api/admin/", "deny"),
+            ("/api/users/7/", "deny"),
+            ("/api/users/7/keys", "allow:api-but-admin"),
+            ("/api/other/", "allow:api-but-admin"),
+        ] {
+            assert_eq!(run(&c, "GET", p, h, tok(), &[]), want, "GET {p}");
+        }
     }
 }

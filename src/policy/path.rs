@@ -30,6 +30,11 @@ pub struct PathOptions {
     pub parameters: PathParameters,
     /// `caseInsensitivePaths`: rules see the path lower-cased (the upstream's case is kept).
     pub case_insensitive: bool,
+    /// The reserved characters (`:`, `$`, `@`, …; bit `b` for byte `b`) that some rule's
+    /// path pattern names: a request escaping one of them (`%3A`) is refused
+    /// ([`PathError::EscapedReserved`]), since most frameworks decode it before routing and
+    /// the rule compares it as written. From [`reserved_named`] over the rules' patterns.
+    pub named_reserved: u128,
 }
 
 impl Default for PathOptions {
@@ -39,6 +44,7 @@ impl Default for PathOptions {
             backslashes: Backslashes::RejectRequest,
             parameters: PathParameters::RejectRequest,
             case_insensitive: false,
+            named_reserved: 0,
         }
     }
 }
@@ -54,6 +60,7 @@ pub enum PathError {
     DotSegmentParameters,
     DoubleEncoded,
     BadByte,
+    EscapedReserved,
 }
 
 impl PathError {
@@ -68,6 +75,9 @@ impl PathError {
             PathError::DotSegmentParameters => "request path has ; parameters on an empty, . or .. segment",
             PathError::DoubleEncoded => "request path contains a double-encoded dot or slash",
             PathError::BadByte => "request path contains a byte outside printable ASCII",
+            PathError::EscapedReserved => {
+                "request path escapes a reserved character that a rule names (write it unescaped)"
+            }
         }
     }
 }
@@ -198,6 +208,10 @@ fn canonicalize_slow(path: &str, o: &PathOptions) -> Result<(String, String), Pa
                         EscapedSlashes::UnescapeAndForward => decoded.push(b'/'),
                         EscapedSlashes::KeepUnchanged => push_escape(&mut decoded, c),
                     }
+                } else if c < 128 && o.named_reserved & (1u128 << c) != 0 {
+                    // `%3A` where a rule names `:`: decoded before routing by most
+                    // frameworks, compared as written by the rule.
+                    return Err(PathError::EscapedReserved);
                 } else {
                     // Reserved or non-ASCII: keep the escape, upper-cased (RFC 3986 §6.2.2.1).
                     push_escape(&mut decoded, c);
@@ -266,6 +280,94 @@ fn canonicalize_slow(path: &str, o: &PathOptions) -> Result<(String, String), Pa
     Ok((canonical, matched))
 }
 
+/// A rule's path pattern (`/files/~root/*`, `*:cancel`, `/users/{id}`) in the form requests
+/// are compared in, so that it can match at all: unreserved escapes decoded (`%7E` → `~`),
+/// other escapes upper-cased (`%c3%a9` → `%C3%A9`), non-ASCII characters escaped (`/café` →
+/// `/caf%C3%A9`). Refused, with the reason, when no canonical request path could match it:
+/// an escaped reserved character (`%3A`: write `:`; requests escaping it are refused), a
+/// space, control character, `\`, `?` or `#`, a bad escape, and, in a pattern that starts with
+/// `/`, a `.` or `..` segment or an empty one (`//`) before its end.
+pub fn canonical_pattern(p: &str) -> Result<String, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(p.len());
+    let bytes = p.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).and_then(|x| hex(*x)),
+                    bytes.get(i + 2).and_then(|x| hex(*x)),
+                ) else {
+                    return Err(format!("{p:?} has an invalid percent-escape"));
+                };
+                let c = h * 16 + l;
+                if is_unreserved(c) {
+                    out.push(c);
+                } else if c < 128 && !matches!(c, b'/' | b'\\') && (0x21..=0x7e).contains(&c) {
+                    return Err(format!(
+                        "{p:?}: write {:?} rather than %{h:X}{l:X} (rules compare reserved characters as written; a request escaping one that a rule names is refused)",
+                        char::from(c)
+                    ));
+                } else {
+                    // `%2F`/`%5C` (kept under KEEP_UNCHANGED), control characters (which a
+                    // request cannot send), non-ASCII: as requests keep them.
+                    push_escape(&mut out, c);
+                }
+                i += 3;
+                continue;
+            }
+            b'?' | b'#' => {
+                return Err(format!(
+                    "{p:?} holds {:?}: rules match the path without its query",
+                    char::from(b)
+                ))
+            }
+            b'\\' => {
+                return Err(format!(
+                    "{p:?} holds a backslash, which a request path is refused for or has converted to /"
+                ))
+            }
+            0x80..=0xff => push_escape(&mut out, b),
+            0x21..=0x7e => out.push(b),
+            _ => {
+                return Err(format!(
+                    "{p:?} holds a space or control character, which no request path has"
+                ))
+            }
+        }
+        i += 1;
+    }
+    // Only printable ASCII was pushed.
+    let out = String::from_utf8(out).map_err(|_| format!("{p:?} is not text"))?;
+    if let Some(rest) = out.strip_prefix('/') {
+        let mut segments = rest.split('/').peekable();
+        while let Some(seg) = segments.next() {
+            let last = segments.peek().is_none();
+            if matches!(seg, "." | "..") {
+                return Err(format!(
+                    "{p:?} has a {seg:?} segment; requests are judged with dot segments resolved"
+                ));
+            }
+            if seg.is_empty() && !last {
+                return Err(format!(
+                    "{p:?} has an empty segment (//); requests are judged with slashes merged"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The reserved characters a canonical pattern names (for [`PathOptions::named_reserved`]):
+/// printable ASCII other than letters, digits, `-._~`, `/`, `%` (escapes) and the pattern
+/// syntax `*`, `{`, `}`.
+pub fn reserved_named(pattern: &str) -> u128 {
+    pattern
+        .bytes()
+        .filter(|&b| (0x21..=0x7e).contains(&b) && !is_unreserved(b) && !matches!(b, b'/' | b'%' | b'*' | b'{' | b'}'))
+        .fold(0, |m, b| m | (1u128 << b))
+}
+
 /// A segment as rules see it: without its `;` parameters when `params` (an empty, `.` or
 /// `..` name before them is refused).
 fn segment_name(seg: &str, params: bool) -> Result<&str, PathError> {
@@ -279,17 +381,76 @@ fn segment_name(seg: &str, params: bool) -> Result<&str, PathError> {
     }
 }
 
-/// The host rules see: lower-cased, trailing dots of the name removed (`api.example.com.` is
-/// `api.example.com` to DNS and to most virtual-host routers), the port kept.
-pub fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
+/// Why a `:authority` is refused: servers would not agree on the host it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// `host:x`, `host:80:80`, a port above 65535.
+    BadPort,
+    /// `user@host`, `%`, `/`, spaces, non-ASCII: not a host name or an IP literal.
+    BadName,
+}
+
+impl HostError {
+    /// What is wrong, after the host: "request host …", "\"x:y\" …".
+    pub fn description(&self) -> &'static str {
+        match self {
+            HostError::BadPort => "has a port that is not a number from 0 to 65535",
+            HostError::BadName => "is not a host name, an IPv4 address or a bracketed IPv6 address",
+        }
+    }
+}
+
+/// The host rules see, one spelling per host:
+///
+/// * lower-cased, trailing dots of the name removed (`api.example.com.` is `api.example.com`
+///   to DNS and to most virtual-host routers);
+/// * an empty port dropped (`api.example.com:` is `api.example.com`, RFC 3986 §3.2.3) and a
+///   port's leading zeros dropped (`:0443` is `:443`), any other port kept;
+/// * refused ([`HostError`]) when servers would read it as different hosts: a port that is not
+///   a number (`host:x`, `host:80:80`, which some servers cut at the first colon and others at
+///   the last), userinfo (`user@host`), escapes or other bytes no host name has.
+///
+/// The empty host (an HTTP/1.0 request without `Host`) stays empty.
+pub fn canonical_host(host: &str) -> Result<std::borrow::Cow<'_, str>, HostError> {
+    use std::borrow::Cow;
     let (name, port) = split_port(host);
+    let name_ok = if let Some(inner) = name.strip_prefix('[') {
+        // `[v6]`: hex digits, colons and dots (an embedded IPv4); no zone identifier.
+        inner
+            .strip_suffix(']')
+            .is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'))
+    } else {
+        // RFC 3986 `unreserved` (letters, digits, `-._~`). `reg-name` also allows
+        // sub-delimiters and escapes, which no DNS name or virtual host uses and which
+        // servers decode differently.
+        name.bytes().all(is_unreserved) && (host.is_empty() || !name.trim_end_matches('.').is_empty())
+    };
+    if !name_ok {
+        return Err(HostError::BadName);
+    }
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => {
+            // Leading zeros go (`:0443` is port 443 to every server that reads it).
+            let digits = p.trim_start_matches('0');
+            if !p.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 5 {
+                return Err(HostError::BadPort);
+            }
+            match digits.parse::<u32>() {
+                Ok(n) if n <= 65_535 => Some(digits),
+                Err(_) if digits.is_empty() => Some("0"),
+                _ => return Err(HostError::BadPort),
+            }
+        }
+    };
     let trimmed = if name.starts_with('[') {
         name
     } else {
         name.trim_end_matches('.')
     };
-    if trimmed.len() == name.len() && !host.bytes().any(|b| b.is_ascii_uppercase()) {
-        return std::borrow::Cow::Borrowed(host);
+    let same_port = port == split_port(host).1;
+    if trimmed.len() == name.len() && same_port && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Ok(Cow::Borrowed(host));
     }
     let mut out = String::with_capacity(host.len());
     out.push_str(trimmed);
@@ -298,16 +459,19 @@ pub fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(p);
     }
     out.make_ascii_lowercase();
-    std::borrow::Cow::Owned(out)
+    Ok(Cow::Owned(out))
 }
 
-/// `host:port` → (`host`, `port`); `[v6]:port` likewise; no port → (`host`, None).
+/// `host:port` → (`host`, `port`); `[v6]:port` likewise; no colon → (`host`, None). The port
+/// is everything after the first colon (after `]` for `[v6]`), so `host:80:80` has the port
+/// `80:80` and `[v6]x` has the name `[v6]x`: [`canonical_host`] refuses both.
 pub fn split_port(h: &str) -> (&str, Option<&str>) {
     if h.starts_with('[') {
         return match h.find(']') {
             Some(end) => match (h.get(..end + 1), h.get(end + 1..)) {
                 (Some(name), Some(rest)) => match rest.strip_prefix(':') {
                     Some(port) => (name, Some(port)),
+                    None if rest.is_empty() => (name, None),
                     None => (h, None),
                 },
                 _ => (h, None),
@@ -315,9 +479,9 @@ pub fn split_port(h: &str) -> (&str, Option<&str>) {
             None => (h, None),
         };
     }
-    match h.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
-        _ => (h, None),
+    match h.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
     }
 }
 
@@ -345,6 +509,7 @@ mod tests {
             backslashes,
             parameters,
             case_insensitive,
+            named_reserved: 0,
         }
     }
 
@@ -706,11 +871,47 @@ mod tests {
             ("api.example.com..", "api.example.com"),
             ("api.example.com.:8443", "api.example.com:8443"),
             ("API.example.com:80", "api.example.com:80"),
+            // An empty port is no port (RFC 3986 §3.2.3); leading zeros are not part of it.
+            ("internal.example.com:", "internal.example.com"),
+            ("internal.example.com.:", "internal.example.com"),
+            ("INTERNAL.EXAMPLE.COM:", "internal.example.com"),
+            ("api.example.com:0443", "api.example.com:443"),
+            ("api.example.com:00", "api.example.com:0"),
+            ("api.example.com:65535", "api.example.com:65535"),
+            ("my_svc.ns.svc.cluster.local:9080", "my_svc.ns.svc.cluster.local:9080"),
+            ("10.0.0.5:8080", "10.0.0.5:8080"),
             ("[::1]:80", "[::1]:80"),
+            ("[::1]:", "[::1]"),
             ("[FD00::1]", "[fd00::1]"),
+            ("[::ffff:10.0.0.1]", "[::ffff:10.0.0.1]"),
             ("", ""),
         ] {
-            assert_eq!(canonical_host(raw), want, "{raw}");
+            assert_eq!(canonical_host(raw).as_deref(), Ok(want), "{raw}");
+        }
+        for (raw, why) in [
+            // Servers cut these at different colons, or read a port they cannot parse.
+            ("internal.example.com:x", HostError::BadPort),
+            ("internal.example.com:80:80", HostError::BadPort),
+            ("internal.example.com::80", HostError::BadPort),
+            ("internal.example.com:65536", HostError::BadPort),
+            ("internal.example.com:99999999999", HostError::BadPort),
+            ("internal.example.com: 80", HostError::BadPort),
+            ("[::1]:x", HostError::BadPort),
+            // Not a host name: userinfo, escapes, sub-delimiters, spaces, non-ASCII, no name.
+            ("u@internal.example.com", HostError::BadName),
+            ("internal%2eexample.com", HostError::BadName),
+            ("internal.example.com;x", HostError::BadName),
+            ("internal.example.com/x", HostError::BadName),
+            ("internal example.com", HostError::BadName),
+            ("caf\u{e9}.example", HostError::BadName),
+            (":80", HostError::BadName),
+            (".", HostError::BadName),
+            ("[::1", HostError::BadName),
+            ("[::1]x", HostError::BadName),
+            ("[fe80::1%25eth0]", HostError::BadName),
+            ("[]", HostError::BadName),
+        ] {
+            assert_eq!(canonical_host(raw), Err(why), "{raw:?}");
         }
         for m in ["GET", "POST", "DELETE", "PROPFIND", "M-SEARCH", "X_1"] {
             assert!(is_canonical_method(m), "{m}");

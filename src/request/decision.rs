@@ -291,7 +291,7 @@ impl Denial {
     }
 
     /// 400 for a request claimguard cannot judge as its upstream would serve it (`reason`:
-    /// `bad_path`, `bad_method`, `repeated_header`).
+    /// `bad_path`, `bad_method`, `bad_host`, `repeated_header`).
     pub fn bad_request(description: &str, reason: &'static str) -> Denial {
         Denial::json(400, Vec::new(), "bad_request", description.to_string(), reason, None)
     }
@@ -434,6 +434,17 @@ fn evaluate_request(
     let served_path = canonical.canonical.clone();
     ev.canonical_path = canonical.canonical;
     let path_rewrite = canonical.rewrite;
+    let host = match canonical_host(req.host) {
+        Ok(h) => h,
+        Err(e) => {
+            ev.decision = Decision::Deny(Denial::bad_request(
+                &format!("request host {}", e.description()),
+                "bad_host",
+            ));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
         if let Some(p) = path_rewrite {
@@ -461,54 +472,52 @@ fn evaluate_request(
         ev.normalized_path = Some(path);
         return ev;
     }
-    let host = canonical_host(req.host);
     let facts = request_facts(req, &path, served_path.as_deref(), &host, headers);
     ev.public_rule = config.policy.public_rule(&facts);
     // A token header in a form no provider reads is never passed on as "no token".
-    let unreadable = crate::token::unreadable_token_header(
+    let unreadable = crate::token::unreadable_token_headers(
         &config.token_locations,
         &Request {
             headers,
             path: req.path,
         },
     );
-    let mut removed_header: Option<Rc<str>> = None;
+    let mut removed_headers: Vec<Rc<str>> = Vec::new();
     let kept: Vec<Header>;
-    let headers = match unreadable {
-        None => headers,
-        Some((name, kind)) => match config.malformed_token_header {
-            MalformedTokenHeader::RejectRequest => {
-                let e = match kind {
-                    // Another scheme (`Basic …`) or nothing: as a request without a token.
-                    crate::token::Unreadable::NotBearer => AuthError::Missing,
-                    crate::token::Unreadable::Malformed => AuthError::UnreadableHeader {
-                        header: name.to_string(),
-                        prefix: config
-                            .token_locations
-                            .iter()
-                            .find_map(|l| match l {
-                                Location::Header { name: n, prefix } if n == name && !prefix.is_empty() => {
-                                    Some(format!("{} ", prefix.trim_end()))
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or_default(),
-                    },
-                };
-                ev.decision = Decision::Deny(Denial::unauthenticated(&config.realm, &e, None));
-                ev.normalized_path = Some(path);
-                return ev;
-            }
-            MalformedTokenHeader::RemoveHeader => {
-                removed_header = Some(Rc::clone(name));
-                kept = headers
-                    .iter()
-                    .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
-                    .copied()
-                    .collect();
-                &kept
-            }
-        },
+    let headers = match (unreadable.first(), config.malformed_token_header) {
+        (None, _) => headers,
+        // The first one speaks for the request (the others would be refused the same way).
+        (Some(&(name, kind)), MalformedTokenHeader::RejectRequest) => {
+            let e = match kind {
+                // Another scheme (`Basic …`) or nothing: as a request without a token.
+                crate::token::Unreadable::NotBearer => AuthError::Missing,
+                crate::token::Unreadable::Malformed => AuthError::UnreadableHeader {
+                    header: name.to_string(),
+                    prefix: config
+                        .token_locations
+                        .iter()
+                        .find_map(|l| match l {
+                            Location::Header { name: n, prefix } if n == name && !prefix.is_empty() => {
+                                Some(format!("{} ", prefix.trim_end()))
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or_default(),
+                },
+            };
+            ev.decision = Decision::Deny(Denial::unauthenticated(&config.realm, &e, None));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+        (Some(_), MalformedTokenHeader::RemoveHeader) => {
+            removed_headers = unreadable.iter().map(|(name, _)| Rc::clone(name)).collect();
+            kept = headers
+                .iter()
+                .filter(|(k, _)| !removed_headers.iter().any(|r| k.eq_ignore_ascii_case(r)))
+                .copied()
+                .collect();
+            &kept
+        }
     };
     let token_req = Request {
         headers,
@@ -603,9 +612,7 @@ fn evaluate_request(
         }
         Effect::Allow { rule } => {
             ev.header_ops = header_ops(config, identity.as_ref(), rule.or(ev.public_rule));
-            if let Some(name) = removed_header {
-                ev.header_ops.remove.push(name);
-            }
+            ev.header_ops.remove.extend(removed_headers);
             if let Some(p) = path_rewrite {
                 ev.header_ops.set.push((":path".into(), p));
             }
@@ -649,8 +656,11 @@ pub fn bound_values(config: &Config, req: &HttpRequest, ev: &Evaluation) -> Vec<
     let (Some(pd), Some(path)) = (&ev.policy, &ev.normalized_path) else {
         return Vec::new();
     };
+    let Ok(host) = canonical_host(req.host) else {
+        // Refused before any rule ran: no rule compared a value.
+        return Vec::new();
+    };
     let headers = unmanaged(config, req.headers);
-    let host = canonical_host(req.host);
     let facts = request_facts(req, path, ev.canonical_path.as_deref(), &host, &headers);
     config.policy.bound_values(&facts, &pd.trace)
 }
@@ -707,18 +717,36 @@ fn apply_aliases(p: &Provider, claims: &mut Map<String, Value>) {
 /// First 16 hex digits of the token's SHA-256.
 pub use crate::request::cache::token_fingerprint;
 
-/// The managed headers (ones claimguard sets) present in a request: the host removes them
-/// before anything else, on every request.
+/// The managed headers (ones claimguard sets) present in a request, and any managed or token
+/// header spelled with `_` for `-` (or the reverse: `x_user_email`, `x_access_token`), which
+/// CGI-style upstreams read as the same header: the host removes them before anything else,
+/// on every request. Each is named as the host must remove it: a managed header by its own
+/// name, another spelling as it arrived (lower-cased).
 pub fn managed_present(config: &Config, headers: &[Header]) -> Vec<String> {
     let mut out = Vec::new();
     for (k, _) in headers {
-        if let Some(m) = config.managed_headers.iter().find(|m| k.eq_ignore_ascii_case(m)) {
-            if !out.contains(m) {
-                out.push(m.clone());
-            }
+        let name = if let Some(m) = config.managed_headers.iter().find(|m| k.eq_ignore_ascii_case(m)) {
+            m.clone()
+        } else if is_other_spelling(config, k) {
+            k.to_ascii_lowercase()
+        } else {
+            continue;
+        };
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out
+}
+
+/// `k` is a watched name ([`Config::underscore_watched`]) spelled with `_` and `-` swapped
+/// somewhere, not the name itself.
+fn is_other_spelling(config: &Config, k: &str) -> bool {
+    k.contains(['-', '_'])
+        && config
+            .underscore_watched
+            .iter()
+            .any(|w| crate::base::abi::same_header_loosely(k.as_bytes(), w.as_bytes()) && !k.eq_ignore_ascii_case(w))
 }
 
 /// What an allowed request carries upstream: the provider's claim headers and payload
@@ -1076,7 +1104,9 @@ fn unmanaged<'h, 'a>(config: &Config, headers: &'h [Header<'a>]) -> Cow<'h, [Hea
         Cow::Owned(
             headers
                 .iter()
-                .filter(|(k, _)| !config.managed_headers.iter().any(|m| k.eq_ignore_ascii_case(m)))
+                .filter(|(k, _)| {
+                    !config.managed_headers.iter().any(|m| k.eq_ignore_ascii_case(m)) && !is_other_spelling(config, k)
+                })
                 .copied()
                 .collect(),
         )
@@ -2533,5 +2563,215 @@ mod tests {
         let bearer = http(&c, "POST", "/trades", &[("authorization", &format!("Bearer {buy}"))]);
         assert_eq!(denied(&bearer), (401, "missing_token"));
         assert_eq!(bearer.txn, None);
+    }
+
+    /// With `REMOVE_HEADER` and two token headers, every unreadable one goes, not only the
+    /// first: `Authorization: Basic …` (another scheme) must not shield a forged
+    /// `X-Access-Token: Bearer<TAB>…` on a public route or for an `allowMissing` provider.
+    #[test]
+    fn remove_header_removes_every_unreadable_token_header() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let cfg = |allow_missing: bool| {
+            let c = json!({
+                "malformedTokenHeaderAction": "REMOVE_HEADER",
+                "providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                    "allowMissing": allow_missing,
+                    "fromHeaders": [{"name": "authorization", "prefix": "Bearer "}, {"name": "x-access-token", "prefix": "Bearer "}]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}, {"name": "all", "paths": ["/*"]}]
+            });
+            Config::from_json(c.to_string().as_bytes()).unwrap()
+        };
+        let forged = "Bearer\teyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.x";
+        for (allow_missing, path) in [(false, "/healthz"), (true, "/orders")] {
+            let c = cfg(allow_missing);
+            for headers in [
+                vec![("x-access-token", forged)],
+                vec![("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)],
+                vec![("authorization", forged), ("x-access-token", "Basic dXNlcjpwYXNz")],
+                vec![("authorization", ""), ("X-Access-Token", forged)],
+            ] {
+                let ev = http(&c, "GET", path, &headers);
+                assert_eq!(ev.decision, Decision::Allow { identity: None }, "{headers:?}");
+                for (name, _) in &headers {
+                    assert!(
+                        ev.header_ops.remove.iter().any(|h| h.eq_ignore_ascii_case(name)),
+                        "{path} {headers:?}: {name} not removed: {:?}",
+                        ev.header_ops
+                    );
+                }
+            }
+            // A good token beside an unreadable header: verified, and the other one removed.
+            let good = bearer(&k, json!({}));
+            let ev = http(
+                &c,
+                "GET",
+                "/orders",
+                &[("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", &good)],
+            );
+            assert!(
+                matches!(ev.decision, Decision::Allow { identity: Some(_) }),
+                "{:?}",
+                ev.decision
+            );
+            assert!(
+                ev.header_ops.remove.iter().any(|h| &**h == "authorization"),
+                "{:?}",
+                ev.header_ops
+            );
+        }
+        // REJECT_REQUEST (the default): the first one answers, with the reason it has.
+        let mut strict = json!({"providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+            "fromHeaders": [{"name": "authorization", "prefix": "Bearer "}, {"name": "x-access-token", "prefix": "Bearer "}]}],
+            "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}]});
+        let c = Config::from_json(strict.to_string().as_bytes()).unwrap();
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/healthz",
+                &[("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)],
+            )
+            .decision,
+        );
+        assert_eq!((d.status, d.reason), (401, "missing_token"));
+        strict["providers"][0]["fromHeaders"] =
+            json!([{"name": "x-access-token", "prefix": "Bearer "}, {"name": "authorization", "prefix": "Bearer "}]);
+        let c = Config::from_json(strict.to_string().as_bytes()).unwrap();
+        let d = denial(
+            http(
+                &c,
+                "GET",
+                "/healthz",
+                &[("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)],
+            )
+            .decision,
+        );
+        assert_eq!(d.status, 401);
+        assert_ne!(d.reason, "missing_token");
+    }
+
+    /// A managed or token header spelled with `_` (`x_user_email`, `x_access_token`) is the
+    /// same header to a CGI-style upstream (`HTTP_X_USER_EMAIL`): it is removed like the
+    /// managed header itself, and never read as a token or by a rule.
+    #[test]
+    fn underscore_spellings_of_managed_and_token_headers_are_stripped() {
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({"providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                "fromHeaders": [{"name": "x-access-token", "prefix": "Bearer "}],
+                "outputClaimToHeaders": [{"header": "x-user-email", "claim": "email"}, {"header": "x_tenant", "claim": "tenant"}]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let found = managed_present(
+            &c,
+            &[
+                ("X-User-Email", "a"),
+                ("x_user_email", "ceo@example.com"),
+                ("X_User-Email", "b"),
+                ("x_access_token", "Bearer forged"),
+                ("x-tenant", "globex"),
+                ("x-access-token", "Bearer real"),
+                ("x-user-emails", "kept"),
+                ("user-agent", "kept"),
+            ],
+        );
+        assert_eq!(
+            found,
+            [
+                "x-user-email",
+                "x_user_email",
+                "x_user-email",
+                "x_access_token",
+                "x-tenant"
+            ]
+        );
+        // Not read as the token: a public route passes without one, and the header goes.
+        let ev = http(&c, "GET", "/healthz", &[("x_access_token", "Bearer\tforged")]);
+        assert_eq!(ev.decision, Decision::Allow { identity: None });
+        // A managed name may not be a token header in another spelling.
+        let e = Config::from_json(
+            json!({"providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                "fromHeaders": [{"name": "x-access-token", "prefix": "Bearer "}],
+                "outputClaimToHeaders": [{"header": "x_access_token", "claim": "email"}]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("reads its token"), "{e:?}");
+    }
+
+    /// A host servers would cut differently (`host:80:80`, `host:x`, `user@host`) is refused
+    /// with 400 `bad_host` before any rule or token is looked at; an empty port is no port.
+    #[test]
+    fn malformed_hosts_are_refused_before_the_rules() {
+        let (c, k) = policy_config(json!({"rules": [
+            {"name": "no-internal", "action": "DENY", "hosts": ["internal.example.com"]},
+            {"name": "health", "public": true, "paths": ["/healthz"]},
+            {"name": "any", "paths": ["*"]}
+        ]}));
+        let tok = bearer(&k, json!({}));
+        let with_host = |host: &str, headers: &[(&str, &str)]| {
+            let mut h: Vec<(String, String)> = vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), "/healthz".into()),
+                (":authority".into(), host.into()),
+            ];
+            h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let h_refs = crate::token::header_refs(&h);
+            evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), NOW, true)
+        };
+        for host in [
+            "internal.example.com:80:80",
+            "internal.example.com:x",
+            "u@internal.example.com",
+            "[::1]x",
+        ] {
+            for headers in [vec![], vec![("authorization", tok.as_str())]] {
+                let Decision::Deny(d) = with_host(host, &headers).decision else {
+                    panic!("{host}: allowed");
+                };
+                assert_eq!((d.status, d.reason), (400, "bad_host"), "{host}");
+                assert!(d.body.contains("request host"), "{host}: {d:?}");
+            }
+        }
+        for host in ["internal.example.com:", "INTERNAL.example.com.:443"] {
+            let Decision::Deny(d) = with_host(host, &[("authorization", tok.as_str())]).decision else {
+                panic!("{host}: allowed");
+            };
+            assert_eq!((d.status, d.reason), (403, "policy_denied"), "{host}");
+        }
+        assert!(matches!(
+            with_host("api.example.com:", &[]).decision,
+            Decision::Allow { .. }
+        ));
+    }
+
+    /// `;` as a query separator: Rails (`ActionDispatch::QueryParser`, `/[&;] */`, last
+    /// value wins), and Python and Go before 2021, split on it; WHATWG parsers do not. Where
+    /// the two readings give `query:NAME` different values, it is ambiguous.
+    #[test]
+    fn a_semicolon_in_the_query_makes_a_bound_parameter_ambiguous_when_readings_differ() {
+        let (c, k) = tenancy_config(json!({}));
+        let t = tenant_token(&k); // tenant: "acme"
+        let auth = [("authorization", t.as_str())];
+        for (path, want) in [
+            ("/search?tenant=acme", "allow:query-tenant"),
+            ("/search?tenant=globex", "deny"),
+            ("/search?tenant=acme&tenant=globex", "deny"),
+            // Rails reads tenant=globex.
+            ("/search?tenant=acme&x=1;tenant=globex", "deny"),
+            ("/search?tenant=acme;tenant=globex", "deny"),
+            // `acme;x` to a WHATWG parser, `acme` to Rails.
+            ("/search?tenant=acme;x=1", "deny"),
+            // Both readings agree.
+            ("/search?x=1;y=2&tenant=acme", "allow:query-tenant"),
+            ("/search?tenant=acme&x=a%3Bb", "allow:query-tenant"),
+        ] {
+            assert_eq!(outcome(&c, path, &auth), want, "{path}");
+        }
     }
 }

@@ -68,6 +68,9 @@ pub struct MemoSpec {
     keyed: Vec<(Box<[u8]>, bool)>,
     /// Managed headers (lower-case): a request carrying one is evaluated in full.
     managed: Vec<Box<[u8]>>,
+    /// Managed and token header names with `-` or `_`: a request carrying one spelled the
+    /// other way (`x_user_email`) is evaluated in full, which strips it.
+    watched: Vec<Box<[u8]>>,
 }
 
 impl MemoSpec {
@@ -118,6 +121,11 @@ impl MemoSpec {
                 .iter()
                 .map(|m| m.to_ascii_lowercase().into_bytes().into_boxed_slice())
                 .collect(),
+            watched: config
+                .underscore_watched
+                .iter()
+                .map(|m| m.clone().into_bytes().into_boxed_slice())
+                .collect(),
         }
     }
 
@@ -140,6 +148,13 @@ impl MemoSpec {
             // Lengths first: most names are neither keyed nor managed.
             let same = |k: &[u8]| k.len() == name.len() && k.eq_ignore_ascii_case(name);
             if self.managed.iter().any(|m| same(m)) {
+                return None;
+            }
+            if self
+                .watched
+                .iter()
+                .any(|w| crate::base::abi::same_header_loosely(w, name) && !same(w))
+            {
                 return None;
             }
             let Some(i) = self.keyed.iter().position(|(k, _)| same(k)) else {
@@ -580,6 +595,15 @@ mod tests {
                 SEED
             )
             .is_none());
+        // The same, spelled with `_` (stripped on evaluation, `HTTP_X_SUB` to a CGI upstream).
+        for spelling in ["x_sub", "X_SUB"] {
+            assert!(spec
+                .key(
+                    &encode(&request("GET", "/", &[("authorization", t), (spelling, "eve")])),
+                    SEED
+                )
+                .is_none());
+        }
         // A keyed header twice.
         assert!(spec
             .key(

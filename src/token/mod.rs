@@ -126,10 +126,12 @@ pub enum Unreadable {
     Malformed,
 }
 
-/// The first token header that is present but holds a value no configured location reads,
-/// and how. Such a header would otherwise count as "no token" and reach the upstream
-/// unverified.
-pub fn unreadable_token_header<'l>(locations: &'l [Location], req: &Request) -> Option<(&'l Rc<str>, Unreadable)> {
+/// Every token header that is present but holds a value no configured location reads, and
+/// how, in the order of `locations`. Such a header would otherwise count as "no token" and
+/// reach the upstream unverified, so each must be refused or removed: not only the first
+/// (`Authorization: Basic …` beside a forged `X-Access-Token`).
+pub fn unreadable_token_headers<'l>(locations: &'l [Location], req: &Request) -> Vec<(&'l Rc<str>, Unreadable)> {
+    let mut out = Vec::new();
     for (i, loc) in locations.iter().enumerate() {
         let Location::Header { name, .. } = loc else { continue };
         // Each header name once: the first location naming it speaks for all.
@@ -164,16 +166,18 @@ pub fn unreadable_token_header<'l>(locations: &'l [Location], req: &Request) -> 
                             && !prefixes().any(|p| p.trim_end().eq_ignore_ascii_case(s))
                     });
                 if !other_scheme {
-                    return Some((name, Unreadable::Malformed));
+                    found = Some((name, Unreadable::Malformed));
+                    break;
                 }
                 found = Some((name, Unreadable::NotBearer));
             }
+            if matches!(found, Some((_, Unreadable::Malformed))) {
+                break;
+            }
         }
-        if found.is_some() {
-            return found;
-        }
+        out.extend(found);
     }
-    None
+    out
 }
 
 /// RFC 9110 `tchar`: what an auth scheme is made of.
