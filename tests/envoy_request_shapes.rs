@@ -426,12 +426,15 @@ fn tables_agree_with_the_canonical_form() {
     let opt_in = PathActions {
         match_without_parameters: true,
         backslash_to_slash: true,
+        ..PathActions::default()
     };
     let tables = [
         (shape_cases(), defaults),
         (allow_missing_cases(), defaults),
         (removed_header_cases(), defaults),
         (opt_in_cases(), opt_in),
+        (other_spelling_cases(), OTHER_SPELLING_ACTIONS),
+        (two_token_header_cases(), defaults),
     ];
     let mut wrong = Vec::new();
     for (cases, actions) in &tables {
@@ -451,10 +454,12 @@ fn tables_agree_with_the_canonical_form() {
             match (&case.want, canonical(&target, *actions)) {
                 (Want::Served(p), Ok(c)) if *p == format!("{c}{query}") => {}
                 (Want::Served(p), c) => wrong.push(format!("{}: serves {p:?}, canonical is {c:?}", case.name)),
-                (Want::Refused(400), Ok(c)) if !envoys_own && !case.repeats_a_header() => wrong.push(format!(
-                    "{}: refused 400, but its path is canonical as {c:?}",
-                    case.name
-                )),
+                // (A case sent to another host may be refused for its host.)
+                (Want::Refused(400), Ok(c)) if !envoys_own && !case.repeats_a_header() && case.host == HOST => wrong
+                    .push(format!(
+                        "{}: refused 400, but its path is canonical as {c:?}",
+                        case.name
+                    )),
                 (Want::Refused(s), Err(why)) if *s != 400 && !envoys_own => wrong.push(format!(
                     "{}: refused {s}, but its path must be refused with 400 ({why})",
                     case.name
@@ -535,7 +540,141 @@ fn opt_in_parameters_and_backslashes() {
         actions: PathActions {
             match_without_parameters: true,
             backslash_to_slash: true,
+            ..PathActions::default()
         },
+        public: PUBLIC,
+    }]);
+}
+
+// ---- other spellings of the same request (security review, 2026-12-05) ------------------
+//
+// Each of these got past a rule before: a host with an empty or malformed port, a reserved
+// character a rule names sent escaped, `;` as a second query separator, HEAD where an ALLOW
+// rule excludes GET, a trailing slash after a denied path, a rule pattern written in a form
+// no request takes, a second unreadable token header under REMOVE_HEADER, and a managed or
+// token header spelled with `_`.
+
+/// [`shapes_config`] and rules whose patterns name a reserved character, bind a query
+/// parameter, exclude GET, deny a template, or are written non-canonically.
+fn other_spelling_config() -> Value {
+    let mut cfg = shapes_config();
+    cfg["rules"].as_array_mut().expect("rules").extend([
+        json!({"name": "no-cancel", "action": "DENY", "paths": ["*:cancel"]}),
+        json!({"name": "no-order-deletes", "action": "DENY", "methods": ["DELETE"], "paths": ["/orders/{id}"]}),
+        json!({"name": "order-writers", "methods": ["DELETE"], "paths": ["/orders/*"]}),
+        json!({"name": "api-but-admin", "paths": ["/api/*"], "notPaths": ["/api/admin"]}),
+        json!({"name": "no-root-files", "action": "DENY", "paths": ["/files/%7Eroot/*", "/files/caf%c3%a9"]}),
+        json!({"name": "files", "paths": ["/files/*"]}),
+        json!({"name": "own-search", "paths": ["/search"], "when": [{"claim": "sub", "valuesFrom": "query:user"}]}),
+        json!({"name": "ingest-no-reads", "paths": ["/ingest/*"], "notMethods": ["GET"]}),
+    ]);
+    cfg
+}
+
+/// `*:cancel` names `:`.
+const OTHER_SPELLING_ACTIONS: PathActions = PathActions {
+    match_without_parameters: false,
+    backslash_to_slash: false,
+    named_reserved: ":",
+};
+
+#[rustfmt::skip]
+fn other_spelling_cases() -> Vec<Case> {
+    vec![
+        // -- hosts: an empty port is no port; a port servers cut differently is refused
+        get("denied host", "/orders/1").token().host("internal.example.com").want(refused(403)),
+        get("denied host, empty port", "/orders/1").token().host("internal.example.com:").want(refused(403)),
+        get("denied host, trailing dot and empty port", "/orders/1").token().host("internal.example.com.:").want(refused(403)),
+        get("denied host, upper case and empty port", "/orders/1").token().host("INTERNAL.EXAMPLE.COM:").want(refused(403)),
+        get("denied host, leading zero in the port", "/orders/1").token().host("internal.example.com:0443").want(refused(403)),
+        get("denied host, two ports", "/orders/1").token().host("internal.example.com:80:80").want(refused(400)),
+        get("denied host, port not a number", "/orders/1").token().host("internal.example.com:x").want(refused(400)),
+        get("denied host, public route, port not a number", "/healthz").host("internal.example.com:x").want(refused(400)),
+        get("public route, empty port", "/healthz").host("app.example.com:").want(served("/healthz")),
+        // -- a reserved character a rule names, escaped
+        req("cancel denied", "POST", "/v1/jobs/7:cancel").token().want(refused(403)),
+        req("escaped colon refused", "POST", "/v1/jobs/7%3Acancel").token().want(refused(400)),
+        req("escaped colon, lower-case hex, refused", "POST", "/v1/jobs/7%3acancel").token().want(refused(400)),
+        get("escapes no rule names are kept", "/files/a%2Bb").token().want(served("/files/a%2Bb")),
+        // -- rule patterns are canonical: `%7E` is `~`, `%c3%a9` is `%C3%A9`
+        get("tilde pattern, tilde path", "/files/~root/x").token().want(refused(403)),
+        get("tilde pattern, escaped tilde", "/files/%7eroot/x").token().want(refused(403)),
+        get("escaped pattern, upper-case hex", "/files/caf%C3%A9").token().want(refused(403)),
+        get("escaped pattern, lower-case hex", "/files/caf%c3%a9").token().want(refused(403)),
+        get("other files are served", "/files/readme").token().want(served("/files/readme")),
+        // -- a query parameter a rule binds, with `;` as a second separator
+        get("own search", "/search?user=alice").token().want(served("/search?user=alice")),
+        get("another user's search", "/search?user=bob").token().want(refused(403)),
+        get("user given twice", "/search?user=alice&user=bob").token().want(refused(403)),
+        get("user again after a semicolon", "/search?user=alice&x=1;user=bob").token().want(refused(403)),
+        get("semicolon inside the value", "/search?user=alice;x=1").token().want(refused(403)),
+        get("semicolons elsewhere agree", "/search?x=1;y=2&user=alice").token().want(served("/search?x=1;y=2&user=alice")),
+        // -- HEAD is GET where that is stricter
+        get("GET excluded", "/ingest/x").token().want(refused(403)),
+        req("HEAD excluded with GET", "HEAD", "/ingest/x").token().want(refused(403)),
+        req("POST allowed", "POST", "/ingest/x").token().want(served("/ingest/x")),
+        // -- a trailing slash after a denied path
+        req("delete denied", "DELETE", "/orders/42").token().want(refused(403)),
+        req("delete with a trailing slash denied", "DELETE", "/orders/42/").token().want(refused(403)),
+        req("delete with dots and a trailing slash denied", "DELETE", "/orders/x/../42/").token().want(refused(403)),
+        req("delete below an order allowed", "DELETE", "/orders/42/items/1").token().want(served("/orders/42/items/1")),
+        get("excluded path", "/api/admin").token().want(refused(403)),
+        get("excluded path with a trailing slash", "/api/admin/").token().want(refused(403)),
+        get("other api paths", "/api/orders/").token().want(served("/api/orders/")),
+        // -- a managed header spelled with `_`
+        get("underscore spelling of a claim header", "/orders/1").token().header("x_user_sub: mallory")
+            .want(served("/orders/1")).upstream_header("x_user_sub", &[]).upstream_header("x-user-sub", &["alice"]),
+        get("underscore spelling on a public route", "/healthz").header("X_User_Sub: mallory")
+            .want(served("/healthz")).upstream_header("x_user_sub", &[]).upstream_header("x-user-sub", &[]),
+    ]
+}
+
+#[test]
+fn other_spellings_of_the_same_request_under_each_path_setting() {
+    run(&[Table {
+        config: other_spelling_config(),
+        cases: other_spelling_cases(),
+        actions: OTHER_SPELLING_ACTIONS,
+        public: PUBLIC,
+    }]);
+}
+
+/// Two token headers (`authorization`, `x-access-token`), `REMOVE_HEADER`.
+fn two_token_header_config() -> Value {
+    let mut cfg = shapes_config();
+    cfg["malformedTokenHeaderAction"] = json!("REMOVE_HEADER");
+    cfg["providers"][0]["fromHeaders"] = json!([
+        {"name": "authorization", "prefix": "Bearer "},
+        {"name": "x-access-token", "prefix": "Bearer "}
+    ]);
+    cfg
+}
+
+#[rustfmt::skip]
+fn two_token_header_cases() -> Vec<Case> {
+    vec![
+        get("both unreadable, public route: both removed", "/docs/x")
+            .header("authorization: Basic YWxpY2U6cHc=").header("x-access-token: Bearer\t{reader}")
+            .want(served("/docs/x")).upstream_header("authorization", &[]).upstream_header("x-access-token", &[]),
+        get("both unreadable, the other order", "/docs/x")
+            .header("authorization: Bearer\t{reader}").header("x-access-token: Basic YWxpY2U6cHc=")
+            .want(served("/docs/x")).upstream_header("authorization", &[]).upstream_header("x-access-token", &[]),
+        get("both unreadable, protected route", "/orders/1")
+            .header("authorization: Basic YWxpY2U6cHc=").header("x-access-token: Bearer\t{reader}").want(refused(401)),
+        get("a token beside an unreadable header", "/orders/1")
+            .token().header("x-access-token: Basic YWxpY2U6cHc=")
+            .want(served("/orders/1")).upstream_header("x-access-token", &[]).upstream_header("x-user-sub", &["alice"]),
+        get("underscore spelling of the token header", "/docs/x").header("x_access_token: Bearer {reader}")
+            .want(served("/docs/x")).upstream_header("x_access_token", &[]).upstream_header("x-user-sub", &[]),
+    ]
+}
+
+#[test]
+fn every_unreadable_token_header_is_removed() {
+    run(&[Table {
+        config: two_token_header_config(),
+        cases: two_token_header_cases(),
+        actions: PathActions::default(),
         public: PUBLIC,
     }]);
 }

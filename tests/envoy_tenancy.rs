@@ -535,7 +535,7 @@ fn parameter_cases() -> Vec<Case> {
 fn tenancy_tables_agree_with_the_canonical_form() {
     let opt_in = PathActions {
         match_without_parameters: true,
-        backslash_to_slash: false,
+        ..PathActions::default()
     };
     let mut wrong = Vec::new();
     for (cases, actions) in [(tenancy_cases(), PathActions::default()), (parameter_cases(), opt_in)] {
@@ -588,7 +588,7 @@ fn cross_tenant_and_cross_user_attempts_under_each_path_setting() {
     };
     let opt_in = PathActions {
         match_without_parameters: true,
-        backslash_to_slash: false,
+        ..PathActions::default()
     };
     let mut with_parameters = tenancy_config();
     with_parameters["pathWithParametersAction"] = json!("MATCH_WITHOUT_PARAMETERS");

@@ -31,6 +31,9 @@ pub const HOST: &str = "app.example.com";
 pub struct PathActions {
     pub match_without_parameters: bool,
     pub backslash_to_slash: bool,
+    /// The reserved characters the config's path patterns name (`:` for `*:cancel`): a path
+    /// escaping one of them is refused.
+    pub named_reserved: &'static str,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -75,6 +78,8 @@ pub fn canonical(target: &str, actions: PathActions) -> Result<String, &'static 
             out.push(char::from(v));
         } else if v == b'/' || v == b'\\' {
             return Err("escaped slash");
+        } else if actions.named_reserved.as_bytes().contains(&v) {
+            return Err("escaped reserved character that a rule names");
         } else {
             out.push_str(&format!("%{v:02X}"));
         }
