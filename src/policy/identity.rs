@@ -154,7 +154,16 @@ pub fn render(value: Option<&Value>, format: &ArrayFormat, max_bytes: usize) -> 
         None | Some(Value::Null) => return Rendered::Absent,
         Some(Value::Array(items)) => match format {
             ArrayFormat::Json => Value::Array(items.clone()).to_string(),
-            ArrayFormat::Join(sep) => items.iter().map(scalar_text).collect::<Vec<_>>().join(sep),
+            ArrayFormat::Join(sep) => {
+                let parts: Vec<String> = items.iter().map(scalar_text).collect();
+                // `["eng", "ops,admin"]` joined with `,` reads as three elements upstream.
+                if !sep.is_empty() && parts.iter().any(|p| p.contains(sep.as_str())) {
+                    return Rendered::Refused(
+                        "an array element contains the separator (arrayFormat json keeps them apart)",
+                    );
+                }
+                parts.join(sep)
+            }
         },
         Some(v) => scalar_text(v),
     };
@@ -279,6 +288,29 @@ mod tests {
                 Rendered::Refused("value is larger than claimHeaderMaxBytes"),
             ),
             (Some(json!("tab\tok")), join(), Rendered::Value("tab\tok".into())),
+            // An element holding the separator would read upstream as two.
+            (
+                Some(json!(["eng", "ops,admin"])),
+                join(),
+                Rendered::Refused("an array element contains the separator (arrayFormat json keeps them apart)"),
+            ),
+            (
+                Some(json!(["a", {"k": 1, "j": 2}])),
+                join(),
+                Rendered::Refused("an array element contains the separator (arrayFormat json keeps them apart)"),
+            ),
+            (
+                Some(json!(["ops,admin", "eng"])),
+                ArrayFormat::Join("; ".into()),
+                Rendered::Value("ops,admin; eng".into()),
+            ),
+            (
+                Some(json!(["eng", "ops,admin"])),
+                ArrayFormat::Json,
+                Rendered::Value("[\"eng\",\"ops,admin\"]".into()),
+            ),
+            // A string claim is one value, commas and all.
+            (Some(json!("Doe, Jane")), join(), Rendered::Value("Doe, Jane".into())),
         ];
         for (v, f, want) in cases {
             assert_eq!(render(v.as_ref(), &f, 4096), want, "{v:?}");

@@ -450,6 +450,16 @@ fn evaluate_request(
         if let Some(p) = path_rewrite {
             ev.header_ops.set.push((":path".into(), p));
         }
+        // Browsers send no credentials on a preflight: a token header on one did not come
+        // from a browser, and is removed rather than passed on unverified.
+        for loc in &config.token_locations {
+            if let Location::Header { name, .. } = loc {
+                if req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) && !ev.header_ops.remove.contains(name)
+                {
+                    ev.header_ops.remove.push(Rc::clone(name));
+                }
+            }
+        }
         ev.normalized_path = Some(path);
         return ev;
     }
@@ -1880,6 +1890,13 @@ mod tests {
         let ev = http(&c, "OPTIONS", "/orders", &pre);
         assert!(ev.cors_preflight);
         assert_eq!(ev.decision, Decision::Allow { identity: None });
+        assert!(ev.header_ops.remove.is_empty(), "{:?}", ev.header_ops);
+        // A token header on a preflight (no browser sends one) is removed, unverified.
+        let forged = [pre[0], pre[1], ("Authorization", "Bearer forged.token.here")];
+        let ev = http(&c, "OPTIONS", "/orders", &forged);
+        assert!(ev.cors_preflight);
+        assert_eq!(ev.decision, Decision::Allow { identity: None });
+        assert_eq!(ev.header_ops.remove, [Rc::from("authorization")]);
         // An OPTIONS without the preflight headers is an ordinary request.
         assert_eq!(
             denial(http(&c, "OPTIONS", "/orders", &[("origin", "x")]).decision).status,
