@@ -1090,7 +1090,7 @@ fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_>
 /// spelled in another case, or when any parameter name fails to decode; ambiguous too when
 /// reading `;` as a second separator (Rails, and Python and Go before 2021, do) gives another
 /// answer: `?user=alice&x=1;user=bob` and `?user=alice;bob`.
-fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
+pub(crate) fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
     let amp = query_value_split(query, name, &['&']);
     if query.contains(';') && amp != ReqValue::Ambiguous && query_value_split(query, name, &['&', ';']) != amp {
         return ReqValue::Ambiguous;

@@ -445,6 +445,14 @@ fn evaluate_request(
             return ev;
         }
     };
+    let overrides = match method_overrides(req) {
+        Ok(o) => o,
+        Err(why) => {
+            ev.decision = Decision::Deny(Denial::bad_request(why, "bad_method"));
+            ev.normalized_path = Some(path);
+            return ev;
+        }
+    };
     if config.allow_cors_preflight && req.is_cors_preflight() {
         ev.cors_preflight = true;
         if let Some(p) = path_rewrite {
@@ -484,6 +492,17 @@ fn evaluate_request(
     }
     let facts = request_facts(req, &path, served_path.as_deref(), &host, headers);
     ev.public_rule = config.policy.public_rule(&facts);
+    // Public only if public under every method a server may read the request as.
+    if ev.public_rule.is_some()
+        && overrides.iter().any(|m| {
+            config
+                .policy
+                .public_rule(&RequestFacts { method: m, ..facts })
+                .is_none()
+        })
+    {
+        ev.public_rule = None;
+    }
     // A token header in a form no provider reads is never passed on as "no token".
     let unreadable = crate::token::unreadable_token_headers(
         &config.token_locations,
@@ -603,7 +622,19 @@ fn evaluate_request(
         principal: &id.principal,
         claims: &id.claims,
     });
-    let pd = config.policy.evaluate(&facts, subject.as_ref());
+    let mut pd = config.policy.evaluate(&facts, subject.as_ref());
+    // Allowed only if allowed under every method a server may read the request as.
+    if pd.effect.is_allow() {
+        for m in &overrides {
+            let other = config
+                .policy
+                .evaluate(&RequestFacts { method: m, ..facts }, subject.as_ref());
+            if !other.effect.is_allow() {
+                pd = other;
+                break;
+            }
+        }
+    }
     ev.decision = match pd.effect {
         Effect::Deny {
             rule,
@@ -632,6 +663,52 @@ fn evaluate_request(
     ev.policy = Some(pd);
     ev.normalized_path = Some(path);
     ev
+}
+
+/// Headers some frameworks take a request's method from instead of the request line, on a
+/// POST at least: Rails (`Rack::MethodOverride`), Laravel and Symfony, ASP.NET Core's
+/// `HttpMethodOverride`, Express's `method-override`. Matched case-insensitively and with `_`
+/// for `-` (Rack reads `HTTP_X_HTTP_METHOD_OVERRIDE`, which `x_http_method_override` also fills).
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// The methods, other than its own, that a server may read `req` as: each method-override
+/// header's value and the `_method` query parameter (Spring's `HiddenHttpMethodFilter`,
+/// Laravel, Symfony), upper-cased as frameworks do. A value that is not a method, or a
+/// `_method` servers would read differently (given twice, in another case), is refused.
+/// (`_method` in a form body is out of a header filter's sight.)
+fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |v: &str| -> Result<(), &'static str> {
+        let m = v.trim_matches(|c| c == ' ' || c == '\t').to_ascii_uppercase();
+        if m.is_empty() {
+            return Ok(());
+        }
+        if !is_canonical_method(&m) {
+            return Err("request has a method override that is not a method");
+        }
+        if m != req.method && !out.contains(&m) {
+            out.push(m);
+        }
+        Ok(())
+    };
+    for (k, v) in req.headers {
+        if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| crate::base::abi::same_header_loosely(k.as_bytes(), h.as_bytes()))
+        {
+            add(v)?;
+        }
+    }
+    if let Some((_, query)) = req.path.split_once('?') {
+        match crate::policy::query_value(query, "_method") {
+            crate::policy::ReqValue::Absent => {}
+            crate::policy::ReqValue::Value(v) => add(&v)?,
+            crate::policy::ReqValue::Ambiguous => {
+                return Err("request has a _method query parameter that servers read differently")
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The request as the rules judge it, from what evaluation computed: `path` (as rules match
@@ -2719,6 +2796,94 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.message.contains("reads its token"), "{e:?}");
+    }
+
+    /// `POST` with `X-HTTP-Method-Override: DELETE` (or `?_method=DELETE`) is a DELETE to
+    /// Rails, Laravel, Symfony, Spring, ASP.NET Core: the request passes only if it passes
+    /// under each method a server may read it as, and is public only if public under each.
+    #[test]
+    fn method_overrides_are_judged_under_every_method() {
+        let (c, k) = policy_config(json!({"rules": [
+            {"name": "health", "public": true, "methods": ["GET"], "paths": ["/healthz"]},
+            {"name": "no-deletes", "action": "DENY", "methods": ["DELETE"], "paths": ["/orders/{id}"]},
+            {"name": "writers", "methods": ["POST", "GET"], "paths": ["/orders/*"]}
+        ]}));
+        let tok = bearer(&k, json!({}));
+        let auth = ("authorization", tok.as_str());
+        let outcome = |method: &str, path: &str, extra: &[(&str, &str)]| {
+            let mut h = vec![auth];
+            h.extend_from_slice(extra);
+            match http(&c, method, path, &h).decision {
+                Decision::Allow { .. } => "allow".to_string(),
+                Decision::Deny(d) => format!("{} {}", d.status, d.reason),
+                other => format!("{other:?}"),
+            }
+        };
+        for (method, path, extra, want) in [
+            ("POST", "/orders/1", vec![], "allow"),
+            ("DELETE", "/orders/1", vec![], "403 policy_denied"),
+            (
+                "POST",
+                "/orders/1",
+                vec![("X-HTTP-Method-Override", "DELETE")],
+                "403 policy_denied",
+            ),
+            (
+                "POST",
+                "/orders/1",
+                vec![("x-http-method", "delete")],
+                "403 policy_denied",
+            ),
+            (
+                "POST",
+                "/orders/1",
+                vec![("X-Method-Override", " Delete ")],
+                "403 policy_denied",
+            ),
+            (
+                "POST",
+                "/orders/1",
+                vec![("x_http_method_override", "DELETE")],
+                "403 policy_denied",
+            ),
+            ("POST", "/orders/1?_method=DELETE", vec![], "403 policy_denied"),
+            ("POST", "/orders/1?%5Fmethod=delete", vec![], "403 policy_denied"),
+            // Every reading must be allowed: PATCH is not.
+            (
+                "POST",
+                "/orders/1",
+                vec![("X-HTTP-Method-Override", "PATCH")],
+                "403 policy_denied",
+            ),
+            ("POST", "/orders/1", vec![("X-HTTP-Method-Override", "GET")], "allow"),
+            ("POST", "/orders/1", vec![("X-HTTP-Method-Override", "POST")], "allow"),
+            ("POST", "/orders/1", vec![("X-HTTP-Method-Override", "")], "allow"),
+            ("POST", "/orders/1?method=DELETE", vec![], "allow"),
+            // Readings servers would disagree on.
+            (
+                "POST",
+                "/orders/1",
+                vec![("X-HTTP-Method-Override", "DE LETE")],
+                "400 bad_method",
+            ),
+            ("POST", "/orders/1?_method=GET&_method=DELETE", vec![], "400 bad_method"),
+            ("POST", "/orders/1?_METHOD=DELETE&_method=GET", vec![], "400 bad_method"),
+        ] {
+            assert_eq!(outcome(method, path, &extra), want, "{method} {path} {extra:?}");
+        }
+        // Public only if public under every reading.
+        let anon = |method: &str, extra: &[(&str, &str)]| match http(&c, method, "/healthz", extra).decision {
+            Decision::Allow { .. } => "allow".to_string(),
+            Decision::Deny(d) => format!("{} {}", d.status, d.reason),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(anon("GET", &[]), "allow");
+        assert_eq!(anon("GET", &[("X-HTTP-Method-Override", "GET")]), "allow");
+        assert_eq!(
+            anon("GET", &[("X-HTTP-Method-Override", "DELETE")]),
+            "401 missing_token"
+        );
+        assert_eq!(anon("POST", &[("X-HTTP-Method-Override", "GET")]), "401 missing_token");
     }
 
     /// A host servers would cut differently (`host:80:80`, `host:x`, `user@host`) is refused

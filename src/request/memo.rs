@@ -157,6 +157,13 @@ impl MemoSpec {
             {
                 return None;
             }
+            // A method override: evaluation reads the request under each method.
+            if crate::request::decision::METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|h| crate::base::abi::same_header_loosely(h.as_bytes(), name))
+            {
+                return None;
+            }
             let Some(i) = self.keyed.iter().position(|(k, _)| same(k)) else {
                 continue;
             };
@@ -600,6 +607,15 @@ mod tests {
             assert!(spec
                 .key(
                     &encode(&request("GET", "/", &[("authorization", t), (spelling, "eve")])),
+                    SEED
+                )
+                .is_none());
+        }
+        // A method override: evaluation reads the request under each method.
+        for spelling in ["X-HTTP-Method-Override", "x_http_method", "x-method-override"] {
+            assert!(spec
+                .key(
+                    &encode(&request("POST", "/", &[("authorization", t), (spelling, "DELETE")])),
                     SEED
                 )
                 .is_none());
