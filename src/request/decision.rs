@@ -672,9 +672,10 @@ fn evaluate_request(
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// The methods, other than its own, that a server may read `req` as: each method-override
-/// header's value and the `_method` query parameter (Spring's `HiddenHttpMethodFilter`,
-/// Laravel, Symfony), upper-cased as frameworks do. A value that is not a method, or a
-/// `_method` servers would read differently (given twice, in another case), is refused.
+/// header's value and each `_method` query parameter (Spring's `HiddenHttpMethodFilter`,
+/// Laravel, Symfony; any case, percent-decoded, `&` or `;` separated), upper-cased as
+/// frameworks do. Every one is a reading the request is judged under, so a repeat or another
+/// spelling adds readings rather than choosing one. A value that is not a method is refused.
 /// (`_method` in a form body is out of a header filter's sight.)
 fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
     let mut out: Vec<String> = Vec::new();
@@ -700,15 +701,39 @@ fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
         }
     }
     if let Some((_, query)) = req.path.split_once('?') {
-        match crate::policy::query_value(query, "_method") {
-            crate::policy::ReqValue::Absent => {}
-            crate::policy::ReqValue::Value(v) => add(&v)?,
-            crate::policy::ReqValue::Ambiguous => {
-                return Err("request has a _method query parameter that servers read differently")
+        for pair in query.split(['&', ';']) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name.len() >= 7 && percent_decoded(name).eq_ignore_ascii_case("_method") {
+                add(&percent_decoded(value))?;
             }
         }
     }
     Ok(out)
+}
+
+/// `s` with `+` as a space and each valid `%XX` decoded (others kept as written), as a
+/// lenient form decoder reads it.
+fn percent_decoded(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|x| char::from(*x).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The request as the rules judge it, from what evaluation computed: `path` (as rules match
@@ -2866,8 +2891,21 @@ mod tests {
                 vec![("X-HTTP-Method-Override", "DE LETE")],
                 "400 bad_method",
             ),
-            ("POST", "/orders/1?_method=GET&_method=DELETE", vec![], "400 bad_method"),
-            ("POST", "/orders/1?_METHOD=DELETE&_method=GET", vec![], "400 bad_method"),
+            // Repeats and other spellings are more readings, each judged.
+            (
+                "POST",
+                "/orders/1?_method=GET&_method=DELETE",
+                vec![],
+                "403 policy_denied",
+            ),
+            (
+                "POST",
+                "/orders/1?_METHOD=DELETE&_method=GET",
+                vec![],
+                "403 policy_denied",
+            ),
+            ("POST", "/orders/1?x=1;_method=DELETE", vec![], "403 policy_denied"),
+            ("POST", "/orders/1?_method=GET&%zz=1", vec![], "allow"),
         ] {
             assert_eq!(outcome(method, path, &extra), want, "{method} {path} {extra:?}");
         }
