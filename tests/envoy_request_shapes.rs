@@ -567,7 +567,7 @@ fn opt_in_parameters_and_backslashes() {
 //
 // Each of these got past a rule before: a host with an empty or malformed port, a reserved
 // character a rule names sent escaped, `;` as a second query separator, HEAD where an ALLOW
-// rule excludes GET, a trailing slash after a denied path, a method override, a rule pattern
+// rule excludes GET, a trailing slash or another case after a denied path, a method override, a rule pattern
 // written in a form no request takes, a second unreadable token header under REMOVE_HEADER,
 // and a managed or token header spelled with `_`.
 
@@ -578,6 +578,7 @@ fn other_spelling_config() -> Value {
     cfg["rules"].as_array_mut().expect("rules").extend([
         json!({"name": "no-cancel", "action": "DENY", "paths": ["*:cancel"]}),
         json!({"name": "no-order-deletes", "action": "DENY", "methods": ["DELETE"], "paths": ["/orders/{id}"]}),
+        json!({"name": "no-refunds", "action": "DENY", "paths": ["/orders/{id}/refund"]}),
         json!({"name": "order-writers", "methods": ["DELETE", "POST"], "paths": ["/orders/*"]}),
         json!({"name": "api-but-admin", "paths": ["/api/*"], "notPaths": ["/api/admin"]}),
         json!({"name": "no-root-files", "action": "DENY", "paths": ["/files/%7Eroot/*", "/files/caf%c3%a9"]}),
@@ -647,6 +648,13 @@ fn other_spelling_cases() -> Vec<Case> {
         get("excluded path", "/api/admin").token().want(refused(403)),
         get("excluded path with a trailing slash", "/api/admin/").token().want(refused(403)),
         get("other api paths", "/api/orders/").token().want(served("/api/orders/")),
+        // -- another case, where routers ignore case
+        req("refund denied", "POST", "/orders/42/refund").token().want(refused(403)),
+        req("refund in capitals denied", "POST", "/orders/42/REFUND").token().want(refused(403)),
+        req("refund in mixed case, trailing slash, denied", "POST", "/orders/42/Refund/").token().want(refused(403)),
+        req("other order writes", "POST", "/orders/42/items").token().want(served("/orders/42/items")),
+        get("excluded path in capitals", "/api/ADMIN").token().want(refused(403)),
+        get("excluded path, escaped capital", "/api/%41dmin").token().want(refused(403)),
         // -- a managed header spelled with `_`
         get("underscore spelling of a claim header", "/orders/1").token().header("x_user_sub: mallory")
             .want(served("/orders/1")).upstream_header("x_user_sub", &[]).upstream_header("x-user-sub", &["alice"]),

@@ -68,6 +68,21 @@ impl StrPattern {
             StrPattern::Any => true,
         }
     }
+
+    /// [`StrPattern::matches`], ASCII case-insensitively.
+    fn matches_ignore_case(&self, s: &str) -> bool {
+        let b = s.as_bytes();
+        match self {
+            StrPattern::Exact(e) => s.eq_ignore_ascii_case(e),
+            StrPattern::Prefix(p) => b.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes())),
+            StrPattern::Suffix(x) => b
+                .len()
+                .checked_sub(x.len())
+                .and_then(|at| b.get(at..))
+                .is_some_and(|t| t.eq_ignore_ascii_case(x.as_bytes())),
+            StrPattern::Any => true,
+        }
+    }
 }
 
 /// The calling workload, as the proxy saw its connection: the peer certificate's SPIFFE ID
@@ -304,7 +319,14 @@ impl PathPattern {
     }
 
     fn matches(&self, path: &str) -> bool {
+        self.matches_case(path, false)
+    }
+
+    /// [`PathPattern::matches`], with literal parts compared ASCII case-insensitively when
+    /// `ignore_case`.
+    fn matches_case(&self, path: &str, ignore_case: bool) -> bool {
         match self {
+            PathPattern::Str(s) if ignore_case => s.matches_ignore_case(path),
             PathPattern::Str(s) => s.matches(path),
             PathPattern::Template(segs) => {
                 let mut parts = path.split('/').skip(1);
@@ -316,7 +338,10 @@ impl PathPattern {
                             _ => return false,
                         },
                         Segment::Literal(l) => {
-                            if parts.next() != Some(l.as_str()) {
+                            let same = parts
+                                .next()
+                                .is_some_and(|p| p == l || (ignore_case && p.eq_ignore_ascii_case(l)));
+                            if !same {
                                 return false;
                             }
                         }
@@ -1226,10 +1251,11 @@ impl Rule {
     /// [`Mismatch::is_request_half`] names.
     fn request_matches(&self, req: &RequestFacts) -> Result<(), Mismatch> {
         // Some requests reach the same handler as another spelling: HEAD runs the GET handler,
-        // and `/admin/` the `/admin` one in many routers (Express, Spring before 6). Where
-        // reading the request as that other spelling makes the outcome stricter, it is read so:
-        // a DENY rule's `methods`/`paths` and an ALLOW rule's `notMethods`/`notPaths` hold
-        // for either. (An ALLOW rule's `methods`/`paths` and a DENY rule's `not` forms stay
+        // `/admin/` the `/admin` one in many routers (Express, Spring before 6), and `/ADMIN`
+        // too in routers that ignore case by default (Express, ASP.NET Core). Where reading
+        // the request as that other spelling makes the outcome stricter, it is read so: a
+        // DENY rule's `methods`/`paths` and an ALLOW rule's `notMethods`/`notPaths` hold for
+        // any of them. (An ALLOW rule's `methods`/`paths` and a DENY rule's `not` forms stay
         // exact: reading them broadly would admit more.)
         let broad = |deny: bool| (self.action == RuleAction::Deny) == deny;
         let as_get = req.method == "HEAD";
@@ -1239,8 +1265,9 @@ impl Rule {
                 .any(|m| m == req.method || (broadly && as_get && m == "GET"))
         };
         let path_in = |list: &[PathPattern], broadly: bool| {
-            list.iter()
-                .any(|p| p.matches(req.path) || (broadly && unslashed.is_some_and(|u| p.matches(u))))
+            list.iter().any(|p| {
+                p.matches_case(req.path, broadly) || (broadly && unslashed.is_some_and(|u| p.matches_case(u, true)))
+            })
         };
         if !self.methods.is_empty() && !method_in(&self.methods, broad(true)) {
             return Err(Mismatch::Method);
@@ -3114,6 +3141,40 @@ mod tests {
             ("GET", "/ro/x", "allow:reads"),
         ] {
             assert_eq!(run(&c, m, p, h, tok(), &[]), want, "{m} {p}");
+        }
+    }
+
+    /// `/ADMIN/users` reaches the `/admin/*` handler where routing ignores case (Express's and
+    /// ASP.NET Core's default): a DENY rule's paths and an ALLOW rule's notPaths hold in any
+    /// case; an ALLOW rule's paths stay case-sensitive unless `caseInsensitivePaths`.
+    #[test]
+    fn path_case_does_not_escape_deny_paths_or_allow_not_paths() {
+        let c = config(json!({"rules": [
+            {"name": "no-admin", "action": "DENY", "paths": ["/admin/*", "/orders/{id}/refund", "*.BAK", "/exact"]},
+            {"name": "no-but-public", "action": "DENY", "paths": ["/x/*"], "notPaths": ["/x/public"]},
+            {"name": "api-but-internal", "paths": ["/api/*", "/x/*", "/Exact", "/orders/*"], "notPaths": ["/api/internal/*", "/api/users/{id}/keys"]}
+        ]}));
+        let h = "api.example.com";
+        for (p, want) in [
+            ("/admin/users", "deny:no-admin"),
+            ("/ADMIN/users", "deny:no-admin"),
+            ("/Admin/Users/", "deny:no-admin"),
+            ("/orders/7/REFUND", "deny:no-admin"),
+            ("/orders/7/Refund/", "deny:no-admin"),
+            ("/orders/7/x.bak", "deny:no-admin"),
+            ("/EXACT", "deny:no-admin"),
+            ("/Exact", "deny:no-admin"),
+            // A DENY rule's notPaths stay exact: `/X/PUBLIC` is not exempted.
+            ("/x/public", "allow:api-but-internal"),
+            ("/x/PUBLIC", "deny:no-but-public"),
+            // An ALLOW rule's notPaths exclude any case, its paths stay exact.
+            ("/api/orders", "allow:api-but-internal"),
+            ("/api/INTERNAL/x", "deny"),
+            ("/api/Users/7/KEYS", "deny"),
+            ("/API/orders", "deny"),
+            ("/orders/7", "allow:api-but-internal"),
+        ] {
+            assert_eq!(run(&c, "GET", p, h, tok(), &[]), want, "GET {p}");
         }
     }
 
