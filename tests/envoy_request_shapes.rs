@@ -655,6 +655,10 @@ fn other_spelling_cases() -> Vec<Case> {
         req("other order writes", "POST", "/orders/42/items").token().want(served("/orders/42/items")),
         get("excluded path in capitals", "/api/ADMIN").token().want(refused(403)),
         get("excluded path, escaped capital", "/api/%41dmin").token().want(refused(403)),
+        // -- a header a rule reads, spelled with `_`
+        get("rule header, underscore spelling", "/env/a").token().header("x_env: prod").want(refused(403)),
+        get("rule header, both spellings", "/env/a").token().header("x-env: dev").header("x_env: prod").want(refused(400)),
+        get("rule header, other value", "/env/a").token().header("x_env: dev").want(served("/env/a")),
         // -- a managed header spelled with `_`
         get("underscore spelling of a claim header", "/orders/1").token().header("x_user_sub: mallory")
             .want(served("/orders/1")).upstream_header("x_user_sub", &[]).upstream_header("x-user-sub", &["alice"]),

@@ -1054,6 +1054,13 @@ fn host_patterns(path: &str, field: &str, v: Option<Vec<String>>) -> Result<Vec<
         .collect()
 }
 
+/// Whether request header `k` is the header `name` a rule reads: in any case, and with `_`
+/// for `-` (`x_env` fills the same `HTTP_X_ENV` as `x-env` in CGI-style servers, so a rule
+/// on `x-env` must see it too). The request layer refuses a request carrying two spellings.
+pub fn same_header(k: &str, name: &str) -> bool {
+    crate::base::abi::same_header_loosely(k.as_bytes(), name.as_bytes())
+}
+
 /// Calls `f` on each string form of a claim value: strings (split on whitespace for
 /// space-delimited claims), integers and booleans as their JSON text, array elements the same
 /// way. Objects, floats and null never match. Returns whether `f` returned true for any.
@@ -1163,7 +1170,7 @@ impl WhenCondition {
                     None => ReqValue::Absent,
                 }
             }
-            RequestSource::Header(name) => match req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            RequestSource::Header(name) => match req.headers.iter().find(|(k, _)| same_header(k, name)) {
                 Some((_, v)) if !v.is_empty() => ReqValue::Value(Cow::Borrowed(*v)),
                 _ => ReqValue::Absent,
             },
@@ -1192,7 +1199,7 @@ impl WhenCondition {
                 header_value = req
                     .headers
                     .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .find(|(k, _)| same_header(k, name))
                     .map(|(_, v)| Value::String((*v).to_string()));
                 (header_value.as_ref(), false)
             }

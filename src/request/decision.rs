@@ -479,7 +479,7 @@ fn evaluate_request(
     if let Some(name) = config.policy.header_names().find(|n| {
         headers
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .filter(|(k, _)| crate::policy::same_header(k, n))
             .nth(1)
             .is_some()
     }) {
@@ -2922,6 +2922,48 @@ mod tests {
             "401 missing_token"
         );
         assert_eq!(anon("POST", &[("X-HTTP-Method-Override", "GET")]), "401 missing_token");
+    }
+
+    /// `x_env` is `x-env` to CGI-style servers (`HTTP_X_ENV`): a rule reading `x-env` reads it,
+    /// a binding on `header:x-tenant-id` reads `x_tenant_id`, and two spellings are a repeat.
+    #[test]
+    fn rules_read_headers_in_either_spelling() {
+        let (c, k) = policy_config(json!({"rules": [
+            {"name": "no-prod", "action": "DENY", "paths": ["/env/*"], "when": [{"key": "request.headers[x-env]", "values": ["prod"]}]},
+            {"name": "own-tenant", "paths": ["/t/*"], "when": [{"claim": "tenant", "valuesFrom": "header:x-tenant-id"}]},
+            {"name": "env", "paths": ["/env/*"]}
+        ]}));
+        let tok = bearer(&k, json!({"tenant": "acme"}));
+        let outcome = |path: &str, extra: &[(&str, &str)]| {
+            let mut h = vec![("authorization", tok.as_str())];
+            h.extend_from_slice(extra);
+            match http(&c, "GET", path, &h).decision {
+                Decision::Allow { .. } => "allow".to_string(),
+                Decision::Deny(d) => format!("{} {}", d.status, d.reason),
+                other => format!("{other:?}"),
+            }
+        };
+        for (path, extra, want) in [
+            ("/env/a", vec![("x-env", "prod")], "403 policy_denied"),
+            ("/env/a", vec![("x_env", "prod")], "403 policy_denied"),
+            ("/env/a", vec![("X_Env", "prod")], "403 policy_denied"),
+            ("/env/a", vec![("x_env", "dev")], "allow"),
+            (
+                "/env/a",
+                vec![("x-env", "dev"), ("x_env", "prod")],
+                "400 repeated_header",
+            ),
+            ("/t/a", vec![("x-tenant-id", "acme")], "allow"),
+            ("/t/a", vec![("x_tenant_id", "acme")], "allow"),
+            ("/t/a", vec![("x_tenant_id", "globex")], "403 policy_denied"),
+            (
+                "/t/a",
+                vec![("x-tenant-id", "acme"), ("x_tenant_id", "globex")],
+                "400 repeated_header",
+            ),
+        ] {
+            assert_eq!(outcome(path, &extra), want, "{path} {extra:?}");
+        }
     }
 
     /// A host servers would cut differently (`host:80:80`, `host:x`, `user@host`) is refused

@@ -165,6 +165,15 @@ impl MemoSpec {
                 return None;
             }
             let Some(i) = self.keyed.iter().position(|(k, _)| same(k)) else {
+                // Another spelling of a keyed header (`x_env` for `x-env`), which rules read
+                // as that header: evaluate in full.
+                if self
+                    .keyed
+                    .iter()
+                    .any(|(k, exact)| !exact && crate::base::abi::same_header_loosely(k, name))
+                {
+                    return None;
+                }
                 continue;
             };
             let (k, exact) = self.keyed.get(i)?;
@@ -611,6 +620,23 @@ mod tests {
                 )
                 .is_none());
         }
+        // Another spelling of a keyed header (rules read `x_env` as `x-env`).
+        assert!(spec
+            .key(
+                &encode(&request("GET", "/", &[("authorization", t), ("x-env", "dev")])),
+                SEED
+            )
+            .is_some());
+        assert!(spec
+            .key(
+                &encode(&request(
+                    "GET",
+                    "/",
+                    &[("authorization", t), ("x-env", "dev"), ("x_env", "prod")]
+                )),
+                SEED
+            )
+            .is_none());
         // A method override: evaluation reads the request under each method.
         for spelling in ["X-HTTP-Method-Override", "x_http_method", "x-method-override"] {
             assert!(spec

@@ -250,7 +250,14 @@ impl Case {
         let names: Vec<String> = self
             .headers
             .iter()
-            .map(|h| h.split(':').next().unwrap_or_default().to_ascii_lowercase())
+            // `x_env` is `x-env` to the rules (and to CGI-style servers).
+            .map(|h| {
+                h.split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+                    .replace('_', "-")
+            })
             .collect();
         names
             .iter()
