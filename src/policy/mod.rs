@@ -1078,7 +1078,7 @@ fn any_value(v: &Value, split: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
 /// A component decoded once: `%XX` escapes (and `+` as a space, for a query). A bad escape,
 /// a result that is not UTF-8 or holds a control character (or, for a path segment, a `/` or
 /// `\\`) is ambiguous; an empty one absent.
-fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_> {
+pub(crate) fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_> {
     if s.is_empty() {
         return ReqValue::Absent;
     }
@@ -1122,7 +1122,7 @@ fn decode_component(s: &str, plus_is_space: bool, segment: bool) -> ReqValue<'_>
 /// spelled in another case, or when any parameter name fails to decode; ambiguous too when
 /// reading `;` as a second separator (Rails, and Python and Go before 2021, do) gives another
 /// answer: `?user=alice&x=1;user=bob` and `?user=alice;bob`.
-pub(crate) fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
+fn query_value<'a>(query: &'a str, name: &str) -> ReqValue<'a> {
     let amp = query_value_split(query, name, &['&']);
     if query.contains(';') && amp != ReqValue::Ambiguous && query_value_split(query, name, &['&', ';']) != amp {
         return ReqValue::Ambiguous;

@@ -108,6 +108,26 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The byte `%XX` at `bytes[i..]` stands for, if it is a valid escape.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    let h = bytes.get(i + 1).and_then(|x| hex(*x))?;
+    let l = bytes.get(i + 2).and_then(|x| hex(*x))?;
+    Some(h * 16 + l)
+}
+
+/// The first `.`, `..` or empty segment (other than a last, empty one: the trailing slash) of
+/// a path without its leading `/`: what canonicalisation would resolve or merge.
+fn first_unresolved_segment(rest: &str) -> Option<&str> {
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if matches!(seg, "." | "..") || (seg.is_empty() && !last) {
+            return Some(seg);
+        }
+    }
+    None
+}
+
 fn push_escape(out: &mut Vec<u8>, c: u8) {
     let digit = |n: u8| if n < 10 { b'0' + n } else { b'A' + n - 10 };
     out.extend_from_slice(&[b'%', digit(c >> 4), digit(c & 0x0f)]);
@@ -167,14 +187,7 @@ fn is_normal(path: &str) -> bool {
     {
         return false;
     }
-    let mut segments = rest.split('/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        if matches!(seg, "." | "..") || (seg.is_empty() && !last) {
-            return false;
-        }
-    }
-    true
+    first_unresolved_segment(rest).is_none()
 }
 
 /// [`canonicalize`] for an absolute path (no query) that needs work: (canonical, matched).
@@ -193,13 +206,9 @@ fn canonicalize_slow(path: &str, o: &PathOptions) -> Result<(String, String), Pa
             },
             b';' if o.parameters == PathParameters::RejectRequest => return Err(PathError::Parameters),
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).and_then(|x| hex(*x)),
-                    bytes.get(i + 2).and_then(|x| hex(*x)),
-                ) else {
+                let Some(c) = escape_at(bytes, i) else {
                     return Err(PathError::BadEscape);
                 };
-                let c = h * 16 + l;
                 if is_unreserved(c) {
                     decoded.push(c);
                 } else if c == b'/' || c == b'\\' {
@@ -294,18 +303,14 @@ pub fn canonical_pattern(p: &str) -> Result<String, String> {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).and_then(|x| hex(*x)),
-                    bytes.get(i + 2).and_then(|x| hex(*x)),
-                ) else {
+                let Some(c) = escape_at(bytes, i) else {
                     return Err(format!("{p:?} has an invalid percent-escape"));
                 };
-                let c = h * 16 + l;
                 if is_unreserved(c) {
                     out.push(c);
-                } else if c < 128 && !matches!(c, b'/' | b'\\') && (0x21..=0x7e).contains(&c) {
+                } else if !matches!(c, b'/' | b'\\') && (0x21..=0x7e).contains(&c) {
                     return Err(format!(
-                        "{p:?}: write {:?} rather than %{h:X}{l:X} (rules compare reserved characters as written; a request escaping one that a rule names is refused)",
+                        "{p:?}: write {:?} rather than %{c:02X} (rules compare reserved characters as written; a request escaping one that a rule names is refused)",
                         char::from(c)
                     ));
                 } else {
@@ -339,23 +344,15 @@ pub fn canonical_pattern(p: &str) -> Result<String, String> {
     }
     // Only printable ASCII was pushed.
     let out = String::from_utf8(out).map_err(|_| format!("{p:?} is not text"))?;
-    if let Some(rest) = out.strip_prefix('/') {
-        let mut segments = rest.split('/').peekable();
-        while let Some(seg) = segments.next() {
-            let last = segments.peek().is_none();
-            if matches!(seg, "." | "..") {
-                return Err(format!(
-                    "{p:?} has a {seg:?} segment; requests are judged with dot segments resolved"
-                ));
-            }
-            if seg.is_empty() && !last {
-                return Err(format!(
-                    "{p:?} has an empty segment (//); requests are judged with slashes merged"
-                ));
-            }
-        }
+    match out.strip_prefix('/').and_then(first_unresolved_segment) {
+        None => Ok(out),
+        Some("") => Err(format!(
+            "{p:?} has an empty segment (//); requests are judged with slashes merged"
+        )),
+        Some(seg) => Err(format!(
+            "{p:?} has a {seg:?} segment; requests are judged with dot segments resolved"
+        )),
     }
-    Ok(out)
 }
 
 /// The reserved characters a canonical pattern names (for [`PathOptions::named_reserved`]):
@@ -413,7 +410,7 @@ impl HostError {
 /// The empty host (an HTTP/1.0 request without `Host`) stays empty.
 pub fn canonical_host(host: &str) -> Result<std::borrow::Cow<'_, str>, HostError> {
     use std::borrow::Cow;
-    let (name, port) = split_port(host);
+    let (name, raw_port) = split_port(host);
     let name_ok = if let Some(inner) = name.strip_prefix('[') {
         // `[v6]`: hex digits, colons and dots (an embedded IPv4); no zone identifier.
         inner
@@ -428,7 +425,7 @@ pub fn canonical_host(host: &str) -> Result<std::borrow::Cow<'_, str>, HostError
     if !name_ok {
         return Err(HostError::BadName);
     }
-    let port = match port {
+    let port = match raw_port {
         None | Some("") => None,
         Some(p) => {
             // Leading zeros go (`:0443` is port 443 to every server that reads it).
@@ -448,8 +445,7 @@ pub fn canonical_host(host: &str) -> Result<std::borrow::Cow<'_, str>, HostError
     } else {
         name.trim_end_matches('.')
     };
-    let same_port = port == split_port(host).1;
-    if trimmed.len() == name.len() && same_port && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if trimmed.len() == name.len() && port == raw_port && !host.bytes().any(|b| b.is_ascii_uppercase()) {
         return Ok(Cow::Borrowed(host));
     }
     let mut out = String::with_capacity(host.len());

@@ -678,6 +678,7 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-htt
 /// spelling adds readings rather than choosing one. A value that is not a method is refused.
 /// (`_method` in a form body is out of a header filter's sight.)
 fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
+    const NOT_A_METHOD: &str = "request has a method override that is not a method";
     let mut out: Vec<String> = Vec::new();
     let mut add = |v: &str| -> Result<(), &'static str> {
         let m = v.trim_matches(|c| c == ' ' || c == '\t').to_ascii_uppercase();
@@ -685,7 +686,7 @@ fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
             return Ok(());
         }
         if !is_canonical_method(&m) {
-            return Err("request has a method override that is not a method");
+            return Err(NOT_A_METHOD);
         }
         if m != req.method && !out.contains(&m) {
             out.push(m);
@@ -701,39 +702,22 @@ fn method_overrides(req: &HttpRequest) -> Result<Vec<String>, &'static str> {
         }
     }
     if let Some((_, query)) = req.path.split_once('?') {
+        use crate::policy::{decode_component, ReqValue};
         for pair in query.split(['&', ';']) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if name.len() >= 7 && percent_decoded(name).eq_ignore_ascii_case("_method") {
-                add(&percent_decoded(value))?;
+            let is_method = name.len() >= 7
+                && matches!(decode_component(name, true, false), ReqValue::Value(n) if n.eq_ignore_ascii_case("_method"));
+            if is_method {
+                match decode_component(value, true, false) {
+                    ReqValue::Absent => {}
+                    ReqValue::Value(v) => add(&v)?,
+                    // A bad escape or a control character: no server reads a method there.
+                    ReqValue::Ambiguous => return Err(NOT_A_METHOD),
+                }
             }
         }
     }
     Ok(out)
-}
-
-/// `s` with `+` as a space and each valid `%XX` decoded (others kept as written), as a
-/// lenient form decoder reads it.
-fn percent_decoded(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let hex = |j: usize| b.get(j).and_then(|x| char::from(*x).to_digit(16));
-        match (c, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-            (b'+', _, _) => out.push(b' '),
-            _ => out.push(c),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The request as the rules judge it, from what evaluation computed: `path` (as rules match
@@ -2323,6 +2307,15 @@ mod tests {
 
     /// "allow:RULE", "deny:RULE" (the DENY rule that matched), "deny" (no ALLOW rule) or the
     /// status of a refusal before policy.
+    /// "allow", or a denial's status and reason ("403 policy_denied").
+    fn status_reason(d: &Decision) -> String {
+        match d {
+            Decision::Allow { .. } => "allow".to_string(),
+            Decision::Deny(d) => format!("{} {}", d.status, d.reason),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn outcome(c: &Config, path: &str, headers: &[(&str, &str)]) -> String {
         let ev = http(c, "GET", path, headers);
         match (&ev.decision, ev.policy.as_ref().map(|p| &p.effect)) {
@@ -2739,34 +2732,19 @@ mod tests {
             );
         }
         // REJECT_REQUEST (the default): the first one answers, with the reason it has.
-        let mut strict = json!({"providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
-            "fromHeaders": [{"name": "authorization", "prefix": "Bearer "}, {"name": "x-access-token", "prefix": "Bearer "}]}],
-            "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}]});
-        let c = Config::from_json(strict.to_string().as_bytes()).unwrap();
-        let d = denial(
-            http(
-                &c,
-                "GET",
-                "/healthz",
-                &[("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)],
-            )
-            .decision,
-        );
-        assert_eq!((d.status, d.reason), (401, "missing_token"));
-        strict["providers"][0]["fromHeaders"] =
-            json!([{"name": "x-access-token", "prefix": "Bearer "}, {"name": "authorization", "prefix": "Bearer "}]);
-        let c = Config::from_json(strict.to_string().as_bytes()).unwrap();
-        let d = denial(
-            http(
-                &c,
-                "GET",
-                "/healthz",
-                &[("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)],
-            )
-            .decision,
-        );
-        assert_eq!(d.status, 401);
-        assert_ne!(d.reason, "missing_token");
+        let basic_then_forged = [("authorization", "Basic dXNlcjpwYXNz"), ("x-access-token", forged)];
+        for (first, second, missing) in [
+            ("authorization", "x-access-token", true),
+            ("x-access-token", "authorization", false),
+        ] {
+            let strict = json!({"providers": [{"name": "idp", "issuer": "https://a", "audiences": ["api"], "jwks": k.jwks(),
+                "fromHeaders": [{"name": first, "prefix": "Bearer "}, {"name": second, "prefix": "Bearer "}]}],
+                "rules": [{"name": "health", "public": true, "paths": ["/healthz"]}]});
+            let c = Config::from_json(strict.to_string().as_bytes()).unwrap();
+            let d = denial(http(&c, "GET", "/healthz", &basic_then_forged).decision);
+            assert_eq!(d.status, 401);
+            assert_eq!(d.reason == "missing_token", missing, "{first} first: {d:?}");
+        }
     }
 
     /// A managed or token header spelled with `_` (`x_user_email`, `x_access_token`) is the
@@ -2838,11 +2816,7 @@ mod tests {
         let outcome = |method: &str, path: &str, extra: &[(&str, &str)]| {
             let mut h = vec![auth];
             h.extend_from_slice(extra);
-            match http(&c, method, path, &h).decision {
-                Decision::Allow { .. } => "allow".to_string(),
-                Decision::Deny(d) => format!("{} {}", d.status, d.reason),
-                other => format!("{other:?}"),
-            }
+            status_reason(&http(&c, method, path, &h).decision)
         };
         for (method, path, extra, want) in [
             ("POST", "/orders/1", vec![], "allow"),
@@ -2910,11 +2884,7 @@ mod tests {
             assert_eq!(outcome(method, path, &extra), want, "{method} {path} {extra:?}");
         }
         // Public only if public under every reading.
-        let anon = |method: &str, extra: &[(&str, &str)]| match http(&c, method, "/healthz", extra).decision {
-            Decision::Allow { .. } => "allow".to_string(),
-            Decision::Deny(d) => format!("{} {}", d.status, d.reason),
-            other => format!("{other:?}"),
-        };
+        let anon = |method: &str, extra: &[(&str, &str)]| status_reason(&http(&c, method, "/healthz", extra).decision);
         assert_eq!(anon("GET", &[]), "allow");
         assert_eq!(anon("GET", &[("X-HTTP-Method-Override", "GET")]), "allow");
         assert_eq!(
@@ -2937,11 +2907,7 @@ mod tests {
         let outcome = |path: &str, extra: &[(&str, &str)]| {
             let mut h = vec![("authorization", tok.as_str())];
             h.extend_from_slice(extra);
-            match http(&c, "GET", path, &h).decision {
-                Decision::Allow { .. } => "allow".to_string(),
-                Decision::Deny(d) => format!("{} {}", d.status, d.reason),
-                other => format!("{other:?}"),
-            }
+            status_reason(&http(&c, "GET", path, &h).decision)
         };
         for (path, extra, want) in [
             ("/env/a", vec![("x-env", "prod")], "403 policy_denied"),

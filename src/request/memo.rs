@@ -17,8 +17,9 @@
 //! A remembered outcome holds only while the provider's keys are those the token was verified
 //! under, and while the token's time claims hold: both are checked on every hit, as the
 //! verified-token cache checks its entries. A request carrying a managed header, a keyed
-//! header twice, or any keyed value that is not byte for byte the remembered one is evaluated
-//! in full. So is every request under a config whose decisions read more than these inputs (the
+//! header twice, another spelling of a managed or keyed header (`x_env` for `x-env`), a
+//! method override, or any keyed value that is not byte for byte the remembered one is
+//! evaluated in full. So is every request under a config whose decisions read more than these inputs (the
 //! calling peer, ALB tokens, AUDIT rules, which log), every request that was not a plain allow
 //! (denials, dry-run denials, requests without a token) and, in the host, every request while
 //! debug decision lines are on (they need the whole evaluation). `jwtCacheSize: 0` turns the
@@ -68,9 +69,11 @@ pub struct MemoSpec {
     keyed: Vec<(Box<[u8]>, bool)>,
     /// Managed headers (lower-case): a request carrying one is evaluated in full.
     managed: Vec<Box<[u8]>>,
-    /// Managed and token header names with `-` or `_`: a request carrying one spelled the
-    /// other way (`x_user_email`) is evaluated in full, which strips it.
-    watched: Vec<Box<[u8]>>,
+    /// Names that, in a spelling not keyed (any case, `_` for `-`), make evaluation do more than
+    /// a replay could: managed and token headers in another spelling (stripped), keyed
+    /// headers in another spelling (rules read `x_env` as `x-env`), method overrides (the
+    /// request is judged under each method). A request carrying one is evaluated in full.
+    loose: Vec<Box<[u8]>>,
 }
 
 impl MemoSpec {
@@ -113,6 +116,19 @@ impl MemoSpec {
         } else {
             None
         };
+        let mut loose: Vec<Box<[u8]>> = Vec::new();
+        let names = config
+            .underscore_watched
+            .iter()
+            .map(String::as_str)
+            .chain(crate::request::decision::METHOD_OVERRIDE_HEADERS)
+            .map(str::as_bytes)
+            .chain(keyed.iter().filter(|(_, exact)| !exact).map(|(k, _)| &**k));
+        for name in names {
+            if !loose.iter().any(|l| **l == *name) {
+                loose.push(name.into());
+            }
+        }
         MemoSpec {
             off,
             keyed,
@@ -121,11 +137,7 @@ impl MemoSpec {
                 .iter()
                 .map(|m| m.to_ascii_lowercase().into_bytes().into_boxed_slice())
                 .collect(),
-            watched: config
-                .underscore_watched
-                .iter()
-                .map(|m| m.clone().into_bytes().into_boxed_slice())
-                .collect(),
+            loose,
         }
     }
 
@@ -136,7 +148,8 @@ impl MemoSpec {
 
     /// The key of a request from its serialized header map (`proxy_get_header_map_pairs`'s
     /// buffer, read in place), or None when it must be evaluated in full: the memo is off, the
-    /// buffer is malformed, a managed header is present or a keyed one repeats.
+    /// buffer is malformed, a managed header is present, a keyed one repeats, or a header
+    /// named in `loose` is, in a spelling not keyed.
     pub fn key<'b>(&self, buf: &'b [u8], seed: u64) -> Option<RequestKey<'b>> {
         if self.off.is_some() {
             return None;
@@ -150,27 +163,11 @@ impl MemoSpec {
             if self.managed.iter().any(|m| same(m)) {
                 return None;
             }
-            if self
-                .watched
-                .iter()
-                .any(|w| crate::base::abi::same_header_loosely(w, name) && !same(w))
-            {
-                return None;
-            }
-            // A method override: evaluation reads the request under each method.
-            if crate::request::decision::METHOD_OVERRIDE_HEADERS
-                .iter()
-                .any(|h| crate::base::abi::same_header_loosely(h.as_bytes(), name))
-            {
-                return None;
-            }
             let Some(i) = self.keyed.iter().position(|(k, _)| same(k)) else {
-                // Another spelling of a keyed header (`x_env` for `x-env`), which rules read
-                // as that header: evaluate in full.
                 if self
-                    .keyed
+                    .loose
                     .iter()
-                    .any(|(k, exact)| !exact && crate::base::abi::same_header_loosely(k, name))
+                    .any(|l| crate::base::abi::same_header_loosely(l, name))
                 {
                     return None;
                 }
