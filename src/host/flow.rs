@@ -475,6 +475,9 @@ fn record_memory<H: Host>(vm: &mut Vm<H>) {
     }
 }
 
+/// The generation of a provider that has no usable keys: no verification was made under it.
+const NO_KEYS_GENERATION: u64 = u64::MAX;
+
 /// The keys each provider verifies with at one moment: fetched keys while usable, else the
 /// inline `jwks` (bootstrap) until a set was published or with `bootstrapJwksFallback`, else
 /// none ([`JwksCache::key_set`]).
@@ -505,9 +508,14 @@ impl KeyLookup for VmKeys<'_> {
     }
 
     fn generation(&self, provider: usize) -> u64 {
-        // Fetched sets have versions from 1; 0 is the inline (bootstrap) set.
+        // Fetched sets have versions from 1 (CAS tokens, at most u32::MAX); 0 is the inline
+        // (bootstrap) set. A provider with no usable keys at all (fetched keys past
+        // `maxStale`, no fallback) has a generation of its own: a token verified under the
+        // bootstrap keys before the first fetch must not hit the cache (or the memo) again
+        // once those keys no longer serve.
         match self.slot_of.get(provider).copied().flatten() {
             Some(slot) if self.jwks.usable_keys(slot, self.now_ms).is_some() => self.jwks.version(slot),
+            Some(_) if self.key_set(provider).is_none() => NO_KEYS_GENERATION,
             _ => 0,
         }
     }
@@ -1928,6 +1936,41 @@ mod tests {
         assert!(p.resumed().is_empty(), "woken from a callout response, not the tick");
         p.tick(at + 200);
         at + 200
+    }
+
+    #[test]
+    fn a_bootstrap_verified_token_is_not_served_from_the_caches_once_no_keys_serve() {
+        // Verified (and remembered) under the inline keys before the first fetch; the fetched
+        // set replaces them, then goes past maxStale without fallback: 503, not the old allow.
+        let boot = TestKey::generate(Alg::ES256, "boot");
+        let k1 = TestKey::generate(Alg::ES256, "k1");
+        let p = Proxy::new(config(
+            json!({"jwksUri": "https://idp.test/jwks.json", "maxStale": "1h",
+                                         "jwks": boot.jwks().to_string()}),
+        ));
+        let token = bearer(&boot, json!({"exp": NOW_S + 7 * 86_400}));
+        for ctx in [1, 2] {
+            assert_eq!(p.request(ctx, &[("authorization", &token)]), Action::Continue);
+        }
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        p.respond(sent.token, Some(200), &jwks_of(&[&k1]), at + 50);
+        p.tick(at + 200);
+        // The identity provider cannot be reached from here on.
+        let mut t = at + 400;
+        let until = at + 3_600_000 + 10_000;
+        while t < until {
+            let before = p.sent().len();
+            p.tick(t);
+            for s in p.sent().into_iter().skip(before) {
+                p.respond(s.token, None, b"", t + 10);
+            }
+            t += 1_000;
+        }
+        assert_eq!(p.request(3, &[("authorization", &token)]), Action::Pause);
+        p.tick(t + 6_000);
+        let replies = p.replies();
+        assert!(replies.iter().any(|r| r.context == 3 && r.status == 503), "{replies:?}");
+        assert!(p.upstream_header(3, "x-sub").is_empty());
     }
 
     #[test]
