@@ -303,6 +303,13 @@ impl Slot {
         (now_ms <= self.fetched_at.saturating_add(self.remote.max_stale_ms)).then_some(keys)
     }
 
+    /// This VM asked for an early refetch that no attempt has begun or answered since (what
+    /// [`JwksCache::due`] still acts on): an ask a fetch already answered is not pending.
+    fn ask_pending(&self) -> bool {
+        self.wanted_since
+            .is_some_and(|asked| asked > self.meta.last_attempt && asked > self.meta.fetched_at)
+    }
+
     /// Some set was published for this source, as far as this VM knows.
     fn published(&self) -> bool {
         self.version != 0 || self.rejected != 0 || self.meta.version != 0
@@ -695,7 +702,7 @@ impl JwksCache {
                 // still to come (asked for, or in flight), this request waits for it like the
                 // first one did: during a key rotation, every request carrying the new kid
                 // before the fetch lands is answered by it, not refused at once.
-                if fetch_in_flight || slot.wanted_since.is_some() {
+                if fetch_in_flight || slot.ask_pending() {
                     return KeyWait::Wait { deadline_ms };
                 }
                 return KeyWait::GiveUp;
@@ -1361,6 +1368,36 @@ mod tests {
         assert_eq!(vm.on_missing_key(&store, 0, Some("rnd-7"), t + 1_200), KeyWait::GiveUp);
         // The negative cache is bounded.
         assert!(vm.slots[0].negative.len() <= MAX_NEGATIVE_KIDS);
+    }
+
+    #[test]
+    fn an_ask_answered_by_a_fetch_does_not_hold_later_requests() {
+        let store = FakeStore::default();
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let mut vm = warm(&store, &key, json!({}));
+        let mut ev = Vec::new();
+        let t = 1_200 + 30_000;
+        assert!(matches!(
+            vm.on_missing_key(&store, 0, Some("x"), t),
+            KeyWait::Wait { .. }
+        ));
+        assert_eq!(vm.tick(&store, t + 50, &mut ev).len(), 1);
+        // Asked while that fetch is in flight: it answers this ask too.
+        assert!(matches!(
+            vm.on_missing_key(&store, 0, Some("y"), t + 60),
+            KeyWait::Wait { .. }
+        ));
+        vm.on_fetch_done(&store, 0, t + 150, false, ok(&key.jwks(), None), &mut ev);
+        for now in [t + 200, t + 300, t + 10_000] {
+            vm.tick(&store, now, &mut ev);
+            // The fetch landed without y: y is refused at once, every time, within the
+            // cooldown; no request pauses for a fetch that will not come.
+            assert_eq!(
+                vm.on_missing_key(&store, 0, Some("y"), now + 1),
+                KeyWait::GiveUp,
+                "at {now}"
+            );
+        }
     }
 
     #[test]
