@@ -154,6 +154,15 @@ pub struct Meta {
     pub expiry_reported: Option<(u64, u64)>,
 }
 
+impl Meta {
+    /// An early refetch asked for at `asked` (ms) that no attempt has begun, and no fetch
+    /// succeeded, since: the one rule for "still to be fetched" (`JwksCache::due`) and "worth
+    /// waiting for" (`Slot::ask_pending`).
+    fn unanswered(&self, asked: u64) -> bool {
+        asked > self.last_attempt && asked > self.fetched_at
+    }
+}
+
 /// The first line of `KEY|set`: what belongs to that one document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -306,8 +315,7 @@ impl Slot {
     /// This VM asked for an early refetch that no attempt has begun or answered since (what
     /// [`JwksCache::due`] still acts on): an ask a fetch already answered is not pending.
     fn ask_pending(&self) -> bool {
-        self.wanted_since
-            .is_some_and(|asked| asked > self.meta.last_attempt && asked > self.meta.fetched_at)
+        self.wanted_since.is_some_and(|asked| self.meta.unanswered(asked))
     }
 
     /// Some set was published for this source, as far as this VM knows.
@@ -504,9 +512,7 @@ impl JwksCache {
         // succeeded after the asking: the set it brought is the one that request (and the
         // VM's negative cache) judged; a kid still missing asks again after the cooldown.
         let asked = want.max(slot.wanted_since.unwrap_or(0));
-        asked > m.last_attempt
-            && asked > m.fetched_at
-            && now_ms >= m.last_attempt.saturating_add(slot.remote.cooldown_ms)
+        m.unanswered(asked) && now_ms >= m.last_attempt.saturating_add(slot.remote.cooldown_ms)
     }
 
     fn maybe_fetch(&mut self, store: &dyn SharedStore, i: usize, now_ms: u64) -> Option<FetchRequest> {
