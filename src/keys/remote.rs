@@ -661,14 +661,24 @@ impl JwksCache {
         if let Some(error) = failed {
             let mut failures = 0;
             let mut retry = 0;
+            // The JWKS at a discovered jwks_uri failed: the identity provider may have moved
+            // its keys, so the next attempt reads the discovery document again (the found URI
+            // lives in shared data, which outlives a config push: nothing else would clear it).
+            let rediscover = slot.remote.discovery && !discovery;
             let ok = update_status(store, slot, |m| {
                 m.failures = m.failures.saturating_add(1);
                 (failures, retry) = (m.failures, backoff_ms(m.failures));
                 m.next_attempt = now_ms + retry;
                 m.last_error = error.clone();
+                if rediscover {
+                    m.discovered_jwks_uri = None;
+                }
                 true
             });
             if !ok {
+                if rediscover {
+                    slot.meta.discovered_jwks_uri = None;
+                }
                 // Not recorded for every VM; this VM still backs off.
                 failures = slot.meta.failures.saturating_add(1);
                 retry = backoff_ms(failures);
@@ -1522,6 +1532,55 @@ mod tests {
         );
         vm.on_fetch_done(&store, 0, 1_300, false, ok(&key.jwks(), None), &mut ev);
         assert!(vm.usable_keys(0, 1_400).is_some());
+    }
+
+    #[test]
+    fn a_failing_discovered_jwks_uri_is_discovered_again() {
+        // The identity provider moved its keys: the jwks_uri found earlier now answers 404.
+        // The next attempt reads the discovery document again and follows the new jwks_uri,
+        // rather than asking the old one for ever (shared data outlives a config push).
+        let store = FakeStore::default();
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let r = {
+            let c = Config::from_json(
+                json!({"providers": [{"issuer": "https://idp.test/realms/x", "oidcDiscovery": true}]})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+            c.providers[0].remote.clone().unwrap()
+        };
+        let mut vm = JwksCache::new(vec![r], 1);
+        let mut ev = Vec::new();
+        vm.tick(&store, 1_000, &mut ev);
+        let req = vm.tick(&store, 1_100, &mut ev).pop().unwrap();
+        assert!(req.discovery);
+        let doc = |uri: &str| ok(&json!({ "jwks_uri": uri }), None);
+        let next = vm
+            .on_fetch_done(&store, 0, 1_200, true, doc("https://idp.test/old/certs"), &mut ev)
+            .unwrap();
+        vm.on_fetch_done(&store, 0, 1_300, false, ok(&key.jwks(), None), &mut ev);
+        assert_eq!(next.path, "/old/certs");
+        // At the refresh the old URI is gone.
+        let t = 1_300 + 600_000;
+        let req = vm.tick(&store, t, &mut ev).pop().unwrap();
+        assert!(!req.discovery);
+        let gone = FetchResult::Response {
+            status: 404,
+            body: Vec::new(),
+            body_size: 0,
+            cache_control: None,
+            etag: None,
+        };
+        assert!(vm.on_fetch_done(&store, 0, t + 50, false, gone, &mut ev).is_none());
+        let req = vm.tick(&store, t + 1_200, &mut ev).pop().unwrap();
+        assert!(req.discovery, "{req:?}");
+        let next = vm
+            .on_fetch_done(&store, 0, t + 1_300, true, doc("https://idp.test/new/certs"), &mut ev)
+            .unwrap();
+        assert_eq!(next.path, "/new/certs");
+        // Keys kept working meanwhile.
+        assert!(vm.usable_keys(0, t + 1_300).is_some());
     }
 
     // ---- Which keys serve: fetched, bootstrap, or none (issue 20, point 6) ----
