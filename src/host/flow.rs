@@ -110,9 +110,14 @@ pub trait Host: SharedStore + Clone {
 /// What a paused request waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Awaited {
-    /// A JWKS cache slot to change: its version or its failed attempts, as they were when the
-    /// request paused.
-    Jwks { slot: usize, version: u64, failures: u32 },
+    /// A JWKS cache slot to change: its version, its failed attempts or its freshness (which
+    /// every success moves, a `304` too), as they were when the request paused.
+    Jwks {
+        slot: usize,
+        version: u64,
+        failures: u32,
+        fresh_until: u64,
+    },
     /// One ALB key (source, kid) to be settled: published or known to be missing.
     Alb { source: usize, kid: String },
 }
@@ -133,9 +138,15 @@ impl Awaited {
                 slot,
                 version,
                 failures,
+                fresh_until,
             } => {
-                let now_failures = jwks.slots.get(*slot).map_or(0, |s| s.meta.failures);
-                jwks.version(*slot) != *version || now_failures != *failures
+                let (now_failures, now_fresh) = jwks
+                    .slots
+                    .get(*slot)
+                    .map_or((0, 0), |s| (s.meta.failures, s.meta.fresh_until));
+                // A 304 leaves version and failures alone: the set was confirmed, and a kid it
+                // lacks is answered now rather than at the deadline.
+                jwks.version(*slot) != *version || now_failures != *failures || now_fresh != *fresh_until
             }
             Awaited::Alb { source, kid } => alb.settled(store, *source, kid, now_ms),
         }
@@ -744,6 +755,7 @@ fn wait_for_keys<H: Host>(vm: &mut Vm<H>, provider: usize, kid: Option<&str>, no
                 slot,
                 version: vm.cache.version(slot),
                 failures: vm.cache.slots.get(slot).map_or(0, |s| s.meta.failures),
+                fresh_until: vm.cache.slots.get(slot).map_or(0, |s| s.meta.fresh_until),
             },
             deadline_ms,
         )),
@@ -2053,6 +2065,41 @@ mod tests {
             .header("www-authenticate")
             .unwrap()
             .contains("error=\"invalid_token\""));
+        assert!(p.waiting().is_empty());
+    }
+
+    #[test]
+    fn a_refetch_answered_304_answers_its_waiter_at_once() {
+        // The identity provider confirms its set (304 to If-None-Match): the kid is still
+        // unknown, so the waiter gets its 401 on the next tick, not at jwksWaitTimeout.
+        let k1 = TestKey::generate(Alg::ES256, "k1");
+        let k2 = TestKey::generate(Alg::ES256, "k2");
+        let p = Proxy::new(remote_config());
+        assert_eq!(
+            p.request(36, &[("authorization", &bearer(&k1, json!({})))]),
+            Action::Pause
+        );
+        let (sent, at) = p.tick_until_callout(NOW_MS);
+        *p.host.0.callout.borrow_mut() = (
+            vec![(":status".into(), "200".into()), ("etag".into(), "\"v1\"".into())],
+            jwks_of(&[&k1]),
+        );
+        on_http_call_response(&p.vm, sent.token, jwks_of(&[&k1]).len(), at + 50);
+        p.tick(at + 200);
+        assert_eq!(p.resumed(), [36]);
+        let later = at + 31_000;
+        p.tick(later);
+        assert_eq!(
+            p.request(37, &[("authorization", &bearer(&k2, json!({})))]),
+            Action::Pause
+        );
+        let (sent, at) = p.tick_until_callout(later + 200);
+        assert_eq!(sent.header("if-none-match"), Some("\"v1\""));
+        p.respond(sent.token, Some(304), b"", at + 50);
+        p.tick(at + 200);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!((replies[0].context, replies[0].status), (37, 401));
         assert!(p.waiting().is_empty());
     }
 
