@@ -2103,6 +2103,29 @@ mod tests {
         assert!(p.waiting().is_empty());
     }
 
+    #[test]
+    fn a_key_removed_at_a_refresh_stops_verifying_also_from_the_caches() {
+        // Allowed (and remembered by the token cache and the memo) under k1; the refresh
+        // brings a set without k1: the same request is refused, not replayed.
+        let k1 = TestKey::generate(Alg::ES256, "k1");
+        let k2 = TestKey::generate(Alg::ES256, "k2");
+        let p = Proxy::new(remote_config());
+        let at = cold_start_allowed(&p, &k1, 50);
+        let token = bearer(&k1, json!({}));
+        for ctx in 51..54 {
+            assert_eq!(p.request(ctx, &[("authorization", &token)]), Action::Continue);
+        }
+        let (sent, t) = p.tick_until_callout(at + 600_000);
+        assert_eq!(p.counter("claimguard.decision_memo_total.result.hit"), 2);
+        p.respond(sent.token, Some(200), &jwks_of(&[&k2]), t + 50);
+        p.tick(t + 200);
+        assert_eq!(p.request(54, &[("authorization", &token)]), Action::Pause);
+        let replies = p.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!((replies[0].context, replies[0].status), (54, 401));
+        assert!(p.upstream_header(54, "x-sub").is_empty());
+    }
+
     /// A cold VM of `remote_config()` with one request (stream 40) waiting and its fetch sent.
     fn waiting_with_fetch_sent() -> (Proxy, Sent, u64) {
         let key = TestKey::generate(Alg::ES256, "k1");
