@@ -1325,6 +1325,9 @@ fn verify_found<'c>(
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
     if let Some(c) = cache.as_deref_mut() {
+        // Providers whose remembered verification the claims now fail, and the first failure.
+        let mut refused: Vec<usize> = Vec::new();
+        let mut first_refusal: Option<Failure> = None;
         for (index, p) in readers() {
             if let Some(hit) = c.get(raw, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
@@ -1333,10 +1336,25 @@ fn verify_found<'c>(
                 });
                 let checked = hit.checks.at(p, now);
                 notes.claim_steps(p, &hit.claims, now, &checked);
-                return match checked {
-                    Ok(()) => Ok(Some(identity(index, &hit))),
-                    Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
-                };
+                match checked {
+                    Ok(()) => return Ok(Some(identity(index, &hit))),
+                    // Another provider with this issuer (other audiences, say) may accept it.
+                    Err(e) => {
+                        refused.push(index);
+                        first_refusal.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
+                    }
+                }
+            }
+        }
+        // Answered from the cache only when every provider naming the issuer refused it there;
+        // otherwise verified in full below, where each of them is tried.
+        let issuer = refused
+            .first()
+            .and_then(|&i| config.providers.get(i))
+            .map(|p| &p.issuer);
+        if let (Some(issuer), Some(f)) = (issuer, first_refusal) {
+            if readers().all(|(i, p)| p.issuer != *issuer || refused.contains(&i)) {
+                return Err(f);
             }
         }
     }
@@ -1391,8 +1409,16 @@ fn verify_found<'c>(
         }
     }
     let mut first_error: Option<Failure> = None;
+    // The first refusal of a provider whose signature held: it speaks for the token over
+    // another provider's key or signature failure.
+    let mut claims_error: Option<Failure> = None;
     let mut bad_signature: Option<usize> = None;
-    for (index, p) in readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss) {
+    // Every provider naming the token's issuer, in order: the first that accepts it (signature
+    // and claims) wins, as with jwt_authn's `requires_any`; a token one of them refuses for its
+    // claims (another audience, say) may still be another's.
+    let candidates: Vec<(usize, &Provider)> = readers().filter(|(_, p)| Some(p.issuer.as_str()) == iss).collect();
+    let mut jwt = jwt;
+    for (n, &(index, p)) in candidates.iter().enumerate() {
         let Some(set) = keys.key_set(index) else {
             notes.step("keys", false, || {
                 format!("provider {:?} has no usable keys yet", p.name)
@@ -1433,8 +1459,14 @@ fn verify_found<'c>(
                 let payload_b64 = crate::token::find_byte(jwt.signing_input.as_bytes(), b'.')
                     .and_then(|i| jwt.signing_input.get(i + 1..))
                     .unwrap_or("");
-                // The parsed claims move into the cache entry (every path below returns).
-                let verified = verified_token(p, jwt.claims, payload_b64);
+                // The parsed claims move into the cache entry (copied while another provider
+                // may still need them).
+                let claims = if n + 1 == candidates.len() {
+                    std::mem::take(&mut jwt.claims)
+                } else {
+                    jwt.claims.clone()
+                };
+                let verified = verified_token(p, claims, payload_b64);
                 // The signature holds: remember that, whatever the claims say now.
                 if let Some(c) = cache.as_deref_mut() {
                     notes.cache_hit = Some(false);
@@ -1451,10 +1483,12 @@ fn verify_found<'c>(
                 }
                 let checked = verified.checks.at(p, now);
                 notes.claim_steps(p, &verified.claims, now, &checked);
-                return match checked {
-                    Ok(()) => Ok(Some(identity(index, &verified))),
-                    Err(e) => Err(Failure::Auth(e, Some(p.name.as_str()))),
-                };
+                match checked {
+                    Ok(()) => return Ok(Some(identity(index, &verified))),
+                    Err(e) => {
+                        claims_error.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
+                    }
+                }
             }
             Err(e) => {
                 if first_error.is_none() && e == AuthError::BadSignature {
@@ -1463,6 +1497,9 @@ fn verify_found<'c>(
                 first_error.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
             }
         }
+    }
+    if let Some(refused) = claims_error {
+        return Err(refused);
     }
     // No provider accepted it and the first one found its signature bad: remember that, briefly.
     if let (Some(index), Some(c)) = (bad_signature, cache) {
@@ -2033,6 +2070,60 @@ mod tests {
         assert_eq!(later.token_cache, Some(false));
         assert_eq!(denial(later.decision).reason, "expired");
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn providers_sharing_an_issuer_are_each_tried() {
+        use crate::request::cache::VerifiedTokenCache;
+        // One identity provider, two audiences, configured as two providers (as Istio allows
+        // with two jwtRules): a token for the second is refused by the first for its
+        // audience and must still be accepted by the second, cached or not.
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = Config::from_json(
+            json!({"providers": [
+                {"name": "web", "issuer": "https://idp", "audiences": ["web"], "jwks": k.jwks()},
+                {"name": "mobile", "issuer": "https://idp", "audiences": ["mobile"], "jwks": k.jwks()}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let token = |aud: &str| {
+            let t = k.sign(&json!({"iss": "https://idp", "aud": aud, "sub": "alice", "exp": NOW + 60}));
+            format!("Bearer {t}")
+        };
+        let mut cache = VerifiedTokenCache::new(16, 7);
+        for (aud, want) in [("web", Some("web")), ("mobile", Some("mobile")), ("other", None)] {
+            let t = token(aud);
+            let h: Vec<(String, String)> = vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), "/".into()),
+                ("authorization".into(), t),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            let req = HttpRequest::from_headers(&h_refs);
+            for (round, cached) in [(0, Some(false)), (1, Some(true)), (2, Some(true))] {
+                let ev = evaluate_cached(&c, &c, Some(&mut cache), &req, NOW, true);
+                match (&ev.decision, want) {
+                    (Decision::Allow { identity: Some(id) }, Some(p)) => assert_eq!(&*id.provider, p, "{aud}"),
+                    // Refused by both: the first provider's reason. (The cache holds one
+                    // provider's verification of a token, so this one is verified again.)
+                    (Decision::Deny(d), None) => {
+                        assert_eq!(d.reason, "wrong_audience", "{aud}");
+                        assert_eq!(d.provider.as_deref(), Some("web"), "{aud}");
+                    }
+                    (other, _) => panic!("{aud} round {round}: {other:?}"),
+                }
+                let cached = if want.is_some() { cached } else { Some(false) };
+                assert_eq!(ev.token_cache, cached, "{aud} round {round}");
+            }
+        }
+        // Without a cache too.
+        let d = run(&c, &[("authorization", &token("mobile"))], "/");
+        assert!(
+            matches!(d, Decision::Allow { identity: Some(ref id) } if &*id.provider == "mobile"),
+            "{d:?}"
+        );
     }
 
     #[test]
