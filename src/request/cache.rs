@@ -510,12 +510,14 @@ impl VerifiedTokenCache {
     pub fn get(&mut self, token: &str, provider: usize, generation: u64, now: u64) -> Option<CachedToken> {
         let h = self.hash(token);
         let e = self.verified.get(h, token.as_bytes())?;
+        // Another provider's entry is not judged by this provider's key generation: asking
+        // each provider reading a header in turn must not drop it.
+        if e.provider != provider {
+            return None;
+        }
         if now > e.valid_until || e.generation != generation {
             // Past its exp (or verified under keys that are gone): it can never hit again.
             self.verified.remove(h, token.as_bytes());
-            return None;
-        }
-        if e.provider != provider {
             return None;
         }
         Some(e.token.clone())
@@ -646,6 +648,18 @@ mod tests {
         assert!(c.get(h, 0, 2, NOW).is_none(), "keys changed since");
         assert!(c.get(h, 0, 1, NOW).is_none(), "and the stale entry is gone for good");
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn another_providers_entry_survives_a_lookup_under_other_keys() {
+        // Two providers read Authorization: the first with fetched keys (generation 3), the
+        // second inline (0). Looking the second's token up for the first, as the readers are
+        // asked in turn, must leave it cached.
+        let mut c = VerifiedTokenCache::new(8, SEED);
+        let h = "a.b.c";
+        c.insert(h, 1, 0, claims("bob"), u64::MAX);
+        assert!(c.get(h, 0, 3, NOW).is_none());
+        assert_eq!(c.get(h, 1, 0, NOW).unwrap().claims["sub"], "bob");
     }
 
     #[test]
