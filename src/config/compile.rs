@@ -399,7 +399,13 @@ fn compile_provider(path: &str, rp: RawProvider, warnings: &mut Vec<String>) -> 
         }]),
         _ => rp.from_headers.take(),
     };
-    let locations = compile_locations(path, from_headers, rp.from_params.take(), rp.from_cookies.take())?;
+    let locations = compile_locations(
+        path,
+        from_headers,
+        rp.from_params.take(),
+        rp.from_cookies.take(),
+        warnings,
+    )?;
     let (claim_headers, payload_header, filter_state_claims) = compile_outputs(path, &mut rp)?;
 
     let claim_aliases = compile_aliases(path, rp.claim_aliases.take().unwrap_or_default(), aliases)?;
@@ -1208,6 +1214,7 @@ fn compile_locations(
     headers: Option<Vec<RawHeader>>,
     params: Option<Vec<String>>,
     cookies: Option<Vec<String>>,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Location>, ConfigError> {
     let mut out = Vec::new();
     if headers.is_none() && params.is_none() && cookies.is_none() {
@@ -1231,12 +1238,22 @@ fn compile_locations(
                 "pseudo-headers cannot carry a token",
             ));
         }
-        let prefix = h.prefix.unwrap_or_default();
+        let mut prefix = h.prefix.unwrap_or_default();
         if prefix.chars().any(char::is_control) {
             return Err(err(
                 format!("{path}.fromHeaders[{j}].prefix"),
                 "must not contain control characters",
             ));
+        }
+        // A bare scheme (`Bearer`) is the scheme and its space: jwt_authn, and so Istio, read
+        // the token after the prefix and the space that follows, while a literal match would
+        // leave every token with a leading space (each request a 401).
+        if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            warnings.push(format!(
+                "{path}.fromHeaders[{j}].prefix: {prefix:?} is read as {:?} (the scheme and the space after it)",
+                format!("{prefix} ")
+            ));
+            prefix.push(' ');
         }
         out.push(Location::Header {
             name: name.into(),
@@ -1626,6 +1643,51 @@ mod tests {
         assert!(c.providers[0].keys.keys[0].supports(Alg::HS256));
         let e = error_of(json!({"providers": [{"issuer": "i", "algorithms": ["HS512"], "hmacSecret": secret}]}));
         assert!(e.contains("at least 64"), "{e}");
+    }
+
+    #[test]
+    fn a_bare_scheme_prefix_is_the_scheme_and_its_space() {
+        // Istio's `prefix: Bearer` (no space): jwt_authn reads `Bearer <token>` with it, so it
+        // must not leave every token with a leading space.
+        let c = check(json!({"providers": [{"issuer": "i", "jwks": jwks(),
+            "fromHeaders": [{"name": "authorization", "prefix": "Bearer"}, {"name": "x-jwt", "prefix": "tok_"}]}]}))
+        .unwrap();
+        assert_eq!(
+            c.providers[0].locations,
+            vec![
+                Location::Header {
+                    name: "authorization".into(),
+                    prefix: "Bearer ".into()
+                },
+                Location::Header {
+                    name: "x-jwt".into(),
+                    prefix: "tok_".into()
+                },
+            ]
+        );
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("providers[0].fromHeaders[0].prefix") && w.contains("\"Bearer \"")),
+            "{:?}",
+            c.warnings()
+        );
+        let k = TestKey::generate(Alg::ES256, "k1");
+        let c = check(json!({"providers": [{"issuer": "https://idp", "jwks": k.jwks(),
+            "fromHeaders": [{"name": "authorization", "prefix": "Bearer"}]}]}))
+        .unwrap();
+        let t = k.sign(&json!({"iss": "https://idp", "sub": "alice", "exp": 4_000_000_000u64}));
+        let h = [("authorization", format!("Bearer {t}"))];
+        let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let d = crate::request::decision::authenticate(
+            &c,
+            &crate::token::Request { headers: &h, path: "/" },
+            1_800_000_000,
+        );
+        assert!(
+            matches!(d, crate::request::decision::Decision::Allow { identity: Some(_) }),
+            "{d:?}"
+        );
     }
 
     #[test]
