@@ -81,7 +81,7 @@ pub fn extract<'a>(loc: &Location, req: &Request<'a>) -> Vec<Cow<'a, str>> {
                     };
                     rest = next;
                     let part = part.trim_matches(|c| c == ' ' || c == '\t');
-                    if let Some(t) = strip_prefix_ignore_case(part, prefix) {
+                    if let Some(t) = after_prefix(part, prefix) {
                         if !t.is_empty() {
                             out.push(Cow::Borrowed(t));
                         }
@@ -148,8 +148,7 @@ pub fn unreadable_token_headers<'l>(locations: &'l [Location], req: &Request) ->
                 _ => None,
             })
         };
-        let readable =
-            |part: &str| prefixes().any(|p| strip_prefix_ignore_case(part, p).is_some_and(|t| !t.is_empty()));
+        let readable = |part: &str| prefixes().any(|p| after_prefix(part, p).is_some_and(|t| !t.is_empty()));
         let mut found = None;
         for value in req.header_values(name) {
             // As `extract` reads it: comma-separated parts, spaces and tabs trimmed.
@@ -236,6 +235,18 @@ pub fn three_parts(raw: &str) -> Option<(&str, &str, &str)> {
     }
     // '.' is ASCII: every cut is a char boundary.
     Some((raw.get(..first)?, raw.get(first + 1..second)?, raw.get(second + 1..)?))
+}
+
+/// The token after `prefix` in one header value part. A prefix ending in a space (`Bearer `)
+/// also takes the spaces after it: RFC 7235 separates the scheme from its credentials with
+/// `1*SP`, and jwt_authn skips them too.
+fn after_prefix<'a>(part: &'a str, prefix: &str) -> Option<&'a str> {
+    let t = strip_prefix_ignore_case(part, prefix)?;
+    Some(if prefix.ends_with(' ') {
+        t.trim_start_matches(' ')
+    } else {
+        t
+    })
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -520,6 +531,30 @@ mod tests {
     #[test]
     fn other_schemes_and_empty_tokens_are_not_tokens() {
         for v in ["Basic dXNlcg==", "Bearer ", "Bearer", "Bearerabc", ""] {
+            let h = hdrs(&[("authorization", v)]);
+            let h_refs = crate::token::header_refs(&h);
+            let req = Request {
+                headers: &h_refs,
+                path: "/",
+            };
+            assert!(extract(&bearer(), &req).is_empty(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn spaces_after_the_scheme_are_one_separator() {
+        for v in ["Bearer abc", "Bearer  abc", "bearer   abc"] {
+            let h = hdrs(&[("authorization", v)]);
+            let h_refs = crate::token::header_refs(&h);
+            let req = Request {
+                headers: &h_refs,
+                path: "/",
+            };
+            assert_eq!(extract(&bearer(), &req), ["abc"], "{v:?}");
+            assert!(unreadable_token_headers(&[bearer()], &req).is_empty(), "{v:?}");
+        }
+        // A tab is still not the separator, and spaces alone are no token.
+        for v in ["Bearer\tabc", "Bearer    "] {
             let h = hdrs(&[("authorization", v)]);
             let h_refs = crate::token::header_refs(&h);
             let req = Request {
