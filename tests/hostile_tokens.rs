@@ -816,6 +816,14 @@ fn cases() -> Vec<Case> {
         ),
         ("pinned typ matches", bearer(&typed(Some("at+jwt"))), q(), 200, ""),
         (
+            // RFC 7515 §4.1.9: the same media type as `JWT`.
+            "typ application/jwt",
+            bearer(&raw(&es_header(json!({"typ": "application/jwt"})), &g().to_string())),
+            q(),
+            200,
+            "",
+        ),
+        (
             "pinned typ with media prefix",
             bearer(&typed(Some("application/AT+JWT"))),
             q(),

@@ -366,6 +366,13 @@ fn parse_compact(raw: &str, max_bytes: usize, jwt: bool) -> Result<Jwt<'_>, Toke
     match header.get("typ") {
         None => {}
         Some(Value::String(t)) => {
+            // RFC 7515 §4.1.9: `application/` may be left out of a media type, so
+            // `application/jwt` is `JWT` (as `tokenType` reads it).
+            let t = t
+                .get(..APPLICATION.len())
+                .filter(|head| head.eq_ignore_ascii_case(APPLICATION))
+                .and_then(|_| t.get(APPLICATION.len()..))
+                .unwrap_or(t);
             // Case-insensitively `JWT` or `…+JWT`, without an upper-cased copy.
             let b = t.as_bytes();
             let jwt_suffix = b
@@ -389,6 +396,9 @@ fn parse_compact(raw: &str, max_bytes: usize, jwt: bool) -> Result<Jwt<'_>, Toke
         claims,
     })
 }
+
+/// The media-type prefix a JOSE `typ` may leave out (RFC 7515 §4.1.9).
+const APPLICATION: &str = "application/";
 
 fn decode_object(segment: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
@@ -641,12 +651,40 @@ mod tests {
             "+jwté",
             "JOSE+JSON",
             "ǰwt",
+            "application/jwt",
+            "APPLICATION/JWT",
+            "application/at+jwt",
+            "application/",
+            "application/json",
+            "application/jose",
+            "applicationjwt",
+            "x-application/jwt",
+            "application/application/jwt",
         ] {
             let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), "{}");
-            // The rule as it was first written: upper-cased, `JWT` or ending `+JWT`.
+            // The rule, spelled another way: upper-cased and without an `APPLICATION/`
+            // (RFC 7515 §4.1.9), `JWT` or ending `+JWT`.
             let up = typ.to_ascii_uppercase();
+            let up = up.strip_prefix("APPLICATION/").unwrap_or(&up);
             let want = up == "JWT" || up.ends_with("+JWT");
             assert_eq!(parse(&t, 8192).is_ok(), want, "{typ:?}");
+        }
+    }
+
+    #[test]
+    fn typ_application_jwt_is_jwt() {
+        // RFC 7515 §4.1.9: a `typ` without a `/` means `application/` + it, so these are the
+        // same type, and a token saying so is as well-formed as one saying `JWT`.
+        for typ in ["application/jwt", "Application/JWT", "application/at+jwt"] {
+            let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), r#"{"sub":"u"}"#);
+            assert!(parse(&t, 8192).is_ok(), "{typ:?}");
+        }
+        for typ in ["application/json", "application/jose", "application/"] {
+            let t = tok(&format!(r#"{{"alg":"RS256","typ":"{typ}"}}"#), r#"{"sub":"u"}"#);
+            assert!(
+                matches!(parse(&t, 8192), Err(TokenError::Malformed(m)) if m.contains("typ")),
+                "{typ:?}"
+            );
         }
     }
 
