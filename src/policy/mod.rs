@@ -1061,12 +1061,15 @@ pub fn same_header(k: &str, name: &str) -> bool {
     crate::base::abi::same_header_loosely(k.as_bytes(), name.as_bytes())
 }
 
-/// Calls `f` on each string form of a claim value: strings (split on whitespace for
+/// Calls `f` on each string form of a claim value: strings (split on spaces for
 /// space-delimited claims), integers and booleans as their JSON text, array elements the same
 /// way. Objects, floats and null never match. Returns whether `f` returned true for any.
 fn any_value(v: &Value, split: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
     match v {
-        Value::String(s) if split => s.split_whitespace().any(f),
+        // On the space (U+0020) alone, as RFC 6749 §3.3 delimits scopes and jwt_authn's
+        // `space_delimited_claims` splits them: a tab or another Unicode space is part of a
+        // scope token (`files.x<TAB>admin` is one scope, and never `admin`).
+        Value::String(s) if split => s.split(' ').filter(|t| !t.is_empty()).any(f),
         Value::String(s) => f(s),
         Value::Bool(b) => f(if *b { "true" } else { "false" }),
         Value::Number(n) if n.is_i64() || n.is_u64() => f(&n.to_string()),
@@ -1871,8 +1874,25 @@ mod tests {
                 "POST",
                 "/orders",
                 h,
-                idp(json!({"scope": "  orders:write\torders:read "})),
+                idp(json!({"scope": "  orders:write   orders:read "})),
                 "allow:writers",
+            ),
+            (
+                // RFC 6749 §3.3: scopes are separated by spaces; a tab is inside a scope.
+                "a tab does not separate scopes",
+                "POST",
+                "/orders",
+                h,
+                idp(json!({"scope": "orders:write\torders:read"})),
+                "scope",
+            ),
+            (
+                "another Unicode space does not separate scopes",
+                "GET",
+                "/orders",
+                h,
+                idp(json!({"scope": "openid\u{3000}orders:read"})),
+                "scope",
             ),
             (
                 "PUT matches nothing",
