@@ -1554,6 +1554,32 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_spelled_in_another_case_are_one_location() {
+        // One provider writes `bearer `, the other has the default `Bearer `: one place, one
+        // token (it was found twice, and every request got 400 multiple_tokens).
+        let a = TestKey::generate(Alg::ES256, "a1");
+        let b = TestKey::generate(Alg::ES256, "b1");
+        let c = Config::from_json(
+            json!({"providers": [
+                {"name": "idp-a", "issuer": "https://a", "jwks": a.jwks(),
+                 "fromHeaders": [{"name": "authorization", "prefix": "bearer "}]},
+                {"name": "idp-b", "issuer": "https://b", "jwks": b.jwks()}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.token_locations.len(), 1, "{:?}", c.token_locations);
+        for (key, iss, want) in [(&a, "https://a", "idp-a"), (&b, "https://b", "idp-b")] {
+            let t = format!("Bearer {}", key.sign(&claims(iss)));
+            match run(&c, &[("authorization", &t)], "/") {
+                Decision::Allow { identity: Some(id) } => assert_eq!(&*id.provider, want),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn picks_the_provider_by_issuer() {
         let (c, a, b) = config(json!({}));
         let ta = format!("Bearer {}", a.sign(&claims("https://a")));

@@ -11,8 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-/// Where a provider looks for its token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a provider looks for its token. Two are the same place when they read the same
+/// tokens: header prefixes compare in any case, as they match.
+#[derive(Debug, Clone)]
 pub enum Location {
     /// A request header (name lower-cased) and the prefix that must start its value
     /// (compared ASCII case-insensitively: RFC 7235 auth schemes are case-insensitive).
@@ -22,6 +23,22 @@ pub enum Location {
     /// A cookie.
     Cookie(String),
 }
+
+impl PartialEq for Location {
+    fn eq(&self, other: &Location) -> bool {
+        match (self, other) {
+            // `Bearer ` and `bearer ` find the same token: two locations would make every
+            // request carry "two tokens".
+            (Location::Header { name: a, prefix: p }, Location::Header { name: b, prefix: q }) => {
+                a == b && p.eq_ignore_ascii_case(q)
+            }
+            (Location::Param(a), Location::Param(b)) | (Location::Cookie(a), Location::Cookie(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Location {}
 
 impl Location {
     pub fn describe(&self) -> String {
