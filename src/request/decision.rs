@@ -1010,8 +1010,13 @@ impl TokenNotes {
             Err(_) => Some("aud"),
         };
         let skew = p.clock_skew_seconds;
+        let date = |name: &str| {
+            claims
+                .get(name)
+                .and_then(|v| crate::verify::numeric_date(v, name != "exp"))
+        };
         let time = |name: &str| -> String {
-            match claims.get(name).and_then(Value::as_u64) {
+            match date(name) {
                 Some(t) if t == now => format!("{name} {t} (now; clock skew {skew}s)"),
                 Some(t) if t > now => format!("{name} {t} (in {}s; clock skew {skew}s)", t - now),
                 Some(t) => format!("{name} {t} ({}s ago; clock skew {skew}s)", now - t),
@@ -1033,10 +1038,7 @@ impl TokenNotes {
             ("iat", time("iat")),
         ];
         if let Some(max) = p.max_lifetime_seconds {
-            let lifetime = match (
-                claims.get("iat").and_then(Value::as_u64),
-                claims.get("exp").and_then(Value::as_u64),
-            ) {
+            let lifetime = match (date("iat"), date("exp")) {
                 (Some(iat), Some(exp)) => format!("exp - iat = {}s", exp.saturating_sub(iat)),
                 _ => "no iat or no exp".into(),
             };
@@ -1470,12 +1472,11 @@ fn verify_found<'c>(
                 // The signature holds: remember that, whatever the claims say now.
                 if let Some(c) = cache.as_deref_mut() {
                     notes.cache_hit = Some(false);
-                    // Useful until the token expires (claim types were checked: exp is a
-                    // non-negative integer if present).
+                    // Useful until the token expires (its exp as the claim checks read it,
+                    // in whole seconds).
                     let valid_until = verified
-                        .claims
-                        .get("exp")
-                        .and_then(Value::as_u64)
+                        .checks
+                        .exp()
                         .map_or(u64::MAX, |exp| exp.saturating_add(p.clock_skew_seconds));
                     if valid_until >= now {
                         c.insert(raw, index, keys.generation(index), verified.clone(), valid_until);

@@ -184,7 +184,7 @@ pub fn verify_signed(provider: &Provider, keys: &KeySet, jwt: &Jwt) -> Result<()
 }
 
 /// Registered claims must have their RFC 7519 types: `iss`, `sub`, `jti`, `nonce` strings;
-/// `aud` a string or array of strings; `exp`, `nbf`, `iat` non-negative integers.
+/// `aud` a string or array of strings; `exp`, `nbf`, `iat` non-negative numbers ([`numeric_date`]).
 pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), AuthError> {
     claim_types(&Registered::of(claims)).map(drop)
 }
@@ -303,15 +303,34 @@ pub fn verify_signature(keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
     }
 }
 
-/// NumericDate (RFC 7519 §2) as claimguard accepts it: a non-negative integer, like Envoy.
-/// `value` is the claim `claim`'s, if present.
+/// A NumericDate (RFC 7519 §2: seconds since the epoch, "non-integer values can be
+/// represented") in whole seconds: a non-negative number below 2^64, as Envoy's
+/// `jwt_verify_lib` reads it. A fraction is cut towards the stricter side: down for `exp`,
+/// up for `nbf` and `iat` (`round_up`), so a token is never valid longer or sooner than it
+/// says. None for anything else.
+pub fn numeric_date(value: &Value, round_up: bool) -> Option<u64> {
+    let Value::Number(n) = value else { return None };
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    // 2^64: every f64 below it fits a u64 once rounded (the largest is 2^64 - 2048).
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    let f = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < LIMIT)?;
+    let whole = if round_up { f.ceil() } else { f.floor() };
+    Some(whole as u64)
+}
+
+/// NumericDate as claimguard accepts it ([`numeric_date`]). `value` is the claim `claim`'s,
+/// if present.
 fn date_value(value: Option<&Value>, claim: &'static str) -> Result<Option<u64>, AuthError> {
     match value {
         None => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(AuthError::InvalidClaim {
-            claim,
-            why: "must be a non-negative integer (seconds since the epoch)",
-        }),
+        Some(v @ Value::Number(_)) => numeric_date(v, claim != "exp")
+            .map(Some)
+            .ok_or(AuthError::InvalidClaim {
+                claim,
+                why: "must be a non-negative number (seconds since the epoch)",
+            }),
         Some(_) => Err(AuthError::InvalidClaim {
             claim,
             why: "must be a number (seconds since the epoch)",
@@ -398,6 +417,11 @@ impl ClaimChecks {
             }
         })();
         c
+    }
+
+    /// The token's `exp` in whole seconds, if it has a valid one.
+    pub fn exp(&self) -> Option<u64> {
+        self.exp
     }
 
     /// The outcome at `now` (for the provider the checks were made for).
@@ -589,12 +613,47 @@ mod tests {
                     why: "must be a number (seconds since the epoch)",
                 }),
             ),
+            // RFC 7519 §2: a NumericDate may have a fraction (jwt_verify_lib reads one too).
             (
                 "ExpFloat",
+                f.rsa.sign(&with(g(), "exp", json!(NOW as f64 + 600.5))),
+                Ok(()),
+            ),
+            (
+                "ExpFloatPast",
                 f.rsa.sign(&with(g(), "exp", json!(1.5e9))),
+                Err(AuthError::Expired),
+            ),
+            // Fractions are cut towards the stricter side: exp down, nbf and iat up.
+            (
+                "ExpFractionRoundsDown",
+                f.rsa.sign(&with(g(), "exp", json!(NOW as f64 - 60.5))),
+                Err(AuthError::Expired),
+            ),
+            (
+                "NbfFractionRoundsUp",
+                f.rsa.sign(&with(g(), "nbf", json!(NOW as f64 + 60.5))),
+                Err(AuthError::NotYetValid),
+            ),
+            (
+                "IatFractionRoundsUp",
+                f.rsa.sign(&with(g(), "iat", json!(NOW as f64 + 60.5))),
+                Err(AuthError::IssuedInFuture),
+            ),
+            (
+                "ExpNegative",
+                f.rsa.sign(&with(g(), "exp", json!(-1))),
                 Err(AuthError::InvalidClaim {
                     claim: "exp",
-                    why: "must be a non-negative integer (seconds since the epoch)",
+                    why: "must be a non-negative number (seconds since the epoch)",
+                }),
+            ),
+            (
+                "NbfNegativeFraction",
+                f.rsa.sign(&with(g(), "nbf", json!(-0.5))),
+                Err(AuthError::InvalidClaim {
+                    claim: "nbf",
+                    why: "must be a non-negative number (seconds since the epoch)",
                 }),
             ),
             (
