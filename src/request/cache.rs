@@ -382,6 +382,9 @@ struct Entry {
 
 #[derive(Debug, Clone)]
 struct Rejected {
+    /// Where the token was (an index in `Config::token_locations`): the verdict is about the
+    /// providers reading there, and holds for no other location.
+    location: usize,
     /// The provider whose check failed.
     provider: usize,
     /// Every provider's key generation when it failed: any key change forgets the verdict.
@@ -541,25 +544,27 @@ impl VerifiedTokenCache {
         );
     }
 
-    /// The provider whose signature check this token failed within the last
-    /// [`NEGATIVE_TTL_SECONDS`], if the keys of every provider are still those it failed with.
-    pub fn rejected(&mut self, token: &str, generations: &[u64], now: u64) -> Option<usize> {
+    /// The provider whose signature check this token, found at `location`, failed within the
+    /// last [`NEGATIVE_TTL_SECONDS`], if the keys of every provider are still those it failed
+    /// with. Found elsewhere, other providers read it: no answer.
+    pub fn rejected(&mut self, token: &str, location: usize, generations: &[u64], now: u64) -> Option<usize> {
         let h = self.hash(token);
         let r = self.rejected.get(h, token.as_bytes())?;
         if now >= r.until || r.generations != generations {
             self.rejected.remove(h, token.as_bytes());
             return None;
         }
-        Some(r.provider)
+        (r.location == location).then_some(r.provider)
     }
 
     /// Remembers, briefly, that this token's signature failed for `provider`.
-    pub fn insert_rejected(&mut self, token: &str, provider: usize, generations: Vec<u64>, now: u64) {
+    pub fn insert_rejected(&mut self, token: &str, location: usize, provider: usize, generations: Vec<u64>, now: u64) {
         let h = self.hash(token);
         self.rejected.insert(
             h,
             token.as_bytes(),
             Rejected {
+                location,
                 provider,
                 generations,
                 until: now.saturating_add(NEGATIVE_TTL_SECONDS),
@@ -708,13 +713,18 @@ mod tests {
     fn rejections_are_remembered_briefly_and_per_key_generation() {
         let mut c = VerifiedTokenCache::new(64, SEED);
         let h = "bad";
-        c.insert_rejected(h, 1, vec![0, 3], NOW);
-        assert_eq!(c.rejected(h, &[0, 3], NOW), Some(1));
-        assert_eq!(c.rejected(h, &[0, 3], NOW + NEGATIVE_TTL_SECONDS - 1), Some(1));
-        assert_eq!(c.rejected(h, &[0, 3], NOW + NEGATIVE_TTL_SECONDS), None, "window over");
-        c.insert_rejected(h, 1, vec![0, 3], NOW);
-        assert_eq!(c.rejected(h, &[0, 4], NOW), None, "a key changed");
-        assert_eq!(c.rejected(h, &[0, 3], NOW), None, "and the verdict is gone");
+        c.insert_rejected(h, 0, 1, vec![0, 3], NOW);
+        assert_eq!(c.rejected(h, 0, &[0, 3], NOW), Some(1));
+        assert_eq!(c.rejected(h, 1, &[0, 3], NOW), None, "another location");
+        assert_eq!(c.rejected(h, 0, &[0, 3], NOW + NEGATIVE_TTL_SECONDS - 1), Some(1));
+        assert_eq!(
+            c.rejected(h, 0, &[0, 3], NOW + NEGATIVE_TTL_SECONDS),
+            None,
+            "window over"
+        );
+        c.insert_rejected(h, 0, 1, vec![0, 3], NOW);
+        assert_eq!(c.rejected(h, 0, &[0, 4], NOW), None, "a key changed");
+        assert_eq!(c.rejected(h, 0, &[0, 3], NOW), None, "and the verdict is gone");
         assert!(c.get(h, 1, 3, NOW).is_none(), "never a positive hit");
     }
 
@@ -725,7 +735,7 @@ mod tests {
             put(&mut c, &format!("good{i}"));
         }
         for i in 0..10_000 {
-            c.insert_rejected(&format!("bad{i}"), 0, vec![0], NOW);
+            c.insert_rejected(&format!("bad{i}"), 0, 0, vec![0], NOW);
         }
         assert_eq!(c.len(), 16);
         assert!((0..16).all(|i| has(&mut c, &format!("good{i}"))));
@@ -854,8 +864,8 @@ mod tests {
         // eighth) is verified again next time, one below the main budget is kept.
         let mut c = VerifiedTokenCache::with_budget(64, 64 << 10, SEED);
         let token = "t".repeat(9 << 10);
-        c.insert_rejected(&token, 0, vec![0], NOW);
-        assert_eq!(c.rejected(&token, &[0], NOW), None);
+        c.insert_rejected(&token, 0, 0, vec![0], NOW);
+        assert_eq!(c.rejected(&token, 0, &[0], NOW), None);
         put(&mut c, &token);
         assert!(has(&mut c, &token));
         assert_eq!(c.take_evictions(), (0, 1));
@@ -878,7 +888,7 @@ mod tests {
         let n = 10_000;
         for i in 0..n {
             c.insert(&token(i), 0, 0, verified.clone(), u64::MAX);
-            c.insert_rejected(&format!("bad{}", token(i)), 0, vec![0], NOW);
+            c.insert_rejected(&format!("bad{}", token(i)), 0, 0, vec![0], NOW);
             assert!(c.verified.bytes() <= DEFAULT_BYTES, "step {i}");
             assert!(c.rejected.bytes() <= DEFAULT_BYTES / 8, "step {i}");
             // Used on every request: never the least recently used.
@@ -892,9 +902,9 @@ mod tests {
         assert_eq!(c.take_evictions(), ((n + 1 - kept) as u64, (n - kept_bad) as u64));
         assert!((n + 1 - kept..n).all(|i| has(&mut c, &token(i))));
         assert!(!has(&mut c, &token(n - kept)));
-        assert!((n - kept_bad..n).all(|i| c.rejected(&format!("bad{}", token(i)), &[0], NOW).is_some()));
+        assert!((n - kept_bad..n).all(|i| c.rejected(&format!("bad{}", token(i)), 0, &[0], NOW).is_some()));
         assert!(c
-            .rejected(&format!("bad{}", token(n - kept_bad - 1)), &[0], NOW)
+            .rejected(&format!("bad{}", token(n - kept_bad - 1)), 0, &[0], NOW)
             .is_none());
     }
 

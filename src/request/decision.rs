@@ -1363,7 +1363,7 @@ fn verify_found<'c>(
     // Every provider's key generation: a remembered rejection holds only while none changed.
     let generations: Vec<u64> = (0..config.providers.len()).map(|i| keys.generation(i)).collect();
     if let Some(c) = cache.as_deref_mut() {
-        if let Some(index) = c.rejected(raw, &generations, now) {
+        if let Some(index) = c.rejected(raw, at, &generations, now) {
             notes.cache_hit = Some(true);
             let name = config.providers.get(index).map(|p| p.name.as_str());
             return Err(Failure::Auth(AuthError::BadSignature, name));
@@ -1506,7 +1506,7 @@ fn verify_found<'c>(
     if let (Some(index), Some(c)) = (bad_signature, cache) {
         if matches!(first_error, Some(Failure::Auth(AuthError::BadSignature, _))) {
             notes.cache_hit = Some(false);
-            c.insert_rejected(raw, index, generations, now);
+            c.insert_rejected(raw, at, index, generations, now);
         }
     }
     Err(first_error.unwrap_or(Failure::Auth(AuthError::UnknownIssuer, None)))
@@ -1578,6 +1578,47 @@ mod tests {
                 other => panic!("{want}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_rejection_remembered_in_one_location_is_not_another_locations_answer() {
+        // One issuer, two providers with their own keys and headers. A token whose signature
+        // the first found bad in its header is still the second's to verify in its own:
+        // the remembered rejection was about the first header's providers only.
+        use crate::request::cache::VerifiedTokenCache;
+        let a = TestKey::generate(Alg::ES256, "a1");
+        let b = TestKey::generate(Alg::ES256, "b1");
+        let c = Config::from_json(
+            json!({"providers": [
+                {"name": "edge", "issuer": "https://a", "jwks": a.jwks()},
+                {"name": "mesh", "issuer": "https://a", "jwks": b.jwks(),
+                 "fromHeaders": [{"name": "x-jwt"}]}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        // No kid: each provider tries every key it has.
+        let t = b.sign_raw(r#"{"alg":"ES256"}"#, &claims("https://a").to_string());
+        let mut cache = VerifiedTokenCache::new(16, 7);
+        let eval = |cache: &mut VerifiedTokenCache, h: (&str, String)| {
+            let h = vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), "/".to_string()),
+                (h.0.to_string(), h.1),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            evaluate_cached(&c, &c, Some(cache), &HttpRequest::from_headers(&h_refs), NOW, true).decision
+        };
+        let d = denial(eval(&mut cache, ("authorization", format!("Bearer {t}"))));
+        assert_eq!(d.reason, "bad_signature");
+        match eval(&mut cache, ("x-jwt", t.clone())) {
+            Decision::Allow { identity: Some(id) } => assert_eq!(&*id.provider, "mesh"),
+            other => panic!("{other:?}"),
+        }
+        // And the first header's answer is still remembered for the first header.
+        let d = denial(eval(&mut cache, ("authorization", format!("Bearer {t}"))));
+        assert_eq!(d.reason, "bad_signature");
     }
 
     #[test]
