@@ -614,17 +614,21 @@ impl JwksCache {
             }
             Outcome::NotModified(max_age) => {
                 let confirmed = slot.sent_etag_of;
-                if slot.version == confirmed {
-                    slot.fetched_at = slot.fetched_at.max(now_ms);
-                }
-                let fresh_until = now_ms + ttl(&slot.remote, max_age);
-                update_status(store, slot, |m| {
-                    if m.version == confirmed {
-                        m.fetched_at = m.fetched_at.max(now_ms);
-                    }
-                    succeeded(m, fresh_until);
-                    true
-                });
+                confirm(store, slot, confirmed, now_ms, max_age);
+                events.push(Event::NotModified { source });
+            }
+            // The same document as the set this VM holds and shared data still publishes (a
+            // server without ETags, or one that ignores If-None-Match): a confirmation, as a
+            // 304 is. Publishing it again would make a new version, and every VM's token cache
+            // and decision memo would be emptied for a set that did not change.
+            Outcome::Keys {
+                ref doc,
+                max_age,
+                ref etag,
+                ..
+            } if unchanged(store, slot, doc, etag.as_deref()) => {
+                let held = slot.version;
+                confirm(store, slot, held, now_ms, max_age);
                 events.push(Event::NotModified { source });
             }
             Outcome::Keys {
@@ -765,6 +769,39 @@ fn point_hint(store: &dyn SharedStore, m: &mut Meta, set_key: &str, ours: u64, f
         m.fetched_at = m.fetched_at.max(fetched_at);
         m.keys = keys;
     }
+}
+
+/// A fetch confirmed the set `confirmed` (a 304 to its ETag, or the same document again):
+/// its fetched-at moves to now where it is still the set, and the next refresh is scheduled.
+fn confirm(store: &dyn SharedStore, slot: &mut Slot, confirmed: u64, now_ms: u64, max_age: Option<u64>) {
+    if slot.version == confirmed {
+        slot.fetched_at = slot.fetched_at.max(now_ms);
+    }
+    let fresh_until = now_ms + ttl(&slot.remote, max_age);
+    update_status(store, slot, |m| {
+        if m.version == confirmed {
+            m.fetched_at = m.fetched_at.max(now_ms);
+        }
+        succeeded(m, fresh_until);
+        true
+    });
+}
+
+/// Whether a fetched document is the set this VM holds, still the one shared data publishes,
+/// byte for byte and with the same ETag (a new ETag is published, so If-None-Match sends it).
+fn unchanged(store: &dyn SharedStore, slot: &Slot, doc: &str, etag: Option<&str>) -> bool {
+    if slot.version == 0 || slot.etag.as_deref() != etag {
+        return false;
+    }
+    let Some((bytes, cas)) = store.get(&k(slot, "set")) else {
+        return false;
+    };
+    u64::from(cas) == slot.version
+        && bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .and_then(|i| bytes.get(i + 1..))
+            .is_some_and(|published| published == doc.as_bytes())
 }
 
 /// A successful attempt (new set, 304, or another VM's newer set): no backoff, next refresh.
@@ -1449,6 +1486,46 @@ mod tests {
         }
         let m = vm.slots[0].meta.clone();
         assert_eq!(vm.on_missing_key(&store, 0, None, m.last_attempt + 1), KeyWait::GiveUp);
+    }
+
+    #[test]
+    fn the_same_document_again_is_a_confirmation_not_a_new_version() {
+        // A server that sends no ETag (or ignores If-None-Match) answers every refresh with
+        // 200 and the same body: the set is confirmed, as by a 304, and keeps its version,
+        // so no VM's token cache or memo is emptied. A changed body, or a new ETag, is new.
+        let store = FakeStore::default();
+        let key = TestKey::generate(Alg::ES256, "k1");
+        let mut vm = warm(&store, &key, json!({"maxStale": "1h"}));
+        let mut ev = Vec::new();
+        let v = vm.version(0);
+        let t = 1_200 + 600_000;
+        assert_eq!(vm.tick(&store, t, &mut ev).len(), 1);
+        let mut ev = Vec::new();
+        let same = with_etag(ok(&key.jwks(), Some("max-age=120")), "\"v1\"");
+        vm.on_fetch_done(&store, 0, t, false, same, &mut ev);
+        assert_eq!(ev, [Event::NotModified { source: 0 }]);
+        assert_eq!(vm.version(0), v);
+        assert_eq!(vm.slots[0].meta.version, v);
+        // Confirmed like a 304: maxStale and the next refresh run from now.
+        assert!(vm.tick(&store, t + 100_000, &mut ev).is_empty());
+        assert!(vm.usable_keys(0, t + 3_600_000 - 1).is_some());
+        // The same body under a new ETag is published (If-None-Match must send the new one).
+        let t = t + 120_000;
+        assert_eq!(vm.tick(&store, t, &mut ev).len(), 1);
+        let mut ev = Vec::new();
+        vm.on_fetch_done(&store, 0, t, false, with_etag(ok(&key.jwks(), None), "\"v2\""), &mut ev);
+        assert!(matches!(ev[..], [Event::Fetched { keys: 1, .. }]), "{ev:?}");
+        let v2 = vm.version(0);
+        assert_ne!(v2, v);
+        // And a changed body (a key added) always is.
+        let t = t + 600_000;
+        assert_eq!(vm.tick(&store, t, &mut ev).len(), 1);
+        let mut ev = Vec::new();
+        let k2 = TestKey::generate(Alg::ES256, "k2");
+        let both = json!({"keys": [key.public_jwk(), k2.public_jwk()]});
+        vm.on_fetch_done(&store, 0, t, false, with_etag(ok(&both, None), "\"v2\""), &mut ev);
+        assert!(matches!(ev[..], [Event::Fetched { keys: 2, .. }]), "{ev:?}");
+        assert_ne!(vm.version(0), v2);
     }
 
     #[test]
