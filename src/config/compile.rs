@@ -1126,8 +1126,12 @@ fn compile_remote(path: &str, issuer: &str, rp: &RawProvider) -> Result<Option<R
         return Err(err(format!("{path}.jwksCluster"), "must not be empty"));
     }
     let kind = if discovery { "discovery" } else { "jwks" };
+    // The set is shared by every provider (and plugin) in the proxy that fetches this URL
+    // through this cluster: another cluster is another route to the keys, and may answer
+    // with other ones.
+    let cluster = rp.jwks_cluster.clone().unwrap_or_else(|| url.istio_cluster());
     let shared_key = format!(
-        "claimguard.jwks.v1|{kind}|{}|{}{}",
+        "claimguard.jwks.v1|{kind}|{}|{}{}|{cluster}",
         url.https,
         url.authority(),
         url.path
@@ -1706,6 +1710,26 @@ mod tests {
                 Location::Cookie("session".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_key_set_is_shared_per_url_and_cluster() {
+        // Providers fetching one URL through one cluster share one set in shared data; through
+        // another cluster (another route to the keys) they do not.
+        let c = check(json!({"providers": [
+            {"name": "a", "issuer": "https://a", "jwksUri": "https://idp.example/keys"},
+            {"name": "b", "issuer": "https://b", "jwksUri": "https://idp.example/keys"},
+            {"name": "c", "issuer": "https://c", "jwksUri": "https://idp.example/keys",
+             "jwksCluster": "outbound|443||egress.example"},
+            {"name": "d", "issuer": "https://d", "jwksUri": "https://idp.example/keys",
+             "jwksCluster": "outbound|443||idp.example"}
+        ]}))
+        .unwrap();
+        let key = |i: usize| c.providers[i].remote.as_ref().unwrap().shared_key.clone();
+        assert_eq!(key(0), key(1));
+        assert_ne!(key(0), key(2));
+        // Naming the cluster the URL implies is the same route.
+        assert_eq!(key(0), key(3));
     }
 
     #[test]
