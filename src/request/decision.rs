@@ -973,7 +973,7 @@ impl TokenNotes {
             }
         };
         match result {
-            Err(e @ (AuthError::UnknownKid | AuthError::KeyAlgMismatch | AuthError::AmbiguousKid)) => {
+            Err(e @ (AuthError::UnknownKid | AuthError::KeyAlgMismatch)) => {
                 let n = keys.keys.len();
                 self.step("key", false, || format!("{} ({n} key(s) in the set)", e.description()));
             }
@@ -1656,6 +1656,36 @@ mod tests {
             body,
             json!({"error": "missing_token", "message": "a bearer token is required"})
         );
+    }
+
+    #[test]
+    fn an_empty_part_beside_a_token_is_folding_not_a_credential() {
+        // `Bearer <token>,` (a proxy folding an empty repeat, or a client's stray comma): the
+        // token is read, as jwt_authn reads it; an empty part alone is no token.
+        let (c, a, _) = config(json!({}));
+        let t = a.sign(&claims("https://a"));
+        let eval = |v: &str| {
+            let h = vec![
+                (":method".to_string(), "GET".to_string()),
+                (":path".to_string(), "/".to_string()),
+                ("authorization".to_string(), v.to_string()),
+            ];
+            let h_refs = crate::token::header_refs(&h);
+            evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), NOW, true).decision
+        };
+        for v in [format!("Bearer {t},"), format!("Bearer {t}, "), format!(",Bearer {t}")] {
+            match eval(&v) {
+                Decision::Allow { identity: Some(id) } => assert_eq!(&*id.provider, "idp-a", "{v:?}"),
+                other => panic!("{v:?}: {other:?}"),
+            }
+        }
+        for v in ["", " ", ",", " , "] {
+            let d = denial(eval(v));
+            assert_eq!((d.status, d.reason), (401, "missing_token"), "{v:?}");
+        }
+        // Another scheme beside the token still speaks for the request.
+        let d = denial(eval(&format!("Bearer {t}, Basic YTpi")));
+        assert_eq!((d.status, d.reason), (401, "missing_token"));
     }
 
     #[test]

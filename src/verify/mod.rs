@@ -31,7 +31,6 @@ pub enum AuthError {
     UnsupportedAlg,
     UnknownIssuer,
     UnknownKid,
-    AmbiguousKid,
     WrongType,
     WrongTokenUse,
     /// `sub` absent, or matching none of the provider's `subjects`.
@@ -74,7 +73,6 @@ impl AuthError {
             AuthError::UnsupportedAlg => "alg_not_allowed",
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::UnknownKid => "unknown_kid",
-            AuthError::AmbiguousKid => "ambiguous_kid",
             AuthError::WrongType => "wrong_type",
             AuthError::WrongTokenUse => "wrong_token_use",
             AuthError::WrongClient => "wrong_client",
@@ -111,7 +109,6 @@ impl AuthError {
             AuthError::UnsupportedAlg => "token algorithm is not supported".into(),
             AuthError::UnknownIssuer => "token issuer is not accepted".into(),
             AuthError::UnknownKid => "token is signed with an unknown key (kid)".into(),
-            AuthError::AmbiguousKid => "the key set has several keys with the token's kid".into(),
             AuthError::WrongType => "token type (typ) is not the one this issuer uses".into(),
             AuthError::WrongTokenUse => "token_use is not the one this provider accepts".into(),
             AuthError::WrongSubject => "token subject (sub) is not accepted".into(),
@@ -258,12 +255,10 @@ pub fn verify_signature(keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
                 .inspect(|_| seen_kid = true)
                 .filter(|k| k.supports(jwt.alg));
             if let Some(key) = fitting.next() {
-                // Two keys with the same kid that both fit the algorithm: the JWKS is ambiguous,
-                // and which key "wins" must not depend on order.
-                if fitting.next().is_some() {
-                    return Err(AuthError::AmbiguousKid);
-                }
-                return if check(key) {
+                // Several keys may share a kid (an identity provider mid-rotation): each is a
+                // key the provider published, so any of them verifying is a valid signature,
+                // whatever their order (jwt_authn tries each the same way).
+                return if check(key) || fitting.any(check) {
                     Ok(())
                 } else {
                     Err(AuthError::BadSignature)
@@ -577,6 +572,39 @@ mod tests {
             claims[k] = v;
         }
         claims
+    }
+
+    #[test]
+    fn keys_sharing_a_kid_are_each_tried() {
+        // Two RSA keys and a P-256 key under one kid (an identity provider mid-rotation):
+        // a token signed by any of them verifies, in either order of the set; one signed by
+        // none is a bad signature, not an unknown key.
+        let a = TestKey::rsa(Alg::RS256, "k");
+        // (RSA test keys come from a pool shared with other tests: take one that differs.)
+        let b = std::iter::repeat_with(|| TestKey::rsa(Alg::RS256, "k"))
+            .find(|b| b.public_jwk() != a.public_jwk())
+            .unwrap();
+        let e = TestKey::generate(Alg::ES256, "k");
+        let stranger = TestKey::generate(Alg::ES256, "k");
+        for order in [[&a, &b, &e], [&b, &e, &a], [&e, &a, &b]] {
+            let cfg = json!({"providers": [{
+                "issuer": "https://idp.example",
+                "audiences": ["orders"],
+                "jwks": {"keys": order.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()}
+            }]});
+            let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+            let p = &config.providers[0];
+            for (signer, want) in [
+                (&a, Ok(())),
+                (&b, Ok(())),
+                (&e, Ok(())),
+                (&stranger, Err(AuthError::BadSignature)),
+            ] {
+                let token = signer.sign(&good_claims());
+                let jwt = parse(&token, 8192).unwrap();
+                assert_eq!(verify(p, &p.keys, &jwt, NOW), want, "{:?}", signer.public_jwk());
+            }
+        }
     }
 
     #[test]
