@@ -121,8 +121,10 @@ pub fn extract<'a>(loc: &Location, req: &Request<'a>) -> Vec<Cow<'a, str>> {
             for header in req.header_values("cookie") {
                 for c in header.split(';') {
                     if let Some((k, v)) = c.trim().split_once('=') {
-                        if k.trim() == name && !v.trim().is_empty() {
-                            out.push(Cow::Borrowed(v.trim().trim_matches('"')));
+                        // RFC 6265 allows the value in quotes: `jwt=""` is as empty as `jwt=`.
+                        let v = v.trim().trim_matches('"');
+                        if k.trim() == name && !v.is_empty() {
+                            out.push(Cow::Borrowed(v));
                         }
                     }
                 }
@@ -170,8 +172,11 @@ pub fn unreadable_token_headers<'l>(locations: &'l [Location], req: &Request) ->
         for value in req.header_values(name) {
             // As `extract` reads it: comma-separated parts, spaces and tabs trimmed.
             // (`comma_parts`, not `str::split`: see `find_byte`.)
+            // An empty part beside others is folding's leftover (`Bearer <token>,`), not a
+            // credential; an empty value is the header sent with nothing in it.
+            let blank = value.bytes().all(|b| b == b' ' || b == b'\t');
             for part in comma_parts(value).map(|p| p.trim_matches(|c| c == ' ' || c == '\t')) {
-                if readable(part) {
+                if readable(part) || (part.is_empty() && !blank) {
                     continue;
                 }
                 let scheme = part.split_once(' ').map(|(s, _)| s);
@@ -553,6 +558,19 @@ mod tests {
             ),
             ["raw"]
         );
+    }
+
+    #[test]
+    fn an_empty_cookie_is_no_token_quoted_or_not() {
+        for v in ["jwt=", "jwt=\"\"", "jwt= \"\" ", "a=1; jwt=\"\"; b=2"] {
+            let h = hdrs(&[("cookie", v)]);
+            let h_refs = crate::token::header_refs(&h);
+            let req = Request {
+                headers: &h_refs,
+                path: "/",
+            };
+            assert!(extract(&Location::Cookie("jwt".into()), &req).is_empty(), "{v:?}");
+        }
     }
 
     #[test]
