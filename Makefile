@@ -42,7 +42,7 @@ export CLAIMGUARD_FAULTS_WASM := $(FAULTS_WASM)
 
 .PHONY: all build build-faults wasm-target envoy test unit lint fmt demo demo-edge demo-chain clean fuzz fuzz-smoke fuzz-tools cli
 .PHONY: oci push push-layout oci-tools istio-schema istio-check
-.PHONY: bench bench-tools empty-filter vm-profile host-profile wasm-opt-tool
+.PHONY: bench bench-tools empty-filter vm-profile host-profile wasm-opt-tool floor-modules
 
 all: build
 
@@ -96,7 +96,7 @@ endif
 # (bench-tools: tests/bench_smoke.rs drives the benchmark's listeners with wrk for a few seconds.)
 # The tools' tests (CLI, examples, Istio manifests) run beside the filter's: most of both is
 # waiting on Envoy, and every test picks its own free ports. Their output follows the filter's.
-test: build build-faults envoy bench-tools empty-filter lint istio-check oci-tools
+test: build build-faults envoy bench-tools empty-filter floor-modules lint istio-check oci-tools
 	$(CARGO) test --workspace --all-targets --no-run
 	@$(CARGO) test -p claimguard-tools -p claimguard-testkeys --all-targets > target/tools-tests.log 2>&1 & tools=$$!; \
 	  $(CARGO) test -p claimguard --all-targets; filter=$$?; \
@@ -235,6 +235,14 @@ export EMPTY_FILTER_WASM
 empty-filter: wasm-target
 	$(CARGO) build --quiet --release --target $(WASM_TARGET) --manifest-path examples/empty_filter/Cargo.toml \
 	  --target-dir target/empty_filter --features headers
+
+# The proxy-wasm floor (examples/floor/*.wat): a filter that does nothing, one that reads
+# the header map, one that also removes the token header. Measured in place of the empty
+# filter: make bench BENCH_METHOD=direct EMPTY_FILTER_WASM=$(CURDIR)/target/floor/floor.wasm ...
+FLOOR_MODULES := floor floor_headers floor_headers_remove
+floor-modules: wasm-opt-tool
+	mkdir -p target/floor
+	for m in $(FLOOR_MODULES); do '$(BINARYEN_BIN)/wasm-as' examples/floor/$$m.wat -o target/floor/$$m.wasm || exit 1; done
 
 bench: build envoy bench-tools empty-filter
 	$(CARGO) build --quiet --release -p claimguard-tools --bin claimguard-bench
