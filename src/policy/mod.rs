@@ -1073,7 +1073,9 @@ fn any_value(v: &Value, split: bool, f: &mut dyn FnMut(&str) -> bool) -> bool {
         Value::String(s) => f(s),
         Value::Bool(b) => f(if *b { "true" } else { "false" }),
         Value::Number(n) if n.is_i64() || n.is_u64() => f(&n.to_string()),
-        Value::Array(items) => items.iter().any(|i| !i.is_array() && any_value(i, split, f)),
+        // A list is already a set: its elements are compared whole, never split again
+        // (`["orders:read orders:write"]` holds one odd scope, not two).
+        Value::Array(items) => items.iter().any(|i| !i.is_array() && any_value(i, false, f)),
         _ => false,
     }
 }
@@ -1885,6 +1887,23 @@ mod tests {
                 h,
                 idp(json!({"scope": "orders:write\torders:read"})),
                 "scope",
+            ),
+            (
+                // A list of scopes (Azure AD's `roles`, Okta's `scp`) is a set already.
+                "a scope list's elements are not split",
+                "POST",
+                "/orders",
+                h,
+                idp(json!({"scope": ["orders:write orders:read"]})),
+                "scope",
+            ),
+            (
+                "a scope list",
+                "POST",
+                "/orders",
+                h,
+                idp(json!({"scope": ["orders:write", "orders:read"]})),
+                "allow:writers",
             ),
             (
                 "another Unicode space does not separate scopes",
