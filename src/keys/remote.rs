@@ -1573,20 +1573,22 @@ mod tests {
         assert!(cold.usable_keys(0, 1_300).is_none());
     }
 
+    /// A VM whose one provider finds its keys by OIDC discovery (issuer `https://idp.test/realms/x`).
+    fn discovery_vm() -> JwksCache {
+        let c = Config::from_json(
+            json!({"providers": [{"issuer": "https://idp.test/realms/x", "oidcDiscovery": true}]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        JwksCache::new(vec![c.providers[0].remote.clone().unwrap()], 1)
+    }
+
     #[test]
     fn discovery_then_jwks() {
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
-        let r = {
-            let c = Config::from_json(
-                json!({"providers": [{"issuer": "https://idp.test/realms/x", "oidcDiscovery": true}]})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .unwrap();
-            c.providers[0].remote.clone().unwrap()
-        };
-        let mut vm = JwksCache::new(vec![r], 1);
+        let mut vm = discovery_vm();
         let mut ev = Vec::new();
         vm.tick(&store, 1_000, &mut ev);
         let req = vm.tick(&store, 1_100, &mut ev).pop().unwrap();
@@ -1618,16 +1620,7 @@ mod tests {
         // rather than asking the old one for ever (shared data outlives a config push).
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
-        let r = {
-            let c = Config::from_json(
-                json!({"providers": [{"issuer": "https://idp.test/realms/x", "oidcDiscovery": true}]})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .unwrap();
-            c.providers[0].remote.clone().unwrap()
-        };
-        let mut vm = JwksCache::new(vec![r], 1);
+        let mut vm = discovery_vm();
         let mut ev = Vec::new();
         vm.tick(&store, 1_000, &mut ev);
         let req = vm.tick(&store, 1_100, &mut ev).pop().unwrap();

@@ -560,53 +560,47 @@ mod tests {
         );
     }
 
+    /// Calls `f` with a request to `/` carrying the one header `name: value`.
+    fn with_header(name: &str, value: &str, f: impl FnOnce(&Request)) {
+        let h = hdrs(&[(name, value)]);
+        let h_refs = crate::token::header_refs(&h);
+        f(&Request {
+            headers: &h_refs,
+            path: "/",
+        });
+    }
+
     #[test]
     fn an_empty_cookie_is_no_token_quoted_or_not() {
         for v in ["jwt=", "jwt=\"\"", "jwt= \"\" ", "a=1; jwt=\"\"; b=2"] {
-            let h = hdrs(&[("cookie", v)]);
-            let h_refs = crate::token::header_refs(&h);
-            let req = Request {
-                headers: &h_refs,
-                path: "/",
-            };
-            assert!(extract(&Location::Cookie("jwt".into()), &req).is_empty(), "{v:?}");
+            with_header("cookie", v, |req| {
+                assert!(extract(&Location::Cookie("jwt".into()), req).is_empty(), "{v:?}")
+            });
         }
     }
 
     #[test]
     fn other_schemes_and_empty_tokens_are_not_tokens() {
         for v in ["Basic dXNlcg==", "Bearer ", "Bearer", "Bearerabc", ""] {
-            let h = hdrs(&[("authorization", v)]);
-            let h_refs = crate::token::header_refs(&h);
-            let req = Request {
-                headers: &h_refs,
-                path: "/",
-            };
-            assert!(extract(&bearer(), &req).is_empty(), "{v:?}");
+            with_header("authorization", v, |req| {
+                assert!(extract(&bearer(), req).is_empty(), "{v:?}")
+            });
         }
     }
 
     #[test]
     fn spaces_after_the_scheme_are_one_separator() {
         for v in ["Bearer abc", "Bearer  abc", "bearer   abc"] {
-            let h = hdrs(&[("authorization", v)]);
-            let h_refs = crate::token::header_refs(&h);
-            let req = Request {
-                headers: &h_refs,
-                path: "/",
-            };
-            assert_eq!(extract(&bearer(), &req), ["abc"], "{v:?}");
-            assert!(unreadable_token_headers(&[bearer()], &req).is_empty(), "{v:?}");
+            with_header("authorization", v, |req| {
+                assert_eq!(extract(&bearer(), req), ["abc"], "{v:?}");
+                assert!(unreadable_token_headers(&[bearer()], req).is_empty(), "{v:?}");
+            });
         }
         // A tab is still not the separator, and spaces alone are no token.
         for v in ["Bearer\tabc", "Bearer    "] {
-            let h = hdrs(&[("authorization", v)]);
-            let h_refs = crate::token::header_refs(&h);
-            let req = Request {
-                headers: &h_refs,
-                path: "/",
-            };
-            assert!(extract(&bearer(), &req).is_empty(), "{v:?}");
+            with_header("authorization", v, |req| {
+                assert!(extract(&bearer(), req).is_empty(), "{v:?}")
+            });
         }
     }
 
