@@ -1573,26 +1573,29 @@ mod tests {
         assert!(cold.usable_keys(0, 1_300).is_none());
     }
 
-    /// A VM whose one provider finds its keys by OIDC discovery (issuer `https://idp.test/realms/x`).
-    fn discovery_vm() -> JwksCache {
+    /// A VM whose one provider finds its keys by OIDC discovery (issuer
+    /// `https://idp.test/realms/x`), and the discovery request its first ticks send.
+    fn discovery_vm(store: &FakeStore) -> (JwksCache, FetchRequest) {
         let c = Config::from_json(
             json!({"providers": [{"issuer": "https://idp.test/realms/x", "oidcDiscovery": true}]})
                 .to_string()
                 .as_bytes(),
         )
         .unwrap();
-        JwksCache::new(vec![c.providers[0].remote.clone().unwrap()], 1)
+        let mut vm = JwksCache::new(vec![c.providers[0].remote.clone().unwrap()], 1);
+        let mut ev = Vec::new();
+        vm.tick(store, 1_000, &mut ev);
+        let req = vm.tick(store, 1_100, &mut ev).pop().unwrap();
+        assert!(req.discovery);
+        (vm, req)
     }
 
     #[test]
     fn discovery_then_jwks() {
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
-        let mut vm = discovery_vm();
+        let (mut vm, req) = discovery_vm(&store);
         let mut ev = Vec::new();
-        vm.tick(&store, 1_000, &mut ev);
-        let req = vm.tick(&store, 1_100, &mut ev).pop().unwrap();
-        assert!(req.discovery);
         assert_eq!(req.path, "/realms/x/.well-known/openid-configuration");
         let next = vm
             .on_fetch_done(
@@ -1620,11 +1623,8 @@ mod tests {
         // rather than asking the old one for ever (shared data outlives a config push).
         let store = FakeStore::default();
         let key = TestKey::generate(Alg::ES256, "k1");
-        let mut vm = discovery_vm();
+        let (mut vm, _) = discovery_vm(&store);
         let mut ev = Vec::new();
-        vm.tick(&store, 1_000, &mut ev);
-        let req = vm.tick(&store, 1_100, &mut ev).pop().unwrap();
-        assert!(req.discovery);
         let doc = |uri: &str| ok(&json!({ "jwks_uri": uri }), None);
         let next = vm
             .on_fetch_done(&store, 0, 1_200, true, doc("https://idp.test/old/certs"), &mut ev)
