@@ -98,8 +98,11 @@ impl Case {
     /// Whether the request carries a token that verifies (in any accepted form).
     fn has_valid_token(&self) -> bool {
         self.headers.iter().any(|h| {
+            // The scheme, one or more spaces (RFC 6750's `1*SP`), a valid token.
             let lower = h.to_ascii_lowercase();
-            lower.starts_with("authorization: bearer {")
+            lower
+                .strip_prefix("authorization: bearer ")
+                .is_some_and(|rest| rest.trim_start_matches(' ').starts_with('{'))
         })
     }
 }
@@ -338,6 +341,13 @@ fn shape_cases() -> Vec<Case> {
             .upstream_header("x-user-sub", &["alice"]),
         get("upper-case scheme accepted on a public route", "/docs/x").header("authorization: BEARER {plain}")
             .want(served("/docs/x")),
+        get("two spaces after Bearer (RFC 6750 1*SP)", "/orders/1").header("authorization: Bearer  {reader}")
+            .want(served("/orders/1")).upstream_header("x-user-sub", &["alice"]).upstream_header("authorization", &[]),
+        get("a stray comma after the token", "/orders/1").header("authorization: Bearer {reader},")
+            .want(served("/orders/1")).upstream_header("x-user-sub", &["alice"]).upstream_header("authorization", &[]),
+        get("token and Basic credentials in one header", "/orders/1").header("authorization: Bearer {reader}, Basic YWxpY2U6cHc=")
+            .want(Want::NoBearer),
+        get("a lone comma", "/orders/1").header("authorization: ,").want(Want::NoBearer),
         // -- spoofed identity headers
         get("spoofed claim header, twice, public route", "/docs/x").header("x-user-sub: admin").header("x-user-sub: root")
             .want(served("/docs/x")).upstream_header("x-user-sub", &[]),
