@@ -27,7 +27,7 @@ use crate::base::clock::Clock;
 use crate::config::Config;
 use crate::keys::alb::{AlbKeyCache, KeyEvent, KeyFetch};
 use crate::keys::jwk::KeySet;
-use crate::keys::remote::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, SharedStore};
+use crate::keys::remote::{Event, FetchRequest, FetchResult, JwksCache, KeyWait, Progress, SharedStore};
 use crate::policy::identity::HeaderOps;
 use crate::policy::RuleAction;
 use crate::request::cache::VerifiedTokenCache;
@@ -110,14 +110,10 @@ pub trait Host: SharedStore + Clone {
 /// What a paused request waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Awaited {
-    /// A JWKS cache slot to change: its version, its failed attempts or its freshness (which
-    /// every success moves, a `304` too), as they were when the request paused.
-    Jwks {
-        slot: usize,
-        version: u64,
-        failures: u32,
-        fresh_until: u64,
-    },
+    /// A JWKS cache slot's fetching to move on from where it was when the request paused (a
+    /// `304` too: the set was confirmed, and a kid it lacks is answered now, not at the
+    /// deadline).
+    Jwks { slot: usize, at: Progress },
     /// One ALB key (source, kid) to be settled: published or known to be missing.
     Alb { source: usize, kid: String },
 }
@@ -134,20 +130,7 @@ impl Awaited {
     /// Whether what the request waits for has happened (the deadline aside).
     fn arrived(&self, jwks: &JwksCache, alb: &mut AlbKeyCache, store: &dyn SharedStore, now_ms: u64) -> bool {
         match self {
-            Awaited::Jwks {
-                slot,
-                version,
-                failures,
-                fresh_until,
-            } => {
-                let (now_failures, now_fresh) = jwks
-                    .slots
-                    .get(*slot)
-                    .map_or((0, 0), |s| (s.meta.failures, s.meta.fresh_until));
-                // A 304 leaves version and failures alone: the set was confirmed, and a kid it
-                // lacks is answered now rather than at the deadline.
-                jwks.version(*slot) != *version || now_failures != *failures || now_fresh != *fresh_until
-            }
+            Awaited::Jwks { slot, at } => jwks.progress(*slot) != *at,
             Awaited::Alb { source, kid } => alb.settled(store, *source, kid, now_ms),
         }
     }
@@ -753,9 +736,7 @@ fn wait_for_keys<H: Host>(vm: &mut Vm<H>, provider: usize, kid: Option<&str>, no
         KeyWait::Wait { deadline_ms } => Some((
             Awaited::Jwks {
                 slot,
-                version: vm.cache.version(slot),
-                failures: vm.cache.slots.get(slot).map_or(0, |s| s.meta.failures),
-                fresh_until: vm.cache.slots.get(slot).map_or(0, |s| s.meta.fresh_until),
+                at: vm.cache.progress(slot),
             },
             deadline_ms,
         )),
@@ -1932,8 +1913,7 @@ mod tests {
             p.waiting()[..],
             [Awaited::Jwks {
                 slot: 0,
-                version: 0,
-                ..
+                at: Progress { version: 0, .. },
             }]
         ));
         let (sent, at) = p.tick_until_callout(NOW_MS);
@@ -2023,7 +2003,7 @@ mod tests {
             p.request(32, &[("authorization", &bearer(&k2, json!({})))]),
             Action::Pause
         );
-        assert!(matches!(p.waiting()[..], [Awaited::Jwks { slot: 0, version, .. }] if version > 0));
+        assert!(matches!(p.waiting()[..], [Awaited::Jwks { slot: 0, at }] if at.version > 0));
         assert_eq!(p.lines("waiting_for_keys")[1].1["kid"], "k2");
         let (sent, at) = p.tick_until_callout(later + 200);
         p.respond(sent.token, Some(200), &jwks_of(&[&k1, &k2]), at + 50);

@@ -346,6 +346,16 @@ fn k(slot: &Slot, part: &str) -> String {
     format!("{}|{part}", slot.remote.shared_key)
 }
 
+/// A slot's fetching, in the three things every completed attempt moves: the set this VM
+/// holds (a new one), the failed attempts (a failure), the freshness (a success, a `304` too).
+/// A paused request compares it with what it saw when it paused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub version: u64,
+    pub failures: u32,
+    pub fresh_until: u64,
+}
+
 impl JwksCache {
     pub fn new(remotes: Vec<RemoteJwks>, holder: u64) -> JwksCache {
         let slots = remotes
@@ -402,6 +412,15 @@ impl JwksCache {
 
     pub fn version(&self, source: usize) -> u64 {
         self.slots.get(source).map_or(0, |s| s.version)
+    }
+
+    /// Where fetching for `source` stands, as a request waiting for it sees it.
+    pub fn progress(&self, source: usize) -> Progress {
+        self.slots.get(source).map_or(Progress::default(), |s| Progress {
+            version: s.version,
+            failures: s.meta.failures,
+            fresh_until: s.meta.fresh_until,
+        })
     }
 
     pub fn last_attempt(&self, source: usize) -> u64 {

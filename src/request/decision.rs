@@ -1010,11 +1010,7 @@ impl TokenNotes {
             Err(_) => Some("aud"),
         };
         let skew = p.clock_skew_seconds;
-        let date = |name: &str| {
-            claims
-                .get(name)
-                .and_then(|v| crate::verify::numeric_date(v, name != "exp"))
-        };
+        let date = |name: &str| claims.get(name).and_then(|v| crate::verify::numeric_date(v, name));
         let time = |name: &str| -> String {
             match date(name) {
                 Some(t) if t == now => format!("{name} {t} (now; clock skew {skew}s)"),
@@ -1327,9 +1323,7 @@ fn verify_found<'c>(
     // The same bytes verified before, under the same keys: skip parsing and the signature,
     // never the claim checks (time moves on).
     if let Some(c) = cache.as_deref_mut() {
-        // Providers whose remembered verification the claims now fail, and the first failure.
-        let mut refused: Vec<usize> = Vec::new();
-        let mut first_refusal: Option<Failure> = None;
+        // The cache holds one provider's verification of a token: at most one reader hits.
         for (index, p) in readers() {
             if let Some(hit) = c.get(raw, index, keys.generation(index), now) {
                 notes.cache_hit = Some(true);
@@ -1340,23 +1334,11 @@ fn verify_found<'c>(
                 notes.claim_steps(p, &hit.claims, now, &checked);
                 match checked {
                     Ok(()) => return Ok(Some(identity(index, &hit))),
-                    // Another provider with this issuer (other audiences, say) may accept it.
-                    Err(e) => {
-                        refused.push(index);
-                        first_refusal.get_or_insert(Failure::Auth(e, Some(p.name.as_str())));
-                    }
+                    // Another provider naming this issuer (other audiences, say) may accept
+                    // it: verified in full below, where each of them is tried.
+                    Err(_) if readers().any(|(i, q)| i != index && q.issuer == p.issuer) => break,
+                    Err(e) => return Err(Failure::Auth(e, Some(p.name.as_str()))),
                 }
-            }
-        }
-        // Answered from the cache only when every provider naming the issuer refused it there;
-        // otherwise verified in full below, where each of them is tried.
-        let issuer = refused
-            .first()
-            .and_then(|&i| config.providers.get(i))
-            .map(|p| &p.issuer);
-        if let (Some(issuer), Some(f)) = (issuer, first_refusal) {
-            if readers().all(|(i, p)| p.issuer != *issuer || refused.contains(&i)) {
-                return Err(f);
             }
         }
     }

@@ -174,9 +174,9 @@ pub fn unreadable_token_headers<'l>(locations: &'l [Location], req: &Request) ->
             // (`comma_parts`, not `str::split`: see `find_byte`.)
             // An empty part beside others is folding's leftover (`Bearer <token>,`), not a
             // credential; an empty value is the header sent with nothing in it.
-            let blank = value.bytes().all(|b| b == b' ' || b == b'\t');
+            let blank = || value.bytes().all(|b| b == b' ' || b == b'\t');
             for part in comma_parts(value).map(|p| p.trim_matches(|c| c == ' ' || c == '\t')) {
-                if readable(part) || (part.is_empty() && !blank) {
+                if readable(part) || (part.is_empty() && !blank()) {
                     continue;
                 }
                 let scheme = part.split_once(' ').map(|(s, _)| s);

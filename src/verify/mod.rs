@@ -300,10 +300,10 @@ pub fn verify_signature(keys: &KeySet, jwt: &Jwt) -> Result<(), AuthError> {
 
 /// A NumericDate (RFC 7519 §2: seconds since the epoch, "non-integer values can be
 /// represented") in whole seconds: a non-negative number below 2^64, as Envoy's
-/// `jwt_verify_lib` reads it. A fraction is cut towards the stricter side: down for `exp`,
-/// up for `nbf` and `iat` (`round_up`), so a token is never valid longer or sooner than it
-/// says. None for anything else.
-pub fn numeric_date(value: &Value, round_up: bool) -> Option<u64> {
+/// `jwt_verify_lib` reads it, for the claim named `claim`. A fraction is cut towards the
+/// stricter side: down for `exp`, up for the others (`nbf`, `iat`), so a token is never
+/// valid longer or sooner than it says. None for anything else.
+pub fn numeric_date(value: &Value, claim: &str) -> Option<u64> {
     let Value::Number(n) = value else { return None };
     if let Some(v) = n.as_u64() {
         return Some(v);
@@ -311,7 +311,7 @@ pub fn numeric_date(value: &Value, round_up: bool) -> Option<u64> {
     // 2^64: every f64 below it fits a u64 once rounded (the largest is 2^64 - 2048).
     const LIMIT: f64 = 18_446_744_073_709_551_616.0;
     let f = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < LIMIT)?;
-    let whole = if round_up { f.ceil() } else { f.floor() };
+    let whole = if claim == "exp" { f.floor() } else { f.ceil() };
     Some(whole as u64)
 }
 
@@ -320,12 +320,10 @@ pub fn numeric_date(value: &Value, round_up: bool) -> Option<u64> {
 fn date_value(value: Option<&Value>, claim: &'static str) -> Result<Option<u64>, AuthError> {
     match value {
         None => Ok(None),
-        Some(v @ Value::Number(_)) => numeric_date(v, claim != "exp")
-            .map(Some)
-            .ok_or(AuthError::InvalidClaim {
-                claim,
-                why: "must be a non-negative number (seconds since the epoch)",
-            }),
+        Some(v @ Value::Number(_)) => numeric_date(v, claim).map(Some).ok_or(AuthError::InvalidClaim {
+            claim,
+            why: "must be a non-negative number (seconds since the epoch)",
+        }),
         Some(_) => Err(AuthError::InvalidClaim {
             claim,
             why: "must be a number (seconds since the epoch)",
