@@ -1536,22 +1536,31 @@ mod tests {
         }
     }
 
+    /// A config compiled from JSON (that must be valid).
+    fn compiled(cfg: Value) -> Config {
+        Config::from_json(cfg.to_string().as_bytes()).unwrap()
+    }
+
+    /// The owned headers of `GET /` with one more header.
+    fn get_root_with(name: &str, value: &str) -> Vec<(String, String)> {
+        vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), "/".into()),
+            (name.into(), value.into()),
+        ]
+    }
+
     #[test]
     fn prefixes_spelled_in_another_case_are_one_location() {
         // One provider writes `bearer `, the other has the default `Bearer `: one place, one
         // token (it was found twice, and every request got 400 multiple_tokens).
         let a = TestKey::generate(Alg::ES256, "a1");
         let b = TestKey::generate(Alg::ES256, "b1");
-        let c = Config::from_json(
-            json!({"providers": [
-                {"name": "idp-a", "issuer": "https://a", "jwks": a.jwks(),
-                 "fromHeaders": [{"name": "authorization", "prefix": "bearer "}]},
-                {"name": "idp-b", "issuer": "https://b", "jwks": b.jwks()}
-            ]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap();
+        let c = compiled(json!({"providers": [
+            {"name": "idp-a", "issuer": "https://a", "jwks": a.jwks(),
+             "fromHeaders": [{"name": "authorization", "prefix": "bearer "}]},
+            {"name": "idp-b", "issuer": "https://b", "jwks": b.jwks()}
+        ]}));
         assert_eq!(c.token_locations.len(), 1, "{:?}", c.token_locations);
         for (key, iss, want) in [(&a, "https://a", "idp-a"), (&b, "https://b", "idp-b")] {
             let t = format!("Bearer {}", key.sign(&claims(iss)));
@@ -1570,25 +1579,16 @@ mod tests {
         use crate::request::cache::VerifiedTokenCache;
         let a = TestKey::generate(Alg::ES256, "a1");
         let b = TestKey::generate(Alg::ES256, "b1");
-        let c = Config::from_json(
-            json!({"providers": [
-                {"name": "edge", "issuer": "https://a", "jwks": a.jwks()},
-                {"name": "mesh", "issuer": "https://a", "jwks": b.jwks(),
-                 "fromHeaders": [{"name": "x-jwt"}]}
-            ]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap();
+        let c = compiled(json!({"providers": [
+            {"name": "edge", "issuer": "https://a", "jwks": a.jwks()},
+            {"name": "mesh", "issuer": "https://a", "jwks": b.jwks(),
+             "fromHeaders": [{"name": "x-jwt"}]}
+        ]}));
         // No kid: each provider tries every key it has.
         let t = b.sign_raw(r#"{"alg":"ES256"}"#, &claims("https://a").to_string());
         let mut cache = VerifiedTokenCache::new(16, 7);
         let eval = |cache: &mut VerifiedTokenCache, h: (&str, String)| {
-            let h = vec![
-                (":method".to_string(), "GET".to_string()),
-                (":path".to_string(), "/".to_string()),
-                (h.0.to_string(), h.1),
-            ];
+            let h = get_root_with(h.0, &h.1);
             let h_refs = crate::token::header_refs(&h);
             evaluate_cached(&c, &c, Some(cache), &HttpRequest::from_headers(&h_refs), NOW, true).decision
         };
@@ -1647,11 +1647,7 @@ mod tests {
         let (c, a, _) = config(json!({}));
         let t = a.sign(&claims("https://a"));
         let eval = |v: &str| {
-            let h = vec![
-                (":method".to_string(), "GET".to_string()),
-                (":path".to_string(), "/".to_string()),
-                ("authorization".to_string(), v.to_string()),
-            ];
+            let h = get_root_with("authorization", v);
             let h_refs = crate::token::header_refs(&h);
             evaluate(&c, &c, &HttpRequest::from_headers(&h_refs), NOW, true).decision
         };
@@ -2159,27 +2155,17 @@ mod tests {
         // with two jwtRules): a token for the second is refused by the first for its
         // audience and must still be accepted by the second, cached or not.
         let k = TestKey::generate(Alg::ES256, "k1");
-        let c = Config::from_json(
-            json!({"providers": [
-                {"name": "web", "issuer": "https://idp", "audiences": ["web"], "jwks": k.jwks()},
-                {"name": "mobile", "issuer": "https://idp", "audiences": ["mobile"], "jwks": k.jwks()}
-            ]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap();
+        let c = compiled(json!({"providers": [
+            {"name": "web", "issuer": "https://idp", "audiences": ["web"], "jwks": k.jwks()},
+            {"name": "mobile", "issuer": "https://idp", "audiences": ["mobile"], "jwks": k.jwks()}
+        ]}));
         let token = |aud: &str| {
             let t = k.sign(&json!({"iss": "https://idp", "aud": aud, "sub": "alice", "exp": NOW + 60}));
             format!("Bearer {t}")
         };
         let mut cache = VerifiedTokenCache::new(16, 7);
         for (aud, want) in [("web", Some("web")), ("mobile", Some("mobile")), ("other", None)] {
-            let t = token(aud);
-            let h: Vec<(String, String)> = vec![
-                (":method".into(), "GET".into()),
-                (":path".into(), "/".into()),
-                ("authorization".into(), t),
-            ];
+            let h = get_root_with("authorization", &token(aud));
             let h_refs = crate::token::header_refs(&h);
             let req = HttpRequest::from_headers(&h_refs);
             for (round, cached) in [(0, Some(false)), (1, Some(true)), (2, Some(true))] {
